@@ -1,0 +1,103 @@
+//! `bpftoken run [--cmds L] [--maps L] [--progs L] [--attachs L] -- CMD ARGS...`
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bpftoken::{delegation, Client, Error, Kind, MintRequest};
+use clap::{Parser, Subcommand};
+
+/// Get BPF tokens from bpftokend.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Daemon socket [default: $BPFTOKEN_SOCKET or /run/bpftokend/socket]
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run CMD with a BPF token whose fd number is in BPF_TOKEN_FD.
+    ///
+    /// Each list narrows one delegation set (comma-separated kernel names,
+    /// e.g. --maps array,hash); a set left out means everything the policy
+    /// grants in it. Exit status: CMD's own; 1 if refused, 69 if the
+    /// daemon is unreachable, 76 on a protocol error, 127 if CMD cannot run.
+    Run {
+        /// Commands, e.g. map_create,prog_load.
+        #[arg(long, value_name = "LIST")]
+        cmds: Option<String>,
+        /// Map types, e.g. array,hash,ringbuf.
+        #[arg(long, value_name = "LIST")]
+        maps: Option<String>,
+        /// Program types, e.g. socket_filter,kprobe.
+        #[arg(long, value_name = "LIST")]
+        progs: Option<String>,
+        /// Attach types, e.g. cgroup_inet_ingress.
+        #[arg(long, value_name = "LIST")]
+        attachs: Option<String>,
+        /// The command and its arguments.
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+}
+
+const EXIT_REFUSED: u8 = 1;
+const EXIT_UNAVAILABLE: u8 = 69;
+const EXIT_PROTOCOL: u8 = 76;
+const EXIT_USAGE: u8 = 2;
+const EXIT_CANNOT_RUN: u8 = 127;
+
+fn parse(kind: Kind, list: Option<&str>) -> Result<Option<u64>, String> {
+    list.map(|l| delegation::parse_list(kind, l).map_err(|e| format!("--{}: {e}", kind.key())))
+        .transpose()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Run { cmds, maps, progs, attachs, command } = cli.command;
+    let request = match (|| {
+        Ok::<_, String>(MintRequest {
+            cmds: parse(Kind::Cmd, cmds.as_deref())?,
+            maps: parse(Kind::Map, maps.as_deref())?,
+            progs: parse(Kind::Prog, progs.as_deref())?,
+            attachs: parse(Kind::Attach, attachs.as_deref())?,
+        })
+    })() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bpftoken: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let socket = cli.socket.unwrap_or_else(bpftoken::socket_path);
+    let token = match Client::connect_to(&socket).and_then(|mut c| c.mint(&request)) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("bpftoken: {e}");
+            return ExitCode::from(match e {
+                Error::Refused(_) => EXIT_REFUSED,
+                Error::Unreachable { .. } => EXIT_UNAVAILABLE,
+                Error::Protocol(_) | Error::Io(_) => EXIT_PROTOCOL,
+            });
+        }
+    };
+    // The token must survive exec: clear CLOEXEC on exactly this fd.
+    if let Err(e) = rustix::io::fcntl_setfd(token.as_fd(), rustix::io::FdFlags::empty()) {
+        eprintln!("bpftoken: cannot pass the token to the command: {e}");
+        return ExitCode::from(EXIT_CANNOT_RUN);
+    }
+    let fd = token.into_owned_fd();
+    let (program, args) = command.split_first().expect("clap requires a command");
+    let err = std::process::Command::new(program)
+        .args(args)
+        .env("BPF_TOKEN_FD", fd.as_raw_fd().to_string())
+        .exec();
+    eprintln!("bpftoken: cannot run {}: {err}", program.to_string_lossy());
+    ExitCode::from(EXIT_CANNOT_RUN)
+}

@@ -1,0 +1,167 @@
+//! Client of bpftokend: ask the daemon for a BPF token.
+//!
+//! ```no_run
+//! use bpftoken::{Client, MintRequest};
+//! let mut client = Client::connect()?;
+//! let token = client.mint(&MintRequest::default())?; // everything my policy grants
+//! println!("token fd with {}", token.granted());
+//! # Ok::<(), bpftoken::Error>(())
+//! ```
+#![forbid(unsafe_code)]
+
+use std::io::{IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bpftoken_proto::codec::{self, CodecError};
+use bpftoken_proto::message::{FdRole, RequestBody};
+use bpftoken_proto::{Request, Response, FRAME_HEADER_LEN};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+
+pub use bpftoken_proto::delegation::{self, Delegation, Kind};
+pub use bpftoken_proto::{MintRequest, Refusal, RefusalCode};
+
+/// Where the daemon listens unless `BPFTOKEN_SOCKET` says otherwise.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/bpftokend/socket";
+
+/// How long the client waits for the daemon before giving up.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most fds a response may carry.
+const MAX_FDS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No daemon answers on the socket.
+    #[error("cannot reach bpftokend at {path}: {source} (is the daemon running? set BPFTOKEN_SOCKET to use another socket)")]
+    Unreachable { path: PathBuf, source: std::io::Error },
+    /// The daemon answered with a refusal.
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// The daemon's answer did not follow the protocol.
+    #[error("protocol error talking to bpftokend: {0}")]
+    Protocol(String),
+    /// The connection failed mid-exchange.
+    #[error("connection to bpftokend failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<CodecError> for Error {
+    fn from(e: CodecError) -> Self {
+        Error::Protocol(e.to_string())
+    }
+}
+
+/// A BPF token received from the daemon. Closing it (drop) releases it.
+#[derive(Debug)]
+pub struct Token {
+    fd: OwnedFd,
+    granted: Delegation,
+    rules: Vec<String>,
+}
+
+impl Token {
+    /// The delegation masks the token carries.
+    pub fn granted(&self) -> &Delegation {
+        &self.granted
+    }
+
+    /// Policy rules that produced the grant.
+    pub fn rules(&self) -> &[String] {
+        &self.rules
+    }
+
+    pub fn into_owned_fd(self) -> OwnedFd {
+        self.fd
+    }
+}
+
+impl AsFd for Token {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// A connection to bpftokend. One connection may carry several requests.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+}
+
+/// The socket path from `BPFTOKEN_SOCKET`, or the default.
+pub fn socket_path() -> PathBuf {
+    std::env::var_os("BPFTOKEN_SOCKET").map_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH), PathBuf::from)
+}
+
+impl Client {
+    /// Connect to the daemon at [`socket_path`].
+    pub fn connect() -> Result<Client, Error> {
+        Client::connect_to(&socket_path())
+    }
+
+    pub fn connect_to(path: &Path) -> Result<Client, Error> {
+        let stream =
+            UnixStream::connect(path).map_err(|source| Error::Unreachable { path: path.to_owned(), source })?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.set_write_timeout(Some(TIMEOUT))?;
+        Ok(Client { stream })
+    }
+
+    /// Ask for a token. Sets left `None` in `request` mean "all my policy
+    /// grants"; anything outside the grant is refused, not cut down.
+    pub fn mint(&mut self, request: &MintRequest) -> Result<Token, Error> {
+        let frame = codec::encode_request(&Request::new(RequestBody::Mint(*request)))?;
+        self.stream.write_all(&frame)?;
+        let (response, mut fds) = self.read_response()?;
+        match response {
+            Response::Refused(r) => Err(Error::Refused(r)),
+            Response::Minted(m) => {
+                if m.fds != [FdRole::Token] || fds.len() != 1 {
+                    return Err(Error::Protocol(format!(
+                        "expected one token fd, got roles {:?} and {} fds",
+                        m.fds,
+                        fds.len()
+                    )));
+                }
+                Ok(Token { fd: fds.remove(0), granted: m.granted, rules: m.rules })
+            }
+        }
+    }
+
+    fn read_response(&mut self) -> Result<(Response, Vec<OwnedFd>), Error> {
+        // The fds ride on the first bytes of the frame: read the header
+        // with recvmsg, the rest with plain reads.
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let msg = rustix::net::recvmsg(
+            &self.stream,
+            &mut [IoSliceMut::new(&mut header)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::WAITALL,
+        )
+        .map_err(std::io::Error::from)?;
+        let mut fds = Vec::new();
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(rights) = m {
+                fds.extend(rights);
+            }
+        }
+        if msg.flags.contains(ReturnFlags::CTRUNC) {
+            return Err(Error::Protocol("the daemon sent more fds than a response may carry".into()));
+        }
+        if msg.bytes == 0 {
+            return Err(Error::Protocol("the daemon closed the connection without answering".into()));
+        }
+        if msg.bytes < FRAME_HEADER_LEN {
+            self.stream.read_exact(&mut header[msg.bytes..])?;
+        }
+        let len = codec::payload_len(header)?;
+        let mut payload = vec![0u8; len];
+        self.stream.read_exact(&mut payload)?;
+        Ok((codec::decode_response(&payload)?, fds))
+    }
+}

@@ -1,0 +1,109 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bpftokend::minter::ScopeLimits;
+use bpftokend::run::{self, Options};
+use bpftokend::server::ConnLimits;
+use clap::{Parser, Subcommand};
+
+/// bpftokend: hands out BPF tokens to local users according to a policy.
+#[derive(Debug, Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Unix socket to listen on.
+    #[arg(long, env = "BPFTOKEN_SOCKET", default_value = bpftokend::socket::DEFAULT_SOCKET_PATH)]
+    socket: PathBuf,
+    /// Policy file (root-owned, not writable by group or others).
+    #[arg(long, default_value = bpftoken_policy::DEFAULT_POLICY_PATH)]
+    policy: PathBuf,
+    /// Cached scopes (user namespace + delegated bpffs) per client uid.
+    #[arg(long, default_value_t = ScopeLimits::default().per_uid)]
+    scopes_per_uid: usize,
+    /// Cached scopes in total.
+    #[arg(long, default_value_t = ScopeLimits::default().global)]
+    scopes_max: usize,
+    /// Seconds after which an unused scope is dropped.
+    #[arg(long, default_value_t = ScopeLimits::default().idle.as_secs())]
+    scope_idle_secs: u64,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a policy file and exit (0 if it loads, 1 if not).
+    CheckPolicy {
+        #[arg(long, default_value = bpftoken_policy::DEFAULT_POLICY_PATH)]
+        policy: PathBuf,
+    },
+    /// Internal: the minter process the daemon starts.
+    #[command(hide = true)]
+    Minter {
+        #[arg(long)]
+        fd: i32,
+        #[arg(long)]
+        scopes_per_uid: usize,
+        #[arg(long)]
+        scopes_max: usize,
+        #[arg(long)]
+        scope_idle_secs: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BPFTOKEND_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckPolicy { policy }) => match bpftoken_policy::load(&policy) {
+            Ok(p) => {
+                println!("{}: ok, {} rule(s)", policy.display(), p.rules().len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}", e.render());
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Minter { fd, scopes_per_uid, scopes_max, scope_idle_secs }) => {
+            let limits = ScopeLimits {
+                per_uid: scopes_per_uid,
+                global: scopes_max,
+                idle: Duration::from_secs(scope_idle_secs),
+            };
+            let result = bpftokend::sys::take_inherited_fd(fd).and_then(|sock| bpftokend::minter::run(sock, limits));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("minter: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        None => {
+            let opts = Options {
+                socket: cli.socket,
+                policy: cli.policy,
+                scopes: ScopeLimits {
+                    per_uid: cli.scopes_per_uid,
+                    global: cli.scopes_max,
+                    idle: Duration::from_secs(cli.scope_idle_secs),
+                },
+                conns: ConnLimits::default(),
+            };
+            match run::run(opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bpftokend: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

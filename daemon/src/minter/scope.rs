@@ -1,0 +1,364 @@
+//! A scope: one user namespace owned by a client uid and one bpffs
+//! instance delegated with exact masks, created once (cold) and then used
+//! to mint any number of tokens (warm).
+//!
+//! Cold path, following DESIGN.md facts 1, 3 and 5:
+//!
+//! ```text
+//! minter (root)                          helper (forked, becomes client uid)
+//!                                        close every other fd, pdeathsig
+//!                                        setgroups([]), setresgid, setresuid
+//!                                        (now non-dumpable: client cannot ptrace)
+//!                                        unshare(CLONE_NEWUSER)  -> 'u'
+//! open /proc/PID/ns/user, owner == uid?
+//! write uid_map, setgroups=deny, gid_map -> 'g'
+//!                                        unshare(CLONE_NEWNS), fsopen("bpf")
+//!                                        -> 'f' + SCM_RIGHTS(fs context), exit
+//! check fd is a fscontext
+//! fsconfig(delegate_*), CMD_CREATE, fsmount, fstatfs == BPF_FS_MAGIC
+//! open mount root; reap helper
+//! ```
+//!
+//! The helper never creates the token: the minter does that itself through
+//! [`crate::sys::mint_token_in`], so nothing the client could influence
+//! hands us a "token".
+
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use bpftoken_proto::delegation::{Delegation, Kind};
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::fs::{Mode, OFlags};
+use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+use rustix::process::{Pid, Signal, WaitOptions};
+
+use super::error::{MintError, Step};
+use crate::sys::{self, Forked, MintStack};
+
+/// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+
+/// How long a helper may take for each step before it is killed.
+const HELPER_STEP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Who a scope belongs to and exactly what it delegates. Two requests
+/// share a scope only when all of this is equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ScopeKey {
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    pub delegation: Delegation,
+}
+
+/// A live scope: the fds that keep its user namespace and bpffs alive.
+#[derive(Debug)]
+pub struct Scope {
+    pub key: ScopeKey,
+    pub userns: OwnedFd,
+    pub bpffs_root: OwnedFd,
+    pub last_used: Instant,
+}
+
+impl Scope {
+    /// Mint one token from this scope (the warm path). The token comes
+    /// from our own child and our own bpffs fd, so a cheap check suffices
+    /// here; [`Scope::create`] checks the first token's masks in full.
+    pub fn mint(&mut self, stack: &mut MintStack) -> Result<OwnedFd, MintError> {
+        let token = sys::mint_token_in(stack, self.userns.as_fd(), self.bpffs_root.as_fd())
+            .map_err(|(step, e)| {
+                let step = match step {
+                    sys::MintStep::Clone => Step::Clone,
+                    sys::MintStep::SetNs => Step::SetNs,
+                    sys::MintStep::TokenCreate => Step::TokenCreate,
+                };
+                MintError::syscall(step, &e)
+            })?;
+        let st = rustix::fs::fstatfs(&token).map_err(|e| MintError::from((Step::CheckToken, e)))?;
+        #[allow(clippy::unnecessary_cast)]
+        let magic = st.f_type as u64;
+        if magic != BPF_FS_MAGIC {
+            return Err(MintError::NotToken { got: format!("a file on a filesystem with magic {magic:#x}") });
+        }
+        self.last_used = Instant::now();
+        Ok(token)
+    }
+
+    /// Create a scope for `key` (the cold path). Must be called from the
+    /// single-threaded minter.
+    pub fn create(key: ScopeKey) -> Result<Scope, MintError> {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| MintError::from((Step::SocketPair, e)))?;
+        // SAFETY: the minter is single-threaded (checked at its start).
+        match unsafe { sys::fork() }.map_err(|e| MintError::syscall(Step::Fork, &e))? {
+            Forked::Child => {
+                drop(ours);
+                helper_main(theirs.as_fd(), key.owner_uid, key.owner_gid)
+            }
+            Forked::Parent(pid) => {
+                drop(theirs);
+                let helper = HelperGuard { pid: Some(pid) };
+                let scope = drive_helper(ours.as_fd(), pid, key);
+                helper.reap();
+                scope
+            }
+        }
+    }
+}
+
+/// Kills and reaps the helper whatever happens to the cold path.
+struct HelperGuard {
+    pid: Option<Pid>,
+}
+
+impl HelperGuard {
+    fn reap(mut self) {
+        self.kill_and_wait();
+    }
+
+    fn kill_and_wait(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            // It has usually exited already; the kill covers the rest.
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+            let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
+        }
+    }
+}
+
+impl Drop for HelperGuard {
+    fn drop(&mut self) {
+        self.kill_and_wait();
+    }
+}
+
+// ---- helper side (runs in the forked child) ----
+
+const MSG_USERNS_READY: u8 = b'u';
+const MSG_MAPS_WRITTEN: u8 = b'g';
+const MSG_FS_CONTEXT: u8 = b'f';
+const MSG_ERROR: u8 = b'e';
+
+fn step_code(step: Step) -> u8 {
+    match step {
+        Step::SetIds => 1,
+        Step::UnshareUser => 2,
+        Step::UnshareMount => 3,
+        Step::FsOpen => 4,
+        _ => 0,
+    }
+}
+
+fn step_from_code(code: u8) -> Option<Step> {
+    Some(match code {
+        1 => Step::SetIds,
+        2 => Step::UnshareUser,
+        3 => Step::UnshareMount,
+        4 => Step::FsOpen,
+        _ => return None,
+    })
+}
+
+fn helper_main(sock: BorrowedFd<'_>, uid: u32, gid: u32) -> ! {
+    let code = match helper_steps(sock, uid, gid) {
+        Ok(()) => 0,
+        Err((step, errno)) => {
+            let mut msg = [0u8; 6];
+            msg[0] = MSG_ERROR;
+            msg[1] = step_code(step);
+            msg[2..6].copy_from_slice(&errno.raw_os_error().to_le_bytes());
+            let _ = rustix::net::send(sock, &msg, SendFlags::NOSIGNAL);
+            1
+        }
+    };
+    sys::exit_now(code)
+}
+
+fn helper_steps(sock: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), (Step, rustix::io::Errno)> {
+    use rustix::io::Errno;
+    // Die with the minter; then make sure it has not died already.
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).map_err(|e| (Step::SetIds, e))?;
+    if rustix::process::getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
+        return Err((Step::SetIds, Errno::SRCH));
+    }
+    // Hold nothing of the minter's (other clients' scopes) once we are the client.
+    sys::close_all_fds_except(sock).map_err(|e| (Step::SetIds, Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| (Step::SetIds, e))?;
+    let (uid, gid) = (
+        rustix::process::Uid::from_raw(uid),
+        rustix::process::Gid::from_raw(gid),
+    );
+    // Single-threaded process: the thread-level calls are process-wide.
+    rustix::thread::set_thread_groups(&[]).map_err(|e| (Step::SetIds, e))?;
+    rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(|e| (Step::SetIds, e))?;
+    rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(|e| (Step::SetIds, e))?;
+    sys::unshare_namespaces(rustix::thread::UnshareFlags::NEWUSER).map_err(|e| (Step::UnshareUser, e))?;
+    rustix::net::send(sock, &[MSG_USERNS_READY], SendFlags::NOSIGNAL).map_err(|e| (Step::UnshareUser, e))?;
+    let mut reply = [0u8; 1];
+    match rustix::net::recv(sock, &mut reply, RecvFlags::empty()) {
+        Ok((1, _)) if reply[0] == MSG_MAPS_WRITTEN => {}
+        Ok(_) => return Err((Step::UnshareUser, Errno::PROTO)),
+        Err(e) => return Err((Step::UnshareUser, e)),
+    }
+    sys::unshare_namespaces(rustix::thread::UnshareFlags::NEWNS).map_err(|e| (Step::UnshareMount, e))?;
+    let fs = rustix::mount::fsopen("bpf", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| (Step::FsOpen, e))?;
+    let fds = [fs.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(sock, &[IoSlice::new(&[MSG_FS_CONTEXT])], &mut control, SendFlags::NOSIGNAL)
+        .map_err(|e| (Step::FsOpen, e))?;
+    Ok(())
+}
+
+// ---- root side ----
+
+/// Wait until `sock` is readable or the helper step times out.
+fn wait_readable(sock: BorrowedFd<'_>, uid: u32) -> Result<(), MintError> {
+    let deadline = Instant::now() + HELPER_STEP_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(MintError::HelperTimeout { uid, millis: HELPER_STEP_TIMEOUT.as_millis() as u64 });
+        }
+        let ts = rustix::fs::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) };
+        let mut fds = [PollFd::new(&sock, PollFlags::IN)];
+        match poll(&mut fds, Some(&ts)) {
+            Ok(0) => continue,
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err((Step::HelperIo, e).into()),
+        }
+    }
+}
+
+/// Receive one helper message (up to 6 bytes) and at most one fd.
+fn recv_from_helper(sock: BorrowedFd<'_>, uid: u32) -> Result<(Vec<u8>, Option<OwnedFd>), MintError> {
+    wait_readable(sock, uid)?;
+    let mut buf = [0u8; 16];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        sock,
+        &mut [IoSliceMut::new(&mut buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+    )
+    .map_err(|e| MintError::from((Step::HelperIo, e)))?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    if msg.bytes == 0 {
+        return Err(MintError::HelperLost { uid });
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) || msg.flags.contains(ReturnFlags::TRUNC) || fds.len() > 1 {
+        return Err(MintError::HelperProtocol("truncated message or too many fds".into()));
+    }
+    let data = buf[..msg.bytes].to_vec();
+    if data[0] == MSG_ERROR && data.len() == 6 {
+        let step = step_from_code(data[1]).unwrap_or(Step::HelperIo);
+        let errno = i32::from_le_bytes([data[2], data[3], data[4], data[5]]);
+        return Err(MintError::Syscall { step, errno });
+    }
+    Ok((data, fds.pop()))
+}
+
+fn drive_helper(sock: BorrowedFd<'_>, pid: Pid, key: ScopeKey) -> Result<Scope, MintError> {
+    let uid = key.owner_uid;
+    let (msg, fd) = recv_from_helper(sock, uid)?;
+    if msg != [MSG_USERNS_READY] || fd.is_some() {
+        return Err(MintError::HelperProtocol(format!("expected 'u', got {msg:?}")));
+    }
+    // Our own unreaped child: its pid cannot be recycled under us.
+    let proc_dir = format!("/proc/{}", pid.as_raw_nonzero());
+    let userns = rustix::fs::open(
+        format!("{proc_dir}/ns/user"),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| MintError::from((Step::OpenUserNamespace, e)))?;
+    let owner = sys::ns_owner_uid(userns.as_fd()).map_err(|e| MintError::syscall(Step::CheckOwner, &e))?;
+    if owner != uid {
+        return Err(MintError::WrongOwner { got: owner, want: uid });
+    }
+    // Root writes the maps from outside: the helper is non-dumpable and
+    // cannot (DESIGN.md fact 5). Root in the namespace = the client outside.
+    let write = |file: &str, text: String| {
+        std::fs::write(format!("{proc_dir}/{file}"), text).map_err(|e| MintError::syscall(Step::WriteIdMaps, &e))
+    };
+    write("uid_map", format!("0 {uid} 1"))?;
+    write("setgroups", "deny".to_owned())?;
+    write("gid_map", format!("0 {} 1", key.owner_gid))?;
+    rustix::net::send(sock, &[MSG_MAPS_WRITTEN], SendFlags::NOSIGNAL)
+        .map_err(|e| MintError::from((Step::HelperIo, e)))?;
+
+    let (msg, fd) = recv_from_helper(sock, uid)?;
+    let fs = match (msg.as_slice(), fd) {
+        ([MSG_FS_CONTEXT], Some(fd)) => fd,
+        (m, _) => return Err(MintError::HelperProtocol(format!("expected 'f' with an fd, got {m:?}"))),
+    };
+    let kind = sys::fd_kind(fs.as_fd()).map_err(|e| MintError::syscall(Step::HelperIo, &e))?;
+    if kind != "anon_inode:[fscontext]" {
+        return Err(MintError::NotFsContext { got: kind });
+    }
+    let (userns, bpffs_root) = configure_bpffs(fs.as_fd(), &key.delegation, userns)?;
+    Ok(Scope { key, userns, bpffs_root, last_used: Instant::now() })
+}
+
+/// Check a token's masks, as the kernel reports them in fdinfo, against
+/// what the scope was meant to delegate.
+pub fn verify_token_masks(token: BorrowedFd<'_>, want: &Delegation) -> Result<(), MintError> {
+    let got = sys::token_masks(token).map_err(|e| MintError::syscall(Step::CheckToken, &e))?;
+    for kind in Kind::ALL {
+        let ok = match got.get(kind) {
+            // The kernel prints "any" when every bit it knows is set.
+            sys::TokenMask::Any => {
+                let want = want.get(kind);
+                want == u64::MAX || kind.builtin_names().iter().all(|&(_, v)| want & (1u64 << v) != 0)
+            }
+            sys::TokenMask::Bits(bits) => bits == want.get(kind),
+        };
+        if !ok {
+            return Err(MintError::WrongMasks { kind, got: format!("{:?}", got.get(kind)), want: want.get(kind) });
+        }
+    }
+    Ok(())
+}
+
+/// Root's part: set exactly the granted delegation, create and mount.
+fn configure_bpffs(
+    fs: BorrowedFd<'_>,
+    delegation: &Delegation,
+    userns: OwnedFd,
+) -> Result<(OwnedFd, OwnedFd), MintError> {
+    for kind in Kind::ALL {
+        rustix::mount::fsconfig_set_string(fs, kind.mount_option(), delegation.mount_option_value(kind))
+            .map_err(|e| MintError::from((Step::Delegate(kind), e)))?;
+    }
+    rustix::mount::fsconfig_create(fs).map_err(|e| MintError::from((Step::CreateSuperblock, e)))?;
+    let mnt = rustix::mount::fsmount(fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
+        .map_err(|e| MintError::from((Step::FsMount, e)))?;
+    let st = rustix::fs::fstatfs(&mnt).map_err(|e| MintError::from((Step::CheckMount, e)))?;
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as u64;
+    if magic != BPF_FS_MAGIC {
+        return Err(MintError::NotBpffs { magic });
+    }
+    // fsmount() gives an O_PATH fd, which BPF_TOKEN_CREATE rejects (fact 3).
+    let root = rustix::fs::openat(&mnt, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| MintError::from((Step::OpenRoot, e)))?;
+    Ok((userns, root))
+}

@@ -1,0 +1,332 @@
+//! Accepting clients and answering their requests.
+
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bpftoken_policy::{Decision, Policy};
+use bpftoken_proto::codec::{self, CodecError};
+use bpftoken_proto::message::{FdRole, RequestBody};
+use bpftoken_proto::{Minted, MintRequest, Refusal, RefusalCode, Response, FRAME_HEADER_LEN};
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use tokio::io::{AsyncReadExt, Interest};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::audit;
+use crate::minter::link::MinterLink;
+use crate::peer::{self, PeerIdentity};
+
+/// A request must arrive completely within this time (also the longest a
+/// connection may sit idle between requests).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A response must be taken by the client within this time.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// In-flight requests get this long to finish at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Connection caps (as Varlink's defaults): beyond them a client gets a
+/// typed `busy` refusal.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub global: usize,
+    pub per_uid: usize,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits { global: 4096, per_uid: 1024 }
+    }
+}
+
+/// Counters for status reports.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub minted: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// Shared daemon state.
+#[derive(Debug)]
+pub struct Daemon {
+    policy: RwLock<Arc<Policy>>,
+    pub minter: MinterLink,
+    pub stats: Stats,
+    limits: ConnLimits,
+    conns: Mutex<ConnCount>,
+}
+
+#[derive(Debug, Default)]
+struct ConnCount {
+    total: usize,
+    per_uid: HashMap<u32, usize>,
+}
+
+/// Releases a connection slot when the connection ends.
+struct ConnSlot {
+    daemon: Arc<Daemon>,
+    uid: u32,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut c = self.daemon.conns.lock().unwrap_or_else(|p| p.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_uid.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.per_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+impl Daemon {
+    pub fn new(policy: Policy, minter: MinterLink, limits: ConnLimits) -> Self {
+        Daemon {
+            policy: RwLock::new(Arc::new(policy)),
+            minter,
+            stats: Stats::default(),
+            limits,
+            conns: Mutex::new(ConnCount::default()),
+        }
+    }
+
+    /// The policy in force now. A request keeps the snapshot it started
+    /// with, so a reload never changes a decision half-way.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Put a new policy in force for requests that start from now on.
+    pub fn replace_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+
+    fn take_slot(self: &Arc<Self>, uid: u32) -> Result<ConnSlot, String> {
+        let mut c = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if c.total >= self.limits.global {
+            return Err(format!("the daemon is at its limit of {} connections; retry later", self.limits.global));
+        }
+        let mine = c.per_uid.get(&uid).copied().unwrap_or(0);
+        if mine >= self.limits.per_uid {
+            return Err(format!("uid {uid} already holds {mine} connections, the per-uid limit; close some first"));
+        }
+        c.total += 1;
+        *c.per_uid.entry(uid).or_insert(0) += 1;
+        Ok(ConnSlot { daemon: self.clone(), uid })
+    }
+}
+
+/// Accept connections until `shutdown` turns true, then let in-flight
+/// requests finish (bounded by [`SHUTDOWN_GRACE`]).
+pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::UnixListener, mut shutdown: watch::Receiver<bool>) {
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let daemon = daemon.clone();
+                    let shutdown = shutdown.clone();
+                    tasks.spawn(async move { handle_connection(daemon, stream, shutdown).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        tracing::warn!("in-flight requests did not finish within {} s", SHUTDOWN_GRACE.as_secs());
+    }
+}
+
+enum ReadError {
+    Codec(CodecError),
+    Timeout,
+    Io,
+}
+
+/// Read one frame's payload; `Ok(None)` at a clean end (EOF between
+/// frames, or shutdown while idle).
+async fn read_frame(stream: &mut UnixStream, shutdown: &mut watch::Receiver<bool>) -> Result<Option<Vec<u8>>, ReadError> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    let first = tokio::select! {
+        r = tokio::time::timeout(READ_TIMEOUT, stream.read(&mut header)) => r,
+        _ = shutdown.changed() => return Ok(None),
+    };
+    let got = match first {
+        Err(_) => return Err(ReadError::Timeout),
+        Ok(Ok(0)) => return Ok(None),
+        Ok(Ok(n)) => n,
+        Ok(Err(_)) => return Err(ReadError::Io),
+    };
+    let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+    let rest = async {
+        stream.read_exact(&mut header[got..]).await?;
+        let len = match codec::payload_len(header) {
+            Ok(len) => len,
+            Err(e) => return Ok(Err(e)),
+        };
+        // Allocated only after the length passed the cap.
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await?;
+        Ok::<_, std::io::Error>(Ok(payload))
+    };
+    match tokio::time::timeout_at(deadline, rest).await {
+        Err(_) => Err(ReadError::Timeout),
+        Ok(Err(_)) => Err(ReadError::Io),
+        Ok(Ok(Err(e))) => Err(ReadError::Codec(e)),
+        Ok(Ok(Ok(p))) => Ok(Some(p)),
+    }
+}
+
+/// Send one response, with `fd` attached to its first byte.
+async fn write_response(stream: &UnixStream, response: &Response, fd: Option<&OwnedFd>) -> std::io::Result<()> {
+    let bytes = codec::encode_response(response).map_err(std::io::Error::other)?;
+    let send = async {
+        let mut sent = stream
+            .async_io(Interest::WRITABLE, || {
+                let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut control = SendAncillaryBuffer::new(&mut space);
+                if !fds.is_empty() {
+                    control.push(SendAncillaryMessage::ScmRights(&fds));
+                }
+                rustix::net::sendmsg(stream, &[IoSlice::new(&bytes)], &mut control, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
+                    .map_err(std::io::Error::from)
+            })
+            .await?;
+        while sent < bytes.len() {
+            sent += stream
+                .async_io(Interest::WRITABLE, || {
+                    rustix::net::send(stream, &bytes[sent..], SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
+                        .map_err(std::io::Error::from)
+                })
+                .await?;
+        }
+        Ok(())
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, send)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client did not read its response")))
+}
+
+fn refusal(code: RefusalCode, message: impl Into<String>) -> Response {
+    Response::Refused(Refusal::new(code, message))
+}
+
+async fn handle_connection(daemon: Arc<Daemon>, mut stream: UnixStream, mut shutdown: watch::Receiver<bool>) {
+    let peer = match peer::identify(stream.as_fd()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot identify peer; closing connection");
+            return;
+        }
+    };
+    let _slot = match daemon.take_slot(peer.creds.uid) {
+        Ok(slot) => slot,
+        Err(message) => {
+            daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+            audit::refused(&peer, &[], RefusalCode::Busy, &message);
+            let _ = write_response(&stream, &refusal(RefusalCode::Busy, message), None).await;
+            return;
+        }
+    };
+    loop {
+        let payload = match read_frame(&mut stream, &mut shutdown).await {
+            Ok(Some(p)) => p,
+            Ok(None) | Err(ReadError::Io) => return,
+            Err(ReadError::Timeout) => {
+                let msg = format!("no complete request within {} s", READ_TIMEOUT.as_secs());
+                reject(&daemon, &peer, &stream, RefusalCode::Timeout, msg).await;
+                return;
+            }
+            Err(ReadError::Codec(e)) => {
+                // The frame boundary is lost: answer, then close.
+                let code = match e {
+                    CodecError::TooLarge { .. } => RefusalCode::FrameTooLarge,
+                    _ => RefusalCode::Malformed,
+                };
+                reject(&daemon, &peer, &stream, code, e.to_string()).await;
+                return;
+            }
+        };
+        let request = match codec::decode_request(&payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let code = match e {
+                    CodecError::UnsupportedVersion { .. } => RefusalCode::UnsupportedVersion,
+                    _ => RefusalCode::Malformed,
+                };
+                // The frame was whole, so the connection stays usable.
+                if !reject(&daemon, &peer, &stream, code, e.to_string()).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let ok = match request.body {
+            RequestBody::Mint(req) => handle_mint(&daemon, &peer, &stream, &req).await,
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+/// Refuse and audit; false if the client is gone.
+async fn reject(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, code: RefusalCode, message: String) -> bool {
+    daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+    audit::refused(peer, &[], code, &message);
+    write_response(stream, &refusal(code, message), None).await.is_ok()
+}
+
+/// Decide, mint, deliver. False if the client is gone.
+async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, req: &MintRequest) -> bool {
+    let policy = daemon.policy();
+    let (delegation, rules) = match policy.decide(&peer.creds, req) {
+        Decision::Refuse { code, message, rules } => {
+            daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+            audit::refused(peer, &rules, code, &message);
+            return write_response(stream, &refusal(code, message), None).await.is_ok();
+        }
+        Decision::Grant { delegation, rules } => (delegation, rules),
+    };
+    let minted = match daemon.minter.mint(peer.creds.uid, peer.creds.gid, delegation).await {
+        Ok(m) => m,
+        Err(e) => {
+            let message = format!("minting failed: {e}");
+            daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+            audit::refused(peer, &rules, RefusalCode::MintFailed, &message);
+            return write_response(stream, &refusal(RefusalCode::MintFailed, message), None).await.is_ok();
+        }
+    };
+    let response = Response::Minted(Minted { granted: delegation, rules: rules.clone(), fds: vec![FdRole::Token] });
+    let delivered = write_response(stream, &response, Some(&minted.token)).await;
+    // Our copy of the token closes here whatever happened.
+    drop(minted.token);
+    match delivered {
+        Ok(()) => {
+            daemon.stats.minted.fetch_add(1, Ordering::Relaxed);
+            audit::granted(peer, &rules, &delegation, minted.cold);
+            true
+        }
+        Err(e) => {
+            daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+            audit::refused(peer, &rules, RefusalCode::MintFailed, &format!("client went away before taking its token: {e}"));
+            false
+        }
+    }
+}

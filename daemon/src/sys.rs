@@ -1,0 +1,390 @@
+//! Every `unsafe` block and raw syscall of the daemon, each behind a safe
+//! wrapper. Calls rustix already wraps safely are used directly elsewhere.
+
+use std::ffi::c_void;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// `SO_PEERPIDFD` (Linux 6.5): a pidfd of the process that connected.
+const SO_PEERPIDFD: libc::c_int = 77;
+/// `SO_PEERGROUPS` (Linux 4.13): supplementary groups of the peer.
+const SO_PEERGROUPS: libc::c_int = 59;
+/// `NS_GET_OWNER_UID` = `_IO(0xb7, 0x4)`.
+const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
+/// `BPF_TOKEN_CREATE` command number of `bpf(2)`.
+const BPF_TOKEN_CREATE: libc::c_long = 36;
+
+/// Turn a `-1` + errno return into an `io::Error`.
+fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A pidfd for the process at the other end of a connected Unix socket,
+/// taken from the kernel at connect time, so a recycled pid cannot stand
+/// in for the peer.
+pub fn peer_pidfd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` and `len` are valid for writes of the sizes passed; the
+    // kernel writes at most `len` bytes.
+    let ret = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&raw mut fd).cast::<c_void>(),
+            &mut len,
+        )
+    };
+    cvt(ret.into())?;
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    // SAFETY: on success the kernel installed a new fd that nothing else
+    // owns; it is ours to close.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Supplementary groups of the peer, as the kernel recorded them at
+/// connect time.
+pub fn peer_groups(sock: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    // NGROUPS_MAX is 65536; start small and grow on ERANGE.
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = libc::socklen_t::try_from(groups.len() * std::mem::size_of::<libc::gid_t>())
+            .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+        // SAFETY: the buffer is valid for `len` bytes of writes and the
+        // kernel writes at most `len` bytes, updating `len`.
+        let ret = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast::<c_void>(),
+                &mut len,
+            )
+        };
+        let needed = len as usize / std::mem::size_of::<libc::gid_t>();
+        match cvt(ret.into()) {
+            Ok(_) => {
+                groups.truncate(needed);
+                return Ok(groups);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && needed > groups.len() && needed <= 65536 => {
+                groups.resize(needed, 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// True while the process behind `pidfd` has not exited.
+pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
+    // SAFETY: pidfd_send_signal with signal 0 only checks for existence
+    // and permission; a null siginfo is allowed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    ret == 0
+}
+
+/// The uid owning the user namespace `ns`.
+pub fn ns_owner_uid(ns: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut uid: libc::uid_t = 0;
+    // SAFETY: NS_GET_OWNER_UID writes one uid_t to the pointer given.
+    let ret = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_OWNER_UID, &raw mut uid) };
+    cvt(ret.into())?;
+    Ok(uid)
+}
+
+/// `BPF_TOKEN_CREATE` from a bpffs root fd, in the calling thread's own
+/// user namespace.
+pub fn bpf_token_create(bpffs: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut attr = [0u32; 2];
+    attr[1] = u32::try_from(bpffs.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: `attr` is a valid `union bpf_attr` prefix for BPF_TOKEN_CREATE
+    // (flags, bpffs_fd) of the size passed.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_TOKEN_CREATE, attr.as_mut_ptr(), 8) };
+    let fd = RawFd::try_from(cvt(ret)?).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Arguments and result shared with the short-lived mint child. The child
+/// runs on its own stack in our address space (CLONE_VM) while we are
+/// suspended (CLONE_VFORK), so plain fields are enough.
+#[repr(C)]
+struct MintChild {
+    userns: RawFd,
+    bpffs: RawFd,
+    /// The token fd, or a negated errno; `i32::MIN` until the child writes it.
+    result: i32,
+    /// Which step failed: 0 none, 1 setns, 2 BPF_TOKEN_CREATE.
+    failed_step: i32,
+}
+
+/// Runs in the mint child. Only raw syscalls: no allocation, no locks, no
+/// unwinding, as it shares our memory while we wait.
+extern "C" fn mint_child_main(arg: *mut c_void) -> libc::c_int {
+    // SAFETY: `arg` points at the `MintChild` that `mint_token_in` keeps
+    // alive and does not touch until this child has exited.
+    let args = unsafe { &mut *arg.cast::<MintChild>() };
+    // SAFETY: setns(2) on an fd value; no memory is passed.
+    let ret = unsafe { libc::syscall(libc::SYS_setns, args.userns, libc::CLONE_NEWUSER) };
+    if ret != 0 {
+        // SAFETY: errno location of this thread (shared TLS with the
+        // suspended parent thread, which does not read it meanwhile).
+        args.result = -unsafe { *libc::__errno_location() };
+        args.failed_step = 1;
+        return 1;
+    }
+    let mut attr = [0u32; 2];
+    attr[1] = args.bpffs as u32;
+    // SAFETY: `attr` is a valid bpf_attr prefix for BPF_TOKEN_CREATE.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_TOKEN_CREATE, attr.as_mut_ptr(), 8) };
+    if fd < 0 {
+        // SAFETY: as above.
+        args.result = -unsafe { *libc::__errno_location() };
+        args.failed_step = 2;
+        return 1;
+    }
+    args.result = fd as i32;
+    0
+}
+
+/// Where [`mint_token_in`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MintStep {
+    Clone,
+    SetNs,
+    TokenCreate,
+}
+
+/// Reusable stack for the mint child.
+#[derive(Debug)]
+pub struct MintStack(Box<[u128]>);
+
+impl Default for MintStack {
+    fn default() -> Self {
+        // 64 KiB: the child needs a few hundred bytes; u128 keeps the top
+        // 16-byte aligned as the x86-64 ABI wants.
+        MintStack(vec![0u128; 4096].into_boxed_slice())
+    }
+}
+
+/// Mint a token from `bpffs` inside the user namespace `userns` without a
+/// helper process: a `clone(CLONE_VM|CLONE_FILES|CLONE_VFORK)` child
+/// `setns()`es into the namespace and calls `BPF_TOKEN_CREATE`; the token
+/// lands in our fd table. We (root in the init namespace) stay where we
+/// are; nothing runs in the client's namespace after this returns.
+///
+/// Must only be called from a single-threaded process (the minter): the
+/// kernel refuses `setns(CLONE_NEWUSER)` for a task that shares its thread
+/// group, and we want no other thread touching memory the child uses.
+pub fn mint_token_in(
+    stack: &mut MintStack,
+    userns: BorrowedFd<'_>,
+    bpffs: BorrowedFd<'_>,
+) -> Result<OwnedFd, (MintStep, io::Error)> {
+    let mut args = MintChild {
+        userns: userns.as_raw_fd(),
+        bpffs: bpffs.as_raw_fd(),
+        result: i32::MIN,
+        failed_step: 0,
+    };
+    let stack_len = stack.0.len();
+    // SAFETY: one past the end of the stack allocation (stacks grow down).
+    let stack_top = unsafe { stack.0.as_mut_ptr().add(stack_len) }.cast::<c_void>();
+    let flags = libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_VFORK | libc::SIGCHLD;
+    // SAFETY: the child runs `mint_child_main` on `stack` (not used by
+    // anybody else) with a pointer to `args`, which outlives the child
+    // because CLONE_VFORK suspends us until it exits.
+    let pid = unsafe { libc::clone(mint_child_main, stack_top, flags, (&raw mut args).cast::<c_void>()) };
+    if pid < 0 {
+        return Err((MintStep::Clone, io::Error::last_os_error()));
+    }
+    let mut status = 0;
+    // SAFETY: reaping our own child; `status` is valid for writes.
+    while unsafe { libc::waitpid(pid, &raw mut status, 0) } < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    match args.failed_step {
+        0 if args.result >= 0 => {
+            // SAFETY: the child created this fd in our shared fd table and
+            // nothing else refers to it.
+            Ok(unsafe { OwnedFd::from_raw_fd(args.result) })
+        }
+        1 => Err((MintStep::SetNs, io::Error::from_raw_os_error(-args.result))),
+        2 => Err((MintStep::TokenCreate, io::Error::from_raw_os_error(-args.result))),
+        _ => Err((MintStep::Clone, io::Error::other(format!("mint child ended with status {status:#x}")))),
+    }
+}
+
+/// Result of [`fork`].
+#[derive(Debug)]
+pub enum Forked {
+    Child,
+    Parent(rustix::process::Pid),
+}
+
+/// fork(2).
+///
+/// # Safety
+/// The caller must be single-threaded, so that the child does not inherit
+/// locks held by other threads (the minter checks this at start).
+pub unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller guarantees the process is single-threaded.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        p => Ok(Forked::Parent(rustix::process::Pid::from_raw(p).ok_or_else(|| io::Error::other("fork returned pid 0 in parent"))?)),
+    }
+}
+
+/// Close every fd except `keep` (in a helper child before it drops to the
+/// client's uid, so it holds nothing of other clients).
+pub fn close_all_fds_except(keep: BorrowedFd<'_>) -> io::Result<()> {
+    let keep = keep.as_raw_fd() as libc::c_uint;
+    if keep > 0 {
+        // SAFETY: close_range only closes fds; the caller owns this process.
+        cvt(unsafe { libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32) })?;
+    }
+    // SAFETY: as above.
+    cvt(unsafe { libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32) })?;
+    Ok(())
+}
+
+/// Leave the process at once, without running destructors or atexit
+/// handlers (forked helpers must not flush the parent's buffers).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Number of threads of this process.
+pub fn thread_count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no Threads: line in /proc/self/status"))
+}
+
+/// Clear FD_CLOEXEC so the fd survives an exec (for handing the minter
+/// its socket).
+pub fn clear_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+    Ok(())
+}
+
+/// Take ownership of an inherited fd number (the minter's socket).
+///
+/// Checks that the number is open and not one of stdio.
+pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd <= 2 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: fcntl(F_GETFD) only reads flags of the fd number.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) }.into())?;
+    // SAFETY: the fd is open and was handed to this process for it to own
+    // (the daemon passes it to the minter and nothing else uses it).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// One delegation mask as a token's fdinfo shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenMask {
+    /// Every bit the kernel knows.
+    Any,
+    Bits(u64),
+}
+
+/// The four masks of a token, from `/proc/self/fdinfo/N`
+/// (`allowed_cmds:` etc., Linux 6.9+). Fails if `fd` is not a token.
+pub fn token_masks(fd: BorrowedFd<'_>) -> io::Result<TokenMasks> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    let field = |name: &str| -> io::Result<TokenMask> {
+        let v = info
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+            .map(str::trim)
+            .ok_or_else(|| io::Error::other(format!("fd has no {name} in its fdinfo: not a BPF token")))?;
+        if v == "any" {
+            return Ok(TokenMask::Any);
+        }
+        u64::from_str_radix(v.trim_start_matches("0x"), 16)
+            .map(TokenMask::Bits)
+            .map_err(|_| io::Error::other(format!("unparsable {name} {v:?}")))
+    };
+    Ok(TokenMasks {
+        cmds: field("allowed_cmds")?,
+        maps: field("allowed_maps")?,
+        progs: field("allowed_progs")?,
+        attachs: field("allowed_attachs")?,
+    })
+}
+
+/// The four masks of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenMasks {
+    pub cmds: TokenMask,
+    pub maps: TokenMask,
+    pub progs: TokenMask,
+    pub attachs: TokenMask,
+}
+
+impl TokenMasks {
+    pub fn get(&self, kind: bpftoken_proto::Kind) -> TokenMask {
+        use bpftoken_proto::Kind;
+        match kind {
+            Kind::Cmd => self.cmds,
+            Kind::Map => self.maps,
+            Kind::Prog => self.progs,
+            Kind::Attach => self.attachs,
+        }
+    }
+}
+
+/// `readlink /proc/self/fd/N`: what the fd is (e.g. `anon_inode:[fscontext]`).
+pub fn fd_kind(fd: BorrowedFd<'_>) -> io::Result<String> {
+    let link = rustix::fs::readlink(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd()), Vec::new())?;
+    Ok(link.to_string_lossy().into_owned())
+}
+
+/// unshare(2) for the forked helper.
+///
+/// Only namespace flags are accepted; `CLONE_FILES` (the reason rustix marks
+/// unshare unsafe) would split the fd table under other threads.
+pub fn unshare_namespaces(flags: rustix::thread::UnshareFlags) -> rustix::io::Result<()> {
+    use rustix::thread::UnshareFlags as F;
+    if flags.intersects(F::FILES | F::FS | F::SYSVSEM) {
+        return Err(rustix::io::Errno::INVAL);
+    }
+    // SAFETY: without CLONE_FILES no thread can lose access to fds it
+    // holds; the helper is single-threaded anyway.
+    unsafe { rustix::thread::unshare_unsafe(flags) }
+}
+
+/// Register an owned socket with the tokio reactor.
+pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    use tokio::io::Interest;
+    // SAFETY: `OwnedFd` is open for as long as the AsyncFd owns it and
+    // always returns the same fd number from `as_raw_fd`.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
+        .map_err(io::Error::from)
+}

@@ -1,0 +1,478 @@
+use super::*;
+use bpftoken_proto::delegation::{parse_list, Kind, ANY};
+use proptest::prelude::*;
+
+struct FakeNames;
+
+impl NameResolver for FakeNames {
+    fn uid_of(&self, user: &str) -> Option<u32> {
+        match user {
+            "alice" => Some(1000),
+            "bob" => Some(1001),
+            "nobody" => Some(65534),
+            _ => None,
+        }
+    }
+    fn gid_of(&self, group: &str) -> Option<u32> {
+        match group {
+            "bpf-dev" => Some(2000),
+            "nogroup" => Some(65534),
+            _ => None,
+        }
+    }
+}
+
+fn parse(text: &str) -> Result<Policy, PolicyError> {
+    Policy::parse(text, Path::new("/etc/bpftokend/policy.toml"), &FakeNames)
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
+    Peer { uid, gid, groups: groups.to_vec() }
+}
+
+const EXAMPLE: &str = r#"
+[[allow]]
+name = "alice-dev"
+users = ["alice"]
+cmds = ["map_create", "prog_load", "btf_load"]
+maps = ["array", "hash", "ringbuf"]
+progs = ["socket_filter", "kprobe"]
+attachs = ["cgroup_inet_ingress"]
+
+[[allow]]
+groups = ["bpf-dev"]
+cmds = ["map_create"]
+maps = ["queue"]
+"#;
+
+fn m(kind: Kind, list: &str) -> u64 {
+    parse_list(kind, list).unwrap()
+}
+
+#[test]
+fn parses_the_documented_shape() {
+    let p = parse(EXAMPLE).unwrap();
+    assert_eq!(p.rules().len(), 2);
+    let r = &p.rules()[0];
+    assert_eq!(r.label, "alice-dev");
+    assert_eq!(r.line, 2);
+    assert_eq!(r.uids, Some(vec![1000]));
+    assert_eq!(r.gids, None);
+    assert_eq!(r.grant.cmds, m(Kind::Cmd, "map_create,prog_load,btf_load"));
+    assert_eq!(r.grant.attachs, 1);
+    assert_eq!(p.rules()[1].label, "allow[1]");
+    assert_eq!(p.rules()[1].gids, Some(vec![2000]));
+}
+
+#[test]
+fn default_deny_names_reason_and_file() {
+    let p = parse(EXAMPLE).unwrap();
+    let d = p.decide(&peer(1001, 1001, &[]), &MintRequest::default());
+    assert_eq!(
+        d,
+        Decision::Refuse {
+            code: RefusalCode::NotInPolicy,
+            message: "no rule in /etc/bpftokend/policy.toml allows uid 1001 (gid 1001)".into(),
+            rules: vec![],
+        }
+    );
+}
+
+#[test]
+fn grant_is_union_of_matching_rules() {
+    let p = parse(EXAMPLE).unwrap();
+    // alice in bpf-dev (supplementary): both rules
+    let Decision::Grant { delegation, rules } = p.decide(&peer(1000, 1000, &[2000]), &MintRequest::default())
+    else {
+        panic!("expected a grant")
+    };
+    assert_eq!(rules, vec!["alice-dev", "allow[1]"]);
+    assert_eq!(delegation.maps, m(Kind::Map, "array,hash,ringbuf,queue"));
+    // bob via primary group
+    let Decision::Grant { delegation, .. } = p.decide(&peer(1001, 2000, &[]), &MintRequest::default())
+    else {
+        panic!("expected a grant")
+    };
+    assert_eq!(delegation, Delegation { cmds: 1, maps: m(Kind::Map, "queue"), progs: 0, attachs: 0 });
+}
+
+#[test]
+fn narrowing_is_honoured_and_widening_refused() {
+    let p = parse(EXAMPLE).unwrap();
+    let alice = peer(1000, 1000, &[]);
+    let narrow = MintRequest { maps: Some(m(Kind::Map, "array")), ..Default::default() };
+    let Decision::Grant { delegation, .. } = p.decide(&alice, &narrow) else { panic!() };
+    assert_eq!(delegation.maps, m(Kind::Map, "array"));
+    assert_eq!(delegation.progs, m(Kind::Prog, "socket_filter,kprobe"));
+
+    let wide = MintRequest { progs: Some(m(Kind::Prog, "xdp,kprobe")), ..Default::default() };
+    let Decision::Refuse { code, message, .. } = p.decide(&alice, &wide) else { panic!() };
+    assert_eq!(code, RefusalCode::NotGranted);
+    assert_eq!(
+        message,
+        "program type \"xdp\" is not granted to uid 1000 by /etc/bpftokend/policy.toml \
+         (granted program types: socket_filter, kprobe)"
+    );
+}
+
+#[test]
+fn asking_for_nothing_is_refused() {
+    let p = parse(EXAMPLE).unwrap();
+    let none = MintRequest { cmds: Some(0), maps: Some(0), progs: Some(0), attachs: Some(0) };
+    let Decision::Refuse { code, .. } = p.decide(&peer(1000, 1000, &[]), &none) else { panic!() };
+    assert_eq!(code, RefusalCode::EmptyGrant);
+}
+
+#[test]
+fn sentinel_peers_never_match() {
+    let p = parse("[[allow]]\ngids = [0]\ncmds = [\"any\"]\n").unwrap();
+    for (uid, gid) in [(65534, 0), (u32::MAX, 0), (1000, 65534), (1000, u32::MAX)] {
+        let Decision::Refuse { code, .. } = p.decide(&peer(uid, gid, &[0]), &MintRequest::default()) else {
+            panic!("{uid}/{gid} matched")
+        };
+        assert_eq!(code, RefusalCode::UnmappedPeer);
+    }
+}
+
+#[test]
+fn all_given_conditions_must_hold() {
+    let p = parse("[[allow]]\nusers = [\"alice\"]\ngroups = [\"bpf-dev\"]\ncmds = [\"any\"]\n").unwrap();
+    assert!(matches!(p.decide(&peer(1000, 1000, &[]), &MintRequest::default()), Decision::Refuse { .. }));
+    assert!(matches!(p.decide(&peer(1001, 2000, &[]), &MintRequest::default()), Decision::Refuse { .. }));
+    assert!(matches!(p.decide(&peer(1000, 1000, &[2000]), &MintRequest::default()), Decision::Grant { .. }));
+}
+
+#[test]
+fn any_grants_every_bit() {
+    let p = parse("[[allow]]\nuids = [1000]\ncmds = [\"any\"]\n").unwrap();
+    assert_eq!(p.rules()[0].grant.cmds, ANY);
+}
+
+// ---- one test per error kind, asserting the message ----
+
+#[test]
+fn unknown_map_type_has_location_and_suggestion() {
+    let text = "[[allow]]\nusers = [\"alice\"]\nmaps = [\"array\", \"ringbuff\"]\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/etc/bpftokend/policy.toml:3:18: unknown map type \"ringbuff\" (did you mean \"ringbuf\"?)"
+    );
+    assert_eq!(
+        e.render(),
+        "/etc/bpftokend/policy.toml:3:18: unknown map type \"ringbuff\" (did you mean \"ringbuf\"?)\n    \
+         maps = [\"array\", \"ringbuff\"]\n                     ^"
+    );
+}
+
+#[test]
+fn unknown_names_in_each_set() {
+    assert_eq!(
+        err("[[allow]]\nuids = [1]\ncmds = [\"map_creat\"]\n"),
+        "/etc/bpftokend/policy.toml:3:9: unknown command \"map_creat\" (did you mean \"map_create\"?)"
+    );
+    assert_eq!(
+        err("[[allow]]\nuids = [1]\nprogs = [\"wibble\"]\n"),
+        "/etc/bpftokend/policy.toml:3:10: unknown program type \"wibble\""
+    );
+    assert_eq!(
+        err("[[allow]]\nuids = [1]\nattachs = [\"xdpp\"]\n"),
+        "/etc/bpftokend/policy.toml:3:12: unknown attach type \"xdpp\" (did you mean \"xdp\"?)"
+    );
+}
+
+#[test]
+fn unknown_key_is_refused() {
+    assert_eq!(
+        err("[[allow]]\nusers = [\"alice\"]\nmap = [\"hash\"]\n"),
+        "/etc/bpftokend/policy.toml:3:1: unknown field `map`, expected one of `name`, `users`, \
+         `groups`, `uids`, `gids`, `cmds`, `maps`, `progs`, `attachs`"
+    );
+    assert!(err("[[alow]]\nuids = [1]\n").starts_with("/etc/bpftokend/policy.toml:1:3: unknown field `alow`"));
+}
+
+#[test]
+fn syntax_error_has_location() {
+    assert_eq!(
+        err("[[allow]]\nusers = [\"alice\"\n"),
+        "/etc/bpftokend/policy.toml:3:1: invalid array, expected `]`"
+    );
+}
+
+#[test]
+fn unknown_user_and_group() {
+    assert_eq!(
+        err("[[allow]]\nusers = [\"mallory\"]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:2:10: unknown user \"mallory\""
+    );
+    assert_eq!(
+        err("[[allow]]\ngroups = [\"wheel\"]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:2:11: unknown group \"wheel\""
+    );
+}
+
+#[test]
+fn sentinel_and_invalid_ids_are_refused() {
+    assert_eq!(
+        err("[[allow]]\nuids = [-1]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:2:9: uid -1 is not a valid id (0..=2147483647)"
+    );
+    assert_eq!(
+        err("[[allow]]\nuids = [4294967295]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:2:9: uid 4294967295 is not a valid id (0..=2147483647)"
+    );
+    assert_eq!(
+        err("[[allow]]\ngids = [2147483649]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:2:9: gid 2147483649 is not a valid id (0..=2147483647)"
+    );
+    assert_eq!(
+        err("[[allow]]\nuids = [65534]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:2:9: uid 65534 is the kernel's overflow id for unmapped users; \
+         a policy cannot grant to it"
+    );
+    assert_eq!(
+        err("[[allow]]\nusers = [\"nobody\"]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:2:10: user \"nobody\" has uid 65534 is the kernel's overflow id \
+         for unmapped users; a policy cannot grant to it"
+    );
+}
+
+#[test]
+fn rules_that_match_or_grant_nothing_are_refused() {
+    assert_eq!(
+        err("[[allow]]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:1:1: rule \"allow[0]\" matches nobody: give `users`, `uids`, `groups` or `gids`"
+    );
+    assert_eq!(
+        err("[[allow]]\nname = \"x\"\nusers = []\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:1:1: rule \"x\" has an empty `users` list, which would match nobody; \
+         remove it or name someone"
+    );
+    assert_eq!(
+        err("[[allow]]\nusers = [\"alice\"]\ncmds = []\n"),
+        "/etc/bpftokend/policy.toml:1:1: rule \"allow[0]\" grants nothing: give `cmds`, `maps`, `progs` or `attachs`"
+    );
+    assert_eq!(
+        err("[[allow]]\nname = \" \"\nusers = [\"alice\"]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:2:8: a rule name cannot be empty"
+    );
+}
+
+#[test]
+fn empty_policy_denies_everyone() {
+    let p = parse("").unwrap();
+    assert!(matches!(
+        p.decide(&peer(0, 0, &[]), &MintRequest::default()),
+        Decision::Refuse { code: RefusalCode::NotInPolicy, .. }
+    ));
+}
+
+// ---- file checks ----
+
+mod files {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn me() -> u32 {
+        rustix::process::geteuid().as_raw()
+    }
+
+    fn dir() -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("bpftoken-policy-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        d
+    }
+
+    fn write(path: &Path, mode: u32) {
+        std::fs::write(path, "[[allow]]\nuids = [1000]\ncmds = [\"map_create\"]\n").unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn good_file_loads() {
+        let d = dir();
+        let p = d.join("policy.toml");
+        write(&p, 0o644);
+        let policy = load_with(&p, me(), &FakeNames).unwrap();
+        assert_eq!(policy.path(), p);
+        assert_eq!(policy.rules().len(), 1);
+    }
+
+    #[test]
+    fn group_or_world_writable_file_is_refused() {
+        let d = dir();
+        let p = d.join("policy.toml");
+        for mode in [0o664, 0o646] {
+            write(&p, mode);
+            let e = load_with(&p, me(), &FakeNames).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "refusing policy {0}: the file is writable by group or others (mode {mode:04o}; chmod go-w {0})",
+                    p.display()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_owner_is_refused() {
+        let d = dir();
+        let p = d.join("policy.toml");
+        write(&p, 0o644);
+        let other = me() + 1;
+        let e = load_with(&p, other, &FakeNames).unwrap_err();
+        // the directory is checked first
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "refusing policy {}: its directory is owned by uid {}, not uid {other} (chown root {})",
+                p.display(),
+                me(),
+                d.display()
+            )
+        );
+    }
+
+    #[test]
+    fn writable_directory_is_refused() {
+        let d = dir();
+        let p = d.join("policy.toml");
+        write(&p, 0o644);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = load_with(&p, me(), &FakeNames).unwrap_err();
+        assert!(
+            e.to_string().ends_with(&format!(
+                "its directory is writable by group or others (mode 0777; chmod go-w {})",
+                d.display()
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn symlink_is_refused() {
+        let d = dir();
+        let real = d.join("real.toml");
+        write(&real, 0o644);
+        let link = d.join("policy.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = load_with(&link, me(), &FakeNames).unwrap_err();
+        assert_eq!(e.to_string(), format!("refusing policy {}: it is a symbolic link", link.display()));
+    }
+
+    #[test]
+    fn missing_file_and_fifo() {
+        let d = dir();
+        let p = d.join("absent.toml");
+        let e = load_with(&p, me(), &FakeNames).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("cannot open policy {}: No such file or directory (os error 2)", p.display())
+        );
+        let fifo = d.join("fifo.toml");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let e = load_with(&fifo, me(), &FakeNames).unwrap_err();
+        assert_eq!(e.to_string(), format!("refusing policy {}: it is not a regular file", fifo.display()));
+    }
+
+    #[test]
+    fn oversized_and_non_utf8_files() {
+        let d = dir();
+        let p = d.join("big.toml");
+        std::fs::write(&p, vec![b'#'; (MAX_POLICY_BYTES + 1) as usize]).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_with(&p, me(), &FakeNames).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("policy {} is 1048577 bytes, more than the limit of 1048576", p.display())
+        );
+        let p = d.join("bin.toml");
+        std::fs::write(&p, b"# ok\n# \xff\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_with(&p, me(), &FakeNames).unwrap_err();
+        assert_eq!(e.to_string(), format!("{}:2:3: the policy is not valid UTF-8", p.display()));
+    }
+}
+
+// ---- properties ----
+
+fn arb_delegation() -> impl Strategy<Value = Delegation> {
+    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>())
+        .prop_map(|(cmds, maps, progs, attachs)| Delegation { cmds, maps, progs, attachs })
+}
+
+fn arb_rule() -> impl Strategy<Value = Rule> {
+    (
+        proptest::option::of(proptest::collection::vec(0u32..4, 1..3)),
+        proptest::option::of(proptest::collection::vec(10u32..14, 1..3)),
+        arb_delegation(),
+    )
+        .prop_filter("a rule matches someone", |(u, g, _)| u.is_some() || g.is_some())
+        .prop_map(|(uids, gids, grant)| Rule { label: "r".into(), line: 1, uids, gids, grant })
+}
+
+fn arb_request() -> impl Strategy<Value = MintRequest> {
+    (
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(cmds, maps, progs, attachs)| MintRequest { cmds, maps, progs, attachs })
+}
+
+proptest! {
+    #[test]
+    fn never_grants_outside_matching_rules(
+        rules in proptest::collection::vec(arb_rule(), 0..5),
+        uid in 0u32..4, gid in 10u32..14, extra in proptest::collection::vec(10u32..14, 0..2),
+        req in arb_request(),
+    ) {
+        let policy = Policy { path: "/p".into(), rules };
+        let peer = Peer { uid, gid, groups: extra };
+        let union = policy.rules.iter().filter(|r| r.matches(&peer))
+            .fold(Delegation::NONE, |a, r| a.union(r.grant));
+        if let Decision::Grant { delegation, .. } = policy.decide(&peer, &req) {
+            prop_assert!(delegation.is_subset_of(&union));
+            // what was asked for is exactly what is granted
+            prop_assert_eq!(delegation, req.resolve(&union));
+        }
+    }
+
+    #[test]
+    fn narrowing_never_widens(
+        rules in proptest::collection::vec(arb_rule(), 1..5),
+        uid in 0u32..4, gid in 10u32..14,
+        req in arb_request(), cut in arb_delegation(),
+    ) {
+        let policy = Policy { path: "/p".into(), rules };
+        let peer = Peer { uid, gid, groups: vec![] };
+        if let Decision::Grant { delegation: wide, .. } = policy.decide(&peer, &req) {
+            let narrower = wide.intersect(cut);
+            let req2 = MintRequest {
+                cmds: Some(narrower.cmds), maps: Some(narrower.maps),
+                progs: Some(narrower.progs), attachs: Some(narrower.attachs),
+            };
+            match policy.decide(&peer, &req2) {
+                Decision::Grant { delegation, .. } => prop_assert!(delegation.is_subset_of(&wide)),
+                Decision::Refuse { code, .. } => prop_assert_eq!(code, RefusalCode::EmptyGrant),
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Wire types of bpftokend and the single place that encodes and decodes
+//! them. No I/O lives here: the daemon and the client own their sockets.
+//!
+//! A frame is a little-endian `u32` payload length followed by the payload.
+//! A payload starts with a little-endian `u16` protocol version, followed by
+//! the postcard encoding of the message body. Lengths above [`MAX_FRAME`]
+//! are refused before anything is allocated.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod delegation;
+mod kernel_names;
+pub mod message;
+
+pub use codec::{CodecError, FRAME_HEADER_LEN, MAX_FRAME};
+pub use delegation::{Delegation, Kind, UnknownName};
+pub use message::{
+    MintRequest, Minted, Refusal, RefusalCode, Request, Response, PROTOCOL_VERSION,
+};

@@ -1,0 +1,165 @@
+//! Requests a client sends and the answers the daemon gives.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::delegation::Delegation;
+
+/// Version carried in front of every request and response payload.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// One request. The version is not part of the postcard body: the codec
+/// writes it as a fixed `u16` in front, so an unknown version is recognised
+/// before the body is decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub version: u16,
+    pub body: RequestBody,
+}
+
+impl Request {
+    pub fn new(body: RequestBody) -> Self {
+        Request { version: PROTOCOL_VERSION, body }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestBody {
+    /// Mint a token for the caller.
+    Mint(MintRequest),
+}
+
+/// What the caller asks for. `None` for a set means "everything my policy
+/// grants in that set"; `Some(mask)` narrows it. A mask that reaches outside
+/// the grant is refused, never silently cut down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MintRequest {
+    pub cmds: Option<u64>,
+    pub maps: Option<u64>,
+    pub progs: Option<u64>,
+    pub attachs: Option<u64>,
+}
+
+impl MintRequest {
+    /// The request applied to `grant`: each set is either the grant's set
+    /// (not asked) or what was asked.
+    pub fn resolve(&self, grant: &Delegation) -> Delegation {
+        Delegation {
+            cmds: self.cmds.unwrap_or(grant.cmds),
+            maps: self.maps.unwrap_or(grant.maps),
+            progs: self.progs.unwrap_or(grant.progs),
+            attachs: self.attachs.unwrap_or(grant.attachs),
+        }
+    }
+}
+
+/// One answer. A response to a mint that succeeded carries the fds named in
+/// [`Minted::fds`] as SCM_RIGHTS on the same message, in that order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Minted(Minted),
+    Refused(Refusal),
+}
+
+/// The role of one fd attached to a [`Response::Minted`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FdRole {
+    /// A BPF token (`anon_inode:bpf-token`).
+    Token,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Minted {
+    /// The masks the token carries.
+    pub granted: Delegation,
+    /// Policy rules that produced the grant, for the caller's information.
+    pub rules: Vec<String>,
+    /// The fds attached to this message, in order.
+    pub fds: Vec<FdRole>,
+}
+
+/// A typed refusal: a stable code for programs, a sentence for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub code: RefusalCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: RefusalCode, message: impl Into<String>) -> Self {
+        Refusal { code, message: message.into() }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+macro_rules! refusal_codes {
+    ($( $(#[$doc:meta])* $name:ident = $num:literal, $text:literal; )*) => {
+        /// Stable refusal codes. The numbers travel on the wire and the
+        /// strings appear in messages and logs; neither ever changes
+        /// meaning. A code this build does not know decodes as `Unknown`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(from = "u16", into = "u16")]
+        pub enum RefusalCode {
+            $( $(#[$doc])* $name, )*
+            Unknown(u16),
+        }
+
+        impl From<u16> for RefusalCode {
+            fn from(n: u16) -> Self {
+                match n { $( $num => RefusalCode::$name, )* other => RefusalCode::Unknown(other) }
+            }
+        }
+
+        impl From<RefusalCode> for u16 {
+            fn from(c: RefusalCode) -> u16 {
+                match c { $( RefusalCode::$name => $num, )* RefusalCode::Unknown(n) => n }
+            }
+        }
+
+        impl RefusalCode {
+            /// The stable string form, e.g. `not_in_policy`.
+            pub fn as_str(&self) -> &'static str {
+                match self { $( RefusalCode::$name => $text, )* RefusalCode::Unknown(_) => "unknown" }
+            }
+        }
+    };
+}
+
+refusal_codes! {
+    /// No policy rule matches the caller.
+    NotInPolicy = 1, "not_in_policy";
+    /// The request reaches outside what the policy grants the caller.
+    NotGranted = 2, "not_granted";
+    /// The request (or the grant) leaves nothing to delegate.
+    EmptyGrant = 3, "empty_grant";
+    /// The caller's uid or gid is unmapped (overflow id) or -1.
+    UnmappedPeer = 4, "unmapped_peer";
+    /// The caller lives in a mode the daemon does not serve yet.
+    UnsupportedPeer = 5, "unsupported_peer";
+    /// The request carried a protocol version this daemon does not speak.
+    UnsupportedVersion = 10, "unsupported_version";
+    /// The request could not be decoded.
+    Malformed = 11, "malformed_request";
+    /// The frame length exceeds the protocol's cap.
+    FrameTooLarge = 12, "frame_too_large";
+    /// The request did not arrive within the read timeout.
+    Timeout = 13, "timeout";
+    /// The daemon is at its connection limit.
+    Busy = 14, "busy";
+    /// Minting failed inside the daemon or the kernel.
+    MintFailed = 20, "mint_failed";
+}
+
+impl fmt::Display for RefusalCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefusalCode::Unknown(n) => write!(f, "unknown code {n}"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
