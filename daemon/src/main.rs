@@ -26,6 +26,10 @@ struct Cli {
     /// Seconds after which an unused scope is dropped.
     #[arg(long, default_value_t = ScopeLimits::default().idle.as_secs())]
     scope_idle_secs: u64,
+    /// Milliseconds a client has to send a complete request (and the
+    /// longest a connection may idle between requests).
+    #[arg(long, value_name = "MS", default_value_t = bpftokend::server::READ_TIMEOUT.as_millis() as u64)]
+    read_timeout_ms: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -95,7 +99,7 @@ fn main() -> ExitCode {
                     global: cli.scopes_max,
                     idle: Duration::from_secs(cli.scope_idle_secs),
                 },
-                conns: ConnLimits::default(),
+                conns: ConnLimits { read_timeout: Duration::from_millis(cli.read_timeout_ms), ..ConnLimits::default() },
             };
             match run::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,

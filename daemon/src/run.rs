@@ -32,6 +32,8 @@ pub enum StartError {
     Minter(std::io::Error),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
 }
 
 /// Run the daemon until SIGTERM or SIGINT.
@@ -41,50 +43,71 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         return Err(StartError::NotRoot(euid));
     }
     let policy = bpftoken_policy::load(&opts.policy)?;
-    tracing::info!(policy = %opts.policy.display(), rules = policy.rules().len(), "policy loaded");
-    // Both before the runtime: bind() sets the umask, and the minter is
-    // best started from a single-threaded process.
-    let sock = socket::bind(&opts.socket)?;
+    let rules = policy.rules().len();
     let minter = MinterLink::start(PathBuf::from("/proc/self/exe"), opts.scopes).map_err(StartError::Minter)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(StartError::Runtime)?;
     let daemon = Arc::new(Daemon::new(policy, minter, opts.conns));
-    let result = runtime.block_on(async {
-        sock.listener.set_nonblocking(true).map_err(|e| SocketError::Bind { path: opts.socket.clone(), source: e })?;
-        let listener = tokio::net::UnixListener::from_std(sock.listener.try_clone().map_err(|e| SocketError::Bind { path: opts.socket.clone(), source: e })?)
-            .map_err(|e| SocketError::Bind { path: opts.socket.clone(), source: e })?;
+    let bound = runtime.block_on(async {
+        // Signal handlers first: once the socket exists, a client (or a
+        // test) may already expect SIGTERM to mean an orderly stop.
+        let signals = Signals::install()?;
+        // The runtime's workers are idle here, so the umask change inside
+        // bind() cannot affect a file created elsewhere.
+        let sock = socket::bind(&opts.socket)?;
+        let bind_err = |source| SocketError::Bind { path: opts.socket.clone(), source };
+        sock.listener.set_nonblocking(true).map_err(bind_err)?;
+        let listener = tokio::net::UnixListener::from_std(sock.listener.try_clone().map_err(bind_err)?).map_err(bind_err)?;
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let signals = tokio::spawn(handle_signals(daemon.clone(), opts.policy.clone(), tx));
-        tracing::info!(socket = %opts.socket.display(), "listening");
+        let signal_task = tokio::spawn(signals.handle(daemon.clone(), opts.policy.clone(), tx));
+        tracing::info!(socket = %opts.socket.display(), policy = %opts.policy.display(), rules, "listening");
         server::serve(daemon.clone(), listener, rx).await;
-        signals.abort();
+        signal_task.abort();
         daemon.minter.shutdown().await;
-        Ok::<(), StartError>(())
+        Ok::<_, StartError>(sock)
     });
+    let sock = match bound {
+        Ok(sock) => sock,
+        Err(e) => {
+            runtime.block_on(daemon.minter.shutdown());
+            return Err(e);
+        }
+    };
     sock.remove();
     tracing::info!("stopped");
-    result
+    Ok(())
 }
 
-async fn handle_signals(daemon: Arc<Daemon>, policy_path: PathBuf, shutdown: tokio::sync::watch::Sender<bool>) {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
-        tracing::error!("cannot install signal handlers; stopping");
-        let _ = shutdown.send(true);
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => reload(&daemon, &policy_path),
-        }
+/// SIGTERM/SIGINT stop the daemon, SIGHUP reloads the policy.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, StartError> {
+        let install = |kind| signal(kind).map_err(StartError::Signals);
+        Ok(Signals {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hup: install(SignalKind::hangup())?,
+        })
     }
-    tracing::info!("shutting down: finishing in-flight requests");
-    let _ = shutdown.send(true);
+
+    async fn handle(mut self, daemon: Arc<Daemon>, policy_path: PathBuf, shutdown: tokio::sync::watch::Sender<bool>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+                _ = self.hup.recv() => reload(&daemon, &policy_path),
+            }
+        }
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = shutdown.send(true);
+    }
 }
 
 /// Re-read the policy; a broken one is logged and the old one stays.

@@ -22,25 +22,27 @@ use crate::audit;
 use crate::minter::link::MinterLink;
 use crate::peer::{self, PeerIdentity};
 
-/// A request must arrive completely within this time (also the longest a
-/// connection may sit idle between requests).
+/// Default for [`ConnLimits::read_timeout`].
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A response must be taken by the client within this time.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// In-flight requests get this long to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Connection caps (as Varlink's defaults): beyond them a client gets a
-/// typed `busy` refusal.
+/// Per-connection bounds. Beyond the connection caps (Varlink's defaults)
+/// a client gets a typed `busy` refusal.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
     pub global: usize,
     pub per_uid: usize,
+    /// A request must arrive completely within this time; it is also the
+    /// longest a connection may sit idle between requests.
+    pub read_timeout: Duration,
 }
 
 impl Default for ConnLimits {
     fn default() -> Self {
-        ConnLimits { global: 4096, per_uid: 1024 }
+        ConnLimits { global: 4096, per_uid: 1024, read_timeout: READ_TIMEOUT }
     }
 }
 
@@ -160,10 +162,14 @@ enum ReadError {
 
 /// Read one frame's payload; `Ok(None)` at a clean end (EOF between
 /// frames, or shutdown while idle).
-async fn read_frame(stream: &mut UnixStream, shutdown: &mut watch::Receiver<bool>) -> Result<Option<Vec<u8>>, ReadError> {
+async fn read_frame(
+    stream: &mut UnixStream,
+    read_timeout: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Vec<u8>>, ReadError> {
     let mut header = [0u8; FRAME_HEADER_LEN];
     let first = tokio::select! {
-        r = tokio::time::timeout(READ_TIMEOUT, stream.read(&mut header)) => r,
+        r = tokio::time::timeout(read_timeout, stream.read(&mut header)) => r,
         _ = shutdown.changed() => return Ok(None),
     };
     let got = match first {
@@ -172,7 +178,7 @@ async fn read_frame(stream: &mut UnixStream, shutdown: &mut watch::Receiver<bool
         Ok(Ok(n)) => n,
         Ok(Err(_)) => return Err(ReadError::Io),
     };
-    let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + read_timeout;
     let rest = async {
         stream.read_exact(&mut header[got..]).await?;
         let len = match codec::payload_len(header) {
@@ -245,11 +251,12 @@ async fn handle_connection(daemon: Arc<Daemon>, mut stream: UnixStream, mut shut
         }
     };
     loop {
-        let payload = match read_frame(&mut stream, &mut shutdown).await {
+        let read_timeout = daemon.limits.read_timeout;
+        let payload = match read_frame(&mut stream, read_timeout, &mut shutdown).await {
             Ok(Some(p)) => p,
             Ok(None) | Err(ReadError::Io) => return,
             Err(ReadError::Timeout) => {
-                let msg = format!("no complete request within {} s", READ_TIMEOUT.as_secs());
+                let msg = format!("no complete request within {} ms", read_timeout.as_millis());
                 reject(&daemon, &peer, &stream, RefusalCode::Timeout, msg).await;
                 return;
             }

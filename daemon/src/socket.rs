@@ -49,7 +49,8 @@ impl OwnedSocket {
 }
 
 /// Bind `path` with mode 0666 (authorisation is the policy's job, not the
-/// socket's). Must run before any thread exists: the umask is per process.
+/// socket's). The umask is per process: call this while no other thread
+/// creates files.
 pub fn bind(path: &Path) -> Result<OwnedSocket, SocketError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     prepare_dir(dir)?;

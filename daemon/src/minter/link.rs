@@ -70,6 +70,14 @@ impl MinterLink {
     /// an error and the next call starts a new one.
     pub async fn mint(&self, owner_uid: u32, owner_gid: u32, delegation: Delegation) -> Result<MintedToken, MintError> {
         let mut state = self.state.lock().await;
+        // A minter that died while idle is replaced before the request is
+        // sent, so this request does not fail for it.
+        if let Some(running) = state.as_mut() {
+            if let Ok(Some(status)) = running.child.try_wait() {
+                tracing::warn!(%status, "the minter exited while idle");
+                stop(state.take());
+            }
+        }
         if state.is_none() {
             tracing::warn!("starting a new minter process");
             *state = Some(spawn(&self.exe, self.limits).map_err(|e| MintError::MinterUnavailable(format!("cannot start it: {e}")))?);

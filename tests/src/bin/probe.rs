@@ -1,0 +1,148 @@
+//! `bpftoken-probe`: what the end-to-end tests run as unprivileged users.
+//!
+//! ```text
+//! bpftoken-probe try [--no-token] ITEM...      ITEM = map:NAME | prog:NAME
+//! bpftoken-probe send-token SOCKET             send $BPF_TOKEN_FD over SOCKET
+//! bpftoken-probe recv-token SOCKET ITEM...     listen, take one fd, try ITEMs with it
+//! bpftoken-probe mint-loop SOCKET COUNT [--reconnect]
+//! ```
+//!
+//! `try` prints one line per item: `map:hash ok` or `map:hash EPERM`.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::ExitCode;
+
+use bpftoken::{Client, Kind, MintRequest};
+use bpftoken_tests::bpf;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+};
+
+fn errno_name(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => "EPERM".into(),
+        Some(libc::EACCES) => "EACCES".into(),
+        Some(libc::EINVAL) => "EINVAL".into(),
+        Some(libc::EBADF) => "EBADF".into(),
+        Some(libc::ENOENT) => "ENOENT".into(),
+        Some(n) => format!("errno{n}"),
+        None => e.to_string(),
+    }
+}
+
+fn try_items(token: Option<BorrowedFd<'_>>, items: &[String]) -> Result<(), String> {
+    for item in items {
+        let (kind, name) = item.split_once(':').ok_or_else(|| format!("bad item {item:?}"))?;
+        let (kind, call): (Kind, fn(u32, Option<BorrowedFd<'_>>) -> std::io::Result<OwnedFd>) = match kind {
+            "map" => (Kind::Map, bpf::map_create),
+            "prog" => (Kind::Prog, bpf::prog_load),
+            _ => return Err(format!("bad item kind {kind:?}")),
+        };
+        let bit = bpftoken::delegation::parse_name(kind, name).map_err(|e| e.to_string())?;
+        let result = call(bit.trailing_zeros(), token);
+        match result {
+            Ok(_) => println!("{item} ok"),
+            Err(e) => println!("{item} {}", errno_name(&e)),
+        }
+    }
+    Ok(())
+}
+
+fn token_from_env() -> Result<OwnedFd, String> {
+    let n: i32 = std::env::var("BPF_TOKEN_FD")
+        .map_err(|_| "BPF_TOKEN_FD is not set".to_owned())?
+        .parse()
+        .map_err(|_| "BPF_TOKEN_FD is not a number".to_owned())?;
+    bpf::inherited_fd(n).map_err(|e| format!("BPF_TOKEN_FD={n}: {e}"))
+}
+
+fn send_fd(sock: &UnixStream, fd: BorrowedFd<'_>) -> Result<(), String> {
+    let fds = [fd];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(sock, &[IoSlice::new(b"t")], &mut control, SendFlags::empty())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn recv_fd(sock: &UnixStream) -> Result<OwnedFd, String> {
+    let mut buf = [0u8; 1];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    rustix::net::recvmsg(sock, &mut [IoSliceMut::new(&mut buf)], &mut control, RecvFlags::CMSG_CLOEXEC)
+        .map_err(|e| e.to_string())?;
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut rights) = m {
+            if let Some(fd) = rights.next() {
+                return Ok(fd);
+            }
+        }
+    }
+    Err("no fd received".into())
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("try") => {
+            if args.get(1).map(String::as_str) == Some("--no-token") {
+                try_items(None, &args[2..])
+            } else {
+                let token = token_from_env()?;
+                try_items(Some(token.as_fd()), &args[1..])
+            }
+        }
+        Some("send-token") => {
+            let path = args.get(1).ok_or("send-token SOCKET")?;
+            let token = token_from_env()?;
+            let sock = UnixStream::connect(path).map_err(|e| format!("{path}: {e}"))?;
+            send_fd(&sock, token.as_fd())
+        }
+        Some("recv-token") => {
+            let path = args.get(1).ok_or("recv-token SOCKET ITEM...")?;
+            // Let the other test user connect.
+            rustix::process::umask(rustix::fs::Mode::empty());
+            let listener = UnixListener::bind(path).map_err(|e| format!("{path}: {e}"))?;
+            println!("listening");
+            let (sock, _) = listener.accept().map_err(|e| e.to_string())?;
+            let token = recv_fd(&sock)?;
+            try_items(Some(token.as_fd()), &args[2..])
+        }
+        Some("mint-loop") => {
+            let path = std::path::PathBuf::from(args.get(1).ok_or("mint-loop SOCKET COUNT")?);
+            let count: usize = args.get(2).and_then(|c| c.parse().ok()).ok_or("mint-loop SOCKET COUNT")?;
+            let reconnect = args.get(3).map(String::as_str) == Some("--reconnect");
+            let mut client = Client::connect_to(&path).map_err(|e| e.to_string())?;
+            let mut ok = 0usize;
+            for _ in 0..count {
+                if reconnect {
+                    client = Client::connect_to(&path).map_err(|e| e.to_string())?;
+                }
+                match client.mint(&MintRequest::default()) {
+                    Ok(token) => {
+                        drop(token);
+                        ok += 1;
+                    }
+                    Err(e) => println!("error {e}"),
+                }
+            }
+            println!("minted {ok}");
+            Ok(())
+        }
+        _ => Err("usage: bpftoken-probe try|send-token|recv-token|mint-loop ...".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bpftoken-probe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Raw `bpf(2)` calls the probe makes, with or without a token. The only
+//! unsafe code of the test crate.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_F_TOKEN_FD: u32 = 1 << 16;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u8]) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a zero-initialised `union bpf_attr` of the length
+    // passed, laid out for `cmd` by the callers below.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(ret).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn put_u32(a: &mut [u8], off: usize, v: u32) {
+    a[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn put_u64(a: &mut [u8], off: usize, v: u64) {
+    a[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn token_raw(token: Option<BorrowedFd<'_>>) -> u32 {
+    token.map_or(0, |t| u32::try_from(t.as_raw_fd()).unwrap_or(0))
+}
+
+/// Key size, value size and max entries that make a valid map of `map_type`.
+fn map_shape(map_type: u32) -> (u32, u32, u32) {
+    match map_type {
+        27 | 31 => (0, 0, 4096),  // ringbuf, user_ringbuf: page-sized
+        22 | 23 => (0, 8, 1),     // queue, stack: no key
+        30 => (0, 8, 1),          // bloom_filter
+        _ => (4, 8, 1),
+    }
+}
+
+/// BPF_MAP_CREATE of a small map of `map_type`.
+pub fn map_create(map_type: u32, token: Option<BorrowedFd<'_>>) -> io::Result<OwnedFd> {
+    let mut a = [0u8; 128];
+    let (key, value, max) = map_shape(map_type);
+    put_u32(&mut a, 0, map_type);
+    put_u32(&mut a, 4, key);
+    put_u32(&mut a, 8, value);
+    put_u32(&mut a, 12, max);
+    if token.is_some() {
+        put_u32(&mut a, 16, BPF_F_TOKEN_FD); // map_flags
+        put_u32(&mut a, 76, token_raw(token)); // map_token_fd
+    }
+    bpf(BPF_MAP_CREATE, &mut a)
+}
+
+/// BPF_PROG_LOAD of `r0 = 0; exit` as `prog_type`, expected attach type 0.
+pub fn prog_load(prog_type: u32, token: Option<BorrowedFd<'_>>) -> io::Result<OwnedFd> {
+    static INSNS: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    static LICENSE: &[u8] = b"GPL\0";
+    let mut a = [0u8; 160];
+    put_u32(&mut a, 0, prog_type);
+    put_u32(&mut a, 4, 2);
+    put_u64(&mut a, 8, INSNS.as_ptr() as u64);
+    put_u64(&mut a, 16, LICENSE.as_ptr() as u64);
+    if token.is_some() {
+        put_u32(&mut a, 44, BPF_F_TOKEN_FD); // prog_flags
+        put_u32(&mut a, 144, token_raw(token)); // prog_token_fd
+    }
+    bpf(BPF_PROG_LOAD, &mut a)
+}
+
+/// Adopt an fd number inherited from the parent (BPF_TOKEN_FD).
+pub fn inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd <= 2 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    rustix::io::fcntl_getfd(
+        // SAFETY: only used for the duration of this call to check the fd is open.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+    )?;
+    // SAFETY: the fd is open and was handed to this process to own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

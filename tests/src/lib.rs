@@ -1,0 +1,254 @@
+//! Harness for the end-to-end tests: real daemon, real kernel, real
+//! unprivileged users (created by `scripts/setup-test-users.sh`).
+//!
+//! A test that needs root or the test users calls [`setup`] first. Outside
+//! CI it skips with a visible reason; with `CI=true` it fails instead.
+
+pub mod bpf;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The users the tests run as.
+pub const ALICE: &str = "bpftk-alice";
+pub const BOB: &str = "bpftk-bob";
+pub const EVE: &str = "bpftk-eve";
+/// A group only bob belongs to, as a supplementary group.
+pub const DEV_GROUP: &str = "bpftk-dev";
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Skip (outside CI) or fail (in CI) for a missing prerequisite.
+fn missing(test: &str, what: &str) -> Option<Env> {
+    if in_ci() {
+        panic!("{test}: {what}, and CI=true: privileged tests must not skip in CI");
+    }
+    eprintln!("SKIPPED {test}: {what}");
+    None
+}
+
+/// What a privileged end-to-end test needs.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub bin_dir: PathBuf,
+}
+
+impl Env {
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+}
+
+/// Check root, test users and built binaries.
+pub fn setup(test: &str) -> Option<Env> {
+    if rustix::process::geteuid().as_raw() != 0 {
+        return missing(test, "needs root (run the suite as root: see README)");
+    }
+    for name in [ALICE, BOB, EVE] {
+        if uzers::get_user_by_name(name).is_none() {
+            return missing(test, &format!("test user {name} does not exist (run scripts/setup-test-users.sh)"));
+        }
+    }
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent()?.parent().map(Path::to_path_buf))
+        .expect("test binary lives in target/<profile>/deps");
+    for name in ["bpftokend", "bpftoken", "bpftoken-probe"] {
+        if !bin_dir.join(name).exists() {
+            return missing(test, &format!("{} is not built (run cargo build --workspace first)", bin_dir.join(name).display()));
+        }
+    }
+    Some(Env { bin_dir })
+}
+
+pub fn user(name: &str) -> User {
+    let u = uzers::get_user_by_name(name).unwrap_or_else(|| panic!("no user {name}"));
+    User { name: name.to_owned(), uid: u.uid(), gid: u.primary_group_id() }
+}
+
+/// A command that runs as `user` with exactly that user's groups.
+pub fn as_user(user: &User, program: impl AsRef<OsStr>) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", &user.name, "--regid", &user.name, "--init-groups", "--"]).arg(program);
+    c.stdin(Stdio::null());
+    c
+}
+
+pub fn output(mut cmd: Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A private directory (root-owned, 0755) for one daemon.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "bpftokend-e2e-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir(&d).expect("create scratch dir");
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod scratch dir");
+    d
+}
+
+/// Write a policy with safe permissions.
+pub fn write_policy(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write policy");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).expect("chmod policy");
+}
+
+/// A running bpftokend with its own socket, policy and log.
+#[derive(Debug)]
+pub struct TestDaemon {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub policy: PathBuf,
+    pub log: PathBuf,
+}
+
+impl TestDaemon {
+    /// Start a daemon with `policy` and extra arguments; wait until it
+    /// answers on its socket.
+    pub fn start(env: &Env, policy: &str, extra_args: &[&str]) -> TestDaemon {
+        TestDaemon::start_on(env, policy, None, extra_args)
+    }
+
+    /// [`TestDaemon::start`] on a given socket path.
+    pub fn start_on(env: &Env, policy: &str, socket: Option<PathBuf>, extra_args: &[&str]) -> TestDaemon {
+        let dir = scratch_dir("daemon");
+        let policy_path = dir.join("policy.toml");
+        write_policy(&policy_path, policy);
+        let mut d = TestDaemon {
+            child: None,
+            socket: socket.unwrap_or_else(|| dir.join("socket")),
+            policy: policy_path,
+            log: dir.join("daemon.log"),
+            dir,
+        };
+        d.spawn(env, extra_args);
+        d
+    }
+
+    fn spawn(&mut self, env: &Env, extra_args: &[&str]) {
+        let log = std::fs::File::create(&self.log).expect("create log");
+        let child = Command::new(env.bin("bpftokend"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--policy")
+            .arg(&self.policy)
+            .args(extra_args)
+            .env("BPFTOKEND_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn bpftokend");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("bpftokend exited with {status} before listening:\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "bpftokend did not listen within 10 s:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send SIGTERM and wait for the daemon to exit; returns its status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let pid = rustix::process::Pid::from_child(&child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait daemon") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("bpftokend did not stop within 15 s of SIGTERM:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `bpftoken --socket S ARGS...` as `user`.
+    pub fn bpftoken(&self, env: &Env, user: &User, args: &[&str]) -> Output {
+        let mut c = as_user(user, env.bin("bpftoken"));
+        c.arg("--socket").arg(&self.socket).args(args);
+        output(c)
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Number of open fds of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Direct children of a process (all its threads).
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Resident set size of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,137 @@
+//! Starting, refusing to start, stopping, and surviving a dead minter.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bpftoken_tests::*;
+
+const POLICY: &str = r#"
+[[allow]]
+users = ["bpftk-alice"]
+cmds = ["map_create"]
+maps = ["array"]
+"#;
+
+fn start_daemon_once(env: &Env, socket: &std::path::Path, policy: &std::path::Path) -> std::process::Output {
+    output({
+        let mut c = Command::new(env.bin("bpftokend"));
+        c.arg("--socket").arg(socket).arg("--policy").arg(policy);
+        c
+    })
+}
+
+#[test]
+fn socket_is_world_connectable_and_removed_on_sigterm() {
+    let Some(env) = setup("socket_is_world_connectable_and_removed_on_sigterm") else { return };
+    let mut d = TestDaemon::start(&env, POLICY, &[]);
+    let meta = std::fs::symlink_metadata(&d.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o666);
+    // An idle connection does not hold up shutdown.
+    let _idle = UnixStream::connect(&d.socket).unwrap();
+    let started = Instant::now();
+    let status = d.stop();
+    assert!(status.success(), "{status}\n{}", d.log_text());
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+    assert!(!d.socket.exists(), "socket left behind");
+    assert!(d.log_text().contains("stopped"), "{}", d.log_text());
+}
+
+#[test]
+fn second_daemon_refuses_while_the_first_answers() {
+    let Some(env) = setup("second_daemon_refuses_while_the_first_answers") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let o = start_daemon_once(&env, &d.socket, &d.policy);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!("bpftokend: another bpftokend is already answering on {}; stop it first\n", d.socket.display())
+    );
+    // The first one is untouched.
+    let o = d.bpftoken(&env, &user(ALICE), &["run", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn stale_socket_is_replaced() {
+    let Some(env) = setup("stale_socket_is_replaced") else { return };
+    let dir = scratch_dir("stale");
+    let socket = dir.join("socket");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let mut d = TestDaemon::start_on(&env, POLICY, Some(socket.clone()), &[]);
+    assert!(d.log_text().contains("replacing stale socket"), "{}", d.log_text());
+    let o = {
+        let mut c = as_user(&user(ALICE), env.bin("bpftoken"));
+        c.arg("--socket").arg(&socket).args(["run", "--", "true"]);
+        output(c)
+    };
+    assert!(o.status.success(), "{}", stderr(&o));
+    d.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn unsafe_or_broken_policy_stops_the_start() {
+    let Some(env) = setup("unsafe_or_broken_policy_stops_the_start") else { return };
+    let dir = scratch_dir("badpolicy");
+    let socket = dir.join("socket");
+    let policy = dir.join("policy.toml");
+    write_policy(&policy, POLICY);
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let o = start_daemon_once(&env, &socket, &policy);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "bpftokend: refusing policy {0}: the file is writable by group or others (mode 0666; chmod go-w {0})\n",
+            policy.display()
+        )
+    );
+    write_policy(&policy, "[[allow]]\nusers = [\"bpftk-alice\"]\nmaps = [\"hashh\"]\n");
+    let o = start_daemon_once(&env, &socket, &policy);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "bpftokend: {}:3:9: unknown map type \"hashh\" (did you mean \"hash\"?)\n    maps = [\"hashh\"]\n            ^\n",
+            policy.display()
+        )
+    );
+    assert!(!socket.exists(), "no socket is created for a daemon that does not start");
+    // check-policy says the same and exits 1
+    let o = output({
+        let mut c = Command::new(env.bin("bpftokend"));
+        c.arg("check-policy").arg("--policy").arg(&policy);
+        c
+    });
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("unknown map type \"hashh\""), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn killed_minter_is_replaced_and_minting_continues() {
+    let Some(env) = setup("killed_minter_is_replaced_and_minting_continues") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let alice = user(ALICE);
+    let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let old = children(d.pid());
+    assert_eq!(old.len(), 1);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(i32::try_from(old[0]).unwrap()).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // The next mint notices the dead minter before sending and succeeds.
+    let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+    assert!(o.status.success(), "{}\n{}", stderr(&o), d.log_text());
+    let new = children(d.pid());
+    assert_eq!(new.len(), 1, "one minter, no zombie: {new:?}");
+    assert_ne!(new, old);
+    assert!(d.log_text().contains("the minter exited while idle"), "{}", d.log_text());
+}

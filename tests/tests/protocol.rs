@@ -1,0 +1,162 @@
+//! Bad input on the wire: every case gets a typed answer (or a closed
+//! connection once framing is lost) and never disturbs another client.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use bpftoken_proto::codec;
+use bpftoken_proto::message::RequestBody;
+use bpftoken_proto::{MintRequest, RefusalCode, Request, Response};
+use bpftoken_tests::*;
+
+const POLICY: &str = r#"
+[[allow]]
+users = ["bpftk-alice"]
+cmds = ["map_create"]
+maps = ["array"]
+"#;
+
+fn connect(d: &TestDaemon) -> UnixStream {
+    let s = UnixStream::connect(&d.socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Read one response frame; `None` if the daemon closed the connection.
+fn read_response(s: &mut UnixStream) -> Option<Response> {
+    let mut header = [0u8; 4];
+    match s.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+        Err(e) => panic!("reading response: {e}"),
+    }
+    let len = codec::payload_len(header).expect("daemon frame length");
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).expect("response payload");
+    Some(codec::decode_response(&payload).expect("daemon response decodes"))
+}
+
+fn refusal(r: Option<Response>) -> (RefusalCode, String) {
+    match r {
+        Some(Response::Refused(r)) => (r.code, r.message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn mint_frame() -> Vec<u8> {
+    codec::encode_request(&Request::new(RequestBody::Mint(MintRequest::default()))).unwrap()
+}
+
+fn assert_closed(s: &mut UnixStream) {
+    let mut b = [0u8; 1];
+    assert_eq!(s.read(&mut b).expect("read after close"), 0, "connection should be closed");
+}
+
+#[test]
+fn bad_frames_get_typed_errors_while_a_good_client_succeeds() {
+    let Some(env) = setup("bad_frames_get_typed_errors_while_a_good_client_succeeds") else { return };
+    let d = TestDaemon::start(&env, POLICY, &["--read-timeout-ms", "1000"]);
+    // A well-behaved client minting throughout.
+    let mut good = as_user(&user(ALICE), env.bin("bpftoken-probe"));
+    good.args(["mint-loop", d.socket.to_str().unwrap(), "300"]);
+    good.stdout(std::process::Stdio::piped());
+    let good = good.spawn().expect("spawn good client");
+
+    // Garbage body in a well-formed frame: typed error, connection usable.
+    let mut s = connect(&d);
+    s.write_all(&[6, 0, 0, 0, 1, 0, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    let (code, msg) = refusal(read_response(&mut s));
+    assert_eq!(code, RefusalCode::Malformed);
+    assert!(msg.starts_with("undecodable message: "), "{msg}");
+    s.write_all(&mint_frame()).unwrap();
+    let (code, msg) = refusal(read_response(&mut s));
+    assert_eq!(code, RefusalCode::NotInPolicy);
+    assert_eq!(msg, format!("no rule in {} allows uid 0 (gid 0)", d.policy.display()));
+
+    // Unknown protocol version: typed error, connection usable.
+    s.write_all(&[3, 0, 0, 0, 7, 0, 0]).unwrap();
+    let (code, msg) = refusal(read_response(&mut s));
+    assert_eq!(code, RefusalCode::UnsupportedVersion);
+    assert_eq!(msg, "protocol version 7 is not supported (this side speaks 1)");
+
+    // Trailing bytes after a valid request.
+    let mut frame = mint_frame();
+    frame.push(0);
+    frame[0] += 1;
+    s.write_all(&frame).unwrap();
+    let (code, msg) = refusal(read_response(&mut s));
+    assert_eq!((code, msg.as_str()), (RefusalCode::Malformed, "1 unexpected bytes after the message"));
+
+    // A 4 GiB length prefix is refused before anything is allocated.
+    let mut s = connect(&d);
+    s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    let (code, msg) = refusal(read_response(&mut s));
+    assert_eq!(code, RefusalCode::FrameTooLarge);
+    assert_eq!(msg, "frame of 4294967295 bytes exceeds the limit of 65536 bytes");
+    assert_closed(&mut s);
+
+    // An empty frame.
+    let mut s = connect(&d);
+    s.write_all(&[0, 0, 0, 0]).unwrap();
+    let (code, msg) = refusal(read_response(&mut s));
+    assert_eq!((code, msg.as_str()), (RefusalCode::Malformed, "frame too short: 0 bytes, a payload needs at least 2"));
+    assert_closed(&mut s);
+
+    // A truncated frame: the read timeout answers and closes.
+    let mut s = connect(&d);
+    let started = Instant::now();
+    s.write_all(&[100, 0, 0, 0, 1, 0, 0, 0]).unwrap();
+    let (code, msg) = refusal(read_response(&mut s));
+    assert_eq!((code, msg.as_str()), (RefusalCode::Timeout, "no complete request within 1000 ms"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_closed(&mut s);
+
+    // A silent client is dropped after the timeout as well.
+    let mut s = connect(&d);
+    let (code, _) = refusal(read_response(&mut s));
+    assert_eq!(code, RefusalCode::Timeout);
+    assert_closed(&mut s);
+
+    // A client that vanishes mid-frame.
+    let mut s = connect(&d);
+    s.write_all(&[20, 0, 0, 0, 1]).unwrap();
+    drop(s);
+
+    let good = good.wait_with_output().expect("good client");
+    assert_eq!(stdout(&good), "minted 300\n", "{}", stderr(&good));
+
+    // And the daemon still serves new clients.
+    let o = d.bpftoken(&env, &user(ALICE), &["run", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn library_reports_typed_refusals_and_unreachable_daemons() {
+    let Some(env) = setup("library_reports_typed_refusals_and_unreachable_daemons") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let mut client = bpftoken::Client::connect_to(&d.socket).expect("connect");
+    match client.mint(&MintRequest::default()) {
+        Err(bpftoken::Error::Refused(r)) => {
+            assert_eq!(r.code, RefusalCode::NotInPolicy);
+            assert_eq!(r.message, format!("no rule in {} allows uid 0 (gid 0)", d.policy.display()));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    let missing = d.dir.join("no-such-socket");
+    let o = output({
+        let mut c = as_user(&user(ALICE), env.bin("bpftoken"));
+        c.arg("--socket").arg(&missing).args(["run", "--", "true"]);
+        c
+    });
+    assert_eq!(o.status.code(), Some(69));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "bpftoken: cannot reach bpftokend at {}: No such file or directory (os error 2) \
+             (is the daemon running? set BPFTOKEN_SOCKET to use another socket)\n",
+            missing.display()
+        )
+    );
+}
