@@ -2,10 +2,24 @@
 //! anything the peer says about itself.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::OnceLock;
 
 use bpftoken_policy::Peer;
 
 use crate::sys;
+
+/// Which user namespace the peer lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerUserns {
+    /// The daemon's own (normally the init user namespace).
+    Ours,
+    /// Another one (a rootless container, `unshare -U`), owned by this uid
+    /// as seen from ours.
+    Nested { owner_uid: u32 },
+    /// Could not be determined (the peer exited, or no pidfd).
+    Unknown,
+}
 
 /// A connected client's identity, taken once at accept time.
 #[derive(Debug)]
@@ -21,6 +35,7 @@ pub struct PeerIdentity {
     /// The peer's executable, read through the pidfd; `None` if it exited
     /// or is not visible from our pid namespace.
     pub exe: Option<String>,
+    pub userns: PeerUserns,
 }
 
 /// Identify the peer of a connected Unix stream socket.
@@ -29,11 +44,13 @@ pub fn identify(sock: BorrowedFd<'_>) -> std::io::Result<PeerIdentity> {
     let groups = sys::peer_groups(sock)?;
     let pidfd = sys::peer_pidfd(sock).ok();
     let exe = pidfd.as_ref().and_then(|fd| exe_of(fd.as_fd()));
+    let userns = pidfd.as_ref().map_or(PeerUserns::Unknown, |fd| userns_of(fd.as_fd()));
     Ok(PeerIdentity {
         creds: Peer { uid: cred.uid.as_raw(), gid: cred.gid.as_raw(), groups },
         pid: cred.pid.as_raw_nonzero().get(),
         pidfd,
         exe,
+        userns,
     })
 }
 
@@ -44,14 +61,45 @@ fn pidfd_pid(pidfd: BorrowedFd<'_>) -> Option<i32> {
     info.lines().find_map(|l| l.strip_prefix("Pid:")).and_then(|p| p.trim().parse().ok())
 }
 
-/// Executable path of the process behind `pidfd`. The pid is read from
-/// the pidfd, the link read, and then the pidfd checked again: if the
-/// process is still alive the pid was not recycled in between.
-fn exe_of(pidfd: BorrowedFd<'_>) -> Option<String> {
+/// Read `/proc/PID/<what>` for the process behind `pidfd`: the pid is read
+/// from the pidfd, the file read, and the pidfd checked again; if the
+/// process is still alive, the pid was not recycled in between.
+fn through_pidfd<T>(pidfd: BorrowedFd<'_>, read: impl FnOnce(&str) -> std::io::Result<T>) -> Option<T> {
     let pid = pidfd_pid(pidfd).filter(|p| *p > 0)?;
-    let link = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    if !sys::pidfd_alive(pidfd) {
-        return None;
+    let value = read(&format!("/proc/{pid}")).ok()?;
+    sys::pidfd_alive(pidfd).then_some(value)
+}
+
+/// Executable path of the process behind `pidfd`.
+fn exe_of(pidfd: BorrowedFd<'_>) -> Option<String> {
+    through_pidfd(pidfd, |proc| std::fs::read_link(format!("{proc}/exe")))
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+fn own_userns() -> Option<(u64, u64)> {
+    static OWN: OnceLock<Option<(u64, u64)>> = OnceLock::new();
+    *OWN.get_or_init(|| std::fs::metadata("/proc/self/ns/user").ok().map(|m| (m.dev(), m.ino())))
+}
+
+fn userns_of(pidfd: BorrowedFd<'_>) -> PeerUserns {
+    // PIDFD_GET_USER_NAMESPACE (6.11+); before that, /proc through the pidfd.
+    let ns = sys::pidfd_user_namespace(pidfd).ok().or_else(|| {
+        through_pidfd(pidfd, |proc| {
+            rustix::fs::open(
+                format!("{proc}/ns/user"),
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(std::io::Error::from)
+        })
+    });
+    let Some(ns) = ns else { return PeerUserns::Unknown };
+    let Ok(st) = rustix::fs::fstat(&ns) else { return PeerUserns::Unknown };
+    if Some((st.st_dev, st.st_ino)) == own_userns() {
+        return PeerUserns::Ours;
     }
-    Some(link.to_string_lossy().into_owned())
+    match sys::ns_owner_uid(ns.as_fd()) {
+        Ok(owner_uid) => PeerUserns::Nested { owner_uid },
+        Err(_) => PeerUserns::Unknown,
+    }
 }

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::audit;
 use crate::minter::link::MinterLink;
-use crate::peer::{self, PeerIdentity};
+use crate::peer::{self, PeerIdentity, PeerUserns};
 
 /// Default for [`ConnLimits::read_timeout`].
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -302,6 +302,17 @@ async fn reject(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, code:
 
 /// Decide, mint, deliver. False if the client is gone.
 async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, req: &MintRequest) -> bool {
+    if let PeerUserns::Nested { owner_uid } = peer.userns {
+        let message = format!(
+            "uid {} is calling from inside a user namespace owned by uid {owner_uid} (a rootless \
+             container or `unshare -U`); a token bound to uid {} would not work there, and \
+             container mode is not supported yet",
+            peer.creds.uid, peer.creds.uid
+        );
+        daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+        audit::refused(peer, &[], RefusalCode::UnsupportedPeer, &message);
+        return write_response(stream, &refusal(RefusalCode::UnsupportedPeer, message), None).await.is_ok();
+    }
     let policy = daemon.policy();
     let (delegation, rules) = match policy.decide(&peer.creds, req) {
         Decision::Refuse { code, message, rules } => {

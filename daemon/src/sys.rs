@@ -11,6 +11,8 @@ const SO_PEERPIDFD: libc::c_int = 77;
 const SO_PEERGROUPS: libc::c_int = 59;
 /// `NS_GET_OWNER_UID` = `_IO(0xb7, 0x4)`.
 const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
+/// `PIDFD_GET_USER_NAMESPACE` = `_IO(0xFF, 9)` (Linux 6.11).
+const PIDFD_GET_USER_NAMESPACE: libc::c_ulong = 0xff09;
 /// `BPF_TOKEN_CREATE` command number of `bpf(2)`.
 const BPF_TOKEN_CREATE: libc::c_long = 36;
 
@@ -28,7 +30,8 @@ fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
 /// in for the peer.
 pub fn peer_pidfd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let mut fd: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // size_of::<c_int>() is 4: the conversion cannot fail.
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
     // SAFETY: `fd` and `len` are valid for writes of the sizes passed; the
     // kernel writes at most `len` bytes.
     let ret = unsafe {
@@ -98,6 +101,16 @@ pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
     ret == 0
 }
 
+/// The user namespace of the process behind `pidfd` (Linux 6.11+).
+pub fn pidfd_user_namespace(pidfd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: this ioctl takes no argument and returns a new fd.
+    let ret = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_USER_NAMESPACE, 0) };
+    let fd = cvt(ret.into())?;
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: on success the kernel installed a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The uid owning the user namespace `ns`.
 pub fn ns_owner_uid(ns: BorrowedFd<'_>) -> io::Result<u32> {
     let mut uid: libc::uid_t = 0;
@@ -142,24 +155,39 @@ extern "C" fn mint_child_main(arg: *mut c_void) -> libc::c_int {
     // SAFETY: setns(2) on an fd value; no memory is passed.
     let ret = unsafe { libc::syscall(libc::SYS_setns, args.userns, libc::CLONE_NEWUSER) };
     if ret != 0 {
-        // SAFETY: errno location of this thread (shared TLS with the
-        // suspended parent thread, which does not read it meanwhile).
-        args.result = -unsafe { *libc::__errno_location() };
+        args.result = -errno();
         args.failed_step = 1;
         return 1;
     }
     let mut attr = [0u32; 2];
-    attr[1] = args.bpffs as u32;
+    attr[1] = args.bpffs.cast_unsigned();
     // SAFETY: `attr` is a valid bpf_attr prefix for BPF_TOKEN_CREATE.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_TOKEN_CREATE, attr.as_mut_ptr(), 8) };
-    if fd < 0 {
-        // SAFETY: as above.
-        args.result = -unsafe { *libc::__errno_location() };
-        args.failed_step = 2;
-        return 1;
+    match i32::try_from(fd) {
+        Ok(fd) if fd >= 0 => {
+            args.result = fd;
+            0
+        }
+        _ => {
+            args.result = -errno();
+            args.failed_step = 2;
+            1
+        }
     }
-    args.result = fd as i32;
-    0
+}
+
+/// errno of the calling thread, read without allocating (safe in the mint
+/// child, whose TLS is the suspended parent thread's).
+fn errno() -> i32 {
+    let location = errno_location();
+    // SAFETY: __errno_location always returns a valid pointer to this
+    // thread's errno.
+    unsafe { *location }
+}
+
+fn errno_location() -> *mut libc::c_int {
+    // SAFETY: no preconditions; returns the calling thread's errno slot.
+    unsafe { libc::__errno_location() }
 }
 
 /// Where [`mint_token_in`] failed.
@@ -258,7 +286,7 @@ pub unsafe fn fork() -> io::Result<Forked> {
 /// Close every fd except `keep` (in a helper child before it drops to the
 /// client's uid, so it holds nothing of other clients).
 pub fn close_all_fds_except(keep: BorrowedFd<'_>) -> io::Result<()> {
-    let keep = keep.as_raw_fd() as libc::c_uint;
+    let keep = keep.as_raw_fd().cast_unsigned();
     if keep > 0 {
         // SAFETY: close_range only closes fds; the caller owns this process.
         cvt(unsafe { libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32) })?;

@@ -395,7 +395,7 @@ mod files {
     fn oversized_and_non_utf8_files() {
         let d = dir();
         let p = d.join("big.toml");
-        std::fs::write(&p, vec![b'#'; (MAX_POLICY_BYTES + 1) as usize]).unwrap();
+        std::fs::write(&p, vec![b'#'; usize::try_from(MAX_POLICY_BYTES).unwrap() + 1]).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = load_with(&p, me(), &FakeNames).unwrap_err();
         assert_eq!(

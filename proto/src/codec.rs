@@ -159,8 +159,9 @@ mod tests {
             payload_len(u32::MAX.to_le_bytes()),
             Err(CodecError::TooLarge { len: u64::from(u32::MAX), max: MAX_FRAME })
         );
-        assert!(payload_len((MAX_FRAME as u32 + 1).to_le_bytes()).is_err());
-        assert_eq!(payload_len((MAX_FRAME as u32).to_le_bytes()), Ok(MAX_FRAME));
+        let max = u32::try_from(MAX_FRAME).unwrap();
+        assert!(payload_len((max + 1).to_le_bytes()).is_err());
+        assert_eq!(payload_len(max.to_le_bytes()), Ok(MAX_FRAME));
     }
 
     #[test]

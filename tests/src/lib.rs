@@ -62,10 +62,14 @@ pub fn setup(test: &str) -> Option<Env> {
             return missing(test, &format!("test user {name} does not exist (run scripts/setup-test-users.sh)"));
         }
     }
+    // Test binaries live in target/<profile>/deps, the others one up.
     let bin_dir = std::env::current_exe()
         .ok()
-        .and_then(|p| p.parent()?.parent().map(Path::to_path_buf))
-        .expect("test binary lives in target/<profile>/deps");
+        .and_then(|p| {
+            let dir = p.parent()?;
+            Some(if dir.ends_with("deps") { dir.parent()?.to_path_buf() } else { dir.to_path_buf() })
+        })
+        .expect("own executable path");
     for name in ["bpftokend", "bpftoken", "bpftoken-probe"] {
         if !bin_dir.join(name).exists() {
             return missing(test, &format!("{} is not built (run cargo build --workspace first)", bin_dir.join(name).display()));
@@ -148,13 +152,28 @@ impl TestDaemon {
             log: dir.join("daemon.log"),
             dir,
         };
-        d.spawn(env, extra_args);
+        d.spawn(env, extra_args, false);
         d
     }
 
-    fn spawn(&mut self, env: &Env, extra_args: &[&str]) {
+    /// A daemon (and so its minter) pinned to CPU 0, for benchmarks.
+    pub fn start_pinned(env: &Env, policy: &str) -> TestDaemon {
+        let mut d = TestDaemon::start_on(env, policy, None, &[]);
+        d.stop();
+        d.spawn(env, &[], true);
+        d
+    }
+
+    fn spawn(&mut self, env: &Env, extra_args: &[&str], pinned: bool) {
         let log = std::fs::File::create(&self.log).expect("create log");
-        let child = Command::new(env.bin("bpftokend"))
+        let mut cmd = if pinned {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]).arg(env.bin("bpftokend"));
+            c
+        } else {
+            Command::new(env.bin("bpftokend"))
+        };
+        let child = cmd
             .arg("--socket")
             .arg(&self.socket)
             .arg("--policy")

@@ -203,7 +203,17 @@ fn one_connection_carries_several_mints_and_counts_return_to_baseline() {
     let kids = children(daemon_pid);
     assert_eq!(kids.len(), 1, "exactly one child (the minter): {kids:?}");
     let minter = kids[0];
-    let before = (fd_count(daemon_pid), fd_count(minter), children(minter).len());
+    let counts = || (fd_count(daemon_pid), fd_count(minter), children(minter).len());
+    // The warm-up connection closes asynchronously: wait for a stable count.
+    let mut before = counts();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = counts();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
 
     let o = mint("500", false);
     assert_eq!(stdout(&o), "minted 500\n", "{}", stderr(&o));
@@ -214,7 +224,7 @@ fn one_connection_carries_several_mints_and_counts_return_to_baseline() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut after;
     loop {
-        after = (fd_count(daemon_pid), fd_count(minter), children(minter).len());
+        after = counts();
         if after == before || std::time::Instant::now() > deadline {
             break;
         }
@@ -222,4 +232,24 @@ fn one_connection_carries_several_mints_and_counts_return_to_baseline() {
     }
     assert_eq!(after, before, "(daemon fds, minter fds, minter children) before and after 1,000 mints");
     assert_eq!(children(daemon_pid), vec![minter], "the minter was not restarted");
+}
+
+#[test]
+fn caller_inside_a_user_namespace_is_refused_clearly() {
+    let Some(env) = setup("caller_inside_a_user_namespace_is_refused_clearly") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let alice = user(ALICE);
+    let mut c = as_user(&alice, "unshare");
+    c.args(["--user", "--map-current-user", "--"]).arg(env.bin("bpftoken")).arg("--socket").arg(&d.socket).args(["run", "--", "true"]);
+    let o = output(c);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "bpftoken: refused: uid {0} is calling from inside a user namespace owned by uid {0} (a rootless \
+             container or `unshare -U`); a token bound to uid {0} would not work there, and container mode \
+             is not supported yet (unsupported_peer)\n",
+            alice.uid
+        )
+    );
 }

@@ -160,10 +160,7 @@ pub fn run(sock: OwnedFd, limits: ScopeLimits) -> std::io::Result<()> {
     let mut buf = vec![0u8; MAX_MINTER_MESSAGE];
     loop {
         let timeout = scopes.next_expiry().map(|t| t.saturating_duration_since(Instant::now()));
-        let ts = timeout.map(|d| rustix::fs::Timespec {
-            tv_sec: d.as_secs() as i64,
-            tv_nsec: i64::from(d.subsec_nanos()),
-        });
+        let ts = timeout.map(scope::timespec);
         let mut fds = [PollFd::new(&sock, PollFlags::IN)];
         match poll(&mut fds, ts.as_ref()) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}

@@ -80,8 +80,7 @@ impl Scope {
                 MintError::syscall(step, &e)
             })?;
         let st = rustix::fs::fstatfs(&token).map_err(|e| MintError::from((Step::CheckToken, e)))?;
-        #[allow(clippy::unnecessary_cast)]
-        let magic = st.f_type as u64;
+        let magic = st.f_type.cast_unsigned();
         if magic != BPF_FS_MAGIC {
             return Err(MintError::NotToken { got: format!("a file on a filesystem with magic {magic:#x}") });
         }
@@ -229,9 +228,10 @@ fn wait_readable(sock: BorrowedFd<'_>, uid: u32) -> Result<(), MintError> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(MintError::HelperTimeout { uid, millis: HELPER_STEP_TIMEOUT.as_millis() as u64 });
+            let millis = u64::try_from(HELPER_STEP_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+            return Err(MintError::HelperTimeout { uid, millis });
         }
-        let ts = rustix::fs::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) };
+        let ts = timespec(left);
         let mut fds = [PollFd::new(&sock, PollFlags::IN)];
         match poll(&mut fds, Some(&ts)) {
             Ok(0) => continue,
@@ -239,6 +239,14 @@ fn wait_readable(sock: BorrowedFd<'_>, uid: u32) -> Result<(), MintError> {
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err((Step::HelperIo, e).into()),
         }
+    }
+}
+
+/// A poll timeout from a duration (saturating).
+pub(crate) fn timespec(d: Duration) -> rustix::fs::Timespec {
+    rustix::fs::Timespec {
+        tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(d.subsec_nanos()),
     }
 }
 
@@ -352,8 +360,7 @@ fn configure_bpffs(
     let mnt = rustix::mount::fsmount(fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
         .map_err(|e| MintError::from((Step::FsMount, e)))?;
     let st = rustix::fs::fstatfs(&mnt).map_err(|e| MintError::from((Step::CheckMount, e)))?;
-    #[allow(clippy::unnecessary_cast)]
-    let magic = st.f_type as u64;
+    let magic = st.f_type.cast_unsigned();
     if magic != BPF_FS_MAGIC {
         return Err(MintError::NotBpffs { magic });
     }

@@ -1,1 +1,307 @@
-fn main() {}
+//! `bpftoken-bench`: mint latency and throughput through the real daemon,
+//! next to the kernel floor measured by the same program in the same run.
+//!
+//! Run as root: `target/release/bpftoken-bench [ITERATIONS]`. It starts its
+//! own daemon with a policy for the test user bpftk-alice, and prints:
+//!
+//! - floors: raw `BPF_TOKEN_CREATE`+close inside a scope's user namespace,
+//!   and a Unix-socket round trip carrying one fd between two processes;
+//! - warm mints (cached scope) and cold mints (new scope each time), for
+//!   one and two concurrent clients, with ratios to the floor;
+//! - `sudo -n true`, what a user would do instead, if sudo is installed;
+//!
+//! all unpinned and pinned to CPU 0 (this VM's cross-CPU wakeups dominate
+//! otherwise). Internal modes (`floor-token`, `rtt-server`, `rtt-client`,
+//! `client`) are the processes it starts.
+
+// Benchmark arithmetic on sample counts and fd numbers: all small.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bpftoken::{Client, MintRequest};
+use bpftoken_proto::Delegation;
+use bpftoken_tests::*;
+use bpftokend::minter::{Scope, ScopeKey};
+use rustix::net::{RecvAncillaryBuffer, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+/// Latency samples of one measurement.
+struct Stats {
+    samples: Vec<Duration>,
+    wall: Duration,
+}
+
+impl Stats {
+    fn p(&self, q: f64) -> f64 {
+        let mut s = self.samples.clone();
+        s.sort_unstable();
+        let i = ((s.len() - 1) as f64 * q) as usize;
+        s[i].as_secs_f64() * 1e6
+    }
+
+    fn ops(&self) -> f64 {
+        self.samples.len() as f64 / self.wall.as_secs_f64()
+    }
+
+    /// One machine-readable line for the parent.
+    fn emit(&self) {
+        println!("RESULT {:.3} {:.3} {:.1} {}", self.p(0.5), self.p(0.99), self.ops(), self.samples.len());
+    }
+}
+
+/// (p50 us, p99 us, ops/s) parsed from a child's RESULT line.
+#[derive(Clone, Copy)]
+struct Figures {
+    p50: f64,
+    p99: f64,
+    ops: f64,
+}
+
+fn parse_result(out: &str) -> Option<Figures> {
+    let line = out.lines().find(|l| l.starts_with("RESULT "))?;
+    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    Some(Figures { p50: *v.first()?, p99: *v.get(1)?, ops: *v.get(2)? })
+}
+
+fn time_loop(n: usize, mut f: impl FnMut()) -> Stats {
+    for _ in 0..n / 20 + 5 {
+        f(); // warm-up
+    }
+    let mut samples = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed());
+    }
+    Stats { samples, wall: start.elapsed() }
+}
+
+// ---- child modes ----
+
+fn floor_token(userns: i32, bpffs: i32, n: usize) {
+    let userns = bpftoken_tests::bpf::inherited_fd(userns).expect("userns fd");
+    let bpffs = bpftoken_tests::bpf::inherited_fd(bpffs).expect("bpffs fd");
+    rustix::thread::move_into_link_name_space(userns.as_fd(), Some(rustix::thread::LinkNameSpaceType::User))
+        .expect("setns into the scope's user namespace");
+    let stats = time_loop(n, || {
+        drop(bpftokend::sys::bpf_token_create(bpffs.as_fd()).expect("BPF_TOKEN_CREATE"));
+    });
+    stats.emit();
+}
+
+fn rtt_server(fd: i32) {
+    let sock = UnixStream::from(bpftoken_tests::bpf::inherited_fd(fd).expect("socket fd"));
+    let payload = std::fs::File::open("/dev/null").expect("/dev/null");
+    let mut req = [0u8; 64];
+    let resp = [b'R'; 64];
+    while (&sock).read_exact(&mut req).is_ok() {
+        let fds = [payload.as_fd()];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        if rustix::net::sendmsg(&sock, &[IoSlice::new(&resp)], &mut control, SendFlags::empty()).is_err() {
+            break;
+        }
+    }
+}
+
+fn rtt_client(fd: i32, n: usize) {
+    let mut sock = UnixStream::from(bpftoken_tests::bpf::inherited_fd(fd).expect("socket fd"));
+    let req = [b'Q'; 64];
+    let stats = time_loop(n, || {
+        sock.write_all(&req).expect("send");
+        let mut resp = [0u8; 64];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let m = rustix::net::recvmsg(&sock, &mut [IoSliceMut::new(&mut resp)], &mut control, RecvFlags::CMSG_CLOEXEC | RecvFlags::WAITALL)
+            .expect("recv");
+        assert_eq!(m.bytes, 64);
+        let got: Vec<OwnedFd> = control
+            .drain()
+            .flat_map(|m| match m {
+                rustix::net::RecvAncillaryMessage::ScmRights(r) => r.collect::<Vec<_>>(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(got.len(), 1);
+    });
+    stats.emit();
+}
+
+/// Mint `n` tokens per client thread through the daemon at `socket`.
+/// `cold` asks for a different map mask each time, so every mint needs a
+/// new scope.
+fn client(socket: &Path, n: usize, clients: usize, cold: bool) {
+    let start = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|t| {
+            let socket = socket.to_owned();
+            std::thread::spawn(move || {
+                let mut c = Client::connect_to(&socket).expect("connect");
+                let mut i = t * 1_000_000;
+                let mut one = || {
+                    i += 1;
+                    let req = if cold {
+                        // distinct key per mint: maps mask = i (bits below 34)
+                        MintRequest { maps: Some((i as u64) & ((1 << 33) - 1)), ..Default::default() }
+                    } else {
+                        MintRequest::default()
+                    };
+                    drop(c.mint(&req).expect("mint"));
+                };
+                time_loop(n, &mut one).samples
+            })
+        })
+        .collect();
+    let samples: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().expect("client thread")).collect();
+    // Throughput over the whole run, warm-ups included in neither count.
+    let wall = start.elapsed();
+    let total: Duration = samples.iter().sum();
+    let wall = wall.min(total + Duration::from_millis(1));
+    Stats { samples, wall }.emit();
+}
+
+// ---- orchestration (root) ----
+
+fn pinned(pin: bool, program: &Path) -> Command {
+    if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run_child(mut c: Command) -> Figures {
+    let out = c.stderr(Stdio::inherit()).output().expect("run bench child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_result(&text).unwrap_or_else(|| panic!("bench child {c:?} printed no RESULT: {text}"))
+}
+
+fn measure_floor_token(self_exe: &Path, scope: &Scope, n: usize, pin: bool) -> Figures {
+    for fd in [scope.userns.as_fd(), scope.bpffs_root.as_fd()] {
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).expect("clear cloexec");
+    }
+    let mut c = pinned(pin, self_exe);
+    c.args(["floor-token", &scope.userns.as_raw_fd().to_string(), &scope.bpffs_root.as_raw_fd().to_string(), &n.to_string()]);
+    let f = run_child(c);
+    for fd in [scope.userns.as_fd(), scope.bpffs_root.as_fd()] {
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC).expect("set cloexec");
+    }
+    f
+}
+
+fn measure_rtt(self_exe: &Path, n: usize, pin: bool) -> Figures {
+    let (a, b) = UnixStream::pair().expect("socketpair");
+    // Each child inherits exactly its own end, so the server sees EOF
+    // when the client is done.
+    rustix::io::fcntl_setfd(a.as_fd(), rustix::io::FdFlags::empty()).expect("clear cloexec");
+    let mut server = pinned(pin, self_exe);
+    server.args(["rtt-server", &a.as_raw_fd().to_string()]);
+    let mut server = server.spawn().expect("rtt server");
+    drop(a);
+    rustix::io::fcntl_setfd(b.as_fd(), rustix::io::FdFlags::empty()).expect("clear cloexec");
+    let mut client = pinned(pin, self_exe);
+    client.args(["rtt-client", &b.as_raw_fd().to_string(), &n.to_string()]);
+    let mut child = client.stdout(Stdio::piped()).spawn().expect("rtt client");
+    drop(b);
+    let mut out = String::new();
+    child.stdout.take().expect("stdout").read_to_string(&mut out).expect("read");
+    child.wait().expect("rtt client");
+    server.wait().expect("rtt server");
+    parse_result(&out).expect("rtt result")
+}
+
+fn measure_daemon(env: &Env, self_exe: &Path, d: &TestDaemon, n: usize, clients: usize, cold: bool, pin: bool) -> Figures {
+    let alice = user(ALICE);
+    let mut c = if pin {
+        let mut c = as_user(&alice, "taskset");
+        c.args(["-c", "0"]).arg(self_exe);
+        c
+    } else {
+        as_user(&alice, self_exe)
+    };
+    let _ = env;
+    c.args(["client", d.socket.to_str().unwrap(), &n.to_string(), &clients.to_string(), if cold { "cold" } else { "warm" }]);
+    run_child(c)
+}
+
+fn measure_sudo(n: usize) -> Option<Figures> {
+    let sudo = ["/usr/bin/sudo", "/bin/sudo"].into_iter().find(|p| Path::new(p).exists())?;
+    let stats = time_loop(n, || {
+        let s = Command::new(sudo).args(["-n", "true"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        assert!(s.is_ok_and(|s| s.success()), "sudo -n true failed");
+    });
+    Some(Figures { p50: stats.p(0.5), p99: stats.p(0.99), ops: stats.ops() })
+}
+
+fn row(name: &str, f: Figures) {
+    println!("{name:<44} {:>9.2} {:>9.2} {:>10.0}", f.p50, f.p99, f.ops);
+}
+
+fn orchestrate(n: usize) {
+    let Some(env) = setup("bpftoken-bench") else {
+        eprintln!("bpftoken-bench needs root and the test users");
+        std::process::exit(2);
+    };
+    let self_exe = std::env::current_exe().expect("own path");
+    let alice = user(ALICE);
+    // Scope for the raw floor: created while this process is single-threaded.
+    let scope = Scope::create(ScopeKey { owner_uid: alice.uid, owner_gid: alice.gid, delegation: Delegation::ANY })
+        .expect("create a scope for the floor");
+    let policy = format!("[[allow]]\nusers = [\"{ALICE}\"]\ncmds = [\"any\"]\nmaps = [\"any\"]\nprogs = [\"any\"]\nattachs = [\"any\"]\n");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("bpftoken-bench: {n} mints per measurement, kernel {}, {} CPUs", kernel.trim(), std::thread::available_parallelism().map_or(0, |p| p.get()));
+    println!("{:<44} {:>9} {:>9} {:>10}", "", "p50 us", "p99 us", "ops/s");
+    for pin in [false, true] {
+        let tag = if pin { "pinned to CPU 0" } else { "unpinned" };
+        println!("--- {tag}");
+        let token = measure_floor_token(&self_exe, &scope, n * 4, pin);
+        let rtt = measure_rtt(&self_exe, n * 4, pin);
+        let floor = Figures { p50: token.p50 + rtt.p50, p99: token.p99 + rtt.p99, ops: 1e6 / (token.p50 + rtt.p50) };
+        row("floor: BPF_TOKEN_CREATE + close", token);
+        row("floor: unix round trip carrying 1 fd", rtt);
+        row("floor: sum (token + fd round trip)", floor);
+        let d = if pin {
+            // daemon and minter on CPU 0 too
+            TestDaemon::start_pinned(&env, &policy)
+        } else {
+            TestDaemon::start(&env, &policy, &[])
+        };
+        for clients in [1, 2] {
+            let warm = measure_daemon(&env, &self_exe, &d, n, clients, false, pin);
+            row(&format!("daemon warm mint, {clients} client(s)"), warm);
+            println!("{:<44} {:>9.2}x p50   throughput {:.0}% of the fd round trip", "  ratio to floor", warm.p50 / floor.p50, 100.0 * warm.ops / rtt.ops);
+        }
+        for clients in [1, 2] {
+            let cold = measure_daemon(&env, &self_exe, &d, (n / 10).max(50), clients, true, pin);
+            row(&format!("daemon cold mint (new scope), {clients} client(s)"), cold);
+        }
+        drop(d);
+        match measure_sudo(100) {
+            Some(s) => row("sudo -n true", s),
+            None => println!("sudo -n true: sudo is not installed"),
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize| -> usize { args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("argument {i} must be a number")) };
+    match args.first().map(String::as_str) {
+        Some("floor-token") => floor_token(num(1) as i32, num(2) as i32, num(3)),
+        Some("rtt-server") => rtt_server(num(1) as i32),
+        Some("rtt-client") => rtt_client(num(1) as i32, num(2)),
+        Some("client") => client(Path::new(&args[1]), num(2), num(3), args.get(4).map(String::as_str) == Some("cold")),
+        Some(n) => orchestrate(n.parse().expect("usage: bpftoken-bench [ITERATIONS]")),
+        None => orchestrate(5000),
+    }
+}

@@ -33,10 +33,12 @@ fn errno_name(e: &std::io::Error) -> String {
     }
 }
 
+type BpfCall = fn(u32, Option<BorrowedFd<'_>>) -> std::io::Result<OwnedFd>;
+
 fn try_items(token: Option<BorrowedFd<'_>>, items: &[String]) -> Result<(), String> {
     for item in items {
         let (kind, name) = item.split_once(':').ok_or_else(|| format!("bad item {item:?}"))?;
-        let (kind, call): (Kind, fn(u32, Option<BorrowedFd<'_>>) -> std::io::Result<OwnedFd>) = match kind {
+        let (kind, call): (Kind, BpfCall) = match kind {
             "map" => (Kind::Map, bpf::map_create),
             "prog" => (Kind::Prog, bpf::prog_load),
             _ => return Err(format!("bad item kind {kind:?}")),
