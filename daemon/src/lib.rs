@@ -3,10 +3,12 @@
 //!
 //! Where things live: the peer is identified in [`peer`], the grant is
 //! computed by `bpftoken_policy::Policy::decide` (called from [`server`]),
-//! the token is created in [`minter`] (a separate single-threaded process),
+//! scopes are created by the [`minter`] (a separate single-threaded
+//! process) and tokens minted from them in [`cache`],
 //! decisions are logged in [`audit`], and every raw syscall is in [`sys`].
 
 pub mod audit;
+pub mod cache;
 pub mod minter;
 pub mod peer;
 pub mod run;

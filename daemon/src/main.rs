@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bpftokend::minter::ScopeLimits;
+use bpftokend::cache::ScopeLimits;
 use bpftokend::run::{self, Options};
 use bpftokend::server::ConnLimits;
 use clap::{Parser, Subcommand};
@@ -46,12 +46,6 @@ enum Command {
     Minter {
         #[arg(long)]
         fd: i32,
-        #[arg(long)]
-        scopes_per_uid: usize,
-        #[arg(long)]
-        scopes_max: usize,
-        #[arg(long)]
-        scope_idle_secs: u64,
     },
 }
 
@@ -75,13 +69,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Minter { fd, scopes_per_uid, scopes_max, scope_idle_secs }) => {
-            let limits = ScopeLimits {
-                per_uid: scopes_per_uid,
-                global: scopes_max,
-                idle: Duration::from_secs(scope_idle_secs),
-            };
-            let result = bpftokend::sys::take_inherited_fd(fd).and_then(|sock| bpftokend::minter::run(sock, limits));
+        Some(Command::Minter { fd }) => {
+            let result = bpftokend::sys::take_inherited_fd(fd).and_then(bpftokend::minter::run);
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use bpftoken_policy::PolicyError;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::cache::{ScopeCache, ScopeLimits};
 use crate::minter::link::MinterLink;
-use crate::minter::ScopeLimits;
 use crate::server::{self, ConnLimits, Daemon};
 use crate::socket::{self, SocketError};
 
@@ -42,14 +42,16 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     if euid != 0 {
         return Err(StartError::NotRoot(euid));
     }
+    // Mint children share our memory and enter clients' namespaces.
+    crate::sys::make_non_dumpable().map_err(StartError::Runtime)?;
     let policy = bpftoken_policy::load(&opts.policy)?;
     let rules = policy.rules().len();
-    let minter = MinterLink::start(PathBuf::from("/proc/self/exe"), opts.scopes).map_err(StartError::Minter)?;
+    let minter = MinterLink::start(PathBuf::from("/proc/self/exe")).map_err(StartError::Minter)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(StartError::Runtime)?;
-    let daemon = Arc::new(Daemon::new(policy, minter, opts.conns));
+    let daemon = Arc::new(Daemon::new(policy, minter, ScopeCache::new(opts.scopes), opts.conns));
     let bound = runtime.block_on(async {
         // Signal handlers first: once the socket exists, a client (or a
         // test) may already expect SIGTERM to mean an orderly stop.
@@ -62,9 +64,11 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         let listener = tokio::net::UnixListener::from_std(sock.listener.try_clone().map_err(bind_err)?).map_err(bind_err)?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         let signal_task = tokio::spawn(signals.handle(daemon.clone(), opts.policy.clone(), tx));
+        let sweep_task = tokio::spawn(sweep_idle_scopes(daemon.clone()));
         tracing::info!(socket = %opts.socket.display(), policy = %opts.policy.display(), rules, "listening");
         server::serve(daemon.clone(), listener, rx).await;
         signal_task.abort();
+        sweep_task.abort();
         daemon.minter.shutdown().await;
         Ok::<_, StartError>(sock)
     });
@@ -78,6 +82,18 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     sock.remove();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Drop idle scopes now and then.
+async fn sweep_idle_scopes(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(daemon.scopes.sweep_interval());
+    loop {
+        tick.tick().await;
+        let dropped = daemon.scopes.evict_idle();
+        if dropped > 0 {
+            tracing::debug!(dropped, live = daemon.scopes.len(), "dropped idle scopes");
+        }
+    }
 }
 
 /// SIGTERM/SIGINT stop the daemon, SIGHUP reloads the policy.

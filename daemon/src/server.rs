@@ -19,7 +19,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::audit;
+use crate::cache::ScopeCache;
 use crate::minter::link::MinterLink;
+use crate::minter::{MintError, ScopeKey};
 use crate::peer::{self, PeerIdentity, PeerUserns};
 
 /// Default for [`ConnLimits::read_timeout`].
@@ -58,6 +60,7 @@ pub struct Stats {
 pub struct Daemon {
     policy: RwLock<Arc<Policy>>,
     pub minter: MinterLink,
+    pub scopes: ScopeCache,
     pub stats: Stats,
     limits: ConnLimits,
     conns: Mutex<ConnCount>,
@@ -89,10 +92,11 @@ impl Drop for ConnSlot {
 }
 
 impl Daemon {
-    pub fn new(policy: Policy, minter: MinterLink, limits: ConnLimits) -> Self {
+    pub fn new(policy: Policy, minter: MinterLink, scopes: ScopeCache, limits: ConnLimits) -> Self {
         Daemon {
             policy: RwLock::new(Arc::new(policy)),
             minter,
+            scopes,
             stats: Stats::default(),
             limits,
             conns: Mutex::new(ConnCount::default()),
@@ -108,6 +112,19 @@ impl Daemon {
     /// Put a new policy in force for requests that start from now on.
     pub fn replace_policy(&self, policy: Policy) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+
+    /// A token for `key`: from the cached scope if there is one (warm),
+    /// else from a new scope the minter creates (cold). Returns the token
+    /// and whether it was cold.
+    pub async fn mint(&self, key: ScopeKey) -> Result<(OwnedFd, bool), MintError> {
+        if let Some(result) = self.scopes.mint_warm(&key) {
+            return result.map(|t| (t, false));
+        }
+        let scope = self.minter.create_scope(key).await?;
+        let token = self.scopes.mint_first(&scope)?;
+        self.scopes.insert(scope);
+        Ok((token, true))
     }
 
     fn take_slot(self: &Arc<Self>, uid: u32) -> Result<ConnSlot, String> {
@@ -322,7 +339,8 @@ async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, 
         }
         Decision::Grant { delegation, rules } => (delegation, rules),
     };
-    let minted = match daemon.minter.mint(peer.creds.uid, peer.creds.gid, delegation).await {
+    let key = ScopeKey { owner_uid: peer.creds.uid, owner_gid: peer.creds.gid, delegation };
+    let (token, cold) = match daemon.mint(key).await {
         Ok(m) => m,
         Err(e) => {
             let message = format!("minting failed: {e}");
@@ -332,13 +350,13 @@ async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, 
         }
     };
     let response = Response::Minted(Minted { granted: delegation, rules: rules.clone(), fds: vec![FdRole::Token] });
-    let delivered = write_response(stream, &response, Some(&minted.token)).await;
+    let delivered = write_response(stream, &response, Some(&token)).await;
     // Our copy of the token closes here whatever happened.
-    drop(minted.token);
+    drop(token);
     match delivered {
         Ok(()) => {
             daemon.stats.minted.fetch_add(1, Ordering::Relaxed);
-            audit::granted(peer, &rules, &delegation, minted.cold);
+            audit::granted(peer, &rules, &delegation, cold);
             true
         }
         Err(e) => {

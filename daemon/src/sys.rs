@@ -133,51 +133,61 @@ pub fn bpf_token_create(bpffs: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Arguments and result shared with the short-lived mint child. The child
-/// runs on its own stack in our address space (CLONE_VM) while we are
-/// suspended (CLONE_VFORK), so plain fields are enough.
-#[repr(C)]
+/// Arguments and result shared with the short-lived mint child, which
+/// runs on its own stack in our address space (CLONE_VM). Atomics, because
+/// two tasks touch them.
+#[derive(Debug)]
 struct MintChild {
     userns: RawFd,
     bpffs: RawFd,
     /// The token fd, or a negated errno; `i32::MIN` until the child writes it.
-    result: i32,
-    /// Which step failed: 0 none, 1 setns, 2 BPF_TOKEN_CREATE.
-    failed_step: i32,
+    result: std::sync::atomic::AtomicI32,
+    /// Which step failed: 0 none, 1 setns, 2 BPF_TOKEN_CREATE, 3 sigprocmask.
+    failed_step: std::sync::atomic::AtomicI32,
 }
 
 /// Runs in the mint child. Only raw syscalls: no allocation, no locks, no
-/// unwinding, as it shares our memory while we wait.
+/// unwinding, as it shares our memory with every other daemon thread.
 extern "C" fn mint_child_main(arg: *mut c_void) -> libc::c_int {
+    use std::sync::atomic::Ordering::Release;
     // SAFETY: `arg` points at the `MintChild` that `mint_token_in` keeps
-    // alive and does not touch until this child has exited.
-    let args = unsafe { &mut *arg.cast::<MintChild>() };
+    // alive until this child has exited.
+    let args = unsafe { &*arg.cast::<MintChild>() };
+    let done = |result: i32, step: i32| {
+        args.result.store(result, Release);
+        args.failed_step.store(step, Release);
+        i32::from(step != 0)
+    };
+    // Block every signal before entering the client's namespace: once in
+    // it, the client may signal us (it holds CAP_KILL there), and our
+    // handlers are copies of the daemon's (tokio's would report SIGTERM to
+    // the daemon). SIGKILL and SIGSTOP cannot be blocked; the watchdog
+    // covers those.
+    let all: u64 = !0;
+    // SAFETY: rt_sigprocmask with a valid 8-byte kernel sigset.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &raw const all, std::ptr::null::<u64>(), 8)
+    };
+    if ret != 0 {
+        return done(-errno(), 3);
+    }
     // SAFETY: setns(2) on an fd value; no memory is passed.
     let ret = unsafe { libc::syscall(libc::SYS_setns, args.userns, libc::CLONE_NEWUSER) };
     if ret != 0 {
-        args.result = -errno();
-        args.failed_step = 1;
-        return 1;
+        return done(-errno(), 1);
     }
     let mut attr = [0u32; 2];
     attr[1] = args.bpffs.cast_unsigned();
     // SAFETY: `attr` is a valid bpf_attr prefix for BPF_TOKEN_CREATE.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_TOKEN_CREATE, attr.as_mut_ptr(), 8) };
     match i32::try_from(fd) {
-        Ok(fd) if fd >= 0 => {
-            args.result = fd;
-            0
-        }
-        _ => {
-            args.result = -errno();
-            args.failed_step = 2;
-            1
-        }
+        Ok(fd) if fd >= 0 => done(fd, 0),
+        _ => done(-errno(), 2),
     }
 }
 
 /// errno of the calling thread, read without allocating (safe in the mint
-/// child, whose TLS is the suspended parent thread's).
+/// child, whose TLS is the cloning thread's).
 fn errno() -> i32 {
     let location = errno_location();
     // SAFETY: __errno_location always returns a valid pointer to this
@@ -196,6 +206,8 @@ pub enum MintStep {
     Clone,
     SetNs,
     TokenCreate,
+    /// The child did not finish in time (stopped by a signal) and was killed.
+    Timeout,
 }
 
 /// Reusable stack for the mint child.
@@ -210,55 +222,122 @@ impl Default for MintStack {
     }
 }
 
+/// Longest a mint child may take before the watchdog kills it.
+const MINT_CHILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Mint children in flight, for the watchdog: (id, start, slot the kernel
+/// writes the child's pid into). An entry is removed, under this lock,
+/// before its child is reaped; an unreaped child's pid cannot be reused,
+/// so the watchdog never signals a stranger.
+static IN_FLIGHT: std::sync::Mutex<Vec<(u64, std::time::Instant, std::sync::Arc<std::sync::atomic::AtomicI32>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Kills mint children that take longer than [`MINT_CHILD_TIMEOUT`]:
+/// a client may SIGSTOP a child once it is in the client's namespace, and
+/// a vfork parent cannot time out by itself.
+fn start_watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new().name("mint-watchdog".into()).spawn(|| loop {
+            std::thread::sleep(MINT_CHILD_TIMEOUT / 4);
+            let in_flight = IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+            for (_, started, slot) in in_flight.iter() {
+                let pid = rustix::process::Pid::from_raw(slot.load(std::sync::atomic::Ordering::Acquire));
+                if let Some(pid) = pid.filter(|_| started.elapsed() > MINT_CHILD_TIMEOUT) {
+                    // The child is unreaped while listed (see IN_FLIGHT).
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the mint watchdog thread: {e}");
+        }
+    });
+}
+
 /// Mint a token from `bpffs` inside the user namespace `userns` without a
 /// helper process: a `clone(CLONE_VM|CLONE_FILES|CLONE_VFORK)` child
 /// `setns()`es into the namespace and calls `BPF_TOKEN_CREATE`; the token
 /// lands in our fd table. We (root in the init namespace) stay where we
-/// are; nothing runs in the client's namespace after this returns.
+/// are, and nothing runs in the client's namespace after this returns.
 ///
-/// Must only be called from a single-threaded process (the minter): the
-/// kernel refuses `setns(CLONE_NEWUSER)` for a task that shares its thread
-/// group, and we want no other thread touching memory the child uses.
+/// The child is its own thread group (no CLONE_THREAD) with its own
+/// fs_struct (no CLONE_FS), as `setns(CLONE_NEWUSER)` requires, so this
+/// works from a multi-threaded process; only the calling thread waits.
+/// The child blocks all signals before entering the namespace; a watchdog
+/// thread kills it if it is stopped (SIGSTOP cannot be blocked). The
+/// process must be non-dumpable ([`make_non_dumpable`]): the child shares
+/// our memory, and the client holds CAP_SYS_PTRACE in the namespace the
+/// child enters.
 pub fn mint_token_in(
     stack: &mut MintStack,
     userns: BorrowedFd<'_>,
     bpffs: BorrowedFd<'_>,
 ) -> Result<OwnedFd, (MintStep, io::Error)> {
-    let mut args = MintChild {
+    use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+    start_watchdog();
+    let args = MintChild {
         userns: userns.as_raw_fd(),
         bpffs: bpffs.as_raw_fd(),
-        result: i32::MIN,
-        failed_step: 0,
+        result: AtomicI32::new(i32::MIN),
+        failed_step: AtomicI32::new(0),
     };
     let stack_len = stack.0.len();
     // SAFETY: one past the end of the stack allocation (stacks grow down).
     let stack_top = unsafe { stack.0.as_mut_ptr().add(stack_len) }.cast::<c_void>();
-    let flags = libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_VFORK | libc::SIGCHLD;
-    // SAFETY: the child runs `mint_child_main` on `stack` (not used by
-    // anybody else) with a pointer to `args`, which outlives the child
-    // because CLONE_VFORK suspends us until it exits.
-    let pid = unsafe { libc::clone(mint_child_main, stack_top, flags, (&raw mut args).cast::<c_void>()) };
+    let slot = std::sync::Arc::new(AtomicI32::new(0));
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner()).push((id, std::time::Instant::now(), slot.clone()));
+    let flags = libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD;
+    // SAFETY: the child runs `mint_child_main` on `stack` (borrowed
+    // mutably here, so used by nobody else) with a pointer to `args`; both
+    // outlive the child because CLONE_VFORK suspends this thread until it
+    // exits. The kernel writes the child's pid into `slot` (an i32 that
+    // lives in the Arc) before the child runs.
+    let pid = unsafe {
+        libc::clone(mint_child_main, stack_top, flags, (&raw const args).cast_mut().cast::<c_void>(), slot.as_ptr())
+    };
+    let clone_error = io::Error::last_os_error();
+    // Deregister before reaping (see IN_FLIGHT).
+    IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _, _)| *i != id);
     if pid < 0 {
-        return Err((MintStep::Clone, io::Error::last_os_error()));
+        return Err((MintStep::Clone, clone_error));
     }
     let mut status = 0;
     // SAFETY: reaping our own child; `status` is valid for writes.
     while unsafe { libc::waitpid(pid, &raw mut status, 0) } < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
             break;
         }
     }
-    match args.failed_step {
-        0 if args.result >= 0 => {
+    let (result, step) = (args.result.load(Ordering::Acquire), args.failed_step.load(Ordering::Acquire));
+    let killed = libc::WIFSIGNALED(status);
+    match step {
+        0 if result >= 0 => {
             // SAFETY: the child created this fd in our shared fd table and
             // nothing else refers to it.
-            Ok(unsafe { OwnedFd::from_raw_fd(args.result) })
+            let token = unsafe { OwnedFd::from_raw_fd(result) };
+            if killed {
+                // Killed after creating the token: do not trust the outcome.
+                drop(token);
+                return Err((MintStep::Timeout, io::Error::from_raw_os_error(libc::ETIMEDOUT)));
+            }
+            Ok(token)
         }
-        1 => Err((MintStep::SetNs, io::Error::from_raw_os_error(-args.result))),
-        2 => Err((MintStep::TokenCreate, io::Error::from_raw_os_error(-args.result))),
+        1 => Err((MintStep::SetNs, io::Error::from_raw_os_error(-result))),
+        2 => Err((MintStep::TokenCreate, io::Error::from_raw_os_error(-result))),
+        _ if killed => Err((MintStep::Timeout, io::Error::from_raw_os_error(libc::ETIMEDOUT))),
         _ => Err((MintStep::Clone, io::Error::other(format!("mint child ended with status {status:#x}")))),
     }
+}
+
+/// Make this process non-dumpable: nobody without CAP_SYS_PTRACE in the
+/// init user namespace may ptrace it or read its memory, including through
+/// a mint child that has entered a client's user namespace.
+pub fn make_non_dumpable() -> io::Result<()> {
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
+    Ok(())
 }
 
 /// Result of [`fork`].

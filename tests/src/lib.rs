@@ -4,7 +4,7 @@
 //! A test that needs root or the test users calls [`setup`] first. Outside
 //! CI it skips with a visible reason; with `CI=true` it fails instead.
 
-pub mod bpf;
+pub mod sys;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;

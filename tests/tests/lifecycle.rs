@@ -115,7 +115,8 @@ fn unsafe_or_broken_policy_stops_the_start() {
 #[test]
 fn killed_minter_is_replaced_and_minting_continues() {
     let Some(env) = setup("killed_minter_is_replaced_and_minting_continues") else { return };
-    let d = TestDaemon::start(&env, POLICY, &[]);
+    let policy = "[[allow]]\nusers = [\"bpftk-alice\"]\ncmds = [\"map_create\"]\nmaps = [\"array\", \"hash\"]\n";
+    let d = TestDaemon::start(&env, policy, &[]);
     let alice = user(ALICE);
     let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -127,8 +128,12 @@ fn killed_minter_is_replaced_and_minting_continues() {
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    // The next mint notices the dead minter before sending and succeeds.
+    // A cached scope does not need the minter at all.
     let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+    assert!(o.status.success(), "{}\n{}", stderr(&o), d.log_text());
+    // A new scope does: the dead minter is noticed before the request is
+    // sent, replaced, and the request succeeds.
+    let o = d.bpftoken(&env, &alice, &["run", "--maps", "hash", "--", "true"]);
     assert!(o.status.success(), "{}\n{}", stderr(&o), d.log_text());
     let new = children(d.pid());
     assert_eq!(new.len(), 1, "one minter, no zombie: {new:?}");

@@ -253,3 +253,40 @@ fn caller_inside_a_user_namespace_is_refused_clearly() {
         )
     );
 }
+
+#[test]
+fn signals_from_the_client_cannot_stop_or_shut_down_the_daemon() {
+    let Some(env) = setup("signals_from_the_client_cannot_stop_or_shut_down_the_daemon") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let alice = user(ALICE);
+    let probe = env.bin("bpftoken-probe");
+    let socket = d.socket.to_str().unwrap().to_owned();
+    // A mint child is root, but inside alice's user namespace, where alice
+    // holds CAP_KILL: she may signal it. SIGTERM must not reach the
+    // daemon's handler (the child blocks all signals), and SIGSTOP must not
+    // hang the daemon (the watchdog kills a stopped child).
+    for attack in [vec!["term-all", "3"], vec!["signal-root", "3"]] {
+        let mut attacker = as_user(&alice, &probe);
+        attacker.args(&attack).stdout(std::process::Stdio::piped());
+        let attacker = attacker.spawn().expect("spawn attacker");
+        let mut minter = as_user(&alice, &probe);
+        minter.args(["mint-loop", &socket, "2000", "--ignore-term"]);
+        let o = output(minter);
+        let attack_out = attacker.wait_with_output().expect("attacker");
+        let out = stdout(&o);
+        eprintln!("{attack:?}: {} / {}", stdout(&attack_out).trim(), out.lines().last().unwrap_or(""));
+        if let Some(e) = out.lines().find(|l| l.starts_with("error")) {
+            eprintln!("first error: {e}");
+        }
+        // Every mint either worked or got a typed refusal; none hung.
+        let minted: usize = out.lines().find_map(|l| l.strip_prefix("minted ")).and_then(|n| n.parse().ok()).expect("count");
+        for line in out.lines().filter(|l| l.starts_with("error")) {
+            assert!(line.contains("(mint_failed)"), "{line}");
+        }
+        assert!(minted > 0, "{out}");
+        // The daemon is still serving and never heard a SIGTERM.
+        let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+        assert!(o.status.success(), "{}\n{}", stderr(&o), d.log_text());
+        assert!(!d.log_text().contains("shutting down"), "{}", d.log_text());
+    }
+}

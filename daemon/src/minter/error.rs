@@ -38,6 +38,8 @@ pub enum Step {
     SetNs,
     /// Mint child: BPF_TOKEN_CREATE.
     TokenCreate,
+    /// Mint child did not finish in time (stopped) and was killed.
+    MintTimeout,
     /// Root: check the minted fd.
     CheckToken,
     /// Talking to the helper.
@@ -64,6 +66,7 @@ impl fmt::Display for Step {
             Step::Clone => f.write_str("clone() of the mint child"),
             Step::SetNs => f.write_str("setns() into the scope's user namespace"),
             Step::TokenCreate => f.write_str("BPF_TOKEN_CREATE"),
+            Step::MintTimeout => f.write_str("the mint child (stopped by a signal?)"),
             Step::CheckToken => f.write_str("checking the minted fd"),
             Step::HelperIo => f.write_str("talking to the bpffs helper"),
         }

@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bpftoken_proto::codec::{decode_message, encode_message};
-use bpftoken_proto::Delegation;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
     SendFlags, SocketFlags, SocketType,
@@ -19,21 +18,12 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Mutex;
 
-use super::{MintError, MinterReply, MinterRequest, ScopeLimits};
+use super::{MintError, MinterReply, MinterRequest, Scope, ScopeKey};
 use crate::sys;
 
-/// Longest a mint may take inside the minter (a cold mint whose helper
+/// Longest a scope creation may take inside the minter (a helper that
 /// stalls at every step still ends well before this).
-const MINT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a successful mint returns to the daemon.
-#[derive(Debug)]
-pub struct MintedToken {
-    pub token: OwnedFd,
-    /// Whether a new scope was created for this mint.
-    pub cold: bool,
-    pub live_scopes: u32,
-}
+const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Running {
@@ -49,16 +39,15 @@ struct Running {
 #[derive(Debug)]
 pub struct MinterLink {
     exe: PathBuf,
-    limits: ScopeLimits,
     state: Mutex<Option<Running>>,
 }
 
 impl MinterLink {
     /// Start the minter now (called before the async runtime exists, so
     /// the first minter is forked from a single-threaded process).
-    pub fn start(exe: PathBuf, limits: ScopeLimits) -> std::io::Result<Self> {
-        let running = spawn(&exe, limits)?;
-        Ok(MinterLink { exe, limits, state: Mutex::new(Some(running)) })
+    pub fn start(exe: PathBuf) -> std::io::Result<Self> {
+        let running = spawn(&exe)?;
+        Ok(MinterLink { exe, state: Mutex::new(Some(running)) })
     }
 
     /// Pid of the current minter, if it runs.
@@ -66,9 +55,9 @@ impl MinterLink {
         self.state.lock().await.as_ref().map(|r| r.child.id())
     }
 
-    /// Ask the minter for a token. If the minter has died, the caller gets
-    /// an error and the next call starts a new one.
-    pub async fn mint(&self, owner_uid: u32, owner_gid: u32, delegation: Delegation) -> Result<MintedToken, MintError> {
+    /// Ask the minter for a new scope. If the minter dies during the
+    /// request, the caller gets an error and the next call starts a new one.
+    pub async fn create_scope(&self, key: ScopeKey) -> Result<Scope, MintError> {
         let mut state = self.state.lock().await;
         // A minter that died while idle is replaced before the request is
         // sent, so this request does not fail for it.
@@ -80,13 +69,17 @@ impl MinterLink {
         }
         if state.is_none() {
             tracing::warn!("starting a new minter process");
-            *state = Some(spawn(&self.exe, self.limits).map_err(|e| MintError::MinterUnavailable(format!("cannot start it: {e}")))?);
+            *state = Some(spawn(&self.exe).map_err(|e| MintError::MinterUnavailable(format!("cannot start it: {e}")))?);
         }
         let Some(running) = state.as_mut() else {
             return Err(MintError::MinterUnavailable("not running".into()));
         };
-        let request = MinterRequest::Mint { owner_uid, owner_gid, delegation };
-        match tokio::time::timeout(MINT_TIMEOUT, exchange(running, &request)).await {
+        let request = MinterRequest::CreateScope {
+            owner_uid: key.owner_uid,
+            owner_gid: key.owner_gid,
+            delegation: key.delegation,
+        };
+        match tokio::time::timeout(CREATE_TIMEOUT, exchange(running, &request, key)).await {
             Ok(Ok(result)) => result,
             Ok(Err(io)) => {
                 let e = MintError::MinterUnavailable(format!("lost contact with it: {io}"));
@@ -95,7 +88,7 @@ impl MinterLink {
             }
             Err(_) => {
                 stop(state.take());
-                Err(MintError::MinterUnavailable(format!("no answer within {} s; restarted", MINT_TIMEOUT.as_secs())))
+                Err(MintError::MinterUnavailable(format!("no answer within {} s; restarted", CREATE_TIMEOUT.as_secs())))
             }
         }
     }
@@ -106,7 +99,7 @@ impl MinterLink {
     }
 }
 
-fn spawn(exe: &PathBuf, limits: ScopeLimits) -> std::io::Result<Running> {
+fn spawn(exe: &PathBuf) -> std::io::Result<Running> {
     let (ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -120,12 +113,6 @@ fn spawn(exe: &PathBuf, limits: ScopeLimits) -> std::io::Result<Running> {
         .arg("minter")
         .arg("--fd")
         .arg(theirs.as_raw_fd().to_string())
-        .arg("--scopes-per-uid")
-        .arg(limits.per_uid.to_string())
-        .arg("--scopes-max")
-        .arg(limits.global.to_string())
-        .arg("--scope-idle-secs")
-        .arg(limits.idle.as_secs().to_string())
         .stdin(Stdio::null())
         // Own process group: a terminal's ^C reaches the daemon, which
         // then shuts the minter down in order.
@@ -145,7 +132,11 @@ fn stop(running: Option<Running>) {
     }
 }
 
-async fn exchange(running: &mut Running, request: &MinterRequest) -> std::io::Result<Result<MintedToken, MintError>> {
+async fn exchange(
+    running: &mut Running,
+    request: &MinterRequest,
+    key: ScopeKey,
+) -> std::io::Result<Result<Scope, MintError>> {
     if running.async_sock.is_none() {
         let fd = running.sock.take().ok_or_else(|| std::io::Error::other("minter socket missing"))?;
         rustix::io::ioctl_fionbio(&fd, true)?;
@@ -165,7 +156,7 @@ async fn exchange(running: &mut Running, request: &MinterRequest) -> std::io::Re
     let mut buf = [0u8; 4096];
     let (len, flags, mut fds) = sock
         .async_io(Interest::READABLE, |fd| {
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let msg = rustix::net::recvmsg(
                 fd,
@@ -191,12 +182,13 @@ async fn exchange(running: &mut Running, request: &MinterRequest) -> std::io::Re
     }
     let reply: MinterReply = decode_message(&buf[..len]).map_err(std::io::Error::other)?;
     Ok(match reply {
-        MinterReply::Minted { cold, live_scopes } => {
-            if fds.len() != 1 {
-                return Err(std::io::Error::other(format!("the minter sent {} fds with a token reply", fds.len())));
+        MinterReply::Created => {
+            if fds.len() != 2 {
+                return Err(std::io::Error::other(format!("the minter sent {} fds with a new scope, not 2", fds.len())));
             }
-            let token = fds.remove(0);
-            Ok(MintedToken { token, cold, live_scopes })
+            let bpffs_root = fds.remove(1);
+            let userns = fds.remove(0);
+            Ok(Scope { key, userns, bpffs_root })
         }
         MinterReply::Failed(e) => Err(e),
     })

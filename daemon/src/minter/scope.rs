@@ -1,6 +1,7 @@
 //! A scope: one user namespace owned by a client uid and one bpffs
-//! instance delegated with exact masks, created once (cold) and then used
-//! to mint any number of tokens (warm).
+//! instance delegated with exact masks, created once by the minter (cold)
+//! and then used by the daemon to mint any number of tokens (warm, see
+//! [`crate::cache`]).
 //!
 //! Cold path, following DESIGN.md facts 1, 3 and 5:
 //!
@@ -62,20 +63,20 @@ pub struct Scope {
     pub key: ScopeKey,
     pub userns: OwnedFd,
     pub bpffs_root: OwnedFd,
-    pub last_used: Instant,
 }
 
 impl Scope {
     /// Mint one token from this scope (the warm path). The token comes
     /// from our own child and our own bpffs fd, so a cheap check suffices
     /// here; [`Scope::create`] checks the first token's masks in full.
-    pub fn mint(&mut self, stack: &mut MintStack) -> Result<OwnedFd, MintError> {
+    pub fn mint(&self, stack: &mut MintStack) -> Result<OwnedFd, MintError> {
         let token = sys::mint_token_in(stack, self.userns.as_fd(), self.bpffs_root.as_fd())
             .map_err(|(step, e)| {
                 let step = match step {
                     sys::MintStep::Clone => Step::Clone,
                     sys::MintStep::SetNs => Step::SetNs,
                     sys::MintStep::TokenCreate => Step::TokenCreate,
+                    sys::MintStep::Timeout => Step::MintTimeout,
                 };
                 MintError::syscall(step, &e)
             })?;
@@ -84,7 +85,6 @@ impl Scope {
         if magic != BPF_FS_MAGIC {
             return Err(MintError::NotToken { got: format!("a file on a filesystem with magic {magic:#x}") });
         }
-        self.last_used = Instant::now();
         Ok(token)
     }
 
@@ -323,7 +323,7 @@ fn drive_helper(sock: BorrowedFd<'_>, pid: Pid, key: ScopeKey) -> Result<Scope, 
         return Err(MintError::NotFsContext { got: kind });
     }
     let (userns, bpffs_root) = configure_bpffs(fs.as_fd(), &key.delegation, userns)?;
-    Ok(Scope { key, userns, bpffs_root, last_used: Instant::now() })
+    Ok(Scope { key, userns, bpffs_root })
 }
 
 /// Check a token's masks, as the kernel reports them in fdinfo, against

@@ -86,8 +86,8 @@ fn time_loop(n: usize, mut f: impl FnMut()) -> Stats {
 // ---- child modes ----
 
 fn floor_token(userns: i32, bpffs: i32, n: usize) {
-    let userns = bpftoken_tests::bpf::inherited_fd(userns).expect("userns fd");
-    let bpffs = bpftoken_tests::bpf::inherited_fd(bpffs).expect("bpffs fd");
+    let userns = bpftoken_tests::sys::inherited_fd(userns).expect("userns fd");
+    let bpffs = bpftoken_tests::sys::inherited_fd(bpffs).expect("bpffs fd");
     rustix::thread::move_into_link_name_space(userns.as_fd(), Some(rustix::thread::LinkNameSpaceType::User))
         .expect("setns into the scope's user namespace");
     let stats = time_loop(n, || {
@@ -97,7 +97,7 @@ fn floor_token(userns: i32, bpffs: i32, n: usize) {
 }
 
 fn rtt_server(fd: i32) {
-    let sock = UnixStream::from(bpftoken_tests::bpf::inherited_fd(fd).expect("socket fd"));
+    let sock = UnixStream::from(bpftoken_tests::sys::inherited_fd(fd).expect("socket fd"));
     let payload = std::fs::File::open("/dev/null").expect("/dev/null");
     let mut req = [0u8; 64];
     let resp = [b'R'; 64];
@@ -113,7 +113,7 @@ fn rtt_server(fd: i32) {
 }
 
 fn rtt_client(fd: i32, n: usize) {
-    let mut sock = UnixStream::from(bpftoken_tests::bpf::inherited_fd(fd).expect("socket fd"));
+    let mut sock = UnixStream::from(bpftoken_tests::sys::inherited_fd(fd).expect("socket fd"));
     let req = [b'Q'; 64];
     let stats = time_loop(n, || {
         sock.write_all(&req).expect("send");
@@ -166,6 +166,43 @@ fn client(socket: &Path, n: usize, clients: usize, cold: bool) {
     let total: Duration = samples.iter().sum();
     let wall = wall.min(total + Duration::from_millis(1));
     Stats { samples, wall }.emit();
+}
+
+/// The minter's cold path alone, in this (single-threaded) process:
+/// create a scope, mint its first token, drop both.
+fn cold_inproc(n: usize) {
+    let alice = user(ALICE);
+    let mut stack = bpftokend::sys::MintStack::default();
+    let (mut create, mut mint, mut drop_t) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 1..=n as u64 {
+        let key = ScopeKey { owner_uid: alice.uid, owner_gid: alice.gid, delegation: Delegation { maps: i, ..Delegation::ANY } };
+        let t0 = Instant::now();
+        let scope = Scope::create(key).expect("create scope");
+        let t1 = Instant::now();
+        let token = scope.mint(&mut stack).expect("mint");
+        let t2 = Instant::now();
+        drop(token);
+        drop(scope);
+        let t3 = Instant::now();
+        create.push(t1 - t0);
+        mint.push(t2 - t1);
+        drop_t.push(t3 - t2);
+    }
+    for (name, v) in [("create", create), ("first mint", mint), ("drop", drop_t)] {
+        let st = Stats { samples: v, wall: Duration::from_secs(1) };
+        println!("{name:<12} p50 {:8.2} us  p99 {:8.2} us", st.p(0.5), st.p(0.99));
+    }
+}
+
+/// The warm mint alone (clone child, setns, BPF_TOKEN_CREATE, checks),
+/// in this process.
+fn warm_inproc(n: usize) {
+    let alice = user(ALICE);
+    let scope = Scope::create(ScopeKey { owner_uid: alice.uid, owner_gid: alice.gid, delegation: Delegation::ANY })
+        .expect("create scope");
+    let mut stack = bpftokend::sys::MintStack::default();
+    let stats = time_loop(n, || drop(scope.mint(&mut stack).expect("mint")));
+    stats.emit();
 }
 
 // ---- orchestration (root) ----
@@ -300,6 +337,8 @@ fn main() {
         Some("floor-token") => floor_token(num(1) as i32, num(2) as i32, num(3)),
         Some("rtt-server") => rtt_server(num(1) as i32),
         Some("rtt-client") => rtt_client(num(1) as i32, num(2)),
+        Some("cold-inproc") => cold_inproc(num(1)),
+        Some("warm-inproc") => warm_inproc(num(1)),
         Some("client") => client(Path::new(&args[1]), num(2), num(3), args.get(4).map(String::as_str) == Some("cold")),
         Some(n) => orchestrate(n.parse().expect("usage: bpftoken-bench [ITERATIONS]")),
         None => orchestrate(5000),

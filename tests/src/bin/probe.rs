@@ -5,6 +5,9 @@
 //! bpftoken-probe send-token SOCKET             send $BPF_TOKEN_FD over SOCKET
 //! bpftoken-probe recv-token SOCKET ITEM...     listen, take one fd, try ITEMs with it
 //! bpftoken-probe mint-loop SOCKET COUNT [--reconnect]
+//! bpftoken-probe mint-loop SOCKET COUNT --ignore-term
+//! bpftoken-probe term-all SECONDS              kill(-1, SIGTERM) in a loop
+//! bpftoken-probe signal-root SECONDS           SIGSTOP/SIGTERM every root process it may signal
 //! ```
 //!
 //! `try` prints one line per item: `map:hash ok` or `map:hash EPERM`.
@@ -16,7 +19,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::ExitCode;
 
 use bpftoken::{Client, Kind, MintRequest};
-use bpftoken_tests::bpf;
+use bpftoken_tests::sys;
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
 };
@@ -39,8 +42,8 @@ fn try_items(token: Option<BorrowedFd<'_>>, items: &[String]) -> Result<(), Stri
     for item in items {
         let (kind, name) = item.split_once(':').ok_or_else(|| format!("bad item {item:?}"))?;
         let (kind, call): (Kind, BpfCall) = match kind {
-            "map" => (Kind::Map, bpf::map_create),
-            "prog" => (Kind::Prog, bpf::prog_load),
+            "map" => (Kind::Map, sys::map_create),
+            "prog" => (Kind::Prog, sys::prog_load),
             _ => return Err(format!("bad item kind {kind:?}")),
         };
         let bit = bpftoken::delegation::parse_name(kind, name).map_err(|e| e.to_string())?;
@@ -58,7 +61,7 @@ fn token_from_env() -> Result<OwnedFd, String> {
         .map_err(|_| "BPF_TOKEN_FD is not set".to_owned())?
         .parse()
         .map_err(|_| "BPF_TOKEN_FD is not a number".to_owned())?;
-    bpf::inherited_fd(n).map_err(|e| format!("BPF_TOKEN_FD={n}: {e}"))
+    sys::inherited_fd(n).map_err(|e| format!("BPF_TOKEN_FD={n}: {e}"))
 }
 
 fn send_fd(sock: &UnixStream, fd: BorrowedFd<'_>) -> Result<(), String> {
@@ -116,7 +119,10 @@ fn run(args: &[String]) -> Result<(), String> {
         Some("mint-loop") => {
             let path = std::path::PathBuf::from(args.get(1).ok_or("mint-loop SOCKET COUNT")?);
             let count: usize = args.get(2).and_then(|c| c.parse().ok()).ok_or("mint-loop SOCKET COUNT")?;
-            let reconnect = args.get(3).map(String::as_str) == Some("--reconnect");
+            let reconnect = args[3..].iter().any(|a| a == "--reconnect");
+            if args[3..].iter().any(|a| a == "--ignore-term") {
+                sys::ignore_signal(libc::SIGTERM).map_err(|e| e.to_string())?;
+            }
             let mut client = Client::connect_to(&path).map_err(|e| e.to_string())?;
             let mut ok = 0usize;
             for _ in 0..count {
@@ -134,7 +140,47 @@ fn run(args: &[String]) -> Result<(), String> {
             println!("minted {ok}");
             Ok(())
         }
-        _ => Err("usage: bpftoken-probe try|send-token|recv-token|mint-loop ...".into()),
+        Some("term-all") => {
+            // Every process this user may signal, its own included (they
+            // ignore SIGTERM): the mint children while in its namespace.
+            sys::ignore_signal(libc::SIGTERM).map_err(|e| e.to_string())?;
+            let secs: u64 = args.get(1).and_then(|c| c.parse().ok()).ok_or("term-all SECONDS")?;
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            let mut calls = 0usize;
+            while std::time::Instant::now() < end {
+                let _ = sys::kill_all(libc::SIGTERM);
+                calls += 1;
+            }
+            println!("kill calls {calls}");
+            Ok(())
+        }
+        Some("signal-root") => {
+            // An attacker's view: a root process this user may signal can
+            // only be one inside a user namespace this user owns (a mint
+            // child). Stop it and ask it to terminate, as fast as possible.
+            let secs: u64 = args.get(1).and_then(|c| c.parse().ok()).ok_or("signal-root SECONDS")?;
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            let mut hits = 0usize;
+            let mut pass = 0usize;
+            while std::time::Instant::now() < end {
+                pass += 1;
+                // Alternate, so that SIGTERM also lands on running children.
+                let sig = if pass.is_multiple_of(2) { rustix::process::Signal::STOP } else { rustix::process::Signal::TERM };
+                let Ok(dir) = std::fs::read_dir("/proc") else { continue };
+                for entry in dir.flatten() {
+                    let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+                    let root = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")));
+                    let Some(pid) = rustix::process::Pid::from_raw(pid).filter(|_| root) else { continue };
+                    if rustix::process::kill_process(pid, sig).is_ok() {
+                        hits += 1;
+                    }
+                }
+            }
+            println!("signalled {hits}");
+            Ok(())
+        }
+        _ => Err("usage: bpftoken-probe try|send-token|recv-token|mint-loop|signal-root ...".into()),
     }
 }
 

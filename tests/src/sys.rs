@@ -1,5 +1,5 @@
-//! Raw `bpf(2)` calls the probe makes, with or without a token. The only
-//! unsafe code of the test crate.
+//! Raw syscalls of the test crate (its only unsafe code): the `bpf(2)`
+//! calls the probe makes with or without a token, and `kill(-1, sig)`.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -84,4 +84,22 @@ pub fn inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     )?;
     // SAFETY: the fd is open and was handed to this process to own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `kill(-1, sig)`: signal every process the caller may signal.
+pub fn kill_all(sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill(2) takes no memory.
+    if unsafe { libc::kill(-1, sig) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Ignore `sig` in this process.
+pub fn ignore_signal(sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: SIG_IGN is a valid disposition; no handler code is installed.
+    if unsafe { libc::signal(sig, libc::SIG_IGN) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

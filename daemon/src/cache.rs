@@ -1,0 +1,156 @@
+//! Warm scopes: the daemon keeps the scopes the minter created and mints
+//! tokens from them without another process hop.
+//!
+//! A warm mint is a `clone(CLONE_VM|CLONE_FILES|CLONE_VFORK)` child of the
+//! calling worker thread that `setns()`es into the scope's user namespace
+//! and calls `BPF_TOKEN_CREATE` ([`crate::sys::mint_token_in`]). The child
+//! is its own thread group (no CLONE_THREAD) with its own fs_struct (no
+//! CLONE_FS), which is what `setns(CLONE_NEWUSER)` requires; it runs only
+//! raw syscalls on a stack no other thread uses, so sharing the daemon's
+//! memory while other workers run is safe. The token lands in the daemon's
+//! fd table; nothing is left in the client's namespace.
+//!
+//! Scopes are keyed by exact owner and masks and never shared across
+//! either. Each holds one user namespace against its owner's
+//! `max_user_namespaces` quota, so the cache is bounded per uid and in
+//! total, and idle scopes are dropped. Dropping a scope only closes the
+//! daemon's fds; tokens handed out keep their namespace alive themselves.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::minter::{verify_token_masks, MintError, Scope, ScopeKey};
+use crate::sys::MintStack;
+
+/// Bounds on the scope cache.
+#[derive(Debug, Clone, Copy)]
+pub struct ScopeLimits {
+    pub per_uid: usize,
+    pub global: usize,
+    pub idle: Duration,
+}
+
+impl Default for ScopeLimits {
+    fn default() -> Self {
+        ScopeLimits { per_uid: 16, global: 1024, idle: Duration::from_secs(300) }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    // Arc: a mint in progress keeps the fds open even if the entry is
+    // evicted meanwhile, so an fd number can never be reused under it.
+    scope: Arc<Scope>,
+    last_used: Instant,
+}
+
+/// The cache of warm scopes.
+#[derive(Debug)]
+pub struct ScopeCache {
+    limits: ScopeLimits,
+    map: Mutex<HashMap<ScopeKey, Entry>>,
+}
+
+thread_local! {
+    // One mint stack per worker thread: concurrent mints never share one.
+    static STACK: RefCell<MintStack> = RefCell::new(MintStack::default());
+}
+
+impl ScopeCache {
+    pub fn new(limits: ScopeLimits) -> Self {
+        ScopeCache { limits, map: Mutex::new(HashMap::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ScopeKey, Entry>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of cached scopes.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Cached scopes of one uid.
+    pub fn len_for(&self, uid: u32) -> usize {
+        self.lock().keys().filter(|k| k.owner_uid == uid).count()
+    }
+
+    /// Mint from the cached scope for `key`, if there is one. A scope that
+    /// fails to mint is dropped, so the next request builds a fresh one.
+    pub fn mint_warm(&self, key: &ScopeKey) -> Option<Result<OwnedFd, MintError>> {
+        let scope = {
+            let mut map = self.lock();
+            let entry = map.get_mut(key)?;
+            entry.last_used = Instant::now();
+            entry.scope.clone()
+        };
+        let result = STACK.with(|stack| scope.mint(&mut stack.borrow_mut()));
+        if result.is_err() {
+            let mut map = self.lock();
+            if map.get(key).is_some_and(|e| Arc::ptr_eq(&e.scope, &scope)) {
+                map.remove(key);
+            }
+        }
+        Some(result)
+    }
+
+    /// Mint the first token of a scope the minter just created and check
+    /// its masks in full against the scope's key.
+    pub fn mint_first(&self, scope: &Scope) -> Result<OwnedFd, MintError> {
+        let token = STACK.with(|stack| scope.mint(&mut stack.borrow_mut()))?;
+        verify_token_masks(token.as_fd(), &scope.key.delegation)?;
+        Ok(token)
+    }
+
+    /// Keep a scope the minter created, evicting the least recently used
+    /// ones beyond the per-uid and global caps. If another request cached
+    /// the same key meanwhile, that one stays and this one is dropped.
+    pub fn insert(&self, scope: Scope) {
+        let key = scope.key;
+        let mut map = self.lock();
+        if map.contains_key(&key) {
+            return;
+        }
+        let per_uid = self.limits.per_uid.max(1);
+        while map.keys().filter(|k| k.owner_uid == key.owner_uid).count() >= per_uid {
+            evict_lru(&mut map, |k| k.owner_uid == key.owner_uid);
+        }
+        while map.len() >= self.limits.global.max(1) {
+            evict_lru(&mut map, |_| true);
+        }
+        map.insert(key, Entry { scope: Arc::new(scope), last_used: Instant::now() });
+    }
+
+    /// Drop scopes unused for longer than the idle limit; returns how many.
+    pub fn evict_idle(&self) -> usize {
+        let idle = self.limits.idle;
+        let now = Instant::now();
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|_, e| now.duration_since(e.last_used) < idle);
+        before - map.len()
+    }
+
+    /// How often [`ScopeCache::evict_idle`] should run.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.limits.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))
+    }
+}
+
+fn evict_lru(map: &mut HashMap<ScopeKey, Entry>, filter: impl Fn(&ScopeKey) -> bool) {
+    let victim = map
+        .iter()
+        .filter(|(k, _)| filter(k))
+        .min_by_key(|(_, e)| e.last_used)
+        .map(|(k, _)| *k);
+    if let Some(k) = victim {
+        map.remove(&k);
+    }
+}
