@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 pub const ALICE: &str = "bpftk-alice";
 pub const BOB: &str = "bpftk-bob";
 pub const EVE: &str = "bpftk-eve";
+/// The attacker: only attack tests run as mallory (they signal every
+/// process of their uid).
+pub const MALLORY: &str = "bpftk-mallory";
 /// A group only bob belongs to, as a supplementary group.
 pub const DEV_GROUP: &str = "bpftk-dev";
 
@@ -57,7 +60,7 @@ pub fn setup(test: &str) -> Option<Env> {
     if rustix::process::geteuid().as_raw() != 0 {
         return missing(test, "needs root (run the suite as root: see README)");
     }
-    for name in [ALICE, BOB, EVE] {
+    for name in [ALICE, BOB, EVE, MALLORY] {
         if uzers::get_user_by_name(name).is_none() {
             return missing(test, &format!("test user {name} does not exist (run scripts/setup-test-users.sh)"));
         }

@@ -175,7 +175,11 @@ fn token_of_one_user_is_useless_to_another() {
     }
     // ...that alice minted for herself.
     let o = d.bpftoken(&env, &user(ALICE), &["run", "--", probe.to_str().unwrap(), "send-token", handoff.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    if !o.status.success() {
+        let mut receiver = receiver;
+        let _ = receiver.kill();
+        panic!("sending the token failed: {}", stderr(&o));
+    }
     let got = receiver.wait_with_output().expect("receiver output");
     assert!(got.status.success(), "{}", stderr(&got));
     assert_eq!(lines(&stdout(&got)), ["listening", "map:array EPERM", "prog:socket_filter EPERM"]);
@@ -257,19 +261,21 @@ fn caller_inside_a_user_namespace_is_refused_clearly() {
 #[test]
 fn signals_from_the_client_cannot_stop_or_shut_down_the_daemon() {
     let Some(env) = setup("signals_from_the_client_cannot_stop_or_shut_down_the_daemon") else { return };
-    let d = TestDaemon::start(&env, POLICY, &[]);
-    let alice = user(ALICE);
+    let policy = "[[allow]]\nusers = [\"bpftk-mallory\"]\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n";
+    let d = TestDaemon::start(&env, policy, &[]);
+    // mallory signals every process of her uid: no other test runs as her.
+    let mallory = user(MALLORY);
     let probe = env.bin("bpftoken-probe");
     let socket = d.socket.to_str().unwrap().to_owned();
-    // A mint child is root, but inside alice's user namespace, where alice
+    // A mint child is root, but inside mallory's user namespace, where she
     // holds CAP_KILL: she may signal it. SIGTERM must not reach the
     // daemon's handler (the child blocks all signals), and SIGSTOP must not
     // hang the daemon (the watchdog kills a stopped child).
     for attack in [vec!["term-all", "3"], vec!["signal-root", "3"]] {
-        let mut attacker = as_user(&alice, &probe);
+        let mut attacker = as_user(&mallory, &probe);
         attacker.args(&attack).stdout(std::process::Stdio::piped());
         let attacker = attacker.spawn().expect("spawn attacker");
-        let mut minter = as_user(&alice, &probe);
+        let mut minter = as_user(&mallory, &probe);
         minter.args(["mint-loop", &socket, "2000", "--ignore-term"]);
         let o = output(minter);
         let attack_out = attacker.wait_with_output().expect("attacker");
@@ -285,7 +291,7 @@ fn signals_from_the_client_cannot_stop_or_shut_down_the_daemon() {
         }
         assert!(minted > 0, "{out}");
         // The daemon is still serving and never heard a SIGTERM.
-        let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+        let o = d.bpftoken(&env, &mallory, &["run", "--", "true"]);
         assert!(o.status.success(), "{}\n{}", stderr(&o), d.log_text());
         assert!(!d.log_text().contains("shutting down"), "{}", d.log_text());
     }

@@ -145,6 +145,8 @@ fn run(args: &[String]) -> Result<(), String> {
             // ignore SIGTERM): the mint children while in its namespace.
             sys::ignore_signal(libc::SIGTERM).map_err(|e| e.to_string())?;
             let secs: u64 = args.get(1).and_then(|c| c.parse().ok()).ok_or("term-all SECONDS")?;
+            // Give the victim client time to start and ignore SIGTERM.
+            std::thread::sleep(std::time::Duration::from_millis(500));
             let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
             let mut calls = 0usize;
             while std::time::Instant::now() < end {
