@@ -18,12 +18,12 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::minter::{verify_token_masks, MintError, Scope, ScopeKey};
-use crate::sys::MintStack;
+use crate::sys::{MintStack, MintedToken};
 
 /// Bounds on the scope cache.
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +84,7 @@ impl ScopeCache {
 
     /// Mint from the cached scope for `key`, if there is one. A scope that
     /// fails to mint is dropped, so the next request builds a fresh one.
-    pub fn mint_warm(&self, key: &ScopeKey) -> Option<Result<OwnedFd, MintError>> {
+    pub fn mint_warm(&self, key: &ScopeKey) -> Option<Result<MintedToken, MintError>> {
         let scope = {
             let mut map = self.lock();
             let entry = map.get_mut(key)?;
@@ -103,7 +103,7 @@ impl ScopeCache {
 
     /// Mint the first token of a scope the minter just created and check
     /// its masks in full against the scope's key.
-    pub fn mint_first(&self, scope: &Scope) -> Result<OwnedFd, MintError> {
+    pub fn mint_first(&self, scope: &Scope) -> Result<MintedToken, MintError> {
         let token = STACK.with(|stack| scope.mint(&mut stack.borrow_mut()))?;
         verify_token_masks(token.as_fd(), &scope.key.delegation)?;
         Ok(token)

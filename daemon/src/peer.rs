@@ -1,7 +1,7 @@
 //! Who is at the other end of a connection, as the kernel says. Never
 //! anything the peer says about itself.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::OnceLock;
 
@@ -26,12 +26,10 @@ pub enum PeerUserns {
 pub struct PeerIdentity {
     /// uid, gid and supplementary groups, for the policy.
     pub creds: Peer,
-    /// The pid SO_PEERCRED reported (for logs only; anything pid-based
-    /// goes through `pidfd`).
+    /// The pid SO_PEERCRED reported (for logs only: everything pid-based
+    /// was read through a pidfd from SO_PEERPIDFD, which stays bound to the
+    /// connecting process even if the pid is recycled, and closed after).
     pub pid: i32,
-    /// A pidfd for the connecting process (SO_PEERPIDFD): it stays bound
-    /// to that process even if the pid is recycled.
-    pub pidfd: Option<OwnedFd>,
     /// The peer's executable, read through the pidfd; `None` if it exited
     /// or is not visible from our pid namespace.
     pub exe: Option<String>,
@@ -48,7 +46,6 @@ pub fn identify(sock: BorrowedFd<'_>) -> std::io::Result<PeerIdentity> {
     Ok(PeerIdentity {
         creds: Peer { uid: cred.uid.as_raw(), gid: cred.gid.as_raw(), groups },
         pid: cred.pid.as_raw_nonzero().get(),
-        pidfd,
         exe,
         userns,
     })

@@ -44,6 +44,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     }
     // Mint children share our memory and enter clients' namespaces.
     crate::sys::make_non_dumpable().map_err(StartError::Runtime)?;
+    let conns = fit_to_fd_limit(opts.conns);
     let policy = bpftoken_policy::load(&opts.policy)?;
     let rules = policy.rules().len();
     let minter = MinterLink::start(PathBuf::from("/proc/self/exe")).map_err(StartError::Minter)?;
@@ -51,17 +52,18 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         .enable_all()
         .build()
         .map_err(StartError::Runtime)?;
-    let daemon = Arc::new(Daemon::new(policy, minter, ScopeCache::new(opts.scopes), opts.conns));
+    let daemon = Arc::new(Daemon::new(policy, minter, ScopeCache::new(opts.scopes), conns));
     let bound = runtime.block_on(async {
         // Signal handlers first: once the socket exists, a client (or a
         // test) may already expect SIGTERM to mean an orderly stop.
         let signals = Signals::install()?;
         // The runtime's workers are idle here, so the umask change inside
         // bind() cannot affect a file created elsewhere.
-        let sock = socket::bind(&opts.socket)?;
+        let mut sock = socket::bind(&opts.socket)?;
         let bind_err = |source| SocketError::Bind { path: opts.socket.clone(), source };
-        sock.listener.set_nonblocking(true).map_err(bind_err)?;
-        let listener = tokio::net::UnixListener::from_std(sock.listener.try_clone().map_err(bind_err)?).map_err(bind_err)?;
+        let std_listener = sock.take_listener().ok_or_else(|| bind_err(std::io::Error::other("no listener")))?;
+        std_listener.set_nonblocking(true).map_err(bind_err)?;
+        let listener = tokio::net::UnixListener::from_std(std_listener).map_err(bind_err)?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         let signal_task = tokio::spawn(signals.handle(daemon.clone(), opts.policy.clone(), tx));
         let sweep_task = tokio::spawn(sweep_idle_scopes(daemon.clone()));
@@ -82,6 +84,31 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     sock.remove();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raise the soft fd limit to the hard one and keep the connection caps
+/// within it (each connection holds one fd, each cached scope two), so a
+/// flood of connections meets a typed `busy` refusal, not EMFILE.
+fn fit_to_fd_limit(mut conns: ConnLimits) -> ConnLimits {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+    let soft = match rustix::process::setrlimit(rustix::process::Resource::Nofile, raised) {
+        Ok(()) => limit.maximum,
+        Err(e) => {
+            tracing::warn!("cannot raise the fd limit: {e}");
+            limit.current
+        }
+    };
+    let soft = soft.and_then(|n| usize::try_from(n).ok()).unwrap_or(usize::MAX);
+    // Reserve room for scopes (2 fds each, 1024 by default), the minter
+    // link, mints in flight and logs.
+    let budget = soft.saturating_sub(2 * 1024 + 256);
+    if conns.global > budget {
+        tracing::warn!(fd_limit = soft, "lowering the connection limit from {} to {budget}", conns.global);
+        conns.global = budget.max(16);
+        conns.per_uid = conns.per_uid.min(conns.global);
+    }
+    conns
 }
 
 /// Drop idle scopes now and then.

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -23,6 +23,7 @@ use crate::cache::ScopeCache;
 use crate::minter::link::MinterLink;
 use crate::minter::{MintError, ScopeKey};
 use crate::peer::{self, PeerIdentity, PeerUserns};
+use crate::sys::MintedToken;
 
 /// Default for [`ConnLimits::read_timeout`].
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -117,7 +118,7 @@ impl Daemon {
     /// A token for `key`: from the cached scope if there is one (warm),
     /// else from a new scope the minter creates (cold). Returns the token
     /// and whether it was cold.
-    pub async fn mint(&self, key: ScopeKey) -> Result<(OwnedFd, bool), MintError> {
+    pub async fn mint(&self, key: ScopeKey) -> Result<(MintedToken, bool), MintError> {
         if let Some(result) = self.scopes.mint_warm(&key) {
             return result.map(|t| (t, false));
         }
@@ -216,12 +217,12 @@ async fn read_frame(
 }
 
 /// Send one response, with `fd` attached to its first byte.
-async fn write_response(stream: &UnixStream, response: &Response, fd: Option<&OwnedFd>) -> std::io::Result<()> {
+async fn write_response(stream: &UnixStream, response: &Response, fd: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
     let bytes = codec::encode_response(response).map_err(std::io::Error::other)?;
     let send = async {
         let mut sent = stream
             .async_io(Interest::WRITABLE, || {
-                let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
+                let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
                 let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
                 let mut control = SendAncillaryBuffer::new(&mut space);
                 if !fds.is_empty() {
@@ -319,6 +320,16 @@ async fn reject(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, code:
 
 /// Decide, mint, deliver. False if the client is gone.
 async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, req: &MintRequest) -> bool {
+    if peer.userns == PeerUserns::Unknown {
+        let message = format!(
+            "cannot tell which user namespace uid {} is calling from (did the process exit?); \
+             refusing rather than minting a token that may not work there",
+            peer.creds.uid
+        );
+        daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+        audit::refused(peer, &[], RefusalCode::UnsupportedPeer, &message);
+        return write_response(stream, &refusal(RefusalCode::UnsupportedPeer, message), None).await.is_ok();
+    }
     if let PeerUserns::Nested { owner_uid } = peer.userns {
         let message = format!(
             "uid {} is calling from inside a user namespace owned by uid {owner_uid} (a rootless \
@@ -350,7 +361,7 @@ async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, 
         }
     };
     let response = Response::Minted(Minted { granted: delegation, rules: rules.clone(), fds: vec![FdRole::Token] });
-    let delivered = write_response(stream, &response, Some(&token)).await;
+    let delivered = write_response(stream, &response, Some(token.as_fd())).await;
     // Our copy of the token closes here whatever happened.
     drop(token);
     match delivered {

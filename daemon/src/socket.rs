@@ -2,6 +2,7 @@
 //! running daemon, removed on exit only if it is still ours.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -28,12 +29,20 @@ pub enum SocketError {
 /// A socket this daemon created (and will remove).
 #[derive(Debug)]
 pub struct OwnedSocket {
-    pub listener: UnixListener,
+    listener: Option<UnixListener>,
     path: PathBuf,
     dev_ino: (u64, u64),
+    /// flock on `<socket>.lock`, held for the daemon's life, so two
+    /// daemons starting at once cannot both decide the socket is stale.
+    _lock: OwnedFd,
 }
 
 impl OwnedSocket {
+    /// The listener, once (the caller owns and closes it).
+    pub fn take_listener(&mut self) -> Option<UnixListener> {
+        self.listener.take()
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -54,6 +63,17 @@ impl OwnedSocket {
 pub fn bind(path: &Path) -> Result<OwnedSocket, SocketError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     prepare_dir(dir)?;
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = rustix::fs::open(
+        Path::new(&lock_path),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CREATE | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOFOLLOW,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| SocketError::Bind { path: PathBuf::from(&lock_path), source: e.into() })?;
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Err(SocketError::AlreadyRunning { path: path.to_owned() });
+    }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => match UnixStream::connect(path) {
             Ok(_) => return Err(SocketError::AlreadyRunning { path: path.to_owned() }),
@@ -72,7 +92,7 @@ pub fn bind(path: &Path) -> Result<OwnedSocket, SocketError> {
     rustix::process::umask(old);
     let listener = bound.map_err(|source| SocketError::Bind { path: path.to_owned(), source })?;
     let m = std::fs::symlink_metadata(path).map_err(|source| SocketError::Bind { path: path.to_owned(), source })?;
-    Ok(OwnedSocket { listener, path: path.to_owned(), dev_ino: (m.dev(), m.ino()) })
+    Ok(OwnedSocket { listener: Some(listener), path: path.to_owned(), dev_ino: (m.dev(), m.ino()), _lock: lock })
 }
 
 fn prepare_dir(dir: &Path) -> Result<(), SocketError> {

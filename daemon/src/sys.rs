@@ -273,10 +273,13 @@ pub fn mint_token_in(
     stack: &mut MintStack,
     userns: BorrowedFd<'_>,
     bpffs: BorrowedFd<'_>,
-) -> Result<OwnedFd, (MintStep, io::Error)> {
+) -> Result<MintedToken, (MintStep, io::Error)> {
     use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
     static NEXT_ID: AtomicU64 = AtomicU64::new(0);
     start_watchdog();
+    // Mints are serialised: while this lock is held, every token fd in our
+    // table is registered, so a leaked one can be told apart (see below).
+    let mut live = LIVE_TOKENS.lock().unwrap_or_else(|p| p.into_inner());
     let args = MintChild {
         userns: userns.as_raw_fd(),
         bpffs: bpffs.as_raw_fd(),
@@ -323,13 +326,80 @@ pub fn mint_token_in(
                 drop(token);
                 return Err((MintStep::Timeout, io::Error::from_raw_os_error(libc::ETIMEDOUT)));
             }
-            Ok(token)
+            live.insert(result);
+            Ok(MintedToken { fd: Some(token) })
         }
         1 => Err((MintStep::SetNs, io::Error::from_raw_os_error(-result))),
         2 => Err((MintStep::TokenCreate, io::Error::from_raw_os_error(-result))),
-        _ if killed => Err((MintStep::Timeout, io::Error::from_raw_os_error(libc::ETIMEDOUT))),
+        _ if killed => {
+            // Killed (by the client: it may signal the child inside its own
+            // namespace) possibly after the kernel installed a token but
+            // before the child recorded its number: close any token we do
+            // not know about.
+            let leaked = close_unregistered_tokens(&live);
+            if leaked > 0 {
+                tracing::warn!(leaked, "closed a token left behind by a killed mint child");
+            }
+            Err((MintStep::Timeout, io::Error::from_raw_os_error(libc::EINTR)))
+        }
         _ => Err((MintStep::Clone, io::Error::other(format!("mint child ended with status {status:#x}")))),
     }
+}
+
+/// Token fds this process holds right now. Its lock also serialises
+/// [`mint_token_in`].
+static LIVE_TOKENS: std::sync::Mutex<std::collections::BTreeSet<RawFd>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A token minted by [`mint_token_in`]. It is registered as live until
+/// dropped; it is closed under the registry lock, so a leak scan never
+/// sees its number unregistered but still open.
+#[derive(Debug)]
+pub struct MintedToken {
+    fd: Option<OwnedFd>,
+}
+
+impl AsFd for MintedToken {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.fd {
+            Some(fd) => fd.as_fd(),
+            // Only `drop` takes the fd out.
+            None => unreachable!("token used after drop"),
+        }
+    }
+}
+
+impl Drop for MintedToken {
+    fn drop(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            let mut live = LIVE_TOKENS.lock().unwrap_or_else(|p| p.into_inner());
+            live.remove(&fd.as_raw_fd());
+            drop(fd);
+        }
+    }
+}
+
+/// Close every BPF token fd of this process that is not registered.
+/// Called with the registry locked (no mint can be in progress).
+fn close_unregistered_tokens(live: &std::collections::BTreeSet<RawFd>) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return 0 };
+    let mut closed = 0;
+    for entry in dir.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else { continue };
+        if live.contains(&fd) {
+            continue;
+        }
+        let is_token = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+            .is_ok_and(|info| info.lines().any(|l| l.starts_with("allowed_cmds:")));
+        if is_token {
+            // SAFETY: a token fd nobody registered can only be one a killed
+            // mint child created: tokens are made by mint children only,
+            // under the lock we hold, and registered on success.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            closed += 1;
+        }
+    }
+    closed
 }
 
 /// Make this process non-dumpable: nobody without CAP_SYS_PTRACE in the

@@ -64,6 +64,63 @@ fn check_owner_and_mode(
     Ok(())
 }
 
+/// Open `dir` one component at a time from `/`, refusing symlinks, and
+/// check every ancestor on the way: owned by root (or `owner`), and not
+/// writable by group or others unless sticky (like /tmp, where nobody can
+/// rename another user's entry). Whoever could change an ancestor could
+/// swap the policy for another file.
+fn open_dir_checked(policy: &Path, dir: &Path, owner: u32) -> Result<rustix::fd::OwnedFd, PolicyError> {
+    use std::path::Component;
+    let dir = if dir.is_absolute() {
+        dir.to_owned()
+    } else {
+        std::env::current_dir()
+            .map_err(|source| PolicyError::Open { path: policy.to_owned(), source })?
+            .join(dir)
+    };
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let mut fd = rustix::fs::open("/", flags, Mode::empty())
+        .map_err(|e| PolicyError::Open { path: policy.to_owned(), source: e.into() })?;
+    let mut walked = PathBuf::from("/");
+    for component in dir.components() {
+        let name = match component {
+            Component::RootDir => continue,
+            Component::Normal(name) => name,
+            Component::CurDir | Component::ParentDir | Component::Prefix(_) => {
+                return Err(unsafe_err(policy, "its path contains \".\" or \"..\"; give a plain absolute path"))
+            }
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(|e| PolicyError::Open { path: policy.to_owned(), source: e.into() })?;
+        check_ancestor(policy, &walked, &stat, owner)?;
+        walked.push(name);
+        fd = rustix::fs::openat(&fd, name, flags, Mode::empty()).map_err(|e| match e {
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => unsafe_err(
+                policy,
+                format!("{} is a symbolic link or not a directory; give the real path", walked.display()),
+            ),
+            e => PolicyError::Open { path: policy.to_owned(), source: e.into() },
+        })?;
+    }
+    Ok(fd)
+}
+
+fn check_ancestor(policy: &Path, dir: &Path, stat: &rustix::fs::Stat, owner: u32) -> Result<(), PolicyError> {
+    if stat.st_uid != 0 && stat.st_uid != owner {
+        return Err(unsafe_err(
+            policy,
+            format!("directory {} on its path is owned by uid {}, not root", dir.display(), stat.st_uid),
+        ));
+    }
+    let mode = stat.st_mode & 0o7777;
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(unsafe_err(
+            policy,
+            format!("directory {} on its path is writable by group or others (mode {mode:04o})", dir.display()),
+        ));
+    }
+    Ok(())
+}
+
 fn read_checked(path: &Path, owner: u32) -> Result<String, PolicyError> {
     let open_err = |e: rustix::io::Errno| PolicyError::Open {
         path: path.to_owned(),
@@ -76,12 +133,7 @@ fn read_checked(path: &Path, owner: u32) -> Result<String, PolicyError> {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    let dir = rustix::fs::open(
-        &dir_path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(open_err)?;
+    let dir = open_dir_checked(path, &dir_path, owner)?;
     let dir_stat = rustix::fs::fstat(&dir).map_err(open_err)?;
     check_owner_and_mode(path, "its directory", &dir_path, &dir_stat, owner)?;
 

@@ -359,6 +359,38 @@ mod files {
     }
 
     #[test]
+    fn symlinked_or_writable_ancestor_is_refused() {
+        let d = dir();
+        let real = d.join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write(&real.join("policy.toml"), 0o644);
+        let link = d.join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = load_with(&link.join("policy.toml"), me(), &FakeNames).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "refusing policy {}: {} is a symbolic link or not a directory; give the real path",
+                link.join("policy.toml").display(),
+                link.display()
+            )
+        );
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = load_with(&real.join("policy.toml"), me(), &FakeNames).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "refusing policy {}: directory {} on its path is writable by group or others (mode 0777)",
+                real.join("policy.toml").display(),
+                d.display()
+            )
+        );
+        let e = load_with(Path::new("/etc/../etc/x.toml"), me(), &FakeNames).unwrap_err();
+        assert!(e.to_string().ends_with("its path contains \".\" or \"..\"; give a plain absolute path"), "{e}");
+    }
+
+    #[test]
     fn symlink_is_refused() {
         let d = dir();
         let real = d.join("real.toml");

@@ -66,7 +66,7 @@ impl fmt::Display for Step {
             Step::Clone => f.write_str("clone() of the mint child"),
             Step::SetNs => f.write_str("setns() into the scope's user namespace"),
             Step::TokenCreate => f.write_str("BPF_TOKEN_CREATE"),
-            Step::MintTimeout => f.write_str("the mint child (stopped by a signal?)"),
+            Step::MintTimeout => f.write_str("the mint child (killed or stopped by a signal)"),
             Step::CheckToken => f.write_str("checking the minted fd"),
             Step::HelperIo => f.write_str("talking to the bpffs helper"),
         }
@@ -96,6 +96,8 @@ pub enum MintError {
     WrongMasks { kind: Kind, got: String, want: u64 },
     #[error("the minter process is unavailable: {0}")]
     MinterUnavailable(String),
+    #[error("the minter is busy creating scopes for other requests; retry in a moment")]
+    MinterBusy,
 }
 
 fn hint(step: Step, errno: i32) -> &'static str {

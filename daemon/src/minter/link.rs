@@ -40,6 +40,8 @@ struct Running {
 pub struct MinterLink {
     exe: PathBuf,
     state: Mutex<Option<Running>>,
+    /// Request ids start at 1; 0 is the minter's "not a request" answer.
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl MinterLink {
@@ -47,7 +49,7 @@ impl MinterLink {
     /// the first minter is forked from a single-threaded process).
     pub fn start(exe: PathBuf) -> std::io::Result<Self> {
         let running = spawn(&exe)?;
-        Ok(MinterLink { exe, state: Mutex::new(Some(running)) })
+        Ok(MinterLink { exe, state: Mutex::new(Some(running)), next_id: std::sync::atomic::AtomicU64::new(1) })
     }
 
     /// Pid of the current minter, if it runs.
@@ -58,7 +60,10 @@ impl MinterLink {
     /// Ask the minter for a new scope. If the minter dies during the
     /// request, the caller gets an error and the next call starts a new one.
     pub async fn create_scope(&self, key: ScopeKey) -> Result<Scope, MintError> {
-        let mut state = self.state.lock().await;
+        // The wait for the minter counts against the same deadline, so one
+        // uid's flood of cold requests cannot queue others forever.
+        let deadline = tokio::time::Instant::now() + CREATE_TIMEOUT;
+        let mut state = tokio::time::timeout_at(deadline, self.state.lock()).await.map_err(|_| MintError::MinterBusy)?;
         // A minter that died while idle is replaced before the request is
         // sent, so this request does not fail for it.
         if let Some(running) = state.as_mut() {
@@ -74,12 +79,14 @@ impl MinterLink {
         let Some(running) = state.as_mut() else {
             return Err(MintError::MinterUnavailable("not running".into()));
         };
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let request = MinterRequest::CreateScope {
+            id,
             owner_uid: key.owner_uid,
             owner_gid: key.owner_gid,
             delegation: key.delegation,
         };
-        match tokio::time::timeout(CREATE_TIMEOUT, exchange(running, &request, key)).await {
+        match tokio::time::timeout_at(deadline, exchange(running, &request, id, key)).await {
             Ok(Ok(result)) => result,
             Ok(Err(io)) => {
                 let e = MintError::MinterUnavailable(format!("lost contact with it: {io}"));
@@ -135,6 +142,7 @@ fn stop(running: Option<Running>) {
 async fn exchange(
     running: &mut Running,
     request: &MinterRequest,
+    id: u64,
     key: ScopeKey,
 ) -> std::io::Result<Result<Scope, MintError>> {
     if running.async_sock.is_none() {
@@ -182,7 +190,10 @@ async fn exchange(
     }
     let reply: MinterReply = decode_message(&buf[..len]).map_err(std::io::Error::other)?;
     Ok(match reply {
-        MinterReply::Created => {
+        MinterReply::Created { id: got } | MinterReply::Failed { id: got, .. } if got != id => {
+            return Err(std::io::Error::other(format!("the minter answered request {got}, expected {id}")));
+        }
+        MinterReply::Created { .. } => {
             if fds.len() != 2 {
                 return Err(std::io::Error::other(format!("the minter sent {} fds with a new scope, not 2", fds.len())));
             }
@@ -190,6 +201,6 @@ async fn exchange(
             let userns = fds.remove(0);
             Ok(Scope { key, userns, bpffs_root })
         }
-        MinterReply::Failed(e) => Err(e),
+        MinterReply::Failed { error, .. } => Err(error),
     })
 }

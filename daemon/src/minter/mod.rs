@@ -36,14 +36,16 @@ use crate::sys;
 /// A request from the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MinterRequest {
-    CreateScope { owner_uid: u32, owner_gid: u32, delegation: Delegation },
+    /// `id` is echoed in the reply, so a reply can never be taken for
+    /// another request's.
+    CreateScope { id: u64, owner_uid: u32, owner_gid: u32, delegation: Delegation },
 }
 
 /// The minter's answer; `Created` carries the userns and bpffs root fds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MinterReply {
-    Created,
-    Failed(MintError),
+    Created { id: u64 },
+    Failed { id: u64, error: MintError },
 }
 
 /// Largest request the minter accepts from the daemon.
@@ -70,19 +72,21 @@ pub fn run(sock: OwnedFd) -> std::io::Result<()> {
             None => return Ok(()), // daemon gone
             Some(r) => r,
         };
-        let result = match request {
-            Ok(MinterRequest::CreateScope { owner_uid, owner_gid, delegation }) => {
-                Scope::create(ScopeKey { owner_uid, owner_gid, delegation })
+        let (id, result) = match request {
+            Ok(MinterRequest::CreateScope { id, owner_uid, owner_gid, delegation }) => {
+                (id, Scope::create(ScopeKey { owner_uid, owner_gid, delegation }))
             }
-            Err(msg) => Err(MintError::MinterUnavailable(msg)),
+            // Not a request we understand: say so under id 0, which the
+            // daemon never uses, so it drops the link rather than guess.
+            Err(msg) => (0, Err(MintError::MinterUnavailable(msg))),
         };
         match result {
             Ok(scope) => send_reply(
                 sock.as_fd(),
-                &MinterReply::Created,
+                &MinterReply::Created { id },
                 &[scope.userns.as_fd(), scope.bpffs_root.as_fd()],
             )?,
-            Err(e) => send_reply(sock.as_fd(), &MinterReply::Failed(e), &[])?,
+            Err(error) => send_reply(sock.as_fd(), &MinterReply::Failed { id, error }, &[])?,
         }
         // The scope drops here: the minter keeps no copy.
     }

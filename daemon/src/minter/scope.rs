@@ -69,7 +69,7 @@ impl Scope {
     /// Mint one token from this scope (the warm path). The token comes
     /// from our own child and our own bpffs fd, so a cheap check suffices
     /// here; [`Scope::create`] checks the first token's masks in full.
-    pub fn mint(&self, stack: &mut MintStack) -> Result<OwnedFd, MintError> {
+    pub fn mint(&self, stack: &mut MintStack) -> Result<sys::MintedToken, MintError> {
         let token = sys::mint_token_in(stack, self.userns.as_fd(), self.bpffs_root.as_fd())
             .map_err(|(step, e)| {
                 let step = match step {
@@ -80,7 +80,7 @@ impl Scope {
                 };
                 MintError::syscall(step, &e)
             })?;
-        let st = rustix::fs::fstatfs(&token).map_err(|e| MintError::from((Step::CheckToken, e)))?;
+        let st = rustix::fs::fstatfs(token.as_fd()).map_err(|e| MintError::from((Step::CheckToken, e)))?;
         let magic = st.f_type.cast_unsigned();
         if magic != BPF_FS_MAGIC {
             return Err(MintError::NotToken { got: format!("a file on a filesystem with magic {magic:#x}") });
@@ -191,8 +191,6 @@ fn helper_steps(sock: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), (Step, r
     }
     // Hold nothing of the minter's (other clients' scopes) once we are the client.
     sys::close_all_fds_except(sock).map_err(|e| (Step::SetIds, Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
-    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
-        .map_err(|e| (Step::SetIds, e))?;
     let (uid, gid) = (
         rustix::process::Uid::from_raw(uid),
         rustix::process::Gid::from_raw(gid),
@@ -201,6 +199,16 @@ fn helper_steps(sock: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), (Step, r
     rustix::thread::set_thread_groups(&[]).map_err(|e| (Step::SetIds, e))?;
     rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(|e| (Step::SetIds, e))?;
     rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(|e| (Step::SetIds, e))?;
+    // After the uid change: the kernel resets dumpability to
+    // fs.suid_dumpable on it, which may be 1. Non-dumpable, the client
+    // cannot ptrace us or open our /proc files.
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| (Step::SetIds, e))?;
+    if rustix::process::dumpable_behavior().map_err(|e| (Step::SetIds, e))?
+        != rustix::process::DumpableBehavior::NotDumpable
+    {
+        return Err((Step::SetIds, Errno::PERM));
+    }
     sys::unshare_namespaces(rustix::thread::UnshareFlags::NEWUSER).map_err(|e| (Step::UnshareUser, e))?;
     rustix::net::send(sock, &[MSG_USERNS_READY], SendFlags::NOSIGNAL).map_err(|e| (Step::UnshareUser, e))?;
     let mut reply = [0u8; 1];
