@@ -6,6 +6,7 @@
 //! interface; the daemon does that.
 #![forbid(unsafe_code)]
 
+pub mod btf;
 mod error;
 mod file;
 mod parse;

@@ -103,3 +103,13 @@ pub fn ignore_signal(sig: libc::c_int) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `NS_GET_OWNER_UID` on a user-namespace fd.
+pub fn ns_owner_uid(ns: &impl AsRawFd) -> io::Result<u32> {
+    let mut uid: libc::uid_t = 0;
+    // SAFETY: NS_GET_OWNER_UID (_IO(0xb7, 4)) writes one uid_t.
+    if unsafe { libc::ioctl(ns.as_raw_fd(), 0xb704, &raw mut uid) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(uid)
+}

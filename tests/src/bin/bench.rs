@@ -112,8 +112,9 @@ fn rtt_server(fd: i32) {
     }
 }
 
-fn rtt_client(fd: i32, n: usize) {
+fn rtt_client(fd: i32, n: usize, start_at_ms: u128) {
     let mut sock = UnixStream::from(bpftoken_tests::sys::inherited_fd(fd).expect("socket fd"));
+    wait_until(start_at_ms);
     let req = [b'Q'; 64];
     let stats = time_loop(n, || {
         sock.write_all(&req).expect("send");
@@ -133,6 +134,15 @@ fn rtt_client(fd: i32, n: usize) {
         assert_eq!(got.len(), 1);
     });
     stats.emit();
+}
+
+/// Sleep until the wall clock reaches `ms` since the epoch (so clients
+/// spawned one after another start together).
+fn wait_until(ms: u128) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    if ms > now {
+        std::thread::sleep(Duration::from_millis(u64::try_from(ms - now).unwrap_or(0)));
+    }
 }
 
 /// Mint `n` tokens per client thread through the daemon at `socket`.
@@ -236,25 +246,38 @@ fn measure_floor_token(self_exe: &Path, scope: &Scope, n: usize, pin: bool) -> F
     f
 }
 
-fn measure_rtt(self_exe: &Path, n: usize, pin: bool) -> Figures {
-    let (a, b) = UnixStream::pair().expect("socketpair");
-    // Each child inherits exactly its own end, so the server sees EOF
-    // when the client is done.
-    rustix::io::fcntl_setfd(a.as_fd(), rustix::io::FdFlags::empty()).expect("clear cloexec");
-    let mut server = pinned(pin, self_exe);
-    server.args(["rtt-server", &a.as_raw_fd().to_string()]);
-    let mut server = server.spawn().expect("rtt server");
-    drop(a);
-    rustix::io::fcntl_setfd(b.as_fd(), rustix::io::FdFlags::empty()).expect("clear cloexec");
-    let mut client = pinned(pin, self_exe);
-    client.args(["rtt-client", &b.as_raw_fd().to_string(), &n.to_string()]);
-    let mut child = client.stdout(Stdio::piped()).spawn().expect("rtt client");
-    drop(b);
-    let mut out = String::new();
-    child.stdout.take().expect("stdout").read_to_string(&mut out).expect("read");
-    child.wait().expect("rtt client");
-    server.wait().expect("rtt server");
-    parse_result(&out).expect("rtt result")
+/// `pairs` concurrent client/server process pairs, each doing `n` round
+/// trips carrying one fd. Returns the first client's latencies and the
+/// summed throughput.
+fn measure_rtt(self_exe: &Path, n: usize, pairs: usize, pin: bool) -> Figures {
+    let start_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()) + 300;
+    let mut children = Vec::new();
+    for _ in 0..pairs {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        // Each child inherits exactly its own end (spawned one at a time,
+        // from this thread only), so the server sees EOF when its client
+        // is done.
+        rustix::io::fcntl_setfd(a.as_fd(), rustix::io::FdFlags::empty()).expect("clear cloexec");
+        let mut server = pinned(pin, self_exe);
+        server.args(["rtt-server", &a.as_raw_fd().to_string()]);
+        let server = server.spawn().expect("rtt server");
+        drop(a);
+        rustix::io::fcntl_setfd(b.as_fd(), rustix::io::FdFlags::empty()).expect("clear cloexec");
+        let mut client = pinned(pin, self_exe);
+        client.args(["rtt-client", &b.as_raw_fd().to_string(), &n.to_string(), &start_at.to_string()]);
+        let client = client.stdout(Stdio::piped()).spawn().expect("rtt client");
+        drop(b);
+        children.push((server, client));
+    }
+    let mut results = Vec::new();
+    for (mut server, mut client) in children {
+        let mut out = String::new();
+        client.stdout.take().expect("stdout").read_to_string(&mut out).expect("read");
+        client.wait().expect("rtt client");
+        server.wait().expect("rtt server");
+        results.push(parse_result(&out).expect("rtt result"));
+    }
+    Figures { ops: results.iter().map(|f| f.ops).sum(), ..results[0] }
 }
 
 fn measure_daemon(env: &Env, self_exe: &Path, d: &TestDaemon, n: usize, clients: usize, cold: bool, pin: bool) -> Figures {
@@ -302,30 +325,39 @@ fn orchestrate(n: usize) {
         let tag = if pin { "pinned to CPU 0" } else { "unpinned" };
         println!("--- {tag}");
         let token = measure_floor_token(&self_exe, &scope, n * 4, pin);
-        let rtt = measure_rtt(&self_exe, n * 4, pin);
+        let rtt = measure_rtt(&self_exe, n * 4, 1, pin);
+        let rtt2 = measure_rtt(&self_exe, n * 4, 2, pin);
         let floor = Figures { p50: token.p50 + rtt.p50, p99: token.p99 + rtt.p99, ops: 1e6 / (token.p50 + rtt.p50) };
         row("floor: BPF_TOKEN_CREATE + close", token);
         row("floor: unix round trip carrying 1 fd", rtt);
-        row("floor: sum (token + fd round trip)", floor);
+        row("floor: same, 2 concurrent pairs (ops summed)", rtt2);
+        row("floor: token + fd round trip", floor);
         let d = if pin {
             // daemon and minter on CPU 0 too
             TestDaemon::start_pinned(&env, &policy)
         } else {
             TestDaemon::start(&env, &policy, &[])
         };
-        for clients in [1, 2] {
-            let warm = measure_daemon(&env, &self_exe, &d, n, clients, false, pin);
-            row(&format!("daemon warm mint, {clients} client(s)"), warm);
-            println!("{:<44} {:>9.2}x p50   throughput {:.0}% of the fd round trip", "  ratio to floor", warm.p50 / floor.p50, 100.0 * warm.ops / rtt.ops);
-        }
-        for clients in [1, 2] {
-            let cold = measure_daemon(&env, &self_exe, &d, (n / 10).max(50), clients, true, pin);
-            row(&format!("daemon cold mint (new scope), {clients} client(s)"), cold);
-        }
+        let warm1 = measure_daemon(&env, &self_exe, &d, n, 1, false, pin);
+        row("daemon warm mint, 1 client", warm1);
+        let warm2 = measure_daemon(&env, &self_exe, &d, n, 2, false, pin);
+        row("daemon warm mint, 2 clients (ops summed)", warm2);
+        let cold1 = measure_daemon(&env, &self_exe, &d, (n / 10).max(50), 1, true, pin);
+        row("daemon cold mint (new scope), 1 client", cold1);
+        let cold2 = measure_daemon(&env, &self_exe, &d, (n / 10).max(50), 2, true, pin);
+        row("daemon cold mint (new scope), 2 clients", cold2);
         drop(d);
-        match measure_sudo(100) {
+        let sudo = measure_sudo(100);
+        match sudo {
             Some(s) => row("sudo -n true", s),
             None => println!("sudo -n true: sudo is not installed"),
+        }
+        println!("  warm p50 / (token + fd round trip) p50:     {:.2}x   (target <= 2x)", warm1.p50 / floor.p50);
+        println!("  2 clients warm / 2 fd round-trip pairs:     {:.0}%    (target >= 80%)", 100.0 * warm2.ops / rtt2.ops);
+        println!("  cold p50:                                   {:.0} us  (target <= 500 us on the reference machine)", cold1.p50);
+        println!("  cold p50 / (token + fd round trip) p50:     {:.1}x", cold1.p50 / floor.p50);
+        if let Some(s) = sudo {
+            println!("  sudo -n true p50 / warm p50:                {:.0}x   (target >= 50x)", s.p50 / warm1.p50);
         }
     }
 }
@@ -336,7 +368,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("floor-token") => floor_token(num(1) as i32, num(2) as i32, num(3)),
         Some("rtt-server") => rtt_server(num(1) as i32),
-        Some("rtt-client") => rtt_client(num(1) as i32, num(2)),
+        Some("rtt-client") => rtt_client(num(1) as i32, num(2), num(3) as u128),
         Some("cold-inproc") => cold_inproc(num(1)),
         Some("warm-inproc") => warm_inproc(num(1)),
         Some("client") => client(Path::new(&args[1]), num(2), num(3), args.get(4).map(String::as_str) == Some("cold")),

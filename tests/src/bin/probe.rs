@@ -6,6 +6,8 @@
 //! bpftoken-probe recv-token SOCKET ITEM...     listen, take one fd, try ITEMs with it
 //! bpftoken-probe mint-loop SOCKET COUNT [--reconnect]
 //! bpftoken-probe mint-loop SOCKET COUNT --ignore-term
+//! bpftoken-probe storm SOCKET CONNECTIONS MINTS  hold CONNECTIONS open at once, MINTS on each
+//! bpftoken-probe mint-masks SOCKET COUNT MASKS   COUNT mints cycling through MASKS map masks
 //! bpftoken-probe term-all SECONDS              kill(-1, SIGTERM) in a loop
 //! bpftoken-probe signal-root SECONDS           SIGSTOP/SIGTERM every root process it may signal
 //! ```
@@ -137,6 +139,86 @@ fn run(args: &[String]) -> Result<(), String> {
                     Err(e) => println!("error {e}"),
                 }
             }
+            println!("minted {ok}");
+            Ok(())
+        }
+        Some("storm") => {
+            let path = std::path::PathBuf::from(args.get(1).ok_or("storm SOCKET CONNECTIONS MINTS")?);
+            let conns: usize = args.get(2).and_then(|c| c.parse().ok()).ok_or("storm SOCKET CONNECTIONS MINTS")?;
+            let mints: usize = args.get(3).and_then(|c| c.parse().ok()).ok_or("storm SOCKET CONNECTIONS MINTS")?;
+            let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+            let _ = rustix::process::setrlimit(
+                rustix::process::Resource::Nofile,
+                rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum },
+            );
+            // All connections open at once, then 50 threads mint on them.
+            let clients: Vec<Client> = (0..conns)
+                .map(|_| Client::connect_to(&path).map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?;
+            println!("connected {}", clients.len());
+            let per_thread = conns.div_ceil(50).max(1);
+            let mut groups: Vec<Vec<Client>> = Vec::new();
+            let mut it = clients.into_iter();
+            loop {
+                let g: Vec<Client> = it.by_ref().take(per_thread).collect();
+                if g.is_empty() {
+                    break;
+                }
+                groups.push(g);
+            }
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(groups.len()));
+            let threads: Vec<_> = groups
+                .into_iter()
+                .map(|mut g| {
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let (mut ok, mut errors) = (0usize, Vec::new());
+                        for _ in 0..mints {
+                            for c in &mut g {
+                                match c.mint(&MintRequest::default()) {
+                                    Ok(_) => ok += 1,
+                                    Err(e) => errors.push(e.to_string()),
+                                }
+                            }
+                        }
+                        (ok, errors)
+                    })
+                })
+                .collect();
+            let (mut ok, mut errors) = (0usize, Vec::new());
+            for t in threads {
+                let (o, e) = t.join().map_err(|_| "thread panicked")?;
+                ok += o;
+                errors.extend(e);
+            }
+            for e in errors.iter().take(5) {
+                println!("error {e}");
+            }
+            println!("errors {}", errors.len());
+            println!("minted {ok}");
+            Ok(())
+        }
+        Some("mint-masks") => {
+            let path = std::path::PathBuf::from(args.get(1).ok_or("mint-masks SOCKET COUNT MASKS")?);
+            let count: usize = args.get(2).and_then(|c| c.parse().ok()).ok_or("mint-masks SOCKET COUNT MASKS")?;
+            let masks: usize = args.get(3).and_then(|c| c.parse().ok()).ok_or("mint-masks SOCKET COUNT MASKS")?;
+            let mut client = Client::connect_to(&path).map_err(|e| e.to_string())?;
+            let (mut ok, mut errors) = (0usize, 0usize);
+            for i in 0..count {
+                // maps mask 1..=masks: distinct scopes, all within "any"
+                let req = MintRequest { maps: Some((i % masks) as u64 + 1), ..Default::default() };
+                match client.mint(&req) {
+                    Ok(_) => ok += 1,
+                    Err(e) => {
+                        if errors < 5 {
+                            println!("error {e}");
+                        }
+                        errors += 1;
+                    }
+                }
+            }
+            println!("errors {errors}");
             println!("minted {ok}");
             Ok(())
         }
