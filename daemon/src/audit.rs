@@ -9,7 +9,11 @@ use bpftoken_proto::{Delegation, RefusalCode};
 use crate::peer::PeerIdentity;
 
 fn exe(peer: &PeerIdentity) -> String {
-    format!("{:?}", peer.exe.as_deref().unwrap_or("?"))
+    format!("{:?}", peer.exe_display())
+}
+
+fn cgroup(peer: &PeerIdentity) -> String {
+    format!("{:?}", peer.creds.cgroup.as_deref().unwrap_or("?"))
 }
 
 /// A token was handed out.
@@ -21,6 +25,7 @@ pub fn granted(peer: &PeerIdentity, rules: &[String], granted: &Delegation, cold
         peer_gid = peer.creds.gid,
         peer_pid = peer.pid,
         exe = %exe(peer),
+        cgroup = %cgroup(peer),
         rules = %rules.join(","),
         granted = %granted,
         scope = if cold { "new" } else { "cached" },
@@ -37,6 +42,7 @@ pub fn refused(peer: &PeerIdentity, rules: &[String], code: RefusalCode, reason:
         peer_gid = peer.creds.gid,
         peer_pid = peer.pid,
         exe = %exe(peer),
+        cgroup = %cgroup(peer),
         rules = %rules.join(","),
         code = code.as_str(),
         reason = %format!("{reason:?}"),

@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod explain;
 pub mod minter;
 pub mod peer;
 pub mod run;

@@ -40,6 +40,19 @@ enum Command {
     CheckPolicy {
         #[arg(long, default_value = bpftoken_policy::DEFAULT_POLICY_PATH)]
         policy: PathBuf,
+        /// Print what the policy grants this user (name or uid) and why.
+        #[arg(long, value_name = "USER")]
+        explain: Option<String>,
+        /// With --explain: supplementary groups (names or gids), repeatable;
+        /// by default the user's groups from the system database.
+        #[arg(long = "group", value_name = "GROUP", requires = "explain")]
+        groups: Vec<String>,
+        /// With --explain: the caller's executable path.
+        #[arg(long, value_name = "PATH", requires = "explain")]
+        exe: Option<PathBuf>,
+        /// With --explain: the caller's cgroup v2 path.
+        #[arg(long, value_name = "PATH", requires = "explain")]
+        cgroup: Option<String>,
     },
     /// Internal: the minter process the daemon starts.
     #[command(hide = true)]
@@ -59,16 +72,39 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::CheckPolicy { policy }) => match bpftoken_policy::load(&policy) {
-            Ok(p) => {
-                println!("{}: ok, {} rule(s)", policy.display(), p.rules().len());
-                ExitCode::SUCCESS
+        Some(Command::CheckPolicy { policy, explain, groups, exe, cgroup }) => {
+            let (names, source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
+            match bpftoken_policy::load(&policy, &names) {
+                Ok(p) => {
+                    println!(
+                        "{}: ok, {} allow and {} deny rule(s); names checked against {source}",
+                        policy.display(),
+                        p.rules().len(),
+                        p.deny_rules().len()
+                    );
+                    for w in p.warnings() {
+                        println!("warning: {w}");
+                    }
+                    match explain {
+                        None => ExitCode::SUCCESS,
+                        Some(user) => match bpftokend::explain::explain(&p, &user, &groups, exe, cgroup) {
+                            Ok(text) => {
+                                print!("{text}");
+                                ExitCode::SUCCESS
+                            }
+                            Err(e) => {
+                                eprintln!("bpftokend: {e}");
+                                ExitCode::FAILURE
+                            }
+                        },
+                    }
+                }
+                Err(e) => {
+                    eprintln!("{}", e.render());
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("{}", e.render());
-                ExitCode::FAILURE
-            }
-        },
+        }
         Some(Command::Minter { fd }) => {
             let result = bpftokend::sys::take_inherited_fd(fd).and_then(bpftokend::minter::run);
             match result {

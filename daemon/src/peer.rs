@@ -30,10 +30,14 @@ pub struct PeerIdentity {
     /// was read through a pidfd from SO_PEERPIDFD, which stays bound to the
     /// connecting process even if the pid is recycled, and closed after).
     pub pid: i32,
-    /// The peer's executable, read through the pidfd; `None` if it exited
-    /// or is not visible from our pid namespace.
-    pub exe: Option<String>,
     pub userns: PeerUserns,
+}
+
+impl PeerIdentity {
+    /// The peer's executable path for logs (escaped by the caller).
+    pub fn exe_display(&self) -> String {
+        self.creds.exe.as_ref().map_or_else(|| "?".to_owned(), |p| p.to_string_lossy().into_owned())
+    }
 }
 
 /// Identify the peer of a connected Unix stream socket.
@@ -42,11 +46,11 @@ pub fn identify(sock: BorrowedFd<'_>) -> std::io::Result<PeerIdentity> {
     let groups = sys::peer_groups(sock)?;
     let pidfd = sys::peer_pidfd(sock).ok();
     let exe = pidfd.as_ref().and_then(|fd| exe_of(fd.as_fd()));
+    let cgroup = pidfd.as_ref().and_then(|fd| cgroup_of(fd.as_fd()));
     let userns = pidfd.as_ref().map_or(PeerUserns::Unknown, |fd| userns_of(fd.as_fd()));
     Ok(PeerIdentity {
-        creds: Peer { uid: cred.uid.as_raw(), gid: cred.gid.as_raw(), groups },
+        creds: Peer { uid: cred.uid.as_raw(), gid: cred.gid.as_raw(), groups, exe, cgroup },
         pid: cred.pid.as_raw_nonzero().get(),
-        exe,
         userns,
     })
 }
@@ -67,10 +71,16 @@ fn through_pidfd<T>(pidfd: BorrowedFd<'_>, read: impl FnOnce(&str) -> std::io::R
     sys::pidfd_alive(pidfd).then_some(value)
 }
 
-/// Executable path of the process behind `pidfd`.
-fn exe_of(pidfd: BorrowedFd<'_>) -> Option<String> {
+/// Executable path of the process behind `pidfd` (a deleted or replaced
+/// binary reads as "PATH (deleted)" and so matches no rule).
+fn exe_of(pidfd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
     through_pidfd(pidfd, |proc| std::fs::read_link(format!("{proc}/exe")))
-        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// cgroup v2 path of the process behind `pidfd` (the `0::` line).
+fn cgroup_of(pidfd: BorrowedFd<'_>) -> Option<String> {
+    let text = through_pidfd(pidfd, |proc| std::fs::read_to_string(format!("{proc}/cgroup")))?;
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned)
 }
 
 fn own_userns() -> Option<(u64, u64)> {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bpftoken_policy::btf::KernelNames;
 use bpftoken_policy::PolicyError;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -45,8 +46,13 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     // Mint children share our memory and enter clients' namespaces.
     crate::sys::make_non_dumpable().map_err(StartError::Runtime)?;
     let conns = fit_to_fd_limit(opts.conns);
-    let policy = bpftoken_policy::load(&opts.policy)?;
-    let rules = policy.rules().len();
+    let (names, names_source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
+    tracing::info!("kernel names for policy checks from {names_source}");
+    let policy = bpftoken_policy::load(&opts.policy, &names)?;
+    let rules = policy.rules().len() + policy.deny_rules().len();
+    for w in policy.warnings() {
+        tracing::warn!("{w}");
+    }
     let minter = MinterLink::start(PathBuf::from("/proc/self/exe")).map_err(StartError::Minter)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -65,7 +71,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         std_listener.set_nonblocking(true).map_err(bind_err)?;
         let listener = tokio::net::UnixListener::from_std(std_listener).map_err(bind_err)?;
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let signal_task = tokio::spawn(signals.handle(daemon.clone(), opts.policy.clone(), tx));
+        let signal_task = tokio::spawn(signals.handle(daemon.clone(), opts.policy.clone(), names, tx));
         let sweep_task = tokio::spawn(sweep_idle_scopes(daemon.clone()));
         tracing::info!(socket = %opts.socket.display(), policy = %opts.policy.display(), rules, "listening");
         server::serve(daemon.clone(), listener, rx).await;
@@ -140,12 +146,18 @@ impl Signals {
         })
     }
 
-    async fn handle(mut self, daemon: Arc<Daemon>, policy_path: PathBuf, shutdown: tokio::sync::watch::Sender<bool>) {
+    async fn handle(
+        mut self,
+        daemon: Arc<Daemon>,
+        policy_path: PathBuf,
+        names: KernelNames,
+        shutdown: tokio::sync::watch::Sender<bool>,
+    ) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,
-                _ = self.hup.recv() => reload(&daemon, &policy_path),
+                _ = self.hup.recv() => reload(&daemon, &policy_path, &names),
             }
         }
         tracing::info!("shutting down: finishing in-flight requests");
@@ -154,10 +166,14 @@ impl Signals {
 }
 
 /// Re-read the policy; a broken one is logged and the old one stays.
-fn reload(daemon: &Daemon, path: &std::path::Path) {
-    match bpftoken_policy::load(path) {
+/// Requests already decided keep the snapshot they took.
+fn reload(daemon: &Daemon, path: &std::path::Path, names: &KernelNames) {
+    match bpftoken_policy::load(path, names) {
         Ok(p) => {
-            tracing::info!(policy = %path.display(), rules = p.rules().len(), "policy reloaded");
+            tracing::info!(policy = %path.display(), rules = p.rules().len() + p.deny_rules().len(), "policy reloaded");
+            for w in p.warnings() {
+                tracing::warn!("{w}");
+            }
             daemon.replace_policy(p);
         }
         Err(e) => tracing::error!(policy = %path.display(), "reload rejected, the old policy stays in force: {}", e.render()),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bpftoken_policy::{Decision, Policy};
+use bpftoken_policy::{Decision, Policy, RateLimit};
 use bpftoken_proto::codec::{self, CodecError};
 use bpftoken_proto::message::{FdRole, RequestBody};
 use bpftoken_proto::{Minted, MintRequest, Refusal, RefusalCode, Response, FRAME_HEADER_LEN};
@@ -62,6 +62,7 @@ pub struct Daemon {
     policy: RwLock<Arc<Policy>>,
     pub minter: MinterLink,
     pub scopes: ScopeCache,
+    rates: RateLimiter,
     pub stats: Stats,
     limits: ConnLimits,
     conns: Mutex<ConnCount>,
@@ -71,6 +72,48 @@ pub struct Daemon {
 struct ConnCount {
     total: usize,
     per_uid: HashMap<u32, usize>,
+}
+
+/// Per-rule, per-uid mint counts over the last minute.
+#[derive(Debug, Default)]
+struct RateLimiter {
+    windows: Mutex<HashMap<(String, u32), std::collections::VecDeque<std::time::Instant>>>,
+}
+
+impl RateLimiter {
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    /// Count a mint for `uid` under every limited rule, or say which limit
+    /// it would exceed (and count nothing).
+    fn admit(&self, uid: u32, limits: &[RateLimit]) -> Result<(), String> {
+        if limits.is_empty() {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget what has left the window (bounds memory by rules x uids).
+        windows.retain(|_, w| {
+            while w.front().is_some_and(|t| now.duration_since(*t) >= Self::WINDOW) {
+                w.pop_front();
+            }
+            !w.is_empty()
+        });
+        for limit in limits {
+            let used = windows.get(&(limit.rule.clone(), uid)).map_or(0, |w| w.len());
+            if used >= limit.per_minute as usize {
+                let oldest = windows.get(&(limit.rule.clone(), uid)).and_then(|w| w.front().copied()).unwrap_or(now);
+                let wait = Self::WINDOW.saturating_sub(now.duration_since(oldest)).as_secs() + 1;
+                return Err(format!(
+                    "uid {uid} reached the limit of {} mints per minute of rule \"{}\"; retry in {wait} s",
+                    limit.per_minute, limit.rule
+                ));
+            }
+        }
+        for limit in limits {
+            windows.entry((limit.rule.clone(), uid)).or_default().push_back(now);
+        }
+        Ok(())
+    }
 }
 
 /// Releases a connection slot when the connection ends.
@@ -98,6 +141,7 @@ impl Daemon {
             policy: RwLock::new(Arc::new(policy)),
             minter,
             scopes,
+            rates: RateLimiter::default(),
             stats: Stats::default(),
             limits,
             conns: Mutex::new(ConnCount::default()),
@@ -348,7 +392,14 @@ async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, 
             audit::refused(peer, &rules, code, &message);
             return write_response(stream, &refusal(code, message), None).await.is_ok();
         }
-        Decision::Grant { delegation, rules } => (delegation, rules),
+        Decision::Grant { delegation, rules, limits } => {
+            if let Err(message) = daemon.rates.admit(peer.creds.uid, &limits) {
+                daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+                audit::refused(peer, &rules, RefusalCode::RateLimited, &message);
+                return write_response(stream, &refusal(RefusalCode::RateLimited, message), None).await.is_ok();
+            }
+            (delegation, rules)
+        }
     };
     let key = ScopeKey { owner_uid: peer.creds.uid, owner_gid: peer.creds.gid, delegation };
     let (token, cold) = match daemon.mint(key).await {

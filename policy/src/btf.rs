@@ -103,6 +103,15 @@ fn slot(kind: Kind) -> usize {
 
 impl KernelNames {
     /// The built-in tables, for when the running kernel has no BTF.
+    /// The running kernel's names, or the built-in tables when its BTF
+    /// cannot be read; the string says which, for logs.
+    pub fn running_or_builtin() -> (KernelNames, String) {
+        match read_running_kernel() {
+            Ok(names) => (names, format!("the running kernel ({VMLINUX_BTF_PATH})")),
+            Err(e) => (KernelNames::builtin(), format!("the built-in Linux 6.18 tables ({e})")),
+        }
+    }
+
     pub fn builtin() -> KernelNames {
         KernelNames {
             tables: Kind::ALL

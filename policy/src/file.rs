@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, Mode, OFlags};
 
+use crate::btf::KernelNames;
 use crate::error::{Location, PolicyError};
 use crate::parse::{NameResolver, SystemResolver};
 use crate::Policy;
@@ -18,10 +19,11 @@ use crate::Policy;
 /// A policy larger than this is refused before it is read.
 pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
 
-/// Load the policy at `path`: it and its directory must be owned by root
-/// and not writable by group or others.
-pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    load_with(path, 0, &SystemResolver)
+/// Load the policy at `path`: it and its directories must be owned by
+/// root and not writable by group or others. Names are validated against
+/// `names` (see [`crate::btf::KernelNames::running_or_builtin`]).
+pub fn load(path: &Path, names: &KernelNames) -> Result<Policy, PolicyError> {
+    load_with(path, 0, &SystemResolver, names)
 }
 
 /// [`load`] with the required owner and the name resolver given
@@ -30,9 +32,10 @@ pub fn load_with(
     path: &Path,
     owner: u32,
     resolver: &dyn NameResolver,
+    names: &KernelNames,
 ) -> Result<Policy, PolicyError> {
     let text = read_checked(path, owner)?;
-    Policy::parse(&text, path, resolver)
+    Policy::parse_with(&text, path, resolver, names)
 }
 
 fn unsafe_err(path: &Path, reason: impl Into<String>) -> PolicyError {

@@ -35,35 +35,85 @@ pub const MAX_POLICY_ID: u32 = i32::MAX as u32;
 #[derive(Debug, Clone)]
 pub struct Policy {
     path: PathBuf,
-    rules: Vec<Rule>,
+    allow: Vec<Rule>,
+    deny: Vec<Rule>,
+    warnings: Vec<String>,
 }
 
-/// One `[[allow]]` rule after names have been resolved.
+/// Whether a rule adds or removes powers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+/// An inclusive id range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+impl IdRange {
+    fn contains(&self, id: u32) -> bool {
+        self.first <= id && id <= self.last
+    }
+}
+
+/// Who a rule applies to. Every condition that is given must hold; a
+/// condition that is absent does not restrict.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Matcher {
+    /// `everyone = true`: no identity condition at all (must be explicit).
+    pub everyone: bool,
+    /// The uid is one of these (from `users` and `uids`) or in one of
+    /// `uid_ranges`; `None` when the rule names no user.
+    pub uids: Option<(Vec<u32>, Vec<IdRange>)>,
+    /// The primary or a supplementary gid is one of these (from `groups`
+    /// and `gids`) or in one of `gid_ranges`.
+    pub gids: Option<(Vec<u32>, Vec<IdRange>)>,
+    /// The peer's executable is one of these absolute paths.
+    pub executables: Option<Vec<PathBuf>>,
+    /// The peer's cgroup v2 path is one of these or below one of them.
+    pub cgroups: Option<Vec<String>>,
+}
+
+/// One `[[allow]]` or `[[deny]]` rule after names have been resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     /// How the rule is named in audit events and messages: its `name`, or
-    /// `allow[N]` (0-based position) when it has none.
+    /// `allow[N]` / `deny[N]` (0-based position) when it has none.
     pub label: String,
     /// 1-based line of the rule's table header.
     pub line: usize,
-    /// Peer uid must be one of these (from `users` and `uids`); `None` when
-    /// the rule has no user condition.
-    pub uids: Option<Vec<u32>>,
-    /// Peer's primary or a supplementary gid must be one of these; `None`
-    /// when the rule has no group condition.
-    pub gids: Option<Vec<u32>>,
-    /// What the rule grants.
+    pub effect: Effect,
+    pub matcher: Matcher,
+    /// What the rule grants (allow) or removes (deny).
     pub grant: Delegation,
+    /// At most this many mints per minute per uid under this rule.
+    pub mints_per_minute: Option<u32>,
 }
 
 /// What the kernel told the daemon about a peer. Never anything the peer
 /// said about itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Peer {
     pub uid: u32,
     pub gid: u32,
     /// Supplementary groups (SO_PEERGROUPS).
     pub groups: Vec<u32>,
+    /// Executable, read through a pidfd; `None` if unknown.
+    pub exe: Option<PathBuf>,
+    /// cgroup v2 path (`/system.slice/x.service`), read through a pidfd.
+    pub cgroup: Option<String>,
+}
+
+/// A rate limit that applies to a grant: the uid may mint at most
+/// `per_minute` tokens a minute under the rule `rule`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub rule: String,
+    pub per_minute: u32,
 }
 
 /// The outcome of [`Policy::decide`].
@@ -72,8 +122,10 @@ pub enum Decision {
     Grant {
         /// Exactly what the token may carry.
         delegation: Delegation,
-        /// Labels of the rules whose union the request was checked against.
+        /// Labels of the rules that matched (allow, then deny).
         rules: Vec<String>,
+        /// Limits the daemon must check before minting.
+        limits: Vec<RateLimit>,
     },
     Refuse {
         code: RefusalCode,
@@ -84,13 +136,44 @@ pub enum Decision {
     },
 }
 
-impl Rule {
+/// What the policy gives a peer before any request narrows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Effective {
+    /// Union of matching allow rules minus union of matching deny rules.
+    pub grant: Delegation,
+    /// Items matching deny rules removed from the allow union.
+    pub removed: Delegation,
+    pub allowed_by: Vec<String>,
+    pub denied_by: Vec<String>,
+    pub limits: Vec<RateLimit>,
+}
+
+fn in_ids(id: u32, (ids, ranges): &(Vec<u32>, Vec<IdRange>)) -> bool {
+    ids.contains(&id) || ranges.iter().any(|r| r.contains(id))
+}
+
+/// `cgroup` is `prefix` or below it, comparing whole path components.
+fn cgroup_below(cgroup: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty() || cgroup == prefix || cgroup.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+}
+
+impl Matcher {
     fn matches(&self, peer: &Peer) -> bool {
-        let uid_ok = self.uids.as_ref().is_none_or(|uids| uids.contains(&peer.uid));
-        let gid_ok = self.gids.as_ref().is_none_or(|gids| {
-            gids.contains(&peer.gid) || peer.groups.iter().any(|g| gids.contains(g))
-        });
-        uid_ok && gid_ok
+        let uid_ok = self.uids.as_ref().is_none_or(|u| in_ids(peer.uid, u));
+        let gid_ok = self
+            .gids
+            .as_ref()
+            .is_none_or(|g| in_ids(peer.gid, g) || peer.groups.iter().any(|x| in_ids(*x, g)));
+        let exe_ok = self
+            .executables
+            .as_ref()
+            .is_none_or(|exes| peer.exe.as_ref().is_some_and(|e| exes.contains(e)));
+        let cgroup_ok = self
+            .cgroups
+            .as_ref()
+            .is_none_or(|cgs| peer.cgroup.as_ref().is_some_and(|c| cgs.iter().any(|p| cgroup_below(c, p))));
+        uid_ok && gid_ok && exe_ok && cgroup_ok
     }
 }
 
@@ -100,12 +183,46 @@ impl Policy {
         &self.path
     }
 
+    /// Allow rules, in file order.
     pub fn rules(&self) -> &[Rule] {
-        &self.rules
+        &self.allow
+    }
+
+    pub fn deny_rules(&self) -> &[Rule] {
+        &self.deny
+    }
+
+    /// Things an administrator acknowledged but should hear about at every
+    /// start (e.g. broad grants).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// What the policy gives `peer`: the union of matching allow rules
+    /// minus the union of matching deny rules (deny always wins).
+    pub fn effective(&self, peer: &Peer) -> Effective {
+        let mut eff = Effective::default();
+        let mut allowed = Delegation::NONE;
+        for r in self.allow.iter().filter(|r| r.matcher.matches(peer)) {
+            allowed = allowed.union(r.grant);
+            eff.allowed_by.push(r.label.clone());
+            if let Some(n) = r.mints_per_minute {
+                eff.limits.push(RateLimit { rule: r.label.clone(), per_minute: n });
+            }
+        }
+        let mut denied = Delegation::NONE;
+        for r in self.deny.iter().filter(|r| r.matcher.matches(peer)) {
+            denied = denied.union(r.grant);
+            eff.denied_by.push(r.label.clone());
+        }
+        eff.removed = allowed.intersect(denied);
+        eff.grant = allowed.minus(denied);
+        eff
     }
 
     /// Decide a mint request. Default deny: the grant is the union of the
-    /// matching rules, and the request may only narrow it.
+    /// matching allow rules minus the matching deny rules, and the request
+    /// may only narrow it.
     pub fn decide(&self, peer: &Peer, request: &MintRequest) -> Decision {
         let path = self.path.display();
         if SENTINEL_IDS.contains(&peer.uid) || SENTINEL_IDS.contains(&peer.gid) {
@@ -119,42 +236,47 @@ impl Policy {
                 rules: Vec::new(),
             };
         }
-        let matched: Vec<&Rule> = self.rules.iter().filter(|r| r.matches(peer)).collect();
-        let labels: Vec<String> = matched.iter().map(|r| r.label.clone()).collect();
-        if matched.is_empty() {
+        let eff = self.effective(peer);
+        let labels: Vec<String> = eff.allowed_by.iter().chain(&eff.denied_by).cloned().collect();
+        if eff.allowed_by.is_empty() {
             return Decision::Refuse {
                 code: RefusalCode::NotInPolicy,
                 message: format!("no rule in {path} allows uid {} (gid {})", peer.uid, peer.gid),
                 rules: labels,
             };
         }
-        let grant = matched.iter().fold(Delegation::NONE, |acc, r| acc.union(r.grant));
-        let wanted = request.resolve(&grant);
-        if let Some((kind, bit)) = wanted.first_outside(&grant) {
+        let wanted = request.resolve(&eff.grant);
+        if let Some((kind, bit)) = wanted.first_outside(&eff.grant) {
             let item = delegation::name_of(kind, bit).map_or_else(|| format!("#{bit}"), str::to_owned);
-            return Decision::Refuse {
-                code: RefusalCode::NotGranted,
-                message: format!(
+            let message = if eff.removed.get(kind) & (1u64 << bit) != 0 {
+                format!(
+                    "{} \"{item}\" is denied to uid {} by {path} (rule {})",
+                    kind.noun(),
+                    peer.uid,
+                    eff.denied_by.join(", ")
+                )
+            } else {
+                format!(
                     "{} \"{item}\" is not granted to uid {} by {path} (granted {}s: {})",
                     kind.noun(),
                     peer.uid,
                     kind.noun(),
-                    display_list(&delegation::names(kind, grant.get(kind)))
-                ),
-                rules: labels,
+                    display_list(&delegation::names(kind, eff.grant.get(kind)))
+                )
             };
+            return Decision::Refuse { code: RefusalCode::NotGranted, message, rules: labels };
         }
         if wanted.is_empty() {
             return Decision::Refuse {
                 code: RefusalCode::EmptyGrant,
                 message: format!(
-                    "the request leaves nothing to delegate to uid {} (granted by {path}: {grant})",
-                    peer.uid
+                    "the request leaves nothing to delegate to uid {} (granted by {path}: {})",
+                    peer.uid, eff.grant
                 ),
                 rules: labels,
             };
         }
-        Decision::Grant { delegation: wanted, rules: labels }
+        Decision::Grant { delegation: wanted, rules: labels, limits: eff.limits }
     }
 }
 

@@ -1,14 +1,15 @@
 //! TOML text to rules. Every error points at the offending spot.
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use bpftoken_proto::delegation::{self, Delegation, Kind};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::btf::KernelNames;
 use crate::error::{Location, PolicyError};
-use crate::{Policy, Rule, MAX_POLICY_ID, SENTINEL_IDS};
+use crate::{Effect, IdRange, Matcher, Policy, Rule, MAX_POLICY_ID, SENTINEL_IDS};
 
 /// Turns user and group names into ids when the policy loads, so the
 /// request path never performs a name lookup.
@@ -33,19 +34,30 @@ impl NameResolver for SystemResolver {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
+    /// Required for rules that grant `any` of a set to `everyone`.
+    #[serde(default)]
+    acknowledge_broad_grants: bool,
     #[serde(default)]
     allow: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    deny: Vec<Spanned<RawRule>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
     name: Option<Spanned<String>>,
+    everyone: Option<Spanned<bool>>,
     users: Option<Vec<Spanned<String>>>,
     groups: Option<Vec<Spanned<String>>>,
     // i64, so that -1 gets a located "not a valid uid" instead of a type error
     uids: Option<Vec<Spanned<i64>>>,
     gids: Option<Vec<Spanned<i64>>>,
+    uid_ranges: Option<Vec<Spanned<Vec<i64>>>>,
+    gid_ranges: Option<Vec<Spanned<Vec<i64>>>>,
+    executables: Option<Vec<Spanned<String>>>,
+    cgroups: Option<Vec<Spanned<String>>>,
+    mints_per_minute: Option<Spanned<i64>>,
     cmds: Option<Vec<Spanned<String>>>,
     maps: Option<Vec<Spanned<String>>>,
     progs: Option<Vec<Spanned<String>>>,
@@ -55,6 +67,8 @@ struct RawRule {
 struct Ctx<'a> {
     path: &'a Path,
     text: &'a str,
+    names: &'a KernelNames,
+    resolver: &'a dyn NameResolver,
 }
 
 impl Ctx<'_> {
@@ -66,14 +80,15 @@ impl Ctx<'_> {
     }
 
     fn id(&self, what: &str, v: &Spanned<i64>) -> Result<u32, PolicyError> {
-        let n = *v.get_ref();
+        self.id_value(what, *v.get_ref(), v.span())
+    }
+
+    fn id_value(&self, what: &str, n: i64, span: Range<usize>) -> Result<u32, PolicyError> {
         let id = u32::try_from(n)
             .ok()
             .filter(|id| *id <= MAX_POLICY_ID)
-            .ok_or_else(|| {
-                self.err(v.span(), format!("{what} {n} is not a valid id (0..={MAX_POLICY_ID})"))
-            })?;
-        self.not_sentinel(what, id, v.span())?;
+            .ok_or_else(|| self.err(span.clone(), format!("{what} {n} is not a valid id (0..={MAX_POLICY_ID})")))?;
+        self.not_sentinel(what, id, span)?;
         Ok(id)
     }
 
@@ -90,17 +105,44 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    fn ranges(&self, what: &str, items: &[Spanned<Vec<i64>>]) -> Result<Vec<IdRange>, PolicyError> {
+        items
+            .iter()
+            .map(|item| {
+                let [first, last] = item.get_ref().as_slice() else {
+                    return Err(self.err(item.span(), format!("a {what} range is [first, last], e.g. [1000, 1999]")));
+                };
+                let first = self.id_value(what, *first, item.span())?;
+                let last = self.id_value(what, *last, item.span())?;
+                if first > last {
+                    return Err(self.err(item.span(), format!("{what} range [{first}, {last}] is empty")));
+                }
+                if first <= 65534 && 65534 <= last {
+                    return Err(self.err(
+                        item.span(),
+                        format!("{what} range [{first}, {last}] contains 65534, the kernel's overflow id; split it"),
+                    ));
+                }
+                Ok(IdRange { first, last })
+            })
+            .collect()
+    }
+
     fn mask(&self, kind: Kind, items: &[Spanned<String>]) -> Result<u64, PolicyError> {
         let mut mask = 0u64;
         for item in items {
             let name = item.get_ref();
-            match delegation::parse_name(kind, name) {
-                Ok(bits) => mask |= bits,
-                Err(e) => {
-                    let hint = suggest(kind, name)
+            if name == "any" {
+                mask = delegation::ANY;
+                continue;
+            }
+            match self.names.value_of(kind, name).and_then(|v| 1u64.checked_shl(v)) {
+                Some(bit) => mask |= bit,
+                None => {
+                    let hint = suggest(self.names, kind, name)
                         .map(|s| format!(" (did you mean \"{s}\"?)"))
                         .unwrap_or_default();
-                    return Err(self.err(item.span(), format!("{e}{hint}")));
+                    return Err(self.err(item.span(), format!("unknown {kind} \"{name}\"{hint}")));
                 }
             }
         }
@@ -109,10 +151,11 @@ impl Ctx<'_> {
 }
 
 /// The nearest known name, if it is close enough to be a typo.
-fn suggest(kind: Kind, name: &str) -> Option<&'static str> {
-    kind.builtin_names()
+fn suggest<'a>(names: &'a KernelNames, kind: Kind, name: &str) -> Option<&'a str> {
+    names
+        .names(kind)
         .iter()
-        .map(|&(n, _)| (edit_distance(n, name), n))
+        .map(|(n, _)| (edit_distance(n, name), n.as_str()))
         .filter(|&(d, n)| d <= 2.max(n.len() / 3))
         .min_by_key(|&(d, _)| d)
         .map(|(_, n)| n)
@@ -133,86 +176,203 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 impl Policy {
-    /// Parse policy text. `path` is only used in messages.
+    /// Parse policy text against the built-in kernel name tables. `path`
+    /// is only used in messages.
     pub fn parse(text: &str, path: &Path, resolver: &dyn NameResolver) -> Result<Policy, PolicyError> {
-        let ctx = Ctx { path, text };
+        Policy::parse_with(text, path, resolver, &KernelNames::builtin())
+    }
+
+    /// Parse policy text, validating names against `names` (normally the
+    /// running kernel's, from its BTF).
+    pub fn parse_with(
+        text: &str,
+        path: &Path,
+        resolver: &dyn NameResolver,
+        names: &KernelNames,
+    ) -> Result<Policy, PolicyError> {
+        let ctx = Ctx { path, text, names, resolver };
         let raw: RawPolicy = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             ctx.err(span, e.message().trim_end().replace('\n', ", "))
         })?;
-        let mut rules = Vec::with_capacity(raw.allow.len());
+        let mut warnings = Vec::new();
+        let mut allow = Vec::with_capacity(raw.allow.len());
         for (index, spanned) in raw.allow.iter().enumerate() {
-            let span = spanned.span();
-            let r = spanned.get_ref();
-            let line = Location::at(path.to_owned(), text, span.start).line;
-            let label = match &r.name {
-                Some(n) if n.get_ref().trim().is_empty() => {
-                    return Err(ctx.err(n.span(), "a rule name cannot be empty"))
-                }
-                Some(n) => n.get_ref().clone(),
-                None => format!("allow[{index}]"),
-            };
-
-            let mut uids: Option<Vec<u32>> = None;
-            for user in r.users.iter().flatten() {
-                let uid = resolver.uid_of(user.get_ref()).ok_or_else(|| {
-                    ctx.err(user.span(), format!("unknown user \"{}\"", user.get_ref()))
-                })?;
-                ctx.not_sentinel(&format!("user \"{}\" has uid", user.get_ref()), uid, user.span())?;
-                uids.get_or_insert_with(Vec::new).push(uid);
-            }
-            for uid in r.uids.iter().flatten() {
-                let id = ctx.id("uid", uid)?;
-                uids.get_or_insert_with(Vec::new).push(id);
-            }
-            let mut gids: Option<Vec<u32>> = None;
-            for group in r.groups.iter().flatten() {
-                let gid = resolver.gid_of(group.get_ref()).ok_or_else(|| {
-                    ctx.err(group.span(), format!("unknown group \"{}\"", group.get_ref()))
-                })?;
-                ctx.not_sentinel(&format!("group \"{}\" has gid", group.get_ref()), gid, group.span())?;
-                gids.get_or_insert_with(Vec::new).push(gid);
-            }
-            for gid in r.gids.iter().flatten() {
-                let id = ctx.id("gid", gid)?;
-                gids.get_or_insert_with(Vec::new).push(id);
-            }
-            let empty_condition = [(&r.users, "users"), (&r.groups, "groups")]
-                .into_iter()
-                .find(|(v, _)| v.as_ref().is_some_and(Vec::is_empty))
-                .map(|(_, k)| k)
-                .or_else(|| r.uids.as_ref().is_some_and(Vec::is_empty).then_some("uids"))
-                .or_else(|| r.gids.as_ref().is_some_and(Vec::is_empty).then_some("gids"));
-            if let Some(key) = empty_condition {
-                return Err(ctx.err(
-                    span.clone(),
-                    format!("rule \"{label}\" has an empty `{key}` list, which would match nobody; remove it or name someone"),
-                ));
-            }
-            if uids.is_none() && gids.is_none() {
-                return Err(ctx.err(
-                    span,
-                    format!("rule \"{label}\" matches nobody: give `users`, `uids`, `groups` or `gids`"),
-                ));
-            }
-
-            let mut grant = Delegation::NONE;
-            for (kind, items) in [
-                (Kind::Cmd, &r.cmds),
-                (Kind::Map, &r.maps),
-                (Kind::Prog, &r.progs),
-                (Kind::Attach, &r.attachs),
-            ] {
-                grant.set(kind, ctx.mask(kind, items.as_deref().unwrap_or(&[]))?);
-            }
-            if grant.is_empty() {
-                return Err(ctx.err(
-                    span,
-                    format!("rule \"{label}\" grants nothing: give `cmds`, `maps`, `progs` or `attachs`"),
-                ));
-            }
-            rules.push(Rule { label, line, uids, gids, grant });
+            allow.push(rule(&ctx, Effect::Allow, index, spanned, raw.acknowledge_broad_grants, &mut warnings)?);
         }
-        Ok(Policy { path: path.to_owned(), rules })
+        let mut deny = Vec::with_capacity(raw.deny.len());
+        for (index, spanned) in raw.deny.iter().enumerate() {
+            deny.push(rule(&ctx, Effect::Deny, index, spanned, raw.acknowledge_broad_grants, &mut warnings)?);
+        }
+        Ok(Policy { path: path.to_owned(), allow, deny, warnings })
     }
+}
+
+fn resolve_ids(
+    ctx: &Ctx<'_>,
+    what: &str,
+    names: &Option<Vec<Spanned<String>>>,
+    ids: &Option<Vec<Spanned<i64>>>,
+    ranges: &Option<Vec<Spanned<Vec<i64>>>>,
+    lookup: impl Fn(&str) -> Option<u32>,
+) -> Result<Option<(Vec<u32>, Vec<IdRange>)>, PolicyError> {
+    if names.is_none() && ids.is_none() && ranges.is_none() {
+        return Ok(None);
+    }
+    let (name_key, id_key) = if what == "uid" { ("user", "uid") } else { ("group", "gid") };
+    let mut out = Vec::new();
+    for n in names.iter().flatten() {
+        let id = lookup(n.get_ref())
+            .ok_or_else(|| ctx.err(n.span(), format!("unknown {name_key} \"{}\"", n.get_ref())))?;
+        ctx.not_sentinel(&format!("{name_key} \"{}\" has {id_key}", n.get_ref()), id, n.span())?;
+        out.push(id);
+    }
+    for v in ids.iter().flatten() {
+        out.push(ctx.id(id_key, v)?);
+    }
+    let ranges = ctx.ranges(id_key, ranges.as_deref().unwrap_or(&[]))?;
+    Ok(Some((out, ranges)))
+}
+
+fn rule(
+    ctx: &Ctx<'_>,
+    effect: Effect,
+    index: usize,
+    spanned: &Spanned<RawRule>,
+    acknowledged: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Rule, PolicyError> {
+    let span = spanned.span();
+    let r = spanned.get_ref();
+    let line = Location::at(ctx.path.to_owned(), ctx.text, span.start).line;
+    let table = if effect == Effect::Allow { "allow" } else { "deny" };
+    let label = match &r.name {
+        Some(n) if n.get_ref().trim().is_empty() => return Err(ctx.err(n.span(), "a rule name cannot be empty")),
+        Some(n) => n.get_ref().clone(),
+        None => format!("{table}[{index}]"),
+    };
+    // An empty list would match nobody (or, read carelessly, everybody).
+    let empty = [
+        ("users", r.users.as_ref().map(Vec::len)),
+        ("groups", r.groups.as_ref().map(Vec::len)),
+        ("uids", r.uids.as_ref().map(Vec::len)),
+        ("gids", r.gids.as_ref().map(Vec::len)),
+        ("uid_ranges", r.uid_ranges.as_ref().map(Vec::len)),
+        ("gid_ranges", r.gid_ranges.as_ref().map(Vec::len)),
+        ("executables", r.executables.as_ref().map(Vec::len)),
+        ("cgroups", r.cgroups.as_ref().map(Vec::len)),
+    ]
+    .into_iter()
+    .find(|(_, n)| *n == Some(0));
+    if let Some((key, _)) = empty {
+        return Err(ctx.err(
+            span.clone(),
+            format!("rule \"{label}\" has an empty `{key}` list, which would match nobody; remove it or name someone"),
+        ));
+    }
+    let uids = resolve_ids(ctx, "uid", &r.users, &r.uids, &r.uid_ranges, |n| ctx.resolver.uid_of(n))?;
+    let gids = resolve_ids(ctx, "gid", &r.groups, &r.gids, &r.gid_ranges, |n| ctx.resolver.gid_of(n))?;
+    let executables = match &r.executables {
+        None => None,
+        Some(list) => Some(
+            list.iter()
+                .map(|e| {
+                    let p = PathBuf::from(e.get_ref());
+                    let plain = p.is_absolute()
+                        && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+                        && !e.get_ref().ends_with('/');
+                    if plain {
+                        Ok(p)
+                    } else {
+                        Err(ctx.err(e.span(), format!("executable \"{}\" must be an absolute path without . or ..", e.get_ref())))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let cgroups = match &r.cgroups {
+        None => None,
+        Some(list) => Some(
+            list.iter()
+                .map(|c| {
+                    let v = c.get_ref();
+                    let plain = v.starts_with('/') && !v.split('/').any(|part| part == "." || part == "..");
+                    if plain {
+                        Ok(v.trim_end_matches('/').to_owned())
+                    } else {
+                        Err(ctx.err(c.span(), format!("cgroup \"{v}\" must be an absolute cgroup v2 path such as /system.slice/agent.service")))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let everyone = match &r.everyone {
+        Some(e) if !*e.get_ref() => {
+            return Err(ctx.err(e.span(), "`everyone = false` means nothing; remove it or name who the rule is for"))
+        }
+        Some(e) => {
+            if uids.is_some() || gids.is_some() {
+                return Err(ctx.err(e.span(), "`everyone = true` cannot be combined with users, groups or ids"));
+            }
+            true
+        }
+        None => false,
+    };
+    if !everyone && uids.is_none() && gids.is_none() {
+        return Err(ctx.err(
+            span,
+            format!(
+                "rule \"{label}\" matches nobody: give `users`, `uids`, `uid_ranges`, `groups`, `gids` or \
+                 `gid_ranges` (or `everyone = true`)"
+            ),
+        ));
+    }
+    let mut grant = Delegation::NONE;
+    for (kind, items) in [(Kind::Cmd, &r.cmds), (Kind::Map, &r.maps), (Kind::Prog, &r.progs), (Kind::Attach, &r.attachs)] {
+        grant.set(kind, ctx.mask(kind, items.as_deref().unwrap_or(&[]))?);
+    }
+    if grant.is_empty() {
+        let verb = if effect == Effect::Allow { "grants" } else { "removes" };
+        return Err(ctx.err(span, format!("rule \"{label}\" {verb} nothing: give `cmds`, `maps`, `progs` or `attachs`")));
+    }
+    let mints_per_minute = match &r.mints_per_minute {
+        None => None,
+        Some(_) if effect == Effect::Deny => {
+            return Err(ctx.err(span, "`mints_per_minute` limits an allow rule; a deny rule grants nothing to limit"))
+        }
+        Some(n) => Some(
+            u32::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ctx.err(n.span(), format!("mints_per_minute must be at least 1, not {}", n.get_ref())))?,
+        ),
+    };
+    if everyone && effect == Effect::Allow {
+        let broad: Vec<&str> = Kind::ALL.iter().filter(|k| grant.get(**k) == delegation::ANY).map(|k| k.key()).collect();
+        if !broad.is_empty() {
+            if !acknowledged {
+                return Err(ctx.err(
+                    span,
+                    format!(
+                        "rule \"{label}\" grants `any` {} to everyone; if that is really meant, set \
+                         `acknowledge_broad_grants = true` at the top of the policy",
+                        broad.join(", ")
+                    ),
+                ));
+            }
+            warnings.push(format!(
+                "{}:{line}: rule \"{label}\" grants `any` {} to everyone (acknowledged)",
+                ctx.path.display(),
+                broad.join(", ")
+            ));
+        }
+    }
+    Ok(Rule {
+        label,
+        line,
+        effect,
+        matcher: Matcher { everyone, uids, gids, executables, cgroups },
+        grant,
+        mints_per_minute,
+    })
 }

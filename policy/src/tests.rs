@@ -1,4 +1,5 @@
 use super::*;
+use crate::btf::KernelNames;
 use bpftoken_proto::delegation::{parse_list, Kind, ANY};
 use proptest::prelude::*;
 
@@ -31,7 +32,7 @@ fn err(text: &str) -> String {
 }
 
 fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
-    Peer { uid, gid, groups: groups.to_vec() }
+    Peer { uid, gid, groups: groups.to_vec(), ..Peer::default() }
 }
 
 const EXAMPLE: &str = r#"
@@ -60,12 +61,12 @@ fn parses_the_documented_shape() {
     let r = &p.rules()[0];
     assert_eq!(r.label, "alice-dev");
     assert_eq!(r.line, 2);
-    assert_eq!(r.uids, Some(vec![1000]));
-    assert_eq!(r.gids, None);
+    assert_eq!(r.matcher.uids, Some((vec![1000], vec![])));
+    assert_eq!(r.matcher.gids, None);
     assert_eq!(r.grant.cmds, m(Kind::Cmd, "map_create,prog_load,btf_load"));
     assert_eq!(r.grant.attachs, 1);
     assert_eq!(p.rules()[1].label, "allow[1]");
-    assert_eq!(p.rules()[1].gids, Some(vec![2000]));
+    assert_eq!(p.rules()[1].matcher.gids, Some((vec![2000], vec![])));
 }
 
 #[test]
@@ -86,7 +87,7 @@ fn default_deny_names_reason_and_file() {
 fn grant_is_union_of_matching_rules() {
     let p = parse(EXAMPLE).unwrap();
     // alice in bpf-dev (supplementary): both rules
-    let Decision::Grant { delegation, rules } = p.decide(&peer(1000, 1000, &[2000]), &MintRequest::default())
+    let Decision::Grant { delegation, rules, .. } = p.decide(&peer(1000, 1000, &[2000]), &MintRequest::default())
     else {
         panic!("expected a grant")
     };
@@ -189,8 +190,9 @@ fn unknown_names_in_each_set() {
 fn unknown_key_is_refused() {
     assert_eq!(
         err("[[allow]]\nusers = [\"alice\"]\nmap = [\"hash\"]\n"),
-        "/etc/bpftokend/policy.toml:3:1: unknown field `map`, expected one of `name`, `users`, \
-         `groups`, `uids`, `gids`, `cmds`, `maps`, `progs`, `attachs`"
+        "/etc/bpftokend/policy.toml:3:1: unknown field `map`, expected one of `name`, `everyone`, `users`, \
+         `groups`, `uids`, `gids`, `uid_ranges`, `gid_ranges`, `executables`, `cgroups`, `mints_per_minute`, \
+         `cmds`, `maps`, `progs`, `attachs`"
     );
     assert!(err("[[alow]]\nuids = [1]\n").starts_with("/etc/bpftokend/policy.toml:1:3: unknown field `alow`"));
 }
@@ -245,7 +247,8 @@ fn sentinel_and_invalid_ids_are_refused() {
 fn rules_that_match_or_grant_nothing_are_refused() {
     assert_eq!(
         err("[[allow]]\ncmds = [\"any\"]\n"),
-        "/etc/bpftokend/policy.toml:1:1: rule \"allow[0]\" matches nobody: give `users`, `uids`, `groups` or `gids`"
+        "/etc/bpftokend/policy.toml:1:1: rule \"allow[0]\" matches nobody: give `users`, `uids`, `uid_ranges`, \
+         `groups`, `gids` or `gid_ranges` (or `everyone = true`)"
     );
     assert_eq!(
         err("[[allow]]\nname = \"x\"\nusers = []\ncmds = [\"any\"]\n"),
@@ -269,6 +272,156 @@ fn empty_policy_denies_everyone() {
         p.decide(&peer(0, 0, &[]), &MintRequest::default()),
         Decision::Refuse { code: RefusalCode::NotInPolicy, .. }
     ));
+}
+
+// ---- deny rules, ranges, executables, cgroups, limits ----
+
+const LAYERED: &str = r#"
+[[allow]]
+name = "devs"
+uid_ranges = [[1000, 1999]]
+cmds = ["map_create", "prog_load"]
+maps = ["hash", "array", "ringbuf"]
+progs = ["kprobe", "xdp"]
+
+[[allow]]
+name = "agent"
+executables = ["/usr/sbin/agent"]
+cgroups = ["/system.slice/agent.service"]
+uids = [0]
+cmds = ["map_create"]
+maps = ["lru_hash"]
+mints_per_minute = 30
+
+[[deny]]
+name = "no-xdp-for-bob"
+users = ["bob"]
+progs = ["xdp"]
+"#;
+
+#[test]
+fn deny_beats_allow_and_says_so() {
+    let p = parse(LAYERED).unwrap();
+    let bob = peer(1001, 1001, &[]);
+    let eff = p.effective(&bob);
+    assert_eq!(eff.allowed_by, vec!["devs"]);
+    assert_eq!(eff.denied_by, vec!["no-xdp-for-bob"]);
+    assert_eq!(eff.grant.progs, m(Kind::Prog, "kprobe"));
+    let want_xdp = MintRequest { progs: Some(m(Kind::Prog, "xdp")), ..Default::default() };
+    let Decision::Refuse { code, message, rules } = p.decide(&bob, &want_xdp) else { panic!() };
+    assert_eq!(code, RefusalCode::NotGranted);
+    assert_eq!(message, "program type \"xdp\" is denied to uid 1001 by /etc/bpftokend/policy.toml (rule no-xdp-for-bob)");
+    assert_eq!(rules, vec!["devs", "no-xdp-for-bob"]);
+    // alice (also in the range) keeps xdp
+    let Decision::Grant { delegation, .. } = p.decide(&peer(1000, 1000, &[]), &want_xdp) else { panic!() };
+    assert_eq!(delegation.progs, m(Kind::Prog, "xdp"));
+}
+
+#[test]
+fn ranges_bound_both_ends() {
+    let p = parse(LAYERED).unwrap();
+    assert!(matches!(p.decide(&peer(1999, 1, &[]), &MintRequest::default()), Decision::Grant { .. }));
+    assert!(matches!(p.decide(&peer(2000, 1, &[]), &MintRequest::default()), Decision::Refuse { .. }));
+    assert!(matches!(p.decide(&peer(999, 1, &[]), &MintRequest::default()), Decision::Refuse { .. }));
+}
+
+#[test]
+fn executable_and_cgroup_must_both_hold() {
+    let p = parse(LAYERED).unwrap();
+    let agent = |exe: &str, cgroup: &str| Peer {
+        exe: Some(PathBuf::from(exe)),
+        cgroup: Some(cgroup.to_owned()),
+        ..peer(0, 0, &[])
+    };
+    let Decision::Grant { limits, .. } = p.decide(&agent("/usr/sbin/agent", "/system.slice/agent.service"), &MintRequest::default()) else {
+        panic!()
+    };
+    assert_eq!(limits, vec![RateLimit { rule: "agent".into(), per_minute: 30 }]);
+    // below the cgroup: fine; a sibling whose name merely starts the same: no
+    assert!(matches!(
+        p.decide(&agent("/usr/sbin/agent", "/system.slice/agent.service/sub"), &MintRequest::default()),
+        Decision::Grant { .. }
+    ));
+    for (exe, cg) in [
+        ("/usr/sbin/agent", "/system.slice/agent.service2"),
+        ("/tmp/agent", "/system.slice/agent.service"),
+        ("/usr/sbin/agent (deleted)", "/system.slice/agent.service"),
+    ] {
+        assert!(matches!(p.decide(&agent(exe, cg), &MintRequest::default()), Decision::Refuse { .. }), "{exe} {cg}");
+    }
+    // unknown exe never matches an executable rule
+    let unknown = Peer { cgroup: Some("/system.slice/agent.service".into()), ..peer(0, 0, &[]) };
+    assert!(matches!(p.decide(&unknown, &MintRequest::default()), Decision::Refuse { .. }));
+}
+
+#[test]
+fn everyone_with_any_needs_acknowledgement() {
+    let text = "[[allow]]\neveryone = true\ncmds = [\"any\"]\n";
+    assert_eq!(
+        err(text),
+        "/etc/bpftokend/policy.toml:1:1: rule \"allow[0]\" grants `any` cmds to everyone; if that is really \
+         meant, set `acknowledge_broad_grants = true` at the top of the policy"
+    );
+    let p = parse(&format!("acknowledge_broad_grants = true\n{text}")).unwrap();
+    assert_eq!(p.warnings(), ["/etc/bpftokend/policy.toml:2: rule \"allow[0]\" grants `any` cmds to everyone (acknowledged)"]);
+    assert!(matches!(p.decide(&peer(4242, 4242, &[]), &MintRequest::default()), Decision::Grant { .. }));
+    // narrower grants to everyone need no acknowledgement
+    assert!(parse("[[allow]]\neveryone = true\ncmds = [\"map_create\"]\n").unwrap().warnings().is_empty());
+}
+
+#[test]
+fn errors_of_the_new_keys() {
+    assert_eq!(
+        err("[[allow]]\nuid_ranges = [[1000]]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:2:15: a uid range is [first, last], e.g. [1000, 1999]"
+    );
+    assert_eq!(
+        err("[[allow]]\nuid_ranges = [[2000, 1000]]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:2:15: uid range [2000, 1000] is empty"
+    );
+    assert_eq!(
+        err("[[allow]]\ngid_ranges = [[1, 70000]]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:2:15: gid range [1, 70000] contains 65534, the kernel's overflow id; split it"
+    );
+    assert_eq!(
+        err("[[allow]]\nuids = [1]\nexecutables = [\"bin/agent\"]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:3:16: executable \"bin/agent\" must be an absolute path without . or .."
+    );
+    assert_eq!(
+        err("[[allow]]\nuids = [1]\ncgroups = [\"system.slice\"]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:3:12: cgroup \"system.slice\" must be an absolute cgroup v2 path such as \
+         /system.slice/agent.service"
+    );
+    assert_eq!(
+        err("[[allow]]\nuids = [1]\nmints_per_minute = 0\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:3:20: mints_per_minute must be at least 1, not 0"
+    );
+    assert_eq!(
+        err("[[deny]]\nuids = [1]\nmints_per_minute = 5\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:1:1: `mints_per_minute` limits an allow rule; a deny rule grants nothing to limit"
+    );
+    assert_eq!(
+        err("[[allow]]\neveryone = true\nusers = [\"alice\"]\ncmds = [\"map_create\"]\n"),
+        "/etc/bpftokend/policy.toml:2:12: `everyone = true` cannot be combined with users, groups or ids"
+    );
+    assert_eq!(
+        err("[[deny]]\nusers = [\"alice\"]\n"),
+        "/etc/bpftokend/policy.toml:1:1: rule \"deny[0]\" removes nothing: give `cmds`, `maps`, `progs` or `attachs`"
+    );
+}
+
+#[test]
+fn names_come_from_the_given_kernel_tables() {
+    // A kernel that knows a map type the built-in tables do not.
+    let text = "[[allow]]\nuids = [1]\nmaps = [\"hash\"]\n";
+    let names = KernelNames::builtin();
+    assert!(Policy::parse_with(text, Path::new("/p"), &FakeNames, &names).is_ok());
+    assert_eq!(
+        Policy::parse_with("[[allow]]\nuids = [1]\nmaps = [\"hashh\"]\n", Path::new("/p"), &FakeNames, &names)
+            .unwrap_err()
+            .to_string(),
+        "/p:3:9: unknown map type \"hashh\" (did you mean \"hash\"?)"
+    );
 }
 
 // ---- file checks ----
@@ -301,7 +454,7 @@ mod files {
         let d = dir();
         let p = d.join("policy.toml");
         write(&p, 0o644);
-        let policy = load_with(&p, me(), &FakeNames).unwrap();
+        let policy = load_with(&p, me(), &FakeNames, &KernelNames::builtin()).unwrap();
         assert_eq!(policy.path(), p);
         assert_eq!(policy.rules().len(), 1);
     }
@@ -312,7 +465,7 @@ mod files {
         let p = d.join("policy.toml");
         for mode in [0o664, 0o646] {
             write(&p, mode);
-            let e = load_with(&p, me(), &FakeNames).unwrap_err();
+            let e = load_with(&p, me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
             assert_eq!(
                 e.to_string(),
                 format!(
@@ -329,7 +482,7 @@ mod files {
         let p = d.join("policy.toml");
         write(&p, 0o644);
         let other = me() + 1;
-        let e = load_with(&p, other, &FakeNames).unwrap_err();
+        let e = load_with(&p, other, &FakeNames, &KernelNames::builtin()).unwrap_err();
         // the directory is checked first
         assert_eq!(
             e.to_string(),
@@ -348,7 +501,7 @@ mod files {
         let p = d.join("policy.toml");
         write(&p, 0o644);
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = load_with(&p, me(), &FakeNames).unwrap_err();
+        let e = load_with(&p, me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
         assert!(
             e.to_string().ends_with(&format!(
                 "its directory is writable by group or others (mode 0777; chmod go-w {})",
@@ -367,7 +520,7 @@ mod files {
         write(&real.join("policy.toml"), 0o644);
         let link = d.join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        let e = load_with(&link.join("policy.toml"), me(), &FakeNames).unwrap_err();
+        let e = load_with(&link.join("policy.toml"), me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
@@ -377,7 +530,7 @@ mod files {
             )
         );
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = load_with(&real.join("policy.toml"), me(), &FakeNames).unwrap_err();
+        let e = load_with(&real.join("policy.toml"), me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
@@ -386,7 +539,7 @@ mod files {
                 d.display()
             )
         );
-        let e = load_with(Path::new("/etc/../etc/x.toml"), me(), &FakeNames).unwrap_err();
+        let e = load_with(Path::new("/etc/../etc/x.toml"), me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
         assert!(e.to_string().ends_with("its path contains \".\" or \"..\"; give a plain absolute path"), "{e}");
     }
 
@@ -397,7 +550,7 @@ mod files {
         write(&real, 0o644);
         let link = d.join("policy.toml");
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        let e = load_with(&link, me(), &FakeNames).unwrap_err();
+        let e = load_with(&link, me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
         assert_eq!(e.to_string(), format!("refusing policy {}: it is a symbolic link", link.display()));
     }
 
@@ -405,7 +558,7 @@ mod files {
     fn missing_file_and_fifo() {
         let d = dir();
         let p = d.join("absent.toml");
-        let e = load_with(&p, me(), &FakeNames).unwrap_err();
+        let e = load_with(&p, me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!("cannot open policy {}: No such file or directory (os error 2)", p.display())
@@ -419,7 +572,7 @@ mod files {
             0,
         )
         .unwrap();
-        let e = load_with(&fifo, me(), &FakeNames).unwrap_err();
+        let e = load_with(&fifo, me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
         assert_eq!(e.to_string(), format!("refusing policy {}: it is not a regular file", fifo.display()));
     }
 
@@ -429,7 +582,7 @@ mod files {
         let p = d.join("big.toml");
         std::fs::write(&p, vec![b'#'; usize::try_from(MAX_POLICY_BYTES).unwrap() + 1]).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = load_with(&p, me(), &FakeNames).unwrap_err();
+        let e = load_with(&p, me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!("policy {} is 1048577 bytes, more than the limit of 1048576", p.display())
@@ -437,7 +590,7 @@ mod files {
         let p = d.join("bin.toml");
         std::fs::write(&p, b"# ok\n# \xff\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = load_with(&p, me(), &FakeNames).unwrap_err();
+        let e = load_with(&p, me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
         assert_eq!(e.to_string(), format!("{}:2:3: the policy is not valid UTF-8", p.display()));
     }
 }
@@ -456,7 +609,18 @@ fn arb_rule() -> impl Strategy<Value = Rule> {
         arb_delegation(),
     )
         .prop_filter("a rule matches someone", |(u, g, _)| u.is_some() || g.is_some())
-        .prop_map(|(uids, gids, grant)| Rule { label: "r".into(), line: 1, uids, gids, grant })
+        .prop_map(|(uids, gids, grant)| Rule {
+            label: "r".into(),
+            line: 1,
+            effect: Effect::Allow,
+            matcher: Matcher {
+                uids: uids.map(|u| (u, vec![])),
+                gids: gids.map(|g| (g, vec![])),
+                ..Matcher::default()
+            },
+            grant,
+            mints_per_minute: None,
+        })
 }
 
 fn arb_request() -> impl Strategy<Value = MintRequest> {
@@ -469,21 +633,30 @@ fn arb_request() -> impl Strategy<Value = MintRequest> {
         .prop_map(|(cmds, maps, progs, attachs)| MintRequest { cmds, maps, progs, attachs })
 }
 
+fn deny_of(rule: Rule) -> Rule {
+    Rule { effect: Effect::Deny, ..rule }
+}
+
 proptest! {
     #[test]
-    fn never_grants_outside_matching_rules(
+    fn never_grants_outside_allows_minus_denies(
         rules in proptest::collection::vec(arb_rule(), 0..5),
+        denies in proptest::collection::vec(arb_rule(), 0..3),
         uid in 0u32..4, gid in 10u32..14, extra in proptest::collection::vec(10u32..14, 0..2),
         req in arb_request(),
     ) {
-        let policy = Policy { path: "/p".into(), rules };
-        let peer = Peer { uid, gid, groups: extra };
-        let union = policy.rules.iter().filter(|r| r.matches(&peer))
+        let policy = Policy { path: "/p".into(), allow: rules, deny: denies.into_iter().map(deny_of).collect(), warnings: vec![] };
+        let peer = Peer { uid, gid, groups: extra, ..Peer::default() };
+        let union = policy.allow.iter().filter(|r| r.matcher.matches(&peer))
             .fold(Delegation::NONE, |a, r| a.union(r.grant));
+        let denied = policy.deny.iter().filter(|r| r.matcher.matches(&peer))
+            .fold(Delegation::NONE, |a, r| a.union(r.grant));
+        let allowed = union.minus(denied);
         if let Decision::Grant { delegation, .. } = policy.decide(&peer, &req) {
-            prop_assert!(delegation.is_subset_of(&union));
+            prop_assert!(delegation.is_subset_of(&allowed));
+            prop_assert!(delegation.intersect(denied).is_empty());
             // what was asked for is exactly what is granted
-            prop_assert_eq!(delegation, req.resolve(&union));
+            prop_assert_eq!(delegation, req.resolve(&allowed));
         }
     }
 
@@ -493,8 +666,8 @@ proptest! {
         uid in 0u32..4, gid in 10u32..14,
         req in arb_request(), cut in arb_delegation(),
     ) {
-        let policy = Policy { path: "/p".into(), rules };
-        let peer = Peer { uid, gid, groups: vec![] };
+        let policy = Policy { path: "/p".into(), allow: rules, deny: vec![], warnings: vec![] };
+        let peer = Peer { uid, gid, ..Peer::default() };
         if let Decision::Grant { delegation: wide, .. } = policy.decide(&peer, &req) {
             let narrower = wide.intersect(cut);
             let req2 = MintRequest {

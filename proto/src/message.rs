@@ -141,6 +141,8 @@ refusal_codes! {
     UnmappedPeer = 4, "unmapped_peer";
     /// The caller lives in a mode the daemon does not serve yet.
     UnsupportedPeer = 5, "unsupported_peer";
+    /// The caller reached a rule's mints-per-minute limit.
+    RateLimited = 6, "rate_limited";
     /// The request carried a protocol version this daemon does not speak.
     UnsupportedVersion = 10, "unsupported_version";
     /// The request could not be decoded.

@@ -1,0 +1,73 @@
+//! `bpftokend check-policy --explain USER`: what the policy gives a
+//! caller and which rules produced it.
+
+use std::fmt::Write;
+use std::path::PathBuf;
+
+use bpftoken_policy::{Peer, Policy};
+use bpftoken_proto::delegation::{self, Kind};
+
+/// Resolve `user` (name or uid) and `groups` (names or gids; empty means
+/// the user's groups from the system database) and describe the grant.
+pub fn explain(
+    policy: &Policy,
+    user: &str,
+    groups: &[String],
+    exe: Option<PathBuf>,
+    cgroup: Option<String>,
+) -> Result<String, String> {
+    let (uid, gid) = match user.parse::<u32>() {
+        Ok(uid) => (uid, uzers::get_user_by_uid(uid).map_or(uid, |u| u.primary_group_id())),
+        Err(_) => {
+            let u = uzers::get_user_by_name(user).ok_or_else(|| format!("unknown user \"{user}\""))?;
+            (u.uid(), u.primary_group_id())
+        }
+    };
+    let supplementary: Vec<u32> = if groups.is_empty() {
+        uzers::get_user_by_uid(uid)
+            .and_then(|u| uzers::get_user_groups(u.name(), gid))
+            .map(|gs| gs.iter().map(uzers::Group::gid).collect())
+            .unwrap_or_default()
+    } else {
+        groups
+            .iter()
+            .map(|g| {
+                g.parse::<u32>()
+                    .ok()
+                    .or_else(|| uzers::get_group_by_name(g).map(|g| g.gid()))
+                    .ok_or_else(|| format!("unknown group \"{g}\""))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let peer = Peer { uid, gid, groups: supplementary.clone(), exe: exe.clone(), cgroup: cgroup.clone() };
+    let eff = policy.effective(&peer);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "uid {uid} gid {gid} groups {:?} exe {} cgroup {}",
+        supplementary,
+        exe.as_ref().map_or_else(|| "(any)".to_owned(), |e| e.display().to_string()),
+        cgroup.as_deref().unwrap_or("(any)")
+    );
+    if eff.allowed_by.is_empty() {
+        let _ = writeln!(out, "no allow rule matches: every request is refused (not_in_policy)");
+        return Ok(out);
+    }
+    let _ = writeln!(out, "allowed by: {}", eff.allowed_by.join(", "));
+    if !eff.denied_by.is_empty() {
+        let _ = writeln!(out, "denied by:  {} (removes {})", eff.denied_by.join(", "), eff.removed);
+    }
+    for limit in &eff.limits {
+        let _ = writeln!(out, "limit:      {} mints per minute (rule {})", limit.per_minute, limit.rule);
+    }
+    for kind in Kind::ALL {
+        let names = delegation::names(kind, eff.grant.get(kind));
+        let _ = writeln!(
+            out,
+            "{:<8} {}",
+            format!("{}:", kind.key()),
+            if names.is_empty() { "(none)".to_owned() } else { names.join(", ") }
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,239 @@
+//! The policy language end to end: matchers the kernel vouches for
+//! (executable, cgroup), deny rules, rate limits, reload, explanations.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use bpftoken_tests::*;
+
+/// Replace the policy atomically (write a sibling, rename over).
+fn replace_policy(path: &Path, text: &str) {
+    let tmp = path.with_extension("new");
+    write_policy(&tmp, text);
+    std::fs::rename(&tmp, path).expect("rename policy");
+}
+
+fn sighup(d: &TestDaemon) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(d.pid()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+}
+
+fn wait_for_log(d: &TestDaemon, needle: &str) {
+    for _ in 0..200 {
+        if d.log_text().contains(needle) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("daemon log never said {needle:?}:\n{}", d.log_text());
+}
+
+#[test]
+fn executable_rule_matches_the_real_path_not_a_copy() {
+    let Some(env) = setup("executable_rule_matches_the_real_path_not_a_copy") else { return };
+    let real = env.bin("bpftoken");
+    let policy = format!(
+        "[[allow]]\nname = \"only-the-real-cli\"\nusers = [\"bpftk-alice\"]\nexecutables = [\"{}\"]\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n",
+        real.display()
+    );
+    let d = TestDaemon::start(&env, &policy, &[]);
+    let alice = user(ALICE);
+    let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+    assert!(o.status.success(), "{}\n{}", stderr(&o), d.log_text());
+
+    // The same binary at another path does not match.
+    let copy_dir = scratch_dir("exe-copy");
+    let copy = copy_dir.join("bpftoken");
+    std::fs::copy(&real, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = as_user(&alice, &copy);
+    c.arg("--socket").arg(&d.socket).args(["run", "--", "true"]);
+    let o = output(c);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "bpftoken: refused: no rule in {} allows uid {} (gid {}) (not_in_policy)\n",
+            d.policy.display(),
+            alice.uid,
+            alice.gid
+        )
+    );
+    assert!(d.log_text().contains(&format!("exe={:?}", copy.display().to_string())), "{}", d.log_text());
+    let _ = std::fs::remove_dir_all(copy_dir);
+}
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup` or, on hybrid systems,
+/// `/sys/fs/cgroup/unified`).
+fn cgroup2_root() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines()
+        .find(|l| l.split(" - ").nth(1).is_some_and(|rest| rest.starts_with("cgroup2 ")))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .map(PathBuf::from)
+        .expect("cgroup2 is mounted")
+}
+
+#[test]
+fn cgroup_rule_matches_a_process_moved_into_the_cgroup() {
+    let Some(env) = setup("cgroup_rule_matches_a_process_moved_into_the_cgroup") else { return };
+    let name = format!("bpftoken-e2e-{}", std::process::id());
+    let dir = cgroup2_root().join(&name);
+    std::fs::create_dir(&dir).expect("create test cgroup");
+    let policy = format!(
+        "[[allow]]\nname = \"agent-cgroup\"\nusers = [\"bpftk-alice\"]\ncgroups = [\"/{name}\"]\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n"
+    );
+    let d = TestDaemon::start(&env, &policy, &[]);
+    let alice = user(ALICE);
+    // Outside the cgroup: refused.
+    let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // Moved in (by root, then dropping to alice): granted.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec setpriv --reuid {ALICE} --regid {ALICE} --init-groups -- {} --socket {} run -- true",
+        dir.display(),
+        env.bin("bpftoken").display(),
+        d.socket.display()
+    );
+    let o = output({
+        let mut c = Command::new("sh");
+        c.args(["-c", &script]);
+        c
+    });
+    let granted = o.status.success();
+    let _ = std::fs::remove_dir(&dir);
+    assert!(granted, "{}\n{}", stderr(&o), d.log_text());
+    assert!(d.log_text().contains(&format!("cgroup=\"/{name}\" rules=agent-cgroup")), "{}", d.log_text());
+}
+
+#[test]
+fn deny_beats_allow_and_rate_limits_refuse() {
+    let Some(env) = setup("deny_beats_allow_and_rate_limits_refuse") else { return };
+    let policy = r#"
+[[allow]]
+name = "devs"
+groups = ["bpftk-dev"]
+users = ["bpftk-bob"]
+cmds = ["map_create"]
+maps = ["array", "hash"]
+mints_per_minute = 3
+
+[[deny]]
+name = "no-hash"
+users = ["bpftk-bob"]
+maps = ["hash"]
+"#;
+    let d = TestDaemon::start(&env, policy, &[]);
+    let bob = user(BOB);
+    let probe = env.bin("bpftoken-probe");
+    let o = d.bpftoken(&env, &bob, &["run", "--", probe.to_str().unwrap(), "try", "map:array", "map:hash"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "map:array ok\nmap:hash EPERM\n");
+    let o = d.bpftoken(&env, &bob, &["run", "--maps", "hash", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "bpftoken: refused: map type \"hash\" is denied to uid {} by {} (rule no-hash) (not_granted)\n",
+            bob.uid,
+            d.policy.display()
+        )
+    );
+    // Two granted so far (the refusal did not count); the third passes,
+    // the fourth meets the limit.
+    let o = d.bpftoken(&env, &bob, &["run", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = d.bpftoken(&env, &bob, &["run", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = d.bpftoken(&env, &bob, &["run", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with(&format!(
+            "bpftoken: refused: uid {} reached the limit of 3 mints per minute of rule \"devs\"; retry in ",
+            bob.uid
+        )) && err.ends_with(" s (rate_limited)\n"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sighup_reload_while_minting_loses_nothing_and_takes_effect() {
+    let Some(env) = setup("sighup_reload_while_minting_loses_nothing_and_takes_effect") else { return };
+    let v1 = "[[allow]]\nusers = [\"bpftk-alice\"]\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n";
+    let v2 = format!("{v1}\n[[allow]]\nname = \"bob-too\"\nusers = [\"bpftk-bob\"]\ncmds = [\"map_create\"]\nmaps = [\"queue\"]\n");
+    let d = TestDaemon::start(&env, v1, &[]);
+    let (alice, bob) = (user(ALICE), user(BOB));
+    let o = d.bpftoken(&env, &bob, &["run", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1), "bob is not in v1");
+
+    let mut minting = as_user(&alice, env.bin("bpftoken-probe"));
+    minting.args(["mint-loop", d.socket.to_str().unwrap(), "3000"]).stdout(std::process::Stdio::piped());
+    let minting = minting.spawn().expect("spawn minting client");
+    for i in 0..10 {
+        replace_policy(&d.policy, if i % 2 == 0 { &v2 } else { v1 });
+        sighup(&d);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    replace_policy(&d.policy, &v2);
+    sighup(&d);
+    let o = minting.wait_with_output().expect("minting client");
+    assert_eq!(stdout(&o), "minted 3000\n", "zero failed mints across reloads");
+    wait_for_log(&d, "policy reloaded");
+    std::thread::sleep(Duration::from_millis(100));
+    let o = d.bpftoken(&env, &bob, &["run", "--", env.bin("bpftoken-probe").to_str().unwrap(), "try", "map:queue"]);
+    assert!(o.status.success(), "the new rule is in force: {}\n{}", stderr(&o), d.log_text());
+    assert_eq!(stdout(&o), "map:queue ok\n");
+}
+
+#[test]
+fn broken_policy_on_reload_keeps_the_old_one() {
+    let Some(env) = setup("broken_policy_on_reload_keeps_the_old_one") else { return };
+    let v1 = "[[allow]]\nusers = [\"bpftk-alice\"]\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n";
+    let d = TestDaemon::start(&env, v1, &[]);
+    let alice = user(ALICE);
+    replace_policy(&d.policy, "[[allow]]\nusers = [\"bpftk-alice\"]\nmaps = [\"arrray\"]\n");
+    sighup(&d);
+    wait_for_log(&d, "reload rejected");
+    assert!(d.log_text().contains("unknown map type \"arrray\" (did you mean \"array\"?)"), "{}", d.log_text());
+    let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+    assert!(o.status.success(), "the old policy still serves: {}", stderr(&o));
+    // An unsafe file is refused the same way.
+    replace_policy(&d.policy, v1);
+    std::fs::set_permissions(&d.policy, std::fs::Permissions::from_mode(0o666)).unwrap();
+    sighup(&d);
+    wait_for_log(&d, "is writable by group or others");
+    let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn check_policy_explains_a_grant() {
+    let Some(env) = setup("check_policy_explains_a_grant") else { return };
+    let dir = scratch_dir("explain");
+    let policy = dir.join("policy.toml");
+    write_policy(
+        &policy,
+        "[[allow]]\nname = \"devs\"\ngroups = [\"bpftk-dev\"]\ncmds = [\"map_create\"]\nmaps = [\"array\", \"hash\"]\n\
+         \n[[deny]]\nname = \"no-hash\"\nusers = [\"bpftk-bob\"]\nmaps = [\"hash\"]\n",
+    );
+    let o = output({
+        let mut c = Command::new(env.bin("bpftokend"));
+        c.arg("check-policy").arg("--policy").arg(&policy).args(["--explain", BOB]);
+        c
+    });
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("allowed by: devs\n"), "{out}");
+    assert!(out.contains("denied by:  no-hash (removes cmds=[] maps=[hash] progs=[] attachs=[])\n"), "{out}");
+    assert!(out.contains("maps:    array\n"), "{out}");
+    let o = output({
+        let mut c = Command::new(env.bin("bpftokend"));
+        c.arg("check-policy").arg("--policy").arg(&policy).args(["--explain", EVE]);
+        c
+    });
+    assert!(stdout(&o).contains("no allow rule matches: every request is refused (not_in_policy)"), "{}", stdout(&o));
+    let _ = std::fs::remove_dir_all(dir);
+}
