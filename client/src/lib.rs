@@ -22,7 +22,7 @@ use bpftoken_proto::{Request, Response, FRAME_HEADER_LEN};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
 
 pub use bpftoken_proto::delegation::{self, Delegation, Kind};
-pub use bpftoken_proto::{MintRequest, Refusal, RefusalCode};
+pub use bpftoken_proto::{Explanation, MintRequest, Refusal, RefusalCode};
 
 /// Where the daemon listens unless `BPFTOKEN_SOCKET` says otherwise.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/bpftokend/socket";
@@ -118,6 +118,7 @@ impl Client {
         let (response, mut fds) = self.read_response()?;
         match response {
             Response::Refused(r) => Err(Error::Refused(r)),
+            Response::Explained(_) => Err(Error::Protocol("the daemon answered a mint with an explanation".into())),
             Response::Minted(m) => {
                 if m.fds != [FdRole::Token] || fds.len() != 1 {
                     return Err(Error::Protocol(format!(
@@ -128,6 +129,22 @@ impl Client {
                 }
                 Ok(Token { fd: fds.remove(0), granted: m.granted, rules: m.rules })
             }
+        }
+    }
+
+    /// Ask what the policy would grant this caller now, and why. Nothing
+    /// is minted.
+    pub fn query(&mut self) -> Result<Explanation, Error> {
+        let frame = codec::encode_request(&Request::new(RequestBody::Query))?;
+        self.stream.write_all(&frame)?;
+        let (response, fds) = self.read_response()?;
+        if !fds.is_empty() {
+            return Err(Error::Protocol(format!("the daemon sent {} fds with an explanation", fds.len())));
+        }
+        match response {
+            Response::Explained(e) => Ok(e),
+            Response::Refused(r) => Err(Error::Refused(r)),
+            Response::Minted(_) => Err(Error::Protocol("the daemon answered a query with a token".into())),
         }
     }
 

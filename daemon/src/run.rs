@@ -47,7 +47,6 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     crate::sys::make_non_dumpable().map_err(StartError::Runtime)?;
     let conns = fit_to_fd_limit(opts.conns);
     let (names, names_source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
-    tracing::info!("kernel names for policy checks from {names_source}");
     let policy = bpftoken_policy::load(&opts.policy, &names)?;
     let rules = policy.rules().len() + policy.deny_rules().len();
     for w in policy.warnings() {
@@ -73,7 +72,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let signal_task = tokio::spawn(signals.handle(daemon.clone(), opts.policy.clone(), names, tx));
         let sweep_task = tokio::spawn(sweep_idle_scopes(daemon.clone()));
-        tracing::info!(socket = %opts.socket.display(), policy = %opts.policy.display(), rules, "listening");
+        tracing::info!(socket = %opts.socket.display(), policy = %opts.policy.display(), rules, kernel_names = %names_source, "listening");
         server::serve(daemon.clone(), listener, rx).await;
         signal_task.abort();
         sweep_task.abort();

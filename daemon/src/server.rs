@@ -11,7 +11,7 @@ use std::time::Duration;
 use bpftoken_policy::{Decision, Policy, RateLimit};
 use bpftoken_proto::codec::{self, CodecError};
 use bpftoken_proto::message::{FdRole, RequestBody};
-use bpftoken_proto::{Minted, MintRequest, Refusal, RefusalCode, Response, FRAME_HEADER_LEN};
+use bpftoken_proto::{Explanation, Minted, MintRequest, Refusal, RefusalCode, Response, FRAME_HEADER_LEN};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::UnixStream;
@@ -348,10 +348,58 @@ async fn handle_connection(daemon: Arc<Daemon>, mut stream: UnixStream, mut shut
         };
         let ok = match request.body {
             RequestBody::Mint(req) => handle_mint(&daemon, &peer, &stream, &req).await,
+            RequestBody::Query => handle_query(&daemon, &peer, &stream).await,
         };
         if !ok {
             return;
         }
+    }
+}
+
+/// Explain what the policy gives the caller; nothing is minted.
+async fn handle_query(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream) -> bool {
+    let policy = daemon.policy();
+    let eff = policy.effective(&peer.creds);
+    let refusal = match peer_refusal(peer) {
+        Some(r) => Some(r),
+        None => match policy.decide(&peer.creds, &MintRequest::default()) {
+            Decision::Refuse { code, message, .. } => Some(Refusal::new(code, message)),
+            Decision::Grant { .. } => None,
+        },
+    };
+    let explanation = Explanation {
+        policy: policy.path().display().to_string(),
+        grant: eff.grant,
+        allowed_by: eff.allowed_by,
+        denied_by: eff.denied_by,
+        limits: eff.limits.into_iter().map(|l| (l.rule, l.per_minute)).collect(),
+        refusal,
+    };
+    tracing::debug!(peer_uid = peer.creds.uid, "answered a policy query");
+    write_response(stream, &Response::Explained(explanation), None).await.is_ok()
+}
+
+/// A refusal that follows from who the peer is, before any policy rule.
+fn peer_refusal(peer: &PeerIdentity) -> Option<Refusal> {
+    match peer.userns {
+        PeerUserns::Ours => None,
+        PeerUserns::Unknown => Some(Refusal::new(
+            RefusalCode::UnsupportedPeer,
+            format!(
+                "cannot tell which user namespace uid {} is calling from (did the process exit?); \
+                 refusing rather than minting a token that may not work there",
+                peer.creds.uid
+            ),
+        )),
+        PeerUserns::Nested { owner_uid } => Some(Refusal::new(
+            RefusalCode::UnsupportedPeer,
+            format!(
+                "uid {} is calling from inside a user namespace owned by uid {owner_uid} (a rootless \
+                 container or `unshare -U`); a token bound to uid {} would not work there, and \
+                 container mode is not supported yet",
+                peer.creds.uid, peer.creds.uid
+            ),
+        )),
     }
 }
 
@@ -364,26 +412,10 @@ async fn reject(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, code:
 
 /// Decide, mint, deliver. False if the client is gone.
 async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, req: &MintRequest) -> bool {
-    if peer.userns == PeerUserns::Unknown {
-        let message = format!(
-            "cannot tell which user namespace uid {} is calling from (did the process exit?); \
-             refusing rather than minting a token that may not work there",
-            peer.creds.uid
-        );
+    if let Some(r) = peer_refusal(peer) {
         daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
-        audit::refused(peer, &[], RefusalCode::UnsupportedPeer, &message);
-        return write_response(stream, &refusal(RefusalCode::UnsupportedPeer, message), None).await.is_ok();
-    }
-    if let PeerUserns::Nested { owner_uid } = peer.userns {
-        let message = format!(
-            "uid {} is calling from inside a user namespace owned by uid {owner_uid} (a rootless \
-             container or `unshare -U`); a token bound to uid {} would not work there, and \
-             container mode is not supported yet",
-            peer.creds.uid, peer.creds.uid
-        );
-        daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
-        audit::refused(peer, &[], RefusalCode::UnsupportedPeer, &message);
-        return write_response(stream, &refusal(RefusalCode::UnsupportedPeer, message), None).await.is_ok();
+        audit::refused(peer, &[], r.code, &r.message);
+        return write_response(stream, &Response::Refused(r), None).await.is_ok();
     }
     let policy = daemon.policy();
     let (delegation, rules) = match policy.decide(&peer.creds, req) {

@@ -15,5 +15,5 @@ pub mod message;
 pub use codec::{CodecError, FRAME_HEADER_LEN, MAX_FRAME};
 pub use delegation::{Delegation, Kind, UnknownName};
 pub use message::{
-    MintRequest, Minted, Refusal, RefusalCode, Request, Response, PROTOCOL_VERSION,
+    Explanation, MintRequest, Minted, Refusal, RefusalCode, Request, Response, PROTOCOL_VERSION,
 };

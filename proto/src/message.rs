@@ -27,6 +27,9 @@ impl Request {
 pub enum RequestBody {
     /// Mint a token for the caller.
     Mint(MintRequest),
+    /// Say what the policy would grant the caller now, and why; mint
+    /// nothing.
+    Query,
 }
 
 /// What the caller asks for. `None` for a set means "everything my policy
@@ -59,6 +62,23 @@ impl MintRequest {
 pub enum Response {
     Minted(Minted),
     Refused(Refusal),
+    Explained(Explanation),
+}
+
+/// The answer to a query: what the caller would get, and from which rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// The policy file in force.
+    pub policy: String,
+    /// Union of matching allow rules minus matching deny rules.
+    pub grant: Delegation,
+    pub allowed_by: Vec<String>,
+    pub denied_by: Vec<String>,
+    /// (rule, mints per minute) limits that apply.
+    pub limits: Vec<(String, u32)>,
+    /// Set when the caller would be refused whatever it asked, with the
+    /// refusal it would get.
+    pub refusal: Option<Refusal>,
 }
 
 /// The role of one fd attached to a [`Response::Minted`].

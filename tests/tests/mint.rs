@@ -132,9 +132,37 @@ fn asking_for_more_than_granted_names_the_item() {
         stderr(&o),
         format!(
             "bpftoken: refused: map type \"ringbuf\" is not granted to uid {} by {} \
-             (granted map types: hash, array) (not_granted)\n",
+             (granted map types: hash, array) (not_granted)\n\
+             bpftoken: {} grants you (allowed by alice-loader):\n\
+             bpftoken:   cmds:    map_create, prog_load\n\
+             bpftoken:   maps:    hash, array\n\
+             bpftoken:   progs:   socket_filter\n\
+             bpftoken:   attachs: cgroup_inet_ingress\n",
             alice.uid,
+            d.policy.display(),
             d.policy.display()
+        )
+    );
+    // The same explanation on request, without minting.
+    let o = d.bpftoken(&env, &alice, &["query"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "{} grants you (allowed by alice-loader):\n  cmds:    map_create, prog_load\n  maps:    hash, array\n  \
+             progs:   socket_filter\n  attachs: cgroup_inet_ingress\n",
+            d.policy.display()
+        )
+    );
+    let o = d.bpftoken(&env, &user(EVE), &["query"]);
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "no rule of {0} matches you\na request now would be refused: no rule in {0} allows uid {1} (gid {2}) \
+             (not_in_policy)\n",
+            d.policy.display(),
+            user(EVE).uid,
+            user(EVE).gid
         )
     );
     // A name the CLI does not know never reaches the daemon.

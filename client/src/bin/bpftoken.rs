@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bpftoken::{delegation, Client, Error, Kind, MintRequest};
+use bpftoken::{delegation, Client, Error, Kind, MintRequest, RefusalCode};
 use clap::{Parser, Subcommand};
 
 /// Get BPF tokens from bpftokend.
@@ -45,6 +45,9 @@ enum Command {
         #[arg(required = true, last = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
+    /// Show what the policy grants you right now, and which rules say so.
+    /// Mints nothing.
+    Query,
 }
 
 const EXIT_REFUSED: u8 = 1;
@@ -58,9 +61,57 @@ fn parse(kind: Kind, list: Option<&str>) -> Result<Option<u64>, String> {
         .transpose()
 }
 
+/// The explanation as printed lines.
+fn explanation_lines(e: &bpftoken::Explanation) -> Vec<String> {
+    let mut out = Vec::new();
+    if e.allowed_by.is_empty() {
+        out.push(format!("no rule of {} matches you", e.policy));
+        return out;
+    }
+    out.push(format!("{} grants you (allowed by {}):", e.policy, e.allowed_by.join(", ")));
+    if !e.denied_by.is_empty() {
+        out.push(format!("  minus what {} deny", e.denied_by.join(", ")));
+    }
+    for kind in Kind::ALL {
+        let names = delegation::names(kind, e.grant.get(kind));
+        let list = if names.is_empty() { "(none)".to_owned() } else { names.join(", ") };
+        out.push(format!("  {:<8} {list}", format!("{}:", kind.key())));
+    }
+    for (rule, n) in &e.limits {
+        out.push(format!("  at most {n} mints per minute (rule {rule})"));
+    }
+    out
+}
+
+fn query(socket: &std::path::Path) -> ExitCode {
+    match Client::connect_to(socket).and_then(|mut c| c.query()) {
+        Ok(e) => {
+            for line in explanation_lines(&e) {
+                println!("{line}");
+            }
+            if let Some(r) = &e.refusal {
+                println!("a request now would be refused: {r}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bpftoken: {e}");
+            ExitCode::from(match e {
+                Error::Refused(_) => EXIT_REFUSED,
+                Error::Unreachable { .. } => EXIT_UNAVAILABLE,
+                Error::Protocol(_) | Error::Io(_) => EXIT_PROTOCOL,
+            })
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Run { cmds, maps, progs, attachs, command } = cli.command;
+    let socket = cli.socket.clone().unwrap_or_else(bpftoken::socket_path);
+    let (cmds, maps, progs, attachs, command) = match cli.command {
+        Command::Query => return query(&socket),
+        Command::Run { cmds, maps, progs, attachs, command } => (cmds, maps, progs, attachs, command),
+    };
     let request = match (|| {
         Ok::<_, String>(MintRequest {
             cmds: parse(Kind::Cmd, cmds.as_deref())?,
@@ -75,11 +126,25 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let socket = cli.socket.unwrap_or_else(bpftoken::socket_path);
     let token = match Client::connect_to(&socket).and_then(|mut c| c.mint(&request)) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("bpftoken: {e}");
+            // Say what the policy does grant, so "not granted" can be told
+            // apart from "not in the policy at all".
+            let explainable = matches!(
+                &e,
+                Error::Refused(r) if matches!(r.code, RefusalCode::NotGranted | RefusalCode::EmptyGrant | RefusalCode::RateLimited)
+            );
+            if explainable {
+                if let Ok(explanation) = Client::connect_to(&socket).and_then(|mut c| c.query()) {
+                    if !explanation.allowed_by.is_empty() {
+                        for line in explanation_lines(&explanation) {
+                            eprintln!("bpftoken: {line}");
+                        }
+                    }
+                }
+            }
             return ExitCode::from(match e {
                 Error::Refused(_) => EXIT_REFUSED,
                 Error::Unreachable { .. } => EXIT_UNAVAILABLE,
