@@ -60,6 +60,19 @@ impl IdRange {
     }
 }
 
+/// Ids named one by one plus ranges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdSet {
+    pub ids: Vec<u32>,
+    pub ranges: Vec<IdRange>,
+}
+
+impl IdSet {
+    fn contains(&self, id: u32) -> bool {
+        self.ids.contains(&id) || self.ranges.iter().any(|r| r.contains(id))
+    }
+}
+
 /// Who a rule applies to. Every condition that is given must hold; a
 /// condition that is absent does not restrict.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,10 +81,10 @@ pub struct Matcher {
     pub everyone: bool,
     /// The uid is one of these (from `users` and `uids`) or in one of
     /// `uid_ranges`; `None` when the rule names no user.
-    pub uids: Option<(Vec<u32>, Vec<IdRange>)>,
+    pub uids: Option<IdSet>,
     /// The primary or a supplementary gid is one of these (from `groups`
     /// and `gids`) or in one of `gid_ranges`.
-    pub gids: Option<(Vec<u32>, Vec<IdRange>)>,
+    pub gids: Option<IdSet>,
     /// The peer's executable is one of these absolute paths.
     pub executables: Option<Vec<PathBuf>>,
     /// The peer's cgroup v2 path is one of these or below one of them.
@@ -148,10 +161,6 @@ pub struct Effective {
     pub limits: Vec<RateLimit>,
 }
 
-fn in_ids(id: u32, (ids, ranges): &(Vec<u32>, Vec<IdRange>)) -> bool {
-    ids.contains(&id) || ranges.iter().any(|r| r.contains(id))
-}
-
 /// `cgroup` is `prefix` or below it, comparing whole path components.
 fn cgroup_below(cgroup: &str, prefix: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
@@ -160,11 +169,9 @@ fn cgroup_below(cgroup: &str, prefix: &str) -> bool {
 
 impl Matcher {
     fn matches(&self, peer: &Peer) -> bool {
-        let uid_ok = self.uids.as_ref().is_none_or(|u| in_ids(peer.uid, u));
-        let gid_ok = self
-            .gids
-            .as_ref()
-            .is_none_or(|g| in_ids(peer.gid, g) || peer.groups.iter().any(|x| in_ids(*x, g)));
+        let uid_ok = self.uids.as_ref().is_none_or(|u| u.contains(peer.uid));
+        let gid_ok =
+            self.gids.as_ref().is_none_or(|g| g.contains(peer.gid) || peer.groups.iter().any(|x| g.contains(*x)));
         let exe_ok = self
             .executables
             .as_ref()

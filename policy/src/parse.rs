@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use crate::btf::KernelNames;
 use crate::error::{Location, PolicyError};
-use crate::{Effect, IdRange, Matcher, Policy, Rule, MAX_POLICY_ID, SENTINEL_IDS};
+use crate::{Effect, IdRange, IdSet, Matcher, Policy, Rule, MAX_POLICY_ID, SENTINEL_IDS};
 
 /// Turns user and group names into ids when the policy loads, so the
 /// request path never performs a name lookup.
@@ -215,7 +215,7 @@ fn resolve_ids(
     ids: &Option<Vec<Spanned<i64>>>,
     ranges: &Option<Vec<Spanned<Vec<i64>>>>,
     lookup: impl Fn(&str) -> Option<u32>,
-) -> Result<Option<(Vec<u32>, Vec<IdRange>)>, PolicyError> {
+) -> Result<Option<IdSet>, PolicyError> {
     if names.is_none() && ids.is_none() && ranges.is_none() {
         return Ok(None);
     }
@@ -231,7 +231,7 @@ fn resolve_ids(
         out.push(ctx.id(id_key, v)?);
     }
     let ranges = ctx.ranges(id_key, ranges.as_deref().unwrap_or(&[]))?;
-    Ok(Some((out, ranges)))
+    Ok(Some(IdSet { ids: out, ranges }))
 }
 
 fn rule(

@@ -61,12 +61,12 @@ fn parses_the_documented_shape() {
     let r = &p.rules()[0];
     assert_eq!(r.label, "alice-dev");
     assert_eq!(r.line, 2);
-    assert_eq!(r.matcher.uids, Some((vec![1000], vec![])));
+    assert_eq!(r.matcher.uids, Some(IdSet { ids: vec![1000], ranges: vec![] }));
     assert_eq!(r.matcher.gids, None);
     assert_eq!(r.grant.cmds, m(Kind::Cmd, "map_create,prog_load,btf_load"));
     assert_eq!(r.grant.attachs, 1);
     assert_eq!(p.rules()[1].label, "allow[1]");
-    assert_eq!(p.rules()[1].matcher.gids, Some((vec![2000], vec![])));
+    assert_eq!(p.rules()[1].matcher.gids, Some(IdSet { ids: vec![2000], ranges: vec![] }));
 }
 
 #[test]
@@ -614,8 +614,8 @@ fn arb_rule() -> impl Strategy<Value = Rule> {
             line: 1,
             effect: Effect::Allow,
             matcher: Matcher {
-                uids: uids.map(|u| (u, vec![])),
-                gids: gids.map(|g| (g, vec![])),
+                uids: uids.map(|ids| IdSet { ids, ranges: vec![] }),
+                gids: gids.map(|ids| IdSet { ids, ranges: vec![] }),
                 ..Matcher::default()
             },
             grant,
