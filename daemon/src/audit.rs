@@ -4,9 +4,45 @@
 //! client controls (its executable path) are logged through `Debug`, which
 //! escapes newlines and control characters, so one decision is one line.
 
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use bpftoken_proto::{Delegation, RefusalCode};
 
 use crate::peer::PeerIdentity;
+
+/// Most audit lines per second; clients trigger them, so a flood must not
+/// become a flood of logs. Every decision still counts in the status
+/// counters, and suppressed lines are counted in a summary line.
+const AUDIT_LINES_PER_SECOND: u32 = 200;
+
+struct Window {
+    start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+static WINDOW: Mutex<Option<Window>> = Mutex::new(None);
+
+/// Whether this event may be logged now.
+fn admit() -> bool {
+    let mut guard = WINDOW.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    let w = guard.get_or_insert(Window { start: now, logged: 0, suppressed: 0 });
+    if now.duration_since(w.start) >= Duration::from_secs(1) {
+        if w.suppressed > 0 {
+            tracing::warn!(target: "bpftokend::audit", suppressed = w.suppressed, "audit lines suppressed by the rate limit in the last second; decisions are still counted");
+        }
+        *w = Window { start: now, logged: 0, suppressed: 0 };
+    }
+    if w.logged < AUDIT_LINES_PER_SECOND {
+        w.logged += 1;
+        true
+    } else {
+        w.suppressed += 1;
+        false
+    }
+}
 
 fn exe(peer: &PeerIdentity) -> String {
     format!("{:?}", peer.exe_display())
@@ -18,6 +54,9 @@ fn cgroup(peer: &PeerIdentity) -> String {
 
 /// A token was handed out.
 pub fn granted(peer: &PeerIdentity, rules: &[String], granted: &Delegation, cold: bool) {
+    if !admit() {
+        return;
+    }
     tracing::info!(
         target: "bpftokend::audit",
         decision = "granted",
@@ -35,6 +74,9 @@ pub fn granted(peer: &PeerIdentity, rules: &[String], granted: &Delegation, cold
 
 /// A request was refused.
 pub fn refused(peer: &PeerIdentity, rules: &[String], code: RefusalCode, reason: &str) {
+    if !admit() {
+        return;
+    }
     tracing::info!(
         target: "bpftokend::audit",
         decision = "refused",

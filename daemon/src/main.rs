@@ -30,8 +30,51 @@ struct Cli {
     /// longest a connection may idle between requests).
     #[arg(long, value_name = "MS", default_value_t = bpftokend::server::READ_TIMEOUT.as_millis() as u64)]
     read_timeout_ms: u64,
+    /// Exit after this many seconds without connections (only with socket
+    /// activation: systemd starts the daemon again on the next one).
+    #[arg(long, value_name = "SECONDS")]
+    exit_idle: Option<u64>,
+    /// Log format on stderr; under systemd (JOURNAL_STREAM) logs go to the
+    /// journal with structured BPFTOKEN_* fields instead.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+/// stderr is the journal when JOURNAL_STREAM names its device and inode.
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else { return false };
+    let Ok(st) = rustix::fs::fstat(std::io::stderr()) else { return false };
+    dev.parse::<u64>().is_ok_and(|d| d == st.st_dev) && ino.parse::<u64>().is_ok_and(|i| i == st.st_ino)
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BPFTOKEND_LOG").unwrap_or_else(|_| "info".into());
+    if stderr_is_journal() {
+        if let Ok(journal) = tracing_journald::layer() {
+            // Fields become BPFTOKEN_PEER_UID, BPFTOKEN_DECISION, ...
+            let journal = journal.with_field_prefix(Some("BPFTOKEN".to_owned()));
+            tracing_subscriber::registry().with(filter).with(journal).init();
+            return;
+        }
+    }
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    match format {
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        LogFormat::Human => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,6 +97,9 @@ enum Command {
         #[arg(long, value_name = "PATH", requires = "explain")]
         cgroup: Option<String>,
     },
+    /// Write the bpftokend(8) man page into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// Internal: the minter process the daemon starts.
     #[command(hide = true)]
     Minter {
@@ -63,14 +109,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BPFTOKEND_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.command {
         Some(Command::CheckPolicy { policy, explain, groups, exe, cgroup }) => {
             let (names, source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
@@ -105,6 +145,21 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Man { dir }) => {
+            let cmd = <Cli as clap::CommandFactory>::command().name("bpftokend");
+            let mut page = Vec::new();
+            let written = clap_mangen::Man::new(cmd)
+                .section("8")
+                .render(&mut page)
+                .and_then(|()| std::fs::write(dir.join("bpftokend.8"), page));
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bpftokend: cannot write the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some(Command::Minter { fd }) => {
             let result = bpftokend::sys::take_inherited_fd(fd).and_then(bpftokend::minter::run);
             match result {
@@ -125,6 +180,7 @@ fn main() -> ExitCode {
                     idle: Duration::from_secs(cli.scope_idle_secs),
                 },
                 conns: ConnLimits { read_timeout: Duration::from_millis(cli.read_timeout_ms), ..ConnLimits::default() },
+                exit_idle: cli.exit_idle.map(Duration::from_secs),
             };
             match run::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,

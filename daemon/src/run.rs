@@ -19,6 +19,8 @@ pub struct Options {
     pub policy: PathBuf,
     pub scopes: ScopeLimits,
     pub conns: ConnLimits,
+    /// Exit after this long without connections (socket activation only).
+    pub exit_idle: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,10 @@ pub enum StartError {
     Runtime(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("{0}")]
+    Kernel(String),
+    #[error("--exit-idle needs socket activation: the socket must outlive the daemon, or clients would find nobody listening")]
+    ExitIdleWithoutActivation,
 }
 
 /// Run the daemon until SIGTERM or SIGINT.
@@ -43,8 +49,14 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     if euid != 0 {
         return Err(StartError::NotRoot(euid));
     }
+    // Taken first: the fds and variables are ours alone.
+    let activated = crate::systemd::activated_listener()?;
+    if opts.exit_idle.is_some() && activated.is_none() {
+        return Err(StartError::ExitIdleWithoutActivation);
+    }
     // Mint children share our memory and enter clients' namespaces.
     crate::sys::make_non_dumpable().map_err(StartError::Runtime)?;
+    crate::probe::check().map_err(StartError::Kernel)?;
     let conns = fit_to_fd_limit(opts.conns);
     let (names, names_source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
     let policy = bpftoken_policy::load(&opts.policy, &names)?;
@@ -62,33 +74,72 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         // Signal handlers first: once the socket exists, a client (or a
         // test) may already expect SIGTERM to mean an orderly stop.
         let signals = Signals::install()?;
-        // The runtime's workers are idle here, so the umask change inside
-        // bind() cannot affect a file created elsewhere.
-        let mut sock = socket::bind(&opts.socket)?;
         let bind_err = |source| SocketError::Bind { path: opts.socket.clone(), source };
-        let std_listener = sock.take_listener().ok_or_else(|| bind_err(std::io::Error::other("no listener")))?;
+        // A socket systemd passed is never ours to remove; one we bind is.
+        let (std_listener, owned) = match activated {
+            Some(listener) => (listener, None),
+            None => {
+                // The runtime's workers are idle here, so the umask change
+                // inside bind() cannot affect a file created elsewhere.
+                let mut sock = socket::bind(&opts.socket)?;
+                let listener = sock.take_listener().ok_or_else(|| bind_err(std::io::Error::other("no listener")))?;
+                (listener, Some(sock))
+            }
+        };
         std_listener.set_nonblocking(true).map_err(bind_err)?;
         let listener = tokio::net::UnixListener::from_std(std_listener).map_err(bind_err)?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         let signal_task = tokio::spawn(signals.handle(daemon.clone(), opts.policy.clone(), names, tx));
         let sweep_task = tokio::spawn(sweep_idle_scopes(daemon.clone()));
-        tracing::info!(socket = %opts.socket.display(), policy = %opts.policy.display(), rules, kernel_names = %names_source, "listening");
-        server::serve(daemon.clone(), listener, rx).await;
+        let status_task = tokio::spawn(report_status(daemon.clone()));
+        tracing::info!(
+            socket = %opts.socket.display(),
+            activated = owned.is_none(),
+            policy = %opts.policy.display(),
+            rules,
+            kernel_names = %names_source,
+            "listening"
+        );
+        crate::systemd::ready(&daemon.status_line());
+        server::serve(daemon.clone(), listener, rx, opts.exit_idle).await;
+        crate::systemd::stopping();
         signal_task.abort();
         sweep_task.abort();
+        status_task.abort();
         daemon.minter.shutdown().await;
-        Ok::<_, StartError>(sock)
+        Ok::<_, StartError>(owned)
     });
-    let sock = match bound {
-        Ok(sock) => sock,
+    let owned = match bound {
+        Ok(owned) => owned,
         Err(e) => {
             runtime.block_on(daemon.minter.shutdown());
             return Err(e);
         }
     };
-    sock.remove();
+    if let Some(sock) = owned {
+        sock.remove();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keep systemd's STATUS= current, and ping its watchdog if it set one.
+async fn report_status(daemon: Arc<Daemon>) {
+    let watchdog = crate::systemd::watchdog_interval();
+    let period = watchdog.map_or(std::time::Duration::from_secs(2), |w| w.min(std::time::Duration::from_secs(2)));
+    let mut tick = tokio::time::interval(period);
+    let mut last = String::new();
+    loop {
+        tick.tick().await;
+        if watchdog.is_some() {
+            crate::systemd::watchdog_ping();
+        }
+        let now = daemon.status_line();
+        if now != last {
+            crate::systemd::status(&now);
+            last = now;
+        }
+    }
 }
 
 /// Raise the soft fd limit to the hard one and keep the connection caps
@@ -156,7 +207,11 @@ impl Signals {
             tokio::select! {
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,
-                _ = self.hup.recv() => reload(&daemon, &policy_path, &names),
+                _ = self.hup.recv() => {
+                    crate::systemd::reloading();
+                    reload(&daemon, &policy_path, &names);
+                    crate::systemd::ready(&daemon.status_line());
+                }
             }
         }
         tracing::info!("shutting down: finishing in-flight requests");
@@ -174,7 +229,11 @@ fn reload(daemon: &Daemon, path: &std::path::Path, names: &KernelNames) {
                 tracing::warn!("{w}");
             }
             daemon.replace_policy(p);
+            daemon.set_last_reload("ok".to_owned());
         }
-        Err(e) => tracing::error!(policy = %path.display(), "reload rejected, the old policy stays in force: {}", e.render()),
+        Err(e) => {
+            tracing::error!(policy = %path.display(), "reload rejected, the old policy stays in force: {}", e.render());
+            daemon.set_last_reload(format!("rejected ({e})"));
+        }
     }
 }

@@ -66,6 +66,7 @@ pub struct Daemon {
     pub stats: Stats,
     limits: ConnLimits,
     conns: Mutex<ConnCount>,
+    last_reload: Mutex<String>,
 }
 
 #[derive(Debug, Default)]
@@ -145,7 +146,25 @@ impl Daemon {
             stats: Stats::default(),
             limits,
             conns: Mutex::new(ConnCount::default()),
+            last_reload: Mutex::new("none".to_owned()),
         }
+    }
+
+    /// One line for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        let policy = self.policy();
+        format!(
+            "{} rules; {} tokens minted, {} refused; {} scopes; last reload: {}",
+            policy.rules().len() + policy.deny_rules().len(),
+            self.stats.minted.load(Ordering::Relaxed),
+            self.stats.refused.load(Ordering::Relaxed),
+            self.scopes.len(),
+            self.last_reload.lock().unwrap_or_else(|p| p.into_inner())
+        )
+    }
+
+    pub fn set_last_reload(&self, outcome: String) {
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = outcome;
     }
 
     /// The policy in force now. A request keeps the snapshot it started
@@ -189,10 +208,27 @@ impl Daemon {
 
 /// Accept connections until `shutdown` turns true, then let in-flight
 /// requests finish (bounded by [`SHUTDOWN_GRACE`]).
-pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::UnixListener, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    listener: tokio::net::UnixListener,
+    mut shutdown: watch::Receiver<bool>,
+    exit_idle: Option<Duration>,
+) {
     let mut tasks = JoinSet::new();
+    let mut idle_since = tokio::time::Instant::now();
     loop {
+        if !tasks.is_empty() {
+            idle_since = tokio::time::Instant::now();
+        }
+        let idle_deadline = exit_idle.map(|d| idle_since + d);
         tokio::select! {
+            // Socket activation: exit when idle; systemd keeps the socket
+            // and starts us again on the next connection.
+            _ = async { tokio::time::sleep_until(idle_deadline.unwrap_or_else(tokio::time::Instant::now)).await },
+                if idle_deadline.is_some() && tasks.is_empty() => {
+                tracing::info!("idle for {} s: exiting until the next connection", exit_idle.unwrap_or_default().as_secs());
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let daemon = daemon.clone();

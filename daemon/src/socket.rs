@@ -24,6 +24,8 @@ pub enum SocketError {
     RemoveStale { path: PathBuf, source: io::Error },
     #[error("cannot bind {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
+    #[error("socket activation: {reason}")]
+    Activation { reason: String },
 }
 
 /// A socket this daemon created (and will remove).

@@ -48,6 +48,9 @@ enum Command {
     /// Show what the policy grants you right now, and which rules say so.
     /// Mints nothing.
     Query,
+    /// Write the bpftoken(1) man page into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 const EXIT_REFUSED: u8 = 1;
@@ -110,6 +113,17 @@ fn main() -> ExitCode {
     let socket = cli.socket.clone().unwrap_or_else(bpftoken::socket_path);
     let (cmds, maps, progs, attachs, command) = match cli.command {
         Command::Query => return query(&socket),
+        Command::Man { dir } => {
+            let mut page = Vec::new();
+            let cmd = <Cli as clap::CommandFactory>::command().name("bpftoken");
+            return match clap_mangen::Man::new(cmd).render(&mut page).and_then(|()| std::fs::write(dir.join("bpftoken.1"), page)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bpftoken: cannot write the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Run { cmds, maps, progs, attachs, command } => (cmds, maps, progs, attachs, command),
     };
     let request = match (|| {

@@ -121,6 +121,10 @@ fn spawn(exe: &PathBuf) -> std::io::Result<Running> {
         .arg("--fd")
         .arg(theirs.as_raw_fd().to_string())
         .stdin(Stdio::null())
+        // systemd's variables are the daemon's, not the minter's.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         // Own process group: a terminal's ^C reaches the daemon, which
         // then shuts the minter down in order.
         .process_group(0)
