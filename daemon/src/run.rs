@@ -128,7 +128,8 @@ async fn report_status(daemon: Arc<Daemon>) {
     let watchdog = crate::systemd::watchdog_interval();
     let period = watchdog.map_or(std::time::Duration::from_secs(2), |w| w.min(std::time::Duration::from_secs(2)));
     let mut tick = tokio::time::interval(period);
-    let mut last = String::new();
+    // READY=1 carried the first status line.
+    let mut last = daemon.status_line();
     loop {
         tick.tick().await;
         if watchdog.is_some() {

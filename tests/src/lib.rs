@@ -159,6 +159,22 @@ impl TestDaemon {
         d
     }
 
+    /// [`TestDaemon::start`] with extra environment variables.
+    pub fn start_with_env(env: &Env, policy: &str, vars: &[(&str, &str)]) -> TestDaemon {
+        let dir = scratch_dir("daemon");
+        let policy_path = dir.join("policy.toml");
+        write_policy(&policy_path, policy);
+        let mut d = TestDaemon {
+            child: None,
+            socket: dir.join("socket"),
+            policy: policy_path,
+            log: dir.join("daemon.log"),
+            dir,
+        };
+        d.spawn_with(env, &[], false, vars);
+        d
+    }
+
     /// A daemon (and so its minter) pinned to CPU 0, for benchmarks.
     pub fn start_pinned(env: &Env, policy: &str) -> TestDaemon {
         let mut d = TestDaemon::start_on(env, policy, None, &[]);
@@ -168,6 +184,10 @@ impl TestDaemon {
     }
 
     fn spawn(&mut self, env: &Env, extra_args: &[&str], pinned: bool) {
+        self.spawn_with(env, extra_args, pinned, &[]);
+    }
+
+    fn spawn_with(&mut self, env: &Env, extra_args: &[&str], pinned: bool, vars: &[(&str, &str)]) {
         let log = std::fs::File::create(&self.log).expect("create log");
         let mut cmd = if pinned {
             let mut c = Command::new("taskset");
@@ -183,6 +203,7 @@ impl TestDaemon {
             .arg(&self.policy)
             .args(extra_args)
             .env("BPFTOKEND_LOG", "debug")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -205,6 +226,19 @@ impl TestDaemon {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log once it contains `needle` (audit lines are written after
+    /// the client got its answer, so a test may look too early).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        for _ in 0..200 {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("daemon log never said {needle:?}:\n{}", self.log_text());
     }
 
     /// Send SIGTERM and wait for the daemon to exit; returns its status.

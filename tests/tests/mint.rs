@@ -73,8 +73,7 @@ fn allowed_user_gets_exactly_the_granted_powers() {
             "prog:xdp EPERM",
         ]
     );
-    let log = d.log_text();
-    assert!(log.contains("decision=\"granted\" peer_uid=1001") || log.contains(&format!("decision=\"granted\" peer_uid={}", alice.uid)), "{log}");
+    d.wait_for_log(&format!("decision=\"granted\" peer_uid={}", alice.uid));
 }
 
 #[test]
@@ -116,8 +115,7 @@ fn user_outside_the_policy_gets_a_one_line_refusal() {
         )
     );
     assert!(stdout(&o).is_empty());
-    let log = d.log_text();
-    assert!(log.contains(&format!("decision=\"refused\" peer_uid={}", eve.uid)), "{log}");
+    let log = d.wait_for_log(&format!("decision=\"refused\" peer_uid={}", eve.uid));
     assert!(log.contains("code=\"not_in_policy\""), "{log}");
 }
 

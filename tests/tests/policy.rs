@@ -21,13 +21,7 @@ fn sighup(d: &TestDaemon) {
 }
 
 fn wait_for_log(d: &TestDaemon, needle: &str) {
-    for _ in 0..200 {
-        if d.log_text().contains(needle) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("daemon log never said {needle:?}:\n{}", d.log_text());
+    d.wait_for_log(needle);
 }
 
 #[test]
@@ -61,7 +55,7 @@ fn executable_rule_matches_the_real_path_not_a_copy() {
             alice.gid
         )
     );
-    assert!(d.log_text().contains(&format!("exe={:?}", copy.display().to_string())), "{}", d.log_text());
+    d.wait_for_log(&format!("exe={:?}", copy.display().to_string()));
     let _ = std::fs::remove_dir_all(copy_dir);
 }
 
@@ -105,7 +99,7 @@ fn cgroup_rule_matches_a_process_moved_into_the_cgroup() {
     let granted = o.status.success();
     let _ = std::fs::remove_dir(&dir);
     assert!(granted, "{}\n{}", stderr(&o), d.log_text());
-    assert!(d.log_text().contains(&format!("cgroup=\"/{name}\" rules=agent-cgroup")), "{}", d.log_text());
+    d.wait_for_log(&format!("cgroup=\"/{name}\" rules=agent-cgroup"));
 }
 
 #[test]

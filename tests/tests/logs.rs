@@ -1,0 +1,47 @@
+//! Audit logs: structured, escaped, one line per decision.
+
+use std::os::unix::fs::PermissionsExt;
+
+use bpftoken_tests::*;
+
+const POLICY: &str = "[[allow]]\nusers = [\"bpftk-alice\"]\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n";
+
+#[test]
+fn json_log_format_carries_the_audit_fields() {
+    let Some(env) = setup("json_log_format_carries_the_audit_fields") else { return };
+    let d = TestDaemon::start(&env, POLICY, &["--log-format", "json"]);
+    let eve = user(EVE);
+    let o = d.bpftoken(&env, &eve, &["run", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    let log = d.wait_for_log("\"decision\":\"refused\"");
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"decision\":\"refused\""))
+        .unwrap_or_else(|| panic!("no refused event in {log}"));
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert!(line.contains(&format!("\"peer_uid\":{}", eve.uid)), "{line}");
+    assert!(line.contains("\"code\":\"not_in_policy\""), "{line}");
+}
+
+#[test]
+fn a_hostile_executable_path_stays_one_escaped_line() {
+    let Some(env) = setup("a_hostile_executable_path_stays_one_escaped_line") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    // A client can name its binary anything: newlines and terminal escapes
+    // must not forge or garble audit lines.
+    let dir = scratch_dir("hostile");
+    let hostile = dir.join("evil\ngranted token to uid 0 decision=\"granted\"\u{1b}[2J");
+    std::fs::copy(env.bin("bpftoken"), &hostile).unwrap();
+    std::fs::set_permissions(&hostile, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = as_user(&user(EVE), &hostile);
+    c.arg("--socket").arg(&d.socket).args(["run", "--", "true"]);
+    let o = output(c);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let log = d.wait_for_log("refused uid");
+    assert!(!log.contains('\u{1b}'), "raw escape sequence in the log");
+    let forged: Vec<&str> = log.lines().filter(|l| l.starts_with("granted token to uid 0")).collect();
+    assert!(forged.is_empty(), "a forged line: {forged:?}");
+    let line = log.lines().find(|l| l.contains("refused uid")).expect("the refusal line");
+    assert!(line.contains(r#"evil\ngranted token to uid 0 decision=\"granted\"\u{1b}[2J"#), "{line}");
+    let _ = std::fs::remove_dir_all(dir);
+}
