@@ -140,3 +140,30 @@ fn killed_minter_is_replaced_and_minting_continues() {
     assert_ne!(new, old);
     assert!(d.log_text().contains("the minter exited while idle"), "{}", d.log_text());
 }
+
+#[test]
+fn a_missing_capability_stops_the_start_with_one_line() {
+    let Some(env) = setup("a_missing_capability_stops_the_start_with_one_line") else { return };
+    let dir = scratch_dir("nocap");
+    let policy = dir.join("policy.toml");
+    write_policy(&policy, POLICY);
+    // As a unit with too small a CapabilityBoundingSet= would start it.
+    let o = output({
+        let mut c = Command::new("setpriv");
+        c.args(["--bounding-set=-sys_ptrace", "--inh-caps=-all", "--"])
+            .arg(env.bin("bpftokend"))
+            .arg("--socket")
+            .arg(dir.join("socket"))
+            .arg("--policy")
+            .arg(&policy);
+        c
+    });
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "bpftokend: bpftokend lacks CAP_SYS_PTRACE (to read a client's executable, cgroup and user namespace \
+         through its pidfd); run it as root without dropping that capability (check CapabilityBoundingSet= in its unit)\n"
+    );
+    assert!(!dir.join("socket").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -45,3 +45,31 @@ fn a_hostile_executable_path_stays_one_escaped_line() {
     assert!(line.contains(r#"evil\ngranted token to uid 0 decision=\"granted\"\u{1b}[2J"#), "{line}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_refusal_flood_is_rate_limited_in_the_log_but_counted() {
+    let Some(env) = setup("a_refusal_flood_is_rate_limited_in_the_log_but_counted") else { return };
+    let notify_path = scratch_dir("flood").join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    notify.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let d = TestDaemon::start_with_env(&env, POLICY, &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())]);
+    // root is not in the policy: 1,000 refusals on one connection, fast.
+    let mut client = bpftoken::Client::connect_to(&d.socket).expect("connect");
+    for _ in 0..1000 {
+        assert!(matches!(client.mint(&bpftoken::MintRequest::default()), Err(bpftoken::Error::Refused(_))));
+    }
+    // The next event after the one-second window reports what was dropped.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(client.mint(&bpftoken::MintRequest::default()).is_err());
+    let log = d.wait_for_log("audit lines suppressed by the rate limit");
+    let lines = log.lines().filter(|l| l.contains("decision=\"refused\"")).count();
+    assert!((200..=600).contains(&lines), "{lines} refusal lines for 1,001 refusals");
+    // Every decision still counts in the status systemd sees.
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = notify.recv(&mut buf).expect("a STATUS update");
+        if String::from_utf8_lossy(&buf[..n]).contains("1001 refused") {
+            break;
+        }
+    }
+}
