@@ -30,6 +30,12 @@ struct Cli {
     /// longest a connection may idle between requests).
     #[arg(long, value_name = "MS", default_value_t = bpftokend::server::READ_TIMEOUT.as_millis() as u64)]
     read_timeout_ms: u64,
+    /// Most connections at once; beyond it clients get a `busy` refusal.
+    #[arg(long, value_name = "N", default_value_t = ConnLimits::default().global)]
+    max_connections: usize,
+    /// Most connections at once per uid.
+    #[arg(long, value_name = "N", default_value_t = ConnLimits::default().per_uid)]
+    max_connections_per_uid: usize,
     /// Exit after this many seconds without connections (only with socket
     /// activation: systemd starts the daemon again on the next one).
     #[arg(long, value_name = "SECONDS")]
@@ -179,7 +185,11 @@ fn main() -> ExitCode {
                     global: cli.scopes_max,
                     idle: Duration::from_secs(cli.scope_idle_secs),
                 },
-                conns: ConnLimits { read_timeout: Duration::from_millis(cli.read_timeout_ms), ..ConnLimits::default() },
+                conns: ConnLimits {
+                    global: cli.max_connections,
+                    per_uid: cli.max_connections_per_uid,
+                    read_timeout: Duration::from_millis(cli.read_timeout_ms),
+                },
                 exit_idle: cli.exit_idle.map(Duration::from_secs),
             };
             match run::run(opts) {

@@ -8,6 +8,10 @@
 //! bpftoken-probe mint-loop SOCKET COUNT --ignore-term
 //! bpftoken-probe storm SOCKET CONNECTIONS MINTS  hold CONNECTIONS open at once, MINTS on each
 //! bpftoken-probe mint-masks SOCKET COUNT MASKS   COUNT mints cycling through MASKS map masks
+//! bpftoken-probe fd-check SOCKET               mint once; report the fds it gained
+//! bpftoken-probe hold SOCKET COUNT SECONDS     hold COUNT idle connections open
+//! bpftoken-probe churn SOCKET COUNT            connect and close COUNT times
+//! bpftoken-probe close-at SOCKET               a mint frame cut at every offset, then one unread answer
 //! bpftoken-probe term-all SECONDS              kill(-1, SIGTERM) in a loop
 //! bpftoken-probe signal-root SECONDS           SIGSTOP/SIGTERM every root process it may signal
 //! ```
@@ -220,6 +224,72 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             println!("errors {errors}");
             println!("minted {ok}");
+            Ok(())
+        }
+        Some("fd-check") => {
+            let path = std::path::PathBuf::from(args.get(1).ok_or("fd-check SOCKET")?);
+            // Listed, then kept only if still open: the listing's own
+            // directory fd is closed by then.
+            let fds = || -> Vec<String> {
+                let listed: Vec<String> = std::fs::read_dir("/proc/self/fd")
+                    .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                    .unwrap_or_default();
+                listed.into_iter().filter(|fd| std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_ok()).collect()
+            };
+            let mut client = Client::connect_to(&path).map_err(|e| e.to_string())?;
+            let before = fds();
+            let token = client.mint(&MintRequest::default()).map_err(|e| e.to_string())?;
+            let after = fds();
+            let new: Vec<&String> = after.iter().filter(|f| !before.contains(f)).collect();
+            println!("new fds {}", new.len());
+            for fd in new {
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+                let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap_or("?").trim().to_owned();
+                let is_token = info.lines().any(|l| l.starts_with("allowed_cmds:"));
+                println!("fd {fd} token {is_token} cloexec {}", u32::from_str_radix(&flags, 8).is_ok_and(|f| f & 0o2000000 != 0));
+            }
+            drop(token);
+            Ok(())
+        }
+        Some("hold") => {
+            let path = std::path::PathBuf::from(args.get(1).ok_or("hold SOCKET COUNT SECONDS")?);
+            let count: usize = args.get(2).and_then(|c| c.parse().ok()).ok_or("hold SOCKET COUNT SECONDS")?;
+            let secs: u64 = args.get(3).and_then(|c| c.parse().ok()).ok_or("hold SOCKET COUNT SECONDS")?;
+            let held: Vec<UnixStream> =
+                (0..count).map(|_| UnixStream::connect(&path)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+            println!("holding {}", held.len());
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+            Ok(())
+        }
+        Some("churn") => {
+            let path = std::path::PathBuf::from(args.get(1).ok_or("churn SOCKET COUNT")?);
+            let count: usize = args.get(2).and_then(|c| c.parse().ok()).ok_or("churn SOCKET COUNT")?;
+            let mut ok = 0usize;
+            for _ in 0..count {
+                if UnixStream::connect(&path).is_ok() {
+                    ok += 1;
+                }
+            }
+            println!("connected {ok}");
+            Ok(())
+        }
+        Some("close-at") => {
+            use std::io::Write;
+            let path = std::path::PathBuf::from(args.get(1).ok_or("close-at SOCKET")?);
+            let frame = bpftoken_proto::codec::encode_request(&bpftoken_proto::Request::new(
+                bpftoken_proto::message::RequestBody::Mint(MintRequest::default()),
+            ))
+            .map_err(|e| e.to_string())?;
+            for cut in 0..frame.len() {
+                let mut s = UnixStream::connect(&path).map_err(|e| e.to_string())?;
+                s.write_all(&frame[..cut]).map_err(|e| e.to_string())?;
+            }
+            // Whole requests whose answers (and tokens) are never read.
+            for _ in 0..20 {
+                let mut s = UnixStream::connect(&path).map_err(|e| e.to_string())?;
+                s.write_all(&frame).map_err(|e| e.to_string())?;
+            }
+            println!("cuts {}", frame.len());
             Ok(())
         }
         Some("term-all") => {

@@ -1,0 +1,164 @@
+//! Rows of docs/threat-model.md that need their own end-to-end test.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bpftoken_tests::*;
+
+const POLICY: &str = "[[allow]]\nusers = [\"bpftk-alice\", \"bpftk-mallory\"]\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n";
+
+/// Token fds a process holds (fdinfo shows `allowed_cmds:` for tokens).
+fn token_fds(pid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    dir.flatten()
+        .filter(|e| {
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy()))
+                .is_ok_and(|i| i.lines().any(|l| l.starts_with("allowed_cmds:")))
+        })
+        .count()
+}
+
+fn settle(counts: impl Fn() -> (usize, usize, usize), want: (usize, usize, usize)) -> (usize, usize, usize) {
+    let mut now = counts();
+    for _ in 0..100 {
+        if now == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        now = counts();
+    }
+    now
+}
+
+/// Row 5: a client gains exactly one fd per mint, a CLOEXEC token.
+#[test]
+fn a_client_gains_exactly_one_cloexec_token_fd_per_mint() {
+    let Some(env) = setup("a_client_gains_exactly_one_cloexec_token_fd_per_mint") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let mut c = as_user(&user(ALICE), env.bin("bpftoken-probe"));
+    c.args(["fd-check", d.socket.to_str().unwrap()]);
+    let o = output(c);
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}{}", stderr(&o));
+    assert_eq!(lines[0], "new fds 1");
+    assert!(lines[1].ends_with(" token true cloexec true"), "{out}");
+}
+
+/// Row 2: a request cut at every byte offset, and answers never read,
+/// leave no token, fd or process behind in the daemon.
+#[test]
+fn closing_at_every_byte_offset_leaves_nothing_behind() {
+    let Some(env) = setup("closing_at_every_byte_offset_leaves_nothing_behind") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let alice = user(ALICE);
+    let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pid = d.pid();
+    let minter = children(pid)[0];
+    let counts = || (fd_count(pid), token_fds(pid), children(minter).len());
+    std::thread::sleep(Duration::from_millis(200));
+    let before = counts();
+    assert_eq!(before.1, 0, "no token held while idle");
+
+    let mut c = as_user(&alice, env.bin("bpftoken-probe"));
+    c.args(["close-at", d.socket.to_str().unwrap()]);
+    let o = output(c);
+    assert!(stdout(&o).starts_with("cuts "), "{}{}", stdout(&o), stderr(&o));
+    let after = settle(counts, before);
+    assert_eq!(after, before, "(daemon fds, daemon token fds, minter children)");
+    assert_eq!(children(pid), vec![minter]);
+    // The daemon still serves.
+    let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Row 4: per-uid connection caps give a typed `busy`, spare other uids,
+/// and 10,000 connection attempts from one uid do not starve another.
+#[test]
+fn connection_floods_meet_busy_and_spare_other_users() {
+    let Some(env) = setup("connection_floods_meet_busy_and_spare_other_users") else { return };
+    let d = TestDaemon::start(&env, POLICY, &["--max-connections-per-uid", "16"]);
+    let (alice, mallory) = (user(ALICE), user(MALLORY));
+    let probe = env.bin("bpftoken-probe");
+    let socket = d.socket.to_str().unwrap().to_owned();
+
+    let mut hold = as_user(&mallory, &probe);
+    hold.args(["hold", &socket, "16", "4"]).stdout(Stdio::piped());
+    let mut hold = hold.spawn().expect("hold");
+    let mut first = [0u8; 11];
+    std::io::Read::read_exact(hold.stdout.as_mut().unwrap(), &mut first).expect("holding line");
+    assert_eq!(&first, b"holding 16\n");
+    std::thread::sleep(Duration::from_millis(200));
+    let o = d.bpftoken(&env, &mallory, &["run", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "bpftoken: refused: uid {} already holds 16 connections, the per-uid limit; close some first (busy)\n",
+            mallory.uid
+        )
+    );
+    let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+    assert!(o.status.success(), "another uid is still served: {}", stderr(&o));
+    let _ = hold.kill();
+    let _ = hold.wait();
+
+    // Baseline latency for alice, then the same during a connection storm.
+    let mint = |n: &str| {
+        let mut c = as_user(&alice, &probe);
+        c.args(["mint-loop", &socket, n]);
+        let started = Instant::now();
+        let o = output(c);
+        (started.elapsed(), stdout(&o))
+    };
+    let (quiet, out) = mint("200");
+    assert_eq!(out, "minted 200\n");
+    let mut churn = as_user(&mallory, &probe);
+    churn.args(["churn", &socket, "10000"]).stdout(Stdio::piped());
+    let churn = churn.spawn().expect("churn");
+    let (busy, out) = mint("200");
+    let churned = churn.wait_with_output().expect("churn output");
+    eprintln!("alice: 200 mints in {quiet:?} quiet, {busy:?} during mallory's 10,000 connections ({})", stdout(&churned).trim());
+    assert_eq!(out, "minted 200\n", "every one of alice's mints succeeded during the storm");
+    assert!(busy < quiet * 10 + Duration::from_secs(2), "alice starved: {busy:?} vs {quiet:?}");
+    assert!(stdout(&churned).starts_with("connected "), "{}", stdout(&churned));
+}
+
+/// Row 11: the request path performs no user or group database lookups.
+#[test]
+fn the_request_path_does_no_name_lookups() {
+    let Some(env) = setup("the_request_path_does_no_name_lookups") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let trace = d.dir.join("strace.txt");
+    let mut strace = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=open,openat,openat2,connect", "-o"])
+        .arg(&trace)
+        .arg("-p")
+        .arg(d.pid().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace (apt-get install strace)");
+    std::thread::sleep(Duration::from_millis(500));
+    let (alice, eve) = (user(ALICE), user(EVE));
+    for _ in 0..5 {
+        let o = d.bpftoken(&env, &alice, &["run", "--maps", "array", "--", "true"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = d.bpftoken(&env, &eve, &["run", "--", "true"]);
+        assert_eq!(o.status.code(), Some(1));
+        let o = d.bpftoken(&env, &alice, &["query"]);
+        assert!(o.status.success());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = rustix::process::Pid::from_raw(i32::try_from(strace.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let _ = strace.wait();
+    let text = std::fs::read_to_string(&trace).unwrap_or_default();
+    // The trace saw the requests (peer identification opens /proc files)...
+    assert!(text.contains("/fdinfo/"), "strace saw nothing:\n{text}");
+    // ...and no name service at all.
+    for needle in ["/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "nscd", "/run/systemd/userdb", "sss"] {
+        assert!(!text.contains(needle), "the request path touched {needle}:\n{text}");
+    }
+}
