@@ -206,6 +206,21 @@ fn broken_policy_on_reload_keeps_the_old_one() {
     wait_for_log(&d, "is writable by group or others");
     let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // Swapped for a symlink (to a file that would grant more).
+    let other = d.dir.join("other.toml");
+    write_policy(&other, "[[allow]]\nuids = [0]\ncmds = [\"any\"]\n");
+    std::fs::remove_file(&d.policy).unwrap();
+    std::os::unix::fs::symlink(&other, &d.policy).unwrap();
+    sighup(&d);
+    wait_for_log(&d, "it is a symbolic link");
+    // Truncated in the middle of a rule.
+    std::fs::remove_file(&d.policy).unwrap();
+    write_policy(&d.policy, "[[allow]]\nusers = [\"bpftk-alice\"]\ncmds = [\"map_cr");
+    sighup(&d);
+    wait_for_log(&d, "invalid basic string");
+    let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+    assert!(o.status.success(), "the first policy is still in force: {}", stderr(&o));
+    assert!(!d.log_text().contains("policy reloaded"), "no unsafe or partial policy was ever loaded:\n{}", d.log_text());
 }
 
 #[test]

@@ -160,3 +160,37 @@ fn library_reports_typed_refusals_and_unreachable_daemons() {
         )
     );
 }
+
+#[test]
+fn fds_sent_to_the_daemon_are_closed() {
+    use std::io::IoSlice;
+    use std::mem::MaybeUninit;
+    use std::os::fd::AsFd;
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let Some(env) = setup("fds_sent_to_the_daemon_are_closed") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let pid = d.pid();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = fd_count(pid);
+    let files: Vec<std::fs::File> = (0..3).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+    for _ in 0..50 {
+        let mut s = connect(&d);
+        let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        let frame = mint_frame();
+        rustix::net::sendmsg(&s, &[IoSlice::new(&frame)], &mut control, SendFlags::empty()).unwrap();
+        let (code, _) = refusal(read_response(&mut s));
+        assert_eq!(code, RefusalCode::NotInPolicy);
+    }
+    let mut after = fd_count(pid);
+    for _ in 0..100 {
+        if after == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        after = fd_count(pid);
+    }
+    assert_eq!(after, before, "150 fds sent to the daemon must not stay open in it");
+}

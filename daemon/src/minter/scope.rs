@@ -377,3 +377,42 @@ fn configure_bpffs(
         .map_err(|e| MintError::from((Step::OpenRoot, e)))?;
     Ok((userns, root))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The minter treats what the helper sends as untrusted: a context of
+    //! another filesystem and a fd that is not a token are refused.
+    use super::*;
+
+    fn root() -> bool {
+        if rustix::process::geteuid().is_root() {
+            return true;
+        }
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "these tests need root, and CI=true");
+        eprintln!("SKIPPED: needs root");
+        false
+    }
+
+    #[test]
+    fn a_tmpfs_context_is_refused() {
+        if !root() {
+            return;
+        }
+        let fs = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).unwrap();
+        let userns = rustix::fs::open("/proc/self/ns/user", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).unwrap();
+        let err = configure_bpffs(fs.as_fd(), &Delegation::ANY, userns).unwrap_err();
+        // tmpfs has no delegate_* option: the very first fsconfig fails.
+        assert_eq!(err, MintError::Syscall { step: Step::Delegate(Kind::Cmd), errno: libc::EINVAL });
+    }
+
+    #[test]
+    fn a_fd_that_is_not_a_token_is_refused() {
+        if !root() {
+            return;
+        }
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let err = verify_token_masks(file.as_fd(), &Delegation::ANY).unwrap_err();
+        assert!(matches!(err, MintError::Syscall { step: Step::CheckToken, .. }), "{err:?}");
+        assert!(err.to_string().starts_with("checking the minted fd failed"), "{err}");
+    }
+}
