@@ -162,3 +162,29 @@ fn the_request_path_does_no_name_lookups() {
         assert!(!text.contains(needle), "the request path touched {needle}:\n{text}");
     }
 }
+
+/// Row 6: the client owns the helper's user namespace, but cannot seize
+/// it, read its memory or enter its namespaces, while cold mints run.
+#[test]
+fn the_bpffs_helper_cannot_be_hijacked_by_its_client() {
+    let Some(env) = setup("the_bpffs_helper_cannot_be_hijacked_by_its_client") else { return };
+    let policy = "[[allow]]\nusers = [\"bpftk-mallory\"]\ncmds = [\"map_create\"]\nmaps = [\"any\"]\n";
+    // One scope per uid: every mint with a new mask is a cold mint (a helper).
+    let d = TestDaemon::start(&env, policy, &["--scopes-per-uid", "1"]);
+    let mallory = user(MALLORY);
+    let probe = env.bin("bpftoken-probe");
+    let mut attacker = as_user(&mallory, &probe);
+    attacker.args(["hijack", "3"]).stdout(Stdio::piped());
+    let attacker = attacker.spawn().expect("attacker");
+    let mut mints = as_user(&mallory, &probe);
+    mints.args(["mint-masks", d.socket.to_str().unwrap(), "1500", "1000"]);
+    let o = output(mints);
+    let attack = attacker.wait_with_output().expect("attacker output");
+    let report = stdout(&attack);
+    eprintln!("{}", report.trim());
+    assert!(!report.contains("gained"), "{report}");
+    assert!(report.starts_with("tried "), "{report}");
+    let out = stdout(&o);
+    let minted: usize = out.lines().find_map(|l| l.strip_prefix("minted ")).and_then(|n| n.parse().ok()).expect("count");
+    assert!(minted > 0, "{out}");
+}

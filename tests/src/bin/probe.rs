@@ -12,6 +12,7 @@
 //! bpftoken-probe hold SOCKET COUNT SECONDS     hold COUNT idle connections open
 //! bpftoken-probe churn SOCKET COUNT            connect and close COUNT times
 //! bpftoken-probe close-at SOCKET               a mint frame cut at every offset, then one unread answer
+//! bpftoken-probe hijack SECONDS                ptrace/read/setns every other process of its uid
 //! bpftoken-probe term-all SECONDS              kill(-1, SIGTERM) in a loop
 //! bpftoken-probe signal-root SECONDS           SIGSTOP/SIGTERM every root process it may signal
 //! ```
@@ -290,6 +291,44 @@ fn run(args: &[String]) -> Result<(), String> {
                 s.write_all(&frame).map_err(|e| e.to_string())?;
             }
             println!("cuts {}", frame.len());
+            Ok(())
+        }
+        Some("hijack") => {
+            // The bpffs helper runs as this uid in a namespace this uid
+            // owns: try to seize it, read its memory, enter its mount
+            // namespace. Every other process of the uid is tried.
+            let secs: u64 = args.get(1).and_then(|c| c.parse().ok()).ok_or("hijack SECONDS")?;
+            let me = rustix::process::getpid().as_raw_nonzero().get();
+            let uid = rustix::process::getuid().as_raw();
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            let (mut tried, mut gained) = (0usize, Vec::new());
+            while std::time::Instant::now() < end {
+                let Ok(dir) = std::fs::read_dir("/proc") else { continue };
+                for entry in dir.flatten() {
+                    let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+                    if pid == me {
+                        continue;
+                    }
+                    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                    let ours = status.lines().any(|l| l.starts_with(&format!("Uid:\t{uid}\t")));
+                    // Skip our own tools (dumpable, so trivially ours).
+                    let name = status.lines().find_map(|l| l.strip_prefix("Name:\t")).unwrap_or("");
+                    if !ours || name.starts_with("bpftoken") || name == "setpriv" {
+                        continue;
+                    }
+                    tried += 1;
+                    let (seized, read) = sys::try_hijack(pid);
+                    let mntns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).is_ok();
+                    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).is_ok();
+                    if seized || read || mntns || mem {
+                        gained.push(format!("{pid} {name}: seize {seized} read {read} ns/mnt {mntns} mem {mem}"));
+                    }
+                }
+            }
+            println!("tried {tried}");
+            for g in &gained {
+                println!("gained {g}");
+            }
             Ok(())
         }
         Some("term-all") => {
