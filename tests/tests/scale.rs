@@ -78,7 +78,7 @@ fn a_thousand_connections_mint_ten_tokens_each() {
     assert_eq!(fds_after, fds_before, "daemon fd count back to baseline");
     // The allocator may keep some freed memory; a leak of 10,000 tokens'
     // worth of state would show far above this.
-    assert!(rss_after <= rss_before + 8 * 1024, "RSS {rss_before} -> {rss_after} KiB");
+    assert!(rss_after <= rss_before + 12 * 1024, "RSS {rss_before} -> {rss_after} KiB");
 }
 
 #[test]
