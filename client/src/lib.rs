@@ -36,7 +36,9 @@ const MAX_FDS: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No daemon answers on the socket.
-    #[error("cannot reach bpftokend at {path}: {source} (is the daemon running? set BPFTOKEN_SOCKET to use another socket)")]
+    #[error(
+        "cannot reach bpftokend at {path}: {source} (is the daemon running? set BPFTOKEN_SOCKET to use another socket)"
+    )]
     Unreachable { path: PathBuf, source: std::io::Error },
     /// The daemon answered with a refusal.
     #[error("refused: {0}")]

@@ -77,11 +77,6 @@ impl ScopeCache {
         self.len() == 0
     }
 
-    /// Cached scopes of one uid.
-    pub fn len_for(&self, uid: u32) -> usize {
-        self.lock().keys().filter(|k| k.owner_uid == uid).count()
-    }
-
     /// Mint from the cached scope for `key`, if there is one. A scope that
     /// fails to mint is dropped, so the next request builds a fresh one.
     pub fn mint_warm(&self, key: &ScopeKey) -> Option<Result<MintedToken, MintError>> {
@@ -145,11 +140,7 @@ impl ScopeCache {
 }
 
 fn evict_lru(map: &mut HashMap<ScopeKey, Entry>, filter: impl Fn(&ScopeKey) -> bool) {
-    let victim = map
-        .iter()
-        .filter(|(k, _)| filter(k))
-        .min_by_key(|(_, e)| e.last_used)
-        .map(|(k, _)| *k);
+    let victim = map.iter().filter(|(k, _)| filter(k)).min_by_key(|(_, e)| e.last_used).map(|(k, _)| *k);
     if let Some(k) = victim {
         map.remove(&k);
     }

@@ -37,7 +37,8 @@ pub fn check() -> Result<(), String> {
 }
 
 fn effective_caps() -> Result<u64, String> {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))

@@ -65,10 +65,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         tracing::warn!("{w}");
     }
     let minter = MinterLink::start(PathBuf::from("/proc/self/exe")).map_err(StartError::Minter)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(StartError::Runtime)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(StartError::Runtime)?;
     let daemon = Arc::new(Daemon::new(policy, minter, ScopeCache::new(opts.scopes), conns));
     let bound = runtime.block_on(async {
         // Signal handlers first: once the socket exists, a client (or a

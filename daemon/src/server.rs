@@ -11,7 +11,7 @@ use std::time::Duration;
 use bpftoken_policy::{Decision, Policy, RateLimit};
 use bpftoken_proto::codec::{self, CodecError};
 use bpftoken_proto::message::{FdRole, RequestBody};
-use bpftoken_proto::{Explanation, Minted, MintRequest, Refusal, RefusalCode, Response, FRAME_HEADER_LEN};
+use bpftoken_proto::{Explanation, MintRequest, Minted, Refusal, RefusalCode, Response, FRAME_HEADER_LEN};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::UnixStream;
@@ -308,8 +308,13 @@ async fn write_response(stream: &UnixStream, response: &Response, fd: Option<Bor
                 if !fds.is_empty() {
                     control.push(SendAncillaryMessage::ScmRights(&fds));
                 }
-                rustix::net::sendmsg(stream, &[IoSlice::new(&bytes)], &mut control, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
-                    .map_err(std::io::Error::from)
+                rustix::net::sendmsg(
+                    stream,
+                    &[IoSlice::new(&bytes)],
+                    &mut control,
+                    SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+                )
+                .map_err(std::io::Error::from)
             })
             .await?;
         while sent < bytes.len() {
@@ -491,7 +496,12 @@ async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, 
         }
         Err(e) => {
             daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
-            audit::refused(peer, &rules, RefusalCode::MintFailed, &format!("client went away before taking its token: {e}"));
+            audit::refused(
+                peer,
+                &rules,
+                RefusalCode::MintFailed,
+                &format!("client went away before taking its token: {e}"),
+            );
             false
         }
     }

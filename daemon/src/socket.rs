@@ -69,7 +69,10 @@ pub fn bind(path: &Path) -> Result<OwnedSocket, SocketError> {
     lock_path.push(".lock");
     let lock = rustix::fs::open(
         Path::new(&lock_path),
-        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CREATE | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOFOLLOW,
+        rustix::fs::OFlags::RDWR
+            | rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::CLOEXEC
+            | rustix::fs::OFlags::NOFOLLOW,
         rustix::fs::Mode::from_raw_mode(0o600),
     )
     .map_err(|e| SocketError::Bind { path: PathBuf::from(&lock_path), source: e.into() })?;

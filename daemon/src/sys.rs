@@ -35,13 +35,7 @@ pub fn peer_pidfd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: `fd` and `len` are valid for writes of the sizes passed; the
     // kernel writes at most `len` bytes.
     let ret = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PEERPIDFD,
-            (&raw mut fd).cast::<c_void>(),
-            &mut len,
-        )
+        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_PEERPIDFD, (&raw mut fd).cast::<c_void>(), &mut len)
     };
     cvt(ret.into())?;
     if fd < 0 {
@@ -90,13 +84,7 @@ pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
     // SAFETY: pidfd_send_signal with signal 0 only checks for existence
     // and permission; a null siginfo is allowed.
     let ret = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            0,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0)
     };
     ret == 0
 }
@@ -428,7 +416,9 @@ pub unsafe fn fork() -> io::Result<Forked> {
     match pid {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(Forked::Child),
-        p => Ok(Forked::Parent(rustix::process::Pid::from_raw(p).ok_or_else(|| io::Error::other("fork returned pid 0 in parent"))?)),
+        p => Ok(Forked::Parent(
+            rustix::process::Pid::from_raw(p).ok_or_else(|| io::Error::other("fork returned pid 0 in parent"))?,
+        )),
     }
 }
 

@@ -15,9 +15,8 @@ use crate::socket::SocketError;
 /// than a silent fallback to binding our own socket.
 pub fn activated_listener() -> Result<Option<UnixListener>, SocketError> {
     let bad = |reason: String| SocketError::Activation { reason };
-    let fds: Vec<_> = sd_notify::listen_fds_with_names()
-        .map_err(|e| bad(format!("invalid LISTEN_PID/LISTEN_FDS: {e}")))?
-        .collect();
+    let fds: Vec<_> =
+        sd_notify::listen_fds_with_names().map_err(|e| bad(format!("invalid LISTEN_PID/LISTEN_FDS: {e}")))?.collect();
     // Children (the minter) must not think the sockets are theirs.
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(var);

@@ -6,18 +6,14 @@
 //! the re-encoded frame's header must announce its payload length.
 #![no_main]
 
-use bpftoken_proto::codec::{
-    decode_request, decode_response, encode_request, encode_response, payload_len,
-};
+use bpftoken_proto::codec::{decode_request, decode_response, encode_request, encode_response, payload_len};
 use bpftoken_proto::FRAME_HEADER_LEN;
 use libfuzzer_sys::fuzz_target;
 
 fn check_request(payload: &[u8]) {
     let Ok(req) = decode_request(payload) else { return };
     let frame = encode_request(&req).expect("a decoded request must re-encode");
-    let (header, body) = frame
-        .split_first_chunk::<FRAME_HEADER_LEN>()
-        .expect("an encoded frame has a header");
+    let (header, body) = frame.split_first_chunk::<FRAME_HEADER_LEN>().expect("an encoded frame has a header");
     assert_eq!(payload_len(*header), Ok(body.len()), "header of re-encoded request");
     let again = decode_request(body).expect("a re-encoded request must decode");
     assert_eq!(again, req, "request round trip");
@@ -28,9 +24,7 @@ fn check_response(payload: &[u8]) {
     // A decoded response may be up to MAX_FRAME - 2 bytes of postcard, which
     // always fits again; anything else is a codec bug.
     let frame = encode_response(&resp).expect("a decoded response must re-encode");
-    let (header, body) = frame
-        .split_first_chunk::<FRAME_HEADER_LEN>()
-        .expect("an encoded frame has a header");
+    let (header, body) = frame.split_first_chunk::<FRAME_HEADER_LEN>().expect("an encoded frame has a header");
     assert_eq!(payload_len(*header), Ok(body.len()), "header of re-encoded response");
     let again = decode_response(body).expect("a re-encoded response must decode");
     assert_eq!(again, resp, "response round trip");

@@ -73,9 +73,7 @@ pub enum BtfError {
     StringOutOfBounds { type_id: u32, name_off: u32, str_len: usize },
     #[error("BTF string at offset {name_off} (type {type_id}) is not NUL-terminated")]
     UnterminatedString { type_id: u32, name_off: u32 },
-    #[error(
-        "BTF enumerator name at string offset {name_off} (type {type_id}) is not a C identifier"
-    )]
+    #[error("BTF enumerator name at string offset {name_off} (type {type_id}) is not a C identifier")]
     InvalidName { type_id: u32, name_off: u32 },
     #[error("BTF has no enum {name}")]
     MissingEnum { name: &'static str },
@@ -113,10 +111,7 @@ impl KernelNames {
     }
 
     pub fn builtin() -> KernelNames {
-        KernelNames {
-            tables: Kind::ALL
-                .map(|k| k.builtin_names().iter().map(|&(n, v)| (n.to_owned(), v)).collect()),
-        }
+        KernelNames { tables: Kind::ALL.map(|k| k.builtin_names().iter().map(|&(n, v)| (n.to_owned(), v)).collect()) }
     }
 
     /// `(name, value)` pairs of one set.
@@ -161,12 +156,8 @@ pub fn read_btf_file(path: &Path) -> Result<KernelNames, BtfError> {
 /// Extract the four delegation enums from a BTF blob.
 pub fn parse_enums(btf: &[u8]) -> Result<KernelNames, BtfError> {
     let mut found = scan(btf, &Kind::ALL)?;
-    let mut take = |kind: Kind| {
-        found[slot(kind)].take().ok_or(BtfError::MissingEnum { name: kind.kernel_enum() })
-    };
-    Ok(KernelNames {
-        tables: [take(Kind::Cmd)?, take(Kind::Map)?, take(Kind::Prog)?, take(Kind::Attach)?],
-    })
+    let mut take = |kind: Kind| found[slot(kind)].take().ok_or(BtfError::MissingEnum { name: kind.kernel_enum() });
+    Ok(KernelNames { tables: [take(Kind::Cmd)?, take(Kind::Map)?, take(Kind::Prog)?, take(Kind::Attach)?] })
 }
 
 /// Extract one delegation enum from a BTF blob (the whole blob is still
@@ -253,15 +244,8 @@ impl Sections<'_> {
             .ok()
             .and_then(|o| self.strings.get(o..))
             .filter(|r| !r.is_empty())
-            .ok_or(BtfError::StringOutOfBounds {
-                type_id,
-                name_off,
-                str_len: self.strings.len(),
-            })?;
-        let end = rest
-            .iter()
-            .position(|&c| c == 0)
-            .ok_or(BtfError::UnterminatedString { type_id, name_off })?;
+            .ok_or(BtfError::StringOutOfBounds { type_id, name_off, str_len: self.strings.len() })?;
+        let end = rest.iter().position(|&c| c == 0).ok_or(BtfError::UnterminatedString { type_id, name_off })?;
         Ok(&rest[..end])
     }
 }
@@ -308,16 +292,11 @@ fn scan(btf: &[u8], wanted: &[Kind]) -> Result<Found, BtfError> {
         let kind = kind_byte & 0x1f;
         let kflag = kind_byte & 0x80 != 0;
         let vlen = usize::from(u16::from_le_bytes([vlen_lo, vlen_hi]));
-        let extra =
-            trailing_len(kind, vlen).ok_or(BtfError::UnknownKind { type_id, offset, kind })?;
+        let extra = trailing_len(kind, vlen).ok_or(BtfError::UnknownKind { type_id, offset, kind })?;
         let end = body_start.checked_add(extra).ok_or_else(truncated)?;
         let body = sec.types.get(body_start..end).ok_or_else(truncated)?;
         if usize::try_from(name_off).map_or(true, |o| o >= sec.strings.len()) {
-            return Err(BtfError::StringOutOfBounds {
-                type_id,
-                name_off,
-                str_len: sec.strings.len(),
-            });
+            return Err(BtfError::StringOutOfBounds { type_id, name_off, str_len: sec.strings.len() });
         }
         if kind == KIND_ENUM {
             let name = sec.string(type_id, name_off)?;
@@ -346,24 +325,16 @@ fn enumerators(
     for e in body.chunks_exact(8) {
         let name_off = u32_at(e, 0).unwrap_or(0);
         let val = u32_at(e, 4).unwrap_or(0);
-        let raw = if unsigned {
-            i64::from(val)
-        } else {
-            i64::from(i32::from_le_bytes(val.to_le_bytes()))
-        };
+        let raw = if unsigned { i64::from(val) } else { i64::from(i32::from_le_bytes(val.to_le_bytes())) };
         let name = sec.string(type_id, name_off)?;
-        if name.is_empty()
-            || name[0].is_ascii_digit()
-            || !name.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        if name.is_empty() || name[0].is_ascii_digit() || !name.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
         {
             return Err(BtfError::InvalidName { type_id, name_off });
         }
         // Names without the prefix (`__MAX_BPF_CMD`, ...) cannot be
         // delegated; the kernel matches the prefix case-insensitively.
-        let Some(rest) = name
-            .get(..prefix.len())
-            .filter(|p| p.eq_ignore_ascii_case(prefix))
-            .and_then(|_| name.get(prefix.len()..))
+        let Some(rest) =
+            name.get(..prefix.len()).filter(|p| p.eq_ignore_ascii_case(prefix)).and_then(|_| name.get(prefix.len()..))
         else {
             continue;
         };
@@ -476,12 +447,7 @@ mod tests {
         b.words(&[0, 1, 0, 0, 1, 32]);
         b.enum32(
             "bpf_cmd",
-            &[
-                ("BPF_MAP_CREATE", 0),
-                ("BPF_PROG_TEST_RUN", 10),
-                ("BPF_PROG_RUN", 10),
-                ("__MAX_BPF_CMD", 11),
-            ],
+            &[("BPF_MAP_CREATE", 0), ("BPF_PROG_TEST_RUN", 10), ("BPF_PROG_RUN", 10), ("__MAX_BPF_CMD", 11)],
         );
         b.ty("", 13, 1, 1);
         b.words(&[0, 1]);
@@ -496,10 +462,7 @@ mod tests {
         b.ty("big", 19, 1, 8);
         let big = b.str("BIG");
         b.words(&[big, 0, 1]);
-        b.enum32(
-            "bpf_attach_type",
-            &[("BPF_CGROUP_INET_INGRESS", 0), ("BPF_XDP", 37), ("NEG", -1)],
-        );
+        b.enum32("bpf_attach_type", &[("BPF_CGROUP_INET_INGRESS", 0), ("BPF_XDP", 37), ("NEG", -1)]);
         b.ty("v", 14, 0, 1);
         b.words(&[0]);
         b.ty(".data", 15, 1, 0);
@@ -521,8 +484,7 @@ mod tests {
             Err(e) => panic!("{e}"),
         };
         for kind in Kind::ALL {
-            let got: Vec<(&str, u32)> =
-                names.names(kind).iter().map(|(n, v)| (n.as_str(), *v)).collect();
+            let got: Vec<(&str, u32)> = names.names(kind).iter().map(|(n, v)| (n.as_str(), *v)).collect();
             assert_eq!(got, kind.builtin_names(), "{}", kind.kernel_enum());
         }
         assert_eq!(names.value_of(Kind::Map, "ringbuf"), Some(27));
@@ -546,10 +508,7 @@ mod tests {
         let blob = b.build();
         assert_eq!(parse_enum(&blob, Kind::Map).unwrap(), want_map());
         assert!(matches!(parse_enums(&blob), Err(BtfError::MissingEnum { name: "bpf_cmd" })));
-        assert!(matches!(
-            parse_enum(&blob, Kind::Prog),
-            Err(BtfError::MissingEnum { name: "bpf_prog_type" })
-        ));
+        assert!(matches!(parse_enum(&blob, Kind::Prog), Err(BtfError::MissingEnum { name: "bpf_prog_type" })));
     }
 
     #[test]
@@ -595,23 +554,14 @@ mod tests {
         let mut bad = blob.clone();
         let type_len = u32_at(&bad, 12).unwrap();
         set_u32(&mut bad, 12, type_len + 1_000);
-        assert!(matches!(
-            parse_enums(&bad),
-            Err(BtfError::SectionOutOfBounds { section: "type", .. })
-        ));
+        assert!(matches!(parse_enums(&bad), Err(BtfError::SectionOutOfBounds { section: "type", .. })));
         set_u32(&mut bad, 12, u32::MAX);
         set_u32(&mut bad, 8, u32::MAX);
-        assert!(matches!(
-            parse_enums(&bad),
-            Err(BtfError::SectionOutOfBounds { section: "type", .. })
-        ));
+        assert!(matches!(parse_enums(&bad), Err(BtfError::SectionOutOfBounds { section: "type", .. })));
 
         let mut bad = blob.clone();
         set_u32(&mut bad, 16, u32::MAX - 2);
-        assert!(matches!(
-            parse_enums(&bad),
-            Err(BtfError::SectionOutOfBounds { section: "string", .. })
-        ));
+        assert!(matches!(parse_enums(&bad), Err(BtfError::SectionOutOfBounds { section: "string", .. })));
 
         // truncating the blob cuts the string section
         assert!(matches!(
@@ -631,10 +581,7 @@ mod tests {
             let mut bad = blob.clone();
             set_u32(&mut bad, 12, cut);
             assert!(
-                matches!(
-                    parse_enums(&bad),
-                    Err(BtfError::TypeTruncated { type_id: 1, offset: 24 })
-                ),
+                matches!(parse_enums(&bad), Err(BtfError::TypeTruncated { type_id: 1, offset: 24 })),
                 "cut at {cut}: {:?}",
                 parse_enums(&bad)
             );
@@ -647,10 +594,7 @@ mod tests {
         b.ty("int", 1, 0, 4);
         b.words(&[32]);
         b.ty("future", 20, 0, 0);
-        assert!(matches!(
-            parse_enums(&b.build()),
-            Err(BtfError::UnknownKind { type_id: 2, offset: 40, kind: 20 })
-        ));
+        assert!(matches!(parse_enums(&b.build()), Err(BtfError::UnknownKind { type_id: 2, offset: 40, kind: 20 })));
         let mut b = Builder::new();
         b.ty("", 0, 0, 0);
         assert!(matches!(parse_enums(&b.build()), Err(BtfError::UnknownKind { kind: 0, .. })));
@@ -670,19 +614,13 @@ mod tests {
         let mut b = Builder::new();
         let name = b.str("bpf_map_type");
         b.words(&[name, (6 << 24) | 1, 4, 5_000, 1]);
-        assert!(matches!(
-            parse_enum(&b.build(), Kind::Map),
-            Err(BtfError::StringOutOfBounds { name_off: 5_000, .. })
-        ));
+        assert!(matches!(parse_enum(&b.build(), Kind::Map), Err(BtfError::StringOutOfBounds { name_off: 5_000, .. })));
 
         // a string section that does not end in NUL
         let mut b = Builder::new();
         b.words(&[1, (6 << 24) | 1, 4, 0, 1]);
         b.strings.extend_from_slice(b"bpf_map_type");
-        assert!(matches!(
-            parse_enum(&b.build(), Kind::Map),
-            Err(BtfError::UnterminatedString { name_off: 1, .. })
-        ));
+        assert!(matches!(parse_enum(&b.build(), Kind::Map), Err(BtfError::UnterminatedString { name_off: 1, .. })));
 
         // an enumerator name that is not an identifier
         let mut b = Builder::new();

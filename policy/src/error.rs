@@ -62,10 +62,7 @@ impl PolicyError {
         match self {
             PolicyError::Invalid { location, message } => {
                 let pad = " ".repeat(location.column.saturating_sub(1));
-                format!(
-                    "{location}: {message}\n    {}\n    {pad}^",
-                    location.source_line.replace('\t', " ")
-                )
+                format!("{location}: {message}\n    {}\n    {pad}^", location.source_line.replace('\t', " "))
             }
             other => other.to_string(),
         }

@@ -77,9 +77,7 @@ fn open_dir_checked(policy: &Path, dir: &Path, owner: u32) -> Result<rustix::fd:
     let dir = if dir.is_absolute() {
         dir.to_owned()
     } else {
-        std::env::current_dir()
-            .map_err(|source| PolicyError::Open { path: policy.to_owned(), source })?
-            .join(dir)
+        std::env::current_dir().map_err(|source| PolicyError::Open { path: policy.to_owned(), source })?.join(dir)
     };
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
     let mut fd = rustix::fs::open("/", flags, Mode::empty())
@@ -93,7 +91,8 @@ fn open_dir_checked(policy: &Path, dir: &Path, owner: u32) -> Result<rustix::fd:
                 return Err(unsafe_err(policy, "its path contains \".\" or \"..\"; give a plain absolute path"))
             }
         };
-        let stat = rustix::fs::fstat(&fd).map_err(|e| PolicyError::Open { path: policy.to_owned(), source: e.into() })?;
+        let stat =
+            rustix::fs::fstat(&fd).map_err(|e| PolicyError::Open { path: policy.to_owned(), source: e.into() })?;
         check_ancestor(policy, &walked, &stat, owner)?;
         walked.push(name);
         fd = rustix::fs::openat(&fd, name, flags, Mode::empty()).map_err(|e| match e {
@@ -125,13 +124,8 @@ fn check_ancestor(policy: &Path, dir: &Path, stat: &rustix::fs::Stat, owner: u32
 }
 
 fn read_checked(path: &Path, owner: u32) -> Result<String, PolicyError> {
-    let open_err = |e: rustix::io::Errno| PolicyError::Open {
-        path: path.to_owned(),
-        source: e.into(),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| unsafe_err(path, "the path does not name a file"))?;
+    let open_err = |e: rustix::io::Errno| PolicyError::Open { path: path.to_owned(), source: e.into() };
+    let name = path.file_name().ok_or_else(|| unsafe_err(path, "the path does not name a file"))?;
     let dir_path: PathBuf = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
@@ -141,19 +135,20 @@ fn read_checked(path: &Path, owner: u32) -> Result<String, PolicyError> {
     check_owner_and_mode(path, "its directory", &dir_path, &dir_stat, owner)?;
 
     // O_NONBLOCK: a FIFO planted at the path must not hang the daemon.
-    let fd = rustix::fs::openat(
-        &dir,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
-        Mode::empty(),
-    )
-    .map_err(|e| {
-        if e == rustix::io::Errno::LOOP {
-            unsafe_err(path, "it is a symbolic link")
-        } else {
-            open_err(e)
-        }
-    })?;
+    let fd =
+        rustix::fs::openat(
+            &dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            if e == rustix::io::Errno::LOOP {
+                unsafe_err(path, "it is a symbolic link")
+            } else {
+                open_err(e)
+            }
+        })?;
     let stat = rustix::fs::fstat(&fd).map_err(open_err)?;
     if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
         return Err(unsafe_err(path, "it is not a regular file"));
@@ -169,11 +164,7 @@ fn read_checked(path: &Path, owner: u32) -> Result<String, PolicyError> {
         .read_to_end(&mut bytes)
         .map_err(|source| PolicyError::Read { path: path.to_owned(), source })?;
     if bytes.len() as u64 > MAX_POLICY_BYTES {
-        return Err(PolicyError::TooLarge {
-            path: path.to_owned(),
-            size: bytes.len() as u64,
-            max: MAX_POLICY_BYTES,
-        });
+        return Err(PolicyError::TooLarge { path: path.to_owned(), size: bytes.len() as u64, max: MAX_POLICY_BYTES });
     }
     String::from_utf8(bytes).map_err(|e| {
         let offset = e.utf8_error().valid_up_to();

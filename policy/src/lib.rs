@@ -172,10 +172,7 @@ impl Matcher {
         let uid_ok = self.uids.as_ref().is_none_or(|u| u.contains(peer.uid));
         let gid_ok =
             self.gids.as_ref().is_none_or(|g| g.contains(peer.gid) || peer.groups.iter().any(|x| g.contains(*x)));
-        let exe_ok = self
-            .executables
-            .as_ref()
-            .is_none_or(|exes| peer.exe.as_ref().is_some_and(|e| exes.contains(e)));
+        let exe_ok = self.executables.as_ref().is_none_or(|exes| peer.exe.as_ref().is_some_and(|e| exes.contains(e)));
         let cgroup_ok = self
             .cgroups
             .as_ref()

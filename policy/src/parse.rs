@@ -222,8 +222,8 @@ fn resolve_ids(
     let (name_key, id_key) = if what == "uid" { ("user", "uid") } else { ("group", "gid") };
     let mut out = Vec::new();
     for n in names.iter().flatten() {
-        let id = lookup(n.get_ref())
-            .ok_or_else(|| ctx.err(n.span(), format!("unknown {name_key} \"{}\"", n.get_ref())))?;
+        let id =
+            lookup(n.get_ref()).ok_or_else(|| ctx.err(n.span(), format!("unknown {name_key} \"{}\"", n.get_ref())))?;
         ctx.not_sentinel(&format!("{name_key} \"{}\" has {id_key}", n.get_ref()), id, n.span())?;
         out.push(id);
     }
@@ -284,7 +284,10 @@ fn rule(
                     if plain {
                         Ok(p)
                     } else {
-                        Err(ctx.err(e.span(), format!("executable \"{}\" must be an absolute path without . or ..", e.get_ref())))
+                        Err(ctx.err(
+                            e.span(),
+                            format!("executable \"{}\" must be an absolute path without . or ..", e.get_ref()),
+                        ))
                     }
                 })
                 .collect::<Result<Vec<_>, _>>()?,
@@ -300,7 +303,12 @@ fn rule(
                     if plain {
                         Ok(v.trim_end_matches('/').to_owned())
                     } else {
-                        Err(ctx.err(c.span(), format!("cgroup \"{v}\" must be an absolute cgroup v2 path such as /system.slice/agent.service")))
+                        Err(ctx.err(
+                            c.span(),
+                            format!(
+                                "cgroup \"{v}\" must be an absolute cgroup v2 path such as /system.slice/agent.service"
+                            ),
+                        ))
                     }
                 })
                 .collect::<Result<Vec<_>, _>>()?,
@@ -328,27 +336,31 @@ fn rule(
         ));
     }
     let mut grant = Delegation::NONE;
-    for (kind, items) in [(Kind::Cmd, &r.cmds), (Kind::Map, &r.maps), (Kind::Prog, &r.progs), (Kind::Attach, &r.attachs)] {
+    for (kind, items) in
+        [(Kind::Cmd, &r.cmds), (Kind::Map, &r.maps), (Kind::Prog, &r.progs), (Kind::Attach, &r.attachs)]
+    {
         grant.set(kind, ctx.mask(kind, items.as_deref().unwrap_or(&[]))?);
     }
     if grant.is_empty() {
         let verb = if effect == Effect::Allow { "grants" } else { "removes" };
-        return Err(ctx.err(span, format!("rule \"{label}\" {verb} nothing: give `cmds`, `maps`, `progs` or `attachs`")));
+        return Err(
+            ctx.err(span, format!("rule \"{label}\" {verb} nothing: give `cmds`, `maps`, `progs` or `attachs`"))
+        );
     }
     let mints_per_minute = match &r.mints_per_minute {
         None => None,
         Some(_) if effect == Effect::Deny => {
             return Err(ctx.err(span, "`mints_per_minute` limits an allow rule; a deny rule grants nothing to limit"))
         }
-        Some(n) => Some(
-            u32::try_from(*n.get_ref())
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ctx.err(n.span(), format!("mints_per_minute must be at least 1, not {}", n.get_ref())))?,
-        ),
+        Some(n) => {
+            Some(u32::try_from(*n.get_ref()).ok().filter(|n| *n > 0).ok_or_else(|| {
+                ctx.err(n.span(), format!("mints_per_minute must be at least 1, not {}", n.get_ref()))
+            })?)
+        }
     };
     if everyone && effect == Effect::Allow {
-        let broad: Vec<&str> = Kind::ALL.iter().filter(|k| grant.get(**k) == delegation::ANY).map(|k| k.key()).collect();
+        let broad: Vec<&str> =
+            Kind::ALL.iter().filter(|k| grant.get(**k) == delegation::ANY).map(|k| k.key()).collect();
         if !broad.is_empty() {
             if !acknowledged {
                 return Err(ctx.err(

@@ -94,8 +94,7 @@ fn grant_is_union_of_matching_rules() {
     assert_eq!(rules, vec!["alice-dev", "allow[1]"]);
     assert_eq!(delegation.maps, m(Kind::Map, "array,hash,ringbuf,queue"));
     // bob via primary group
-    let Decision::Grant { delegation, .. } = p.decide(&peer(1001, 2000, &[]), &MintRequest::default())
-    else {
+    let Decision::Grant { delegation, .. } = p.decide(&peer(1001, 2000, &[]), &MintRequest::default()) else {
         panic!("expected a grant")
     };
     assert_eq!(delegation, Delegation { cmds: 1, maps: m(Kind::Map, "queue"), progs: 0, attachs: 0 });
@@ -199,10 +198,7 @@ fn unknown_key_is_refused() {
 
 #[test]
 fn syntax_error_has_location() {
-    assert_eq!(
-        err("[[allow]]\nusers = [\"alice\"\n"),
-        "/etc/bpftokend/policy.toml:3:1: invalid array, expected `]`"
-    );
+    assert_eq!(err("[[allow]]\nusers = [\"alice\"\n"), "/etc/bpftokend/policy.toml:3:1: invalid array, expected `]`");
 }
 
 #[test]
@@ -310,7 +306,10 @@ fn deny_beats_allow_and_says_so() {
     let want_xdp = MintRequest { progs: Some(m(Kind::Prog, "xdp")), ..Default::default() };
     let Decision::Refuse { code, message, rules } = p.decide(&bob, &want_xdp) else { panic!() };
     assert_eq!(code, RefusalCode::NotGranted);
-    assert_eq!(message, "program type \"xdp\" is denied to uid 1001 by /etc/bpftokend/policy.toml (rule no-xdp-for-bob)");
+    assert_eq!(
+        message,
+        "program type \"xdp\" is denied to uid 1001 by /etc/bpftokend/policy.toml (rule no-xdp-for-bob)"
+    );
     assert_eq!(rules, vec!["devs", "no-xdp-for-bob"]);
     // alice (also in the range) keeps xdp
     let Decision::Grant { delegation, .. } = p.decide(&peer(1000, 1000, &[]), &want_xdp) else { panic!() };
@@ -333,7 +332,9 @@ fn executable_and_cgroup_must_both_hold() {
         cgroup: Some(cgroup.to_owned()),
         ..peer(0, 0, &[])
     };
-    let Decision::Grant { limits, .. } = p.decide(&agent("/usr/sbin/agent", "/system.slice/agent.service"), &MintRequest::default()) else {
+    let Decision::Grant { limits, .. } =
+        p.decide(&agent("/usr/sbin/agent", "/system.slice/agent.service"), &MintRequest::default())
+    else {
         panic!()
     };
     assert_eq!(limits, vec![RateLimit { rule: "agent".into(), per_minute: 30 }]);
@@ -363,7 +364,10 @@ fn everyone_with_any_needs_acknowledgement() {
          meant, set `acknowledge_broad_grants = true` at the top of the policy"
     );
     let p = parse(&format!("acknowledge_broad_grants = true\n{text}")).unwrap();
-    assert_eq!(p.warnings(), ["/etc/bpftokend/policy.toml:2: rule \"allow[0]\" grants `any` cmds to everyone (acknowledged)"]);
+    assert_eq!(
+        p.warnings(),
+        ["/etc/bpftokend/policy.toml:2: rule \"allow[0]\" grants `any` cmds to everyone (acknowledged)"]
+    );
     assert!(matches!(p.decide(&peer(4242, 4242, &[]), &MintRequest::default()), Decision::Grant { .. }));
     // narrower grants to everyone need no acknowledgement
     assert!(parse("[[allow]]\neveryone = true\ncmds = [\"map_create\"]\n").unwrap().warnings().is_empty());
@@ -583,10 +587,7 @@ mod files {
         std::fs::write(&p, vec![b'#'; usize::try_from(MAX_POLICY_BYTES).unwrap() + 1]).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = load_with(&p, me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!("policy {} is 1048577 bytes, more than the limit of 1048576", p.display())
-        );
+        assert_eq!(e.to_string(), format!("policy {} is 1048577 bytes, more than the limit of 1048576", p.display()));
         let p = d.join("bin.toml");
         std::fs::write(&p, b"# ok\n# \xff\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -598,8 +599,12 @@ mod files {
 // ---- properties ----
 
 fn arb_delegation() -> impl Strategy<Value = Delegation> {
-    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>())
-        .prop_map(|(cmds, maps, progs, attachs)| Delegation { cmds, maps, progs, attachs })
+    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(cmds, maps, progs, attachs)| Delegation {
+        cmds,
+        maps,
+        progs,
+        attachs,
+    })
 }
 
 fn arb_rule() -> impl Strategy<Value = Rule> {

@@ -102,8 +102,7 @@ pub fn encode_message<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Bare postcard decoding; the whole input must be one message.
 pub fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (msg, rest) =
-        postcard::take_from_bytes(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let (msg, rest) = postcard::take_from_bytes(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CodecError::TrailingBytes(rest.len()));
     }
@@ -172,8 +171,7 @@ mod tests {
 
     #[test]
     fn unknown_version_is_typed() {
-        let mut bytes = encode_request(&Request::new(RequestBody::Mint(MintRequest::default())))
-            .unwrap();
+        let mut bytes = encode_request(&Request::new(RequestBody::Mint(MintRequest::default()))).unwrap();
         bytes[4] = 7;
         bytes[5] = 0;
         assert_eq!(
@@ -199,8 +197,7 @@ mod tests {
     #[test]
     fn garbage_and_trailing_bytes_are_refused() {
         assert!(matches!(decode_request(&[1, 0, 0xff, 0xff]), Err(CodecError::Malformed(_))));
-        let mut bytes =
-            encode_request(&Request::new(RequestBody::Mint(MintRequest::default()))).unwrap();
+        let mut bytes = encode_request(&Request::new(RequestBody::Mint(MintRequest::default()))).unwrap();
         bytes.push(0);
         assert_eq!(decode_request(&bytes[4..]), Err(CodecError::TrailingBytes(1)));
     }

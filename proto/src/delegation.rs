@@ -122,10 +122,7 @@ pub fn parse_list(kind: Kind, list: &str) -> Result<u64, UnknownName> {
 
 /// Canonical name of enum value `bit`, if the built-in table knows it.
 pub fn name_of(kind: Kind, bit: u32) -> Option<&'static str> {
-    kind.builtin_names()
-        .iter()
-        .find(|&&(_, v)| v == bit)
-        .map(|&(n, _)| n)
+    kind.builtin_names().iter().find(|&&(_, v)| v == bit).map(|&(n, _)| n)
 }
 
 /// Names of the items in `mask`; bits without a name print as `#N`.
@@ -283,9 +280,6 @@ mod tests {
         assert_eq!(grant.mount_option_value(Kind::Cmd), "any");
         assert_eq!(grant.mount_option_value(Kind::Map), "0x6");
         assert_eq!(Delegation::NONE.mount_option_value(Kind::Prog), "0x0");
-        assert_eq!(
-            want.to_string(),
-            "cmds=[map_create,prog_load] maps=[hash,array] progs=[] attachs=[]"
-        );
+        assert_eq!(want.to_string(), "cmds=[map_create,prog_load] maps=[hash,array] progs=[] attachs=[]");
     }
 }

@@ -75,7 +75,10 @@ pub fn setup(test: &str) -> Option<Env> {
         .expect("own executable path");
     for name in ["bpftokend", "bpftoken", "bpftoken-probe"] {
         if !bin_dir.join(name).exists() {
-            return missing(test, &format!("{} is not built (run cargo build --workspace first)", bin_dir.join(name).display()));
+            return missing(
+                test,
+                &format!("{} is not built (run cargo build --workspace first)", bin_dir.join(name).display()),
+            );
         }
     }
     Some(Env { bin_dir })

@@ -35,9 +35,9 @@ fn token_raw(token: Option<BorrowedFd<'_>>) -> u32 {
 /// Key size, value size and max entries that make a valid map of `map_type`.
 fn map_shape(map_type: u32) -> (u32, u32, u32) {
     match map_type {
-        27 | 31 => (0, 0, 4096),  // ringbuf, user_ringbuf: page-sized
-        22 | 23 => (0, 8, 1),     // queue, stack: no key
-        30 => (0, 8, 1),          // bloom_filter
+        27 | 31 => (0, 0, 4096), // ringbuf, user_ringbuf: page-sized
+        22 | 23 => (0, 8, 1),    // queue, stack: no key
+        30 => (0, 8, 1),         // bloom_filter
         _ => (4, 8, 1),
     }
 }
@@ -118,10 +118,24 @@ pub fn ns_owner_uid(ns: &impl AsRawFd) -> io::Result<u32> {
 /// detach) and process_vm_readv of one byte. Returns which succeeded.
 pub fn try_hijack(pid: i32) -> (bool, bool) {
     // SAFETY: ptrace(PTRACE_SEIZE) with null addr/data; no memory is passed.
-    let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, std::ptr::null_mut::<libc::c_void>(), std::ptr::null_mut::<libc::c_void>()) } == 0;
+    let seized = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SEIZE,
+            pid,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    } == 0;
     if seized {
         // SAFETY: as above, undoing the seize.
-        unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, std::ptr::null_mut::<libc::c_void>(), std::ptr::null_mut::<libc::c_void>()) };
+        unsafe {
+            libc::ptrace(
+                libc::PTRACE_DETACH,
+                pid,
+                std::ptr::null_mut::<libc::c_void>(),
+                std::ptr::null_mut::<libc::c_void>(),
+            )
+        };
     }
     let mut byte = [0u8; 1];
     let local = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };

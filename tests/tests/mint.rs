@@ -84,7 +84,17 @@ fn narrowed_request_is_enforced_by_the_kernel() {
     let o = d.bpftoken(
         &env,
         &user(ALICE),
-        &["run", "--maps", "array", "--", probe.to_str().unwrap(), "try", "map:array", "map:hash", "prog:socket_filter"],
+        &[
+            "run",
+            "--maps",
+            "array",
+            "--",
+            probe.to_str().unwrap(),
+            "try",
+            "map:array",
+            "map:hash",
+            "prog:socket_filter",
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(lines(&stdout(&o)), ["map:array ok", "map:hash EPERM", "prog:socket_filter ok"]);
@@ -200,7 +210,11 @@ fn token_of_one_user_is_useless_to_another() {
         std::thread::sleep(Duration::from_millis(10));
     }
     // ...that alice minted for herself.
-    let o = d.bpftoken(&env, &user(ALICE), &["run", "--", probe.to_str().unwrap(), "send-token", handoff.to_str().unwrap()]);
+    let o = d.bpftoken(
+        &env,
+        &user(ALICE),
+        &["run", "--", probe.to_str().unwrap(), "send-token", handoff.to_str().unwrap()],
+    );
     if !o.status.success() {
         let mut receiver = receiver;
         let _ = receiver.kill();
@@ -270,7 +284,11 @@ fn caller_inside_a_user_namespace_is_refused_clearly() {
     let d = TestDaemon::start(&env, POLICY, &[]);
     let alice = user(ALICE);
     let mut c = as_user(&alice, "unshare");
-    c.args(["--user", "--map-current-user", "--"]).arg(env.bin("bpftoken")).arg("--socket").arg(&d.socket).args(["run", "--", "true"]);
+    c.args(["--user", "--map-current-user", "--"])
+        .arg(env.bin("bpftoken"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["run", "--", "true"]);
     let o = output(c);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert_eq!(
@@ -311,7 +329,8 @@ fn signals_from_the_client_cannot_stop_or_shut_down_the_daemon() {
             eprintln!("first error: {e}");
         }
         // Every mint either worked or got a typed refusal; none hung.
-        let minted: usize = out.lines().find_map(|l| l.strip_prefix("minted ")).and_then(|n| n.parse().ok()).expect("count");
+        let minted: usize =
+            out.lines().find_map(|l| l.strip_prefix("minted ")).and_then(|n| n.parse().ok()).expect("count");
         for line in out.lines().filter(|l| l.starts_with("error")) {
             assert!(line.contains("(mint_failed)"), "{line}");
         }

@@ -162,7 +162,9 @@ maps = ["hash"]
 fn sighup_reload_while_minting_loses_nothing_and_takes_effect() {
     let Some(env) = setup("sighup_reload_while_minting_loses_nothing_and_takes_effect") else { return };
     let v1 = "[[allow]]\nusers = [\"bpftk-alice\"]\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n";
-    let v2 = format!("{v1}\n[[allow]]\nname = \"bob-too\"\nusers = [\"bpftk-bob\"]\ncmds = [\"map_create\"]\nmaps = [\"queue\"]\n");
+    let v2 = format!(
+        "{v1}\n[[allow]]\nname = \"bob-too\"\nusers = [\"bpftk-bob\"]\ncmds = [\"map_create\"]\nmaps = [\"queue\"]\n"
+    );
     let d = TestDaemon::start(&env, v1, &[]);
     let (alice, bob) = (user(ALICE), user(BOB));
     let o = d.bpftoken(&env, &bob, &["run", "--", "true"]);
@@ -220,7 +222,11 @@ fn broken_policy_on_reload_keeps_the_old_one() {
     wait_for_log(&d, "invalid basic string");
     let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
     assert!(o.status.success(), "the first policy is still in force: {}", stderr(&o));
-    assert!(!d.log_text().contains("policy reloaded"), "no unsafe or partial policy was ever loaded:\n{}", d.log_text());
+    assert!(
+        !d.log_text().contains("policy reloaded"),
+        "no unsafe or partial policy was ever loaded:\n{}",
+        d.log_text()
+    );
 }
 
 #[test]

@@ -163,10 +163,10 @@ fn library_reports_typed_refusals_and_unreachable_daemons() {
 
 #[test]
 fn fds_sent_to_the_daemon_are_closed() {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     use std::io::IoSlice;
     use std::mem::MaybeUninit;
     use std::os::fd::AsFd;
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     let Some(env) = setup("fds_sent_to_the_daemon_are_closed") else { return };
     let d = TestDaemon::start(&env, POLICY, &[]);
     let pid = d.pid();

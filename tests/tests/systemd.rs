@@ -76,7 +76,10 @@ fn notify_socket_sees_ready_status_reload_and_stopping() {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     let ready = recv();
-    assert!(ready.starts_with("READY=1\nSTATUS=1 rules; 0 tokens minted, 0 refused; 0 scopes; last reload: none"), "{ready:?}");
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=1 rules; 0 tokens minted, 0 refused; 0 scopes; last reload: none"),
+        "{ready:?}"
+    );
     let o = d.bpftoken(&env, &user(ALICE), &["run", "--", "true"]);
     assert!(o.status.success(), "{}", stderr(&o));
     // STATUS= follows the counters (reported every 2 s).
@@ -87,7 +90,10 @@ fn notify_socket_sees_ready_status_reload_and_stopping() {
     let reloading = recv();
     assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading:?}");
     let ready = recv();
-    assert!(ready.starts_with("READY=1\nSTATUS=1 rules; 1 tokens minted") && ready.contains("last reload: ok"), "{ready:?}");
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=1 rules; 1 tokens minted") && ready.contains("last reload: ok"),
+        "{ready:?}"
+    );
     let status = d.stop();
     assert!(status.success());
     let mut last = recv();
@@ -116,7 +122,12 @@ fn exit_idle_exits_and_the_next_connection_is_served_by_the_next_start() {
             socket.display(),
             policy.display()
         );
-        let child = Command::new("sh").args(["-c", &script]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start");
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start");
         rustix::io::fcntl_setfd(listener.as_fd(), rustix::io::FdFlags::CLOEXEC).unwrap();
         child
     };
@@ -152,7 +163,11 @@ fn exit_idle_without_activation_is_refused() {
     write_policy(&dir.join("policy.toml"), POLICY);
     let o = output({
         let mut c = Command::new(env.bin("bpftokend"));
-        c.arg("--socket").arg(dir.join("socket")).arg("--policy").arg(dir.join("policy.toml")).args(["--exit-idle", "5"]);
+        c.arg("--socket")
+            .arg(dir.join("socket"))
+            .arg("--policy")
+            .arg(dir.join("policy.toml"))
+            .args(["--exit-idle", "5"]);
         c
     });
     assert_eq!(o.status.code(), Some(1));

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use bpftoken_tests::*;
 
-const POLICY: &str = "[[allow]]\nusers = [\"bpftk-alice\", \"bpftk-mallory\"]\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n";
+const POLICY: &str =
+    "[[allow]]\nusers = [\"bpftk-alice\", \"bpftk-mallory\"]\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n";
 
 /// Token fds a process holds (fdinfo shows `allowed_cmds:` for tokens).
 fn token_fds(pid: u32) -> usize {
@@ -119,7 +120,10 @@ fn connection_floods_meet_busy_and_spare_other_users() {
     let churn = churn.spawn().expect("churn");
     let (busy, out) = mint("200");
     let churned = churn.wait_with_output().expect("churn output");
-    eprintln!("alice: 200 mints in {quiet:?} quiet, {busy:?} during mallory's 10,000 connections ({})", stdout(&churned).trim());
+    eprintln!(
+        "alice: 200 mints in {quiet:?} quiet, {busy:?} during mallory's 10,000 connections ({})",
+        stdout(&churned).trim()
+    );
     assert_eq!(out, "minted 200\n", "every one of alice's mints succeeded during the storm");
     assert!(busy < quiet * 10 + Duration::from_secs(2), "alice starved: {busy:?} vs {quiet:?}");
     assert!(stdout(&churned).starts_with("connected "), "{}", stdout(&churned));
@@ -185,6 +189,7 @@ fn the_bpffs_helper_cannot_be_hijacked_by_its_client() {
     assert!(!report.contains("gained"), "{report}");
     assert!(report.starts_with("tried "), "{report}");
     let out = stdout(&o);
-    let minted: usize = out.lines().find_map(|l| l.strip_prefix("minted ")).and_then(|n| n.parse().ok()).expect("count");
+    let minted: usize =
+        out.lines().find_map(|l| l.strip_prefix("minted ")).and_then(|n| n.parse().ok()).expect("count");
     assert!(minted > 0, "{out}");
 }

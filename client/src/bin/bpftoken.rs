@@ -60,8 +60,7 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_CANNOT_RUN: u8 = 127;
 
 fn parse(kind: Kind, list: Option<&str>) -> Result<Option<u64>, String> {
-    list.map(|l| delegation::parse_list(kind, l).map_err(|e| format!("--{}: {e}", kind.key())))
-        .transpose()
+    list.map(|l| delegation::parse_list(kind, l).map_err(|e| format!("--{}: {e}", kind.key()))).transpose()
 }
 
 /// The explanation as printed lines.
@@ -116,7 +115,10 @@ fn main() -> ExitCode {
         Command::Man { dir } => {
             let mut page = Vec::new();
             let cmd = <Cli as clap::CommandFactory>::command().name("bpftoken");
-            return match clap_mangen::Man::new(cmd).render(&mut page).and_then(|()| std::fs::write(dir.join("bpftoken.1"), page)) {
+            return match clap_mangen::Man::new(cmd)
+                .render(&mut page)
+                .and_then(|()| std::fs::write(dir.join("bpftoken.1"), page))
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("bpftoken: cannot write the man page: {e}");
@@ -173,10 +175,7 @@ fn main() -> ExitCode {
     }
     let fd = token.into_owned_fd();
     let (program, args) = command.split_first().expect("clap requires a command");
-    let err = std::process::Command::new(program)
-        .args(args)
-        .env("BPF_TOKEN_FD", fd.as_raw_fd().to_string())
-        .exec();
+    let err = std::process::Command::new(program).args(args).env("BPF_TOKEN_FD", fd.as_raw_fd().to_string()).exec();
     eprintln!("bpftoken: cannot run {}: {err}", program.to_string_lossy());
     ExitCode::from(EXIT_CANNOT_RUN)
 }

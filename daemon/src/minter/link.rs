@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bpftoken_proto::codec::{decode_message, encode_message};
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
-    SendFlags, SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendFlags,
+    SocketFlags, SocketType,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -63,7 +63,8 @@ impl MinterLink {
         // The wait for the minter counts against the same deadline, so one
         // uid's flood of cold requests cannot queue others forever.
         let deadline = tokio::time::Instant::now() + CREATE_TIMEOUT;
-        let mut state = tokio::time::timeout_at(deadline, self.state.lock()).await.map_err(|_| MintError::MinterBusy)?;
+        let mut state =
+            tokio::time::timeout_at(deadline, self.state.lock()).await.map_err(|_| MintError::MinterBusy)?;
         // A minter that died while idle is replaced before the request is
         // sent, so this request does not fail for it.
         if let Some(running) = state.as_mut() {
@@ -107,12 +108,8 @@ impl MinterLink {
 }
 
 fn spawn(exe: &PathBuf) -> std::io::Result<Running> {
-    let (ours, theirs) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
+    let (ours, theirs) =
+        rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
     // Only the minter's end survives the exec; the link holds the state
     // lock (or runs before the runtime), so no other spawn races for it.
     sys::clear_cloexec(theirs.as_fd())?;
@@ -199,7 +196,10 @@ async fn exchange(
         }
         MinterReply::Created { .. } => {
             if fds.len() != 2 {
-                return Err(std::io::Error::other(format!("the minter sent {} fds with a new scope, not 2", fds.len())));
+                return Err(std::io::Error::other(format!(
+                    "the minter sent {} fds with a new scope, not 2",
+                    fds.len()
+                )));
             }
             let bpffs_root = fds.remove(1);
             let userns = fds.remove(0);

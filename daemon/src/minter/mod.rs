@@ -23,8 +23,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use bpftoken_proto::codec::{decode_message, encode_message};
 use bpftoken_proto::Delegation;
 use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
+    SendFlags,
 };
 use serde::{Deserialize, Serialize};
 
@@ -56,9 +56,7 @@ const MAX_MINTER_MESSAGE: usize = 4096;
 pub fn run(sock: OwnedFd) -> std::io::Result<()> {
     let threads = sys::thread_count()?;
     if threads != 1 {
-        return Err(std::io::Error::other(format!(
-            "the minter must be single-threaded, found {threads} threads"
-        )));
+        return Err(std::io::Error::other(format!("the minter must be single-threaded, found {threads} threads")));
     }
     sys::make_non_dumpable()?;
     // Die with the daemon.
@@ -93,10 +91,7 @@ pub fn run(sock: OwnedFd) -> std::io::Result<()> {
 }
 
 /// `Ok(None)` on EOF; `Ok(Some(Err))` for a message that is not a request.
-fn recv_request(
-    sock: BorrowedFd<'_>,
-    buf: &mut [u8],
-) -> std::io::Result<Option<Result<MinterRequest, String>>> {
+fn recv_request(sock: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<Option<Result<MinterRequest, String>>> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {

@@ -70,16 +70,15 @@ impl Scope {
     /// from our own child and our own bpffs fd, so a cheap check suffices
     /// here; [`Scope::create`] checks the first token's masks in full.
     pub fn mint(&self, stack: &mut MintStack) -> Result<sys::MintedToken, MintError> {
-        let token = sys::mint_token_in(stack, self.userns.as_fd(), self.bpffs_root.as_fd())
-            .map_err(|(step, e)| {
-                let step = match step {
-                    sys::MintStep::Clone => Step::Clone,
-                    sys::MintStep::SetNs => Step::SetNs,
-                    sys::MintStep::TokenCreate => Step::TokenCreate,
-                    sys::MintStep::Timeout => Step::MintTimeout,
-                };
-                MintError::syscall(step, &e)
-            })?;
+        let token = sys::mint_token_in(stack, self.userns.as_fd(), self.bpffs_root.as_fd()).map_err(|(step, e)| {
+            let step = match step {
+                sys::MintStep::Clone => Step::Clone,
+                sys::MintStep::SetNs => Step::SetNs,
+                sys::MintStep::TokenCreate => Step::TokenCreate,
+                sys::MintStep::Timeout => Step::MintTimeout,
+            };
+            MintError::syscall(step, &e)
+        })?;
         let st = rustix::fs::fstatfs(token.as_fd()).map_err(|e| MintError::from((Step::CheckToken, e)))?;
         let magic = st.f_type.cast_unsigned();
         if magic != BPF_FS_MAGIC {
@@ -91,13 +90,9 @@ impl Scope {
     /// Create a scope for `key` (the cold path). Must be called from the
     /// single-threaded minter.
     pub fn create(key: ScopeKey) -> Result<Scope, MintError> {
-        let (ours, theirs) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| MintError::from((Step::SocketPair, e)))?;
+        let (ours, theirs) =
+            rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+                .map_err(|e| MintError::from((Step::SocketPair, e)))?;
         // SAFETY: the minter is single-threaded (checked at its start).
         match unsafe { sys::fork() }.map_err(|e| MintError::syscall(Step::Fork, &e))? {
             Forked::Child => {
@@ -191,10 +186,7 @@ fn helper_steps(sock: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), (Step, r
     }
     // Hold nothing of the minter's (other clients' scopes) once we are the client.
     sys::close_all_fds_except(sock).map_err(|e| (Step::SetIds, Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
-    let (uid, gid) = (
-        rustix::process::Uid::from_raw(uid),
-        rustix::process::Gid::from_raw(gid),
-    );
+    let (uid, gid) = (rustix::process::Uid::from_raw(uid), rustix::process::Gid::from_raw(gid));
     // Single-threaded process: the thread-level calls are process-wide.
     rustix::thread::set_thread_groups(&[]).map_err(|e| (Step::SetIds, e))?;
     rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(|e| (Step::SetIds, e))?;
@@ -300,12 +292,8 @@ fn drive_helper(sock: BorrowedFd<'_>, pid: Pid, key: ScopeKey) -> Result<Scope, 
     }
     // Our own unreaped child: its pid cannot be recycled under us.
     let proc_dir = format!("/proc/{}", pid.as_raw_nonzero());
-    let userns = rustix::fs::open(
-        format!("{proc_dir}/ns/user"),
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| MintError::from((Step::OpenUserNamespace, e)))?;
+    let userns = rustix::fs::open(format!("{proc_dir}/ns/user"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| MintError::from((Step::OpenUserNamespace, e)))?;
     let owner = sys::ns_owner_uid(userns.as_fd()).map_err(|e| MintError::syscall(Step::CheckOwner, &e))?;
     if owner != uid {
         return Err(MintError::WrongOwner { got: owner, want: uid });

@@ -121,8 +121,13 @@ fn rtt_client(fd: i32, n: usize, start_at_ms: u128) {
         let mut resp = [0u8; 64];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
-        let m = rustix::net::recvmsg(&sock, &mut [IoSliceMut::new(&mut resp)], &mut control, RecvFlags::CMSG_CLOEXEC | RecvFlags::WAITALL)
-            .expect("recv");
+        let m = rustix::net::recvmsg(
+            &sock,
+            &mut [IoSliceMut::new(&mut resp)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::WAITALL,
+        )
+        .expect("recv");
         assert_eq!(m.bytes, 64);
         let got: Vec<OwnedFd> = control
             .drain()
@@ -185,7 +190,11 @@ fn cold_inproc(n: usize) {
     let mut stack = bpftokend::sys::MintStack::default();
     let (mut create, mut mint, mut drop_t) = (Vec::new(), Vec::new(), Vec::new());
     for i in 1..=n as u64 {
-        let key = ScopeKey { owner_uid: alice.uid, owner_gid: alice.gid, delegation: Delegation { maps: i, ..Delegation::ANY } };
+        let key = ScopeKey {
+            owner_uid: alice.uid,
+            owner_gid: alice.gid,
+            delegation: Delegation { maps: i, ..Delegation::ANY },
+        };
         let t0 = Instant::now();
         let scope = Scope::create(key).expect("create scope");
         let t1 = Instant::now();
@@ -238,7 +247,12 @@ fn measure_floor_token(self_exe: &Path, scope: &Scope, n: usize, pin: bool) -> F
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).expect("clear cloexec");
     }
     let mut c = pinned(pin, self_exe);
-    c.args(["floor-token", &scope.userns.as_raw_fd().to_string(), &scope.bpffs_root.as_raw_fd().to_string(), &n.to_string()]);
+    c.args([
+        "floor-token",
+        &scope.userns.as_raw_fd().to_string(),
+        &scope.bpffs_root.as_raw_fd().to_string(),
+        &n.to_string(),
+    ]);
     let f = run_child(c);
     for fd in [scope.userns.as_fd(), scope.bpffs_root.as_fd()] {
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC).expect("set cloexec");
@@ -250,7 +264,8 @@ fn measure_floor_token(self_exe: &Path, scope: &Scope, n: usize, pin: bool) -> F
 /// trips carrying one fd. Returns the first client's latencies and the
 /// summed throughput.
 fn measure_rtt(self_exe: &Path, n: usize, pairs: usize, pin: bool) -> Figures {
-    let start_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()) + 300;
+    let start_at =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()) + 300;
     let mut children = Vec::new();
     for _ in 0..pairs {
         let (a, b) = UnixStream::pair().expect("socketpair");
@@ -280,7 +295,15 @@ fn measure_rtt(self_exe: &Path, n: usize, pairs: usize, pin: bool) -> Figures {
     Figures { ops: results.iter().map(|f| f.ops).sum(), ..results[0] }
 }
 
-fn measure_daemon(env: &Env, self_exe: &Path, d: &TestDaemon, n: usize, clients: usize, cold: bool, pin: bool) -> Figures {
+fn measure_daemon(
+    env: &Env,
+    self_exe: &Path,
+    d: &TestDaemon,
+    n: usize,
+    clients: usize,
+    cold: bool,
+    pin: bool,
+) -> Figures {
     let alice = user(ALICE);
     let mut c = if pin {
         let mut c = as_user(&alice, "taskset");
@@ -290,7 +313,13 @@ fn measure_daemon(env: &Env, self_exe: &Path, d: &TestDaemon, n: usize, clients:
         as_user(&alice, self_exe)
     };
     let _ = env;
-    c.args(["client", d.socket.to_str().unwrap(), &n.to_string(), &clients.to_string(), if cold { "cold" } else { "warm" }]);
+    c.args([
+        "client",
+        d.socket.to_str().unwrap(),
+        &n.to_string(),
+        &clients.to_string(),
+        if cold { "cold" } else { "warm" },
+    ]);
     run_child(c)
 }
 
@@ -319,7 +348,11 @@ fn orchestrate(n: usize) {
         .expect("create a scope for the floor");
     let policy = format!("[[allow]]\nusers = [\"{ALICE}\"]\ncmds = [\"any\"]\nmaps = [\"any\"]\nprogs = [\"any\"]\nattachs = [\"any\"]\n");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("bpftoken-bench: {n} mints per measurement, kernel {}, {} CPUs", kernel.trim(), std::thread::available_parallelism().map_or(0, |p| p.get()));
+    println!(
+        "bpftoken-bench: {n} mints per measurement, kernel {}, {} CPUs",
+        kernel.trim(),
+        std::thread::available_parallelism().map_or(0, |p| p.get())
+    );
     println!("{:<44} {:>9} {:>9} {:>10}", "", "p50 us", "p99 us", "ops/s");
     for pin in [false, true] {
         let tag = if pin { "pinned to CPU 0" } else { "unpinned" };
@@ -353,8 +386,14 @@ fn orchestrate(n: usize) {
             None => println!("sudo -n true: sudo is not installed"),
         }
         println!("  warm p50 / (token + fd round trip) p50:     {:.2}x   (target <= 2x)", warm1.p50 / floor.p50);
-        println!("  2 clients warm / 2 fd round-trip pairs:     {:.0}%    (target >= 80%)", 100.0 * warm2.ops / rtt2.ops);
-        println!("  cold p50:                                   {:.0} us  (target <= 500 us on the reference machine)", cold1.p50);
+        println!(
+            "  2 clients warm / 2 fd round-trip pairs:     {:.0}%    (target >= 80%)",
+            100.0 * warm2.ops / rtt2.ops
+        );
+        println!(
+            "  cold p50:                                   {:.0} us  (target <= 500 us on the reference machine)",
+            cold1.p50
+        );
         println!("  cold p50 / (token + fd round trip) p50:     {:.1}x", cold1.p50 / floor.p50);
         if let Some(s) = sudo {
             println!("  sudo -n true p50 / warm p50:                {:.0}x   (target >= 50x)", s.p50 / warm1.p50);
@@ -364,7 +403,9 @@ fn orchestrate(n: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let num = |i: usize| -> usize { args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("argument {i} must be a number")) };
+    let num = |i: usize| -> usize {
+        args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("argument {i} must be a number"))
+    };
     match args.first().map(String::as_str) {
         Some("floor-token") => floor_token(num(1) as i32, num(2) as i32, num(3)),
         Some("rtt-server") => rtt_server(num(1) as i32),

@@ -157,9 +157,8 @@ fn run(args: &[String]) -> Result<(), String> {
                 rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum },
             );
             // All connections open at once, then 50 threads mint on them.
-            let clients: Vec<Client> = (0..conns)
-                .map(|_| Client::connect_to(&path).map_err(|e| e.to_string()))
-                .collect::<Result<_, _>>()?;
+            let clients: Vec<Client> =
+                (0..conns).map(|_| Client::connect_to(&path).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
             println!("connected {}", clients.len());
             let per_thread = conns.div_ceil(50).max(1);
             let mut groups: Vec<Vec<Client>> = Vec::new();
@@ -235,7 +234,10 @@ fn run(args: &[String]) -> Result<(), String> {
                 let listed: Vec<String> = std::fs::read_dir("/proc/self/fd")
                     .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
                     .unwrap_or_default();
-                listed.into_iter().filter(|fd| std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_ok()).collect()
+                listed
+                    .into_iter()
+                    .filter(|fd| std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_ok())
+                    .collect()
             };
             let mut client = Client::connect_to(&path).map_err(|e| e.to_string())?;
             let before = fds();
@@ -247,7 +249,10 @@ fn run(args: &[String]) -> Result<(), String> {
                 let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
                 let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap_or("?").trim().to_owned();
                 let is_token = info.lines().any(|l| l.starts_with("allowed_cmds:"));
-                println!("fd {fd} token {is_token} cloexec {}", u32::from_str_radix(&flags, 8).is_ok_and(|f| f & 0o2000000 != 0));
+                println!(
+                    "fd {fd} token {is_token} cloexec {}",
+                    u32::from_str_radix(&flags, 8).is_ok_and(|f| f & 0o2000000 != 0)
+                );
             }
             drop(token);
             Ok(())
@@ -358,7 +363,8 @@ fn run(args: &[String]) -> Result<(), String> {
             while std::time::Instant::now() < end {
                 pass += 1;
                 // Alternate, so that SIGTERM also lands on running children.
-                let sig = if pass.is_multiple_of(2) { rustix::process::Signal::STOP } else { rustix::process::Signal::TERM };
+                let sig =
+                    if pass.is_multiple_of(2) { rustix::process::Signal::STOP } else { rustix::process::Signal::TERM };
                 let Ok(dir) = std::fs::read_dir("/proc") else { continue };
                 for entry in dir.flatten() {
                     let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
