@@ -177,3 +177,45 @@ fn exit_idle_without_activation_is_refused() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn activation_with_the_wrong_fds_is_refused_with_a_reason() {
+    let Some(env) = setup("activation_with_the_wrong_fds_is_refused_with_a_reason") else { return };
+    let dir = scratch_dir("badactivate");
+    let policy = dir.join("policy.toml");
+    write_policy(&policy, POLICY);
+    let run = |setup_fds: &str, count: u32| {
+        let script = format!(
+            "{setup_fds}; export LISTEN_PID=$$ LISTEN_FDS={count}; exec {} --socket {} --policy {}",
+            env.bin("bpftokend").display(),
+            dir.join("socket").display(),
+            policy.display()
+        );
+        output({
+            let mut c = Command::new("sh");
+            c.args(["-c", &script]);
+            c
+        })
+    };
+    // A plain file where the listening socket should be.
+    let o = run("exec 3</dev/null", 1);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.starts_with("bpftokend: socket activation: socket \"unknown\" (fd 3) is not a socket ("), "{err}");
+    // Two fds: the unit must listen on exactly one.
+    let o = run("exec 3</dev/null 4</dev/null", 2);
+    assert_eq!(
+        stderr(&o),
+        "bpftokend: socket activation: systemd passed 2 sockets; the unit must listen on exactly one\n"
+    );
+    // A connected Unix stream socket, not a listening one (Accept=yes).
+    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    rustix::io::fcntl_setfd(a.as_fd(), rustix::io::FdFlags::empty()).unwrap();
+    let o = run(&format!("exec 3<&{}", a.as_raw_fd()), 1);
+    assert_eq!(
+        stderr(&o),
+        "bpftokend: socket activation: socket \"unknown\" (fd 3) is not listening (Accept=yes is not supported: use Accept=no)\n"
+    );
+    assert!(!dir.join("socket").exists(), "no socket of its own is created on an activation error");
+    let _ = std::fs::remove_dir_all(dir);
+}
