@@ -7,7 +7,11 @@
 //! println!("token fd with {}", token.granted());
 //! # Ok::<(), bpftoken::Error>(())
 //! ```
-#![forbid(unsafe_code)]
+// Raw syscalls live in `sys` alone.
+#![deny(unsafe_code)]
+
+pub mod inspect;
+mod sys;
 
 use std::io::{IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;

@@ -48,6 +48,15 @@ enum Command {
     /// Show what the policy grants you right now, and which rules say so.
     /// Mints nothing.
     Query,
+    /// Print the masks of a token: the fd in BPF_TOKEN_FD, or --fd N.
+    ///
+    /// Read with BPF_OBJ_GET_INFO_BY_FD (Linux 6.17+), else from fdinfo,
+    /// where a set holding every bit the kernel knows reads as `any`.
+    Inspect {
+        /// The token's fd number [default: $BPF_TOKEN_FD].
+        #[arg(long, value_name = "N")]
+        fd: Option<i32>,
+    },
     /// Write the bpftoken(1) man page into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
@@ -107,11 +116,54 @@ fn query(socket: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Lines naming a token's masks, one per set.
+fn mask_lines(d: &bpftoken::Delegation) -> Vec<String> {
+    Kind::ALL
+        .iter()
+        .map(|&kind| {
+            let names = delegation::names(kind, d.get(kind));
+            format!("{}: {}", kind.key(), if names.is_empty() { "(none)".to_owned() } else { names.join(",") })
+        })
+        .collect()
+}
+
+fn inspect(fd: Option<i32>) -> ExitCode {
+    let fd = match fd.map(Ok).unwrap_or_else(|| {
+        std::env::var("BPF_TOKEN_FD")
+            .map_err(|_| "no --fd given and BPF_TOKEN_FD is not set".to_owned())
+            .and_then(|v| v.parse::<i32>().map_err(|_| format!("BPF_TOKEN_FD={v:?} is not an fd number")))
+    }) {
+        Ok(fd) if fd >= 0 => fd,
+        Ok(fd) => {
+            eprintln!("bpftoken: {fd} is not an fd number");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(e) => {
+            eprintln!("bpftoken: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match bpftoken::inspect::token_masks_of(fd) {
+        Ok((masks, source)) => {
+            for line in mask_lines(&masks) {
+                println!("{line}");
+            }
+            println!("source: {}", source.as_str());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bpftoken: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli.socket.clone().unwrap_or_else(bpftoken::socket_path);
     let (cmds, maps, progs, attachs, command) = match cli.command {
         Command::Query => return query(&socket),
+        Command::Inspect { fd } => return inspect(fd),
         Command::Man { dir } => {
             let mut page = Vec::new();
             let cmd = <Cli as clap::CommandFactory>::command().name("bpftoken");
