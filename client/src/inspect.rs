@@ -72,7 +72,12 @@ pub fn token_masks_of(raw: i32) -> Result<(Delegation, Source), InspectError> {
     // Exact masks where the kernel has them (6.17+; EINVAL before).
     match sys::token_info(raw) {
         Ok(i) => Ok((
-            Delegation { cmds: i.allowed_cmds, maps: i.allowed_maps, progs: i.allowed_progs, attachs: i.allowed_attachs },
+            Delegation {
+                cmds: i.allowed_cmds,
+                maps: i.allowed_maps,
+                progs: i.allowed_progs,
+                attachs: i.allowed_attachs,
+            },
             Source::ObjInfo,
         )),
         Err(_) => Ok((d, Source::FdInfo)),

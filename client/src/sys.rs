@@ -34,11 +34,8 @@ struct ObjInfoAttr {
 /// behind it, and a number that is not open gives EBADF.
 pub fn token_info(fd: i32) -> io::Result<BpfTokenInfo> {
     let mut info = BpfTokenInfo::default();
-    let mut attr = ObjInfoAttr {
-        bpf_fd: fd.cast_unsigned(),
-        info_len: INFO_LEN,
-        info: std::ptr::addr_of_mut!(info) as u64,
-    };
+    let mut attr =
+        ObjInfoAttr { bpf_fd: fd.cast_unsigned(), info_len: INFO_LEN, info: std::ptr::addr_of_mut!(info) as u64 };
     // SAFETY: attr is a valid, initialised bpf_attr prefix of the size we
     // pass; the kernel writes at most info_len bytes to `info`, which lives
     // until the call returns.
@@ -56,11 +53,22 @@ pub fn token_info(fd: i32) -> io::Result<BpfTokenInfo> {
     Ok(info)
 }
 
-/// `unshare(CLONE_NEWUSER | CLONE_NEWNS)`. Safe: neither flag touches the
-/// fd table, which is what makes `unshare` unsafe in general.
-pub fn unshare_user_and_mount() -> io::Result<()> {
+/// `unshare(CLONE_NEWUSER)` or `unshare(CLONE_NEWNS)`. Safe: neither flag
+/// touches the fd table, which is what makes `unshare` unsafe in general.
+pub fn unshare(ns: Namespace) -> io::Result<()> {
     use rustix::thread::UnshareFlags;
+    let flags = match ns {
+        Namespace::User => UnshareFlags::NEWUSER,
+        Namespace::Mount => UnshareFlags::NEWNS,
+    };
     // SAFETY: no CLONE_FILES, so every fd stays valid for every thread.
-    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNS) }?;
+    unsafe { rustix::thread::unshare_unsafe(flags) }?;
     Ok(())
+}
+
+/// The namespaces [`unshare`] may create.
+#[derive(Debug, Clone, Copy)]
+pub enum Namespace {
+    User,
+    Mount,
 }
