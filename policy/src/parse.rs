@@ -105,9 +105,9 @@ impl Ctx<'_> {
             return Err(self.err(
                 span,
                 format!(
-                    "{what} {id} is the kernel's overflow id for unmapped users; \
-                     a policy names it only with `acknowledge_broad_grants = true`, and even then \
-                     no peer ever matches it (the daemon refuses unmapped peers)"
+                    "{what} {id}, the kernel's overflow id for unmapped users: a policy names it only \
+                     with `acknowledge_broad_grants = true`, and even then no peer matches it (the daemon \
+                     refuses unmapped peers)"
                 ),
             ));
         }
