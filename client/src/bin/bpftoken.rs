@@ -248,6 +248,9 @@ fn run(socket: &Path, request: &MintRequest, fd_only: bool, explain: bool, comma
         Ok(c) => c,
         Err(e) => return report(socket, &e),
     };
+    // Asked now, while we are still who the daemon should judge: libbpf
+    // mode moves us into the token's user namespace before CMD runs.
+    let policy = if explain { Some(client.query()) } else { None };
     // Both modes keep what they hand to CMD alive until it has run.
     let mut keep: Vec<OwnedFd> = Vec::new();
     let token = if fd_only {
@@ -293,8 +296,8 @@ fn run(socket: &Path, request: &MintRequest, fd_only: bool, explain: bool, comma
         }
     };
     let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-    if code != 0 {
-        explain_failure(socket, &token, code);
+    if let (true, Some(policy)) = (code != 0, policy) {
+        explain_failure(policy, &token, code);
     }
     drop(keep);
     ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -302,14 +305,14 @@ fn run(socket: &Path, request: &MintRequest, fd_only: bool, explain: bool, comma
 
 /// After CMD failed: what the token carries, and what the policy would
 /// give beyond it.
-fn explain_failure(socket: &Path, token: &bpftoken::Token, code: i32) {
+fn explain_failure(policy: Result<bpftoken::Explanation, Error>, token: &bpftoken::Token, code: i32) {
     eprintln!("bpftoken: the command exited with status {code}; its token carries:");
     match bpftoken::inspect::token_masks(token.as_fd()) {
         Ok((masks, _)) => {
             for line in mask_lines(&masks) {
                 eprintln!("bpftoken:   {line}");
             }
-            match Client::connect_to(socket).and_then(|mut c| c.query()) {
+            match policy {
                 Ok(e) => {
                     let more = e.grant.minus(masks);
                     if more.is_empty() {
@@ -319,7 +322,7 @@ fn explain_failure(socket: &Path, token: &bpftoken::Token, code: i32) {
                         );
                     } else {
                         eprintln!("bpftoken: the policy would also grant (ask with --cmds/--maps/--progs/--attachs):");
-                        for line in mask_lines(&more) {
+                        for line in mask_lines(&more).iter().filter(|l| !l.ends_with("(none)")) {
                             eprintln!("bpftoken:   {line}");
                         }
                     }

@@ -280,10 +280,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 } else {
                     "other"
                 };
-                println!(
-                    "{kind} cloexec {}",
-                    u32::from_str_radix(&flags, 8).is_ok_and(|f| f & 0o2000000 != 0)
-                );
+                println!("{kind} cloexec {}", u32::from_str_radix(&flags, 8).is_ok_and(|f| f & 0o2000000 != 0));
             }
             drop(grant);
             Ok(())
