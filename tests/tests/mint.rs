@@ -279,8 +279,8 @@ fn one_connection_carries_several_mints_and_counts_return_to_baseline() {
 }
 
 #[test]
-fn caller_inside_a_user_namespace_is_refused_clearly() {
-    let Some(env) = setup("caller_inside_a_user_namespace_is_refused_clearly") else { return };
+fn caller_inside_a_user_namespace_needs_a_userns_owners_rule() {
+    let Some(env) = setup("caller_inside_a_user_namespace_needs_a_userns_owners_rule") else { return };
     let d = TestDaemon::start(&env, POLICY, &[]);
     let alice = user(ALICE);
     let mut c = as_user(&alice, "unshare");
@@ -291,13 +291,17 @@ fn caller_inside_a_user_namespace_is_refused_clearly() {
         .args(["run", "--", "true"]);
     let o = output(c);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // alice's host rule does not reach into her namespaces: only a rule
+    // with `userns_owners` would (tests/tests/modes.rs).
     assert_eq!(
         stderr(&o),
         format!(
-            "bpftoken: refused: uid {0} is calling from inside a user namespace owned by uid {0} (a rootless \
-             container or `unshare -U`); a token bound to uid {0} would not work there, and container mode \
-             is not supported yet (unsupported_peer)\n",
-            alice.uid
+            "bpftoken: refused: no rule in {} allows uid {1} (gid {2}) (uid {1} calls from a user namespace owned \
+             by uid {1}, such as a rootless container; only rules with `userns_owners` match there) \
+             (not_in_policy)\n",
+            d.policy.display(),
+            alice.uid,
+            alice.gid
         )
     );
 }
