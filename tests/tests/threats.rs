@@ -51,7 +51,8 @@ fn a_client_gains_exactly_one_cloexec_token_fd_per_mint() {
 #[test]
 fn closing_at_every_byte_offset_leaves_nothing_behind() {
     let Some(env) = setup("closing_at_every_byte_offset_leaves_nothing_behind") else { return };
-    let d = TestDaemon::start(&env, POLICY, &[]);
+    // No spare tokens: every token in the daemon would be a leak.
+    let d = TestDaemon::start(&env, POLICY, &["--spare-tokens", "0"]);
     let alice = user(ALICE);
     let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -72,6 +73,34 @@ fn closing_at_every_byte_offset_leaves_nothing_behind() {
     // The daemon still serves.
     let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Spare tokens stay within their bound and go with their scope.
+#[test]
+fn spare_tokens_are_bounded_and_dropped_with_their_scope() {
+    let Some(env) = setup("spare_tokens_are_bounded_and_dropped_with_their_scope") else { return };
+    let d = TestDaemon::start(&env, POLICY, &["--scope-idle-secs", "2"]);
+    let alice = user(ALICE);
+    let pid = d.pid();
+    let mut most = 0;
+    for n in 1..=20 {
+        let mut c = as_user(&alice, env.bin("bpftoken-probe"));
+        c.args(["mint-loop", d.socket.to_str().unwrap(), "1"]);
+        let o = output(c);
+        assert_eq!(stdout(&o), "minted 1\n", "{}", stderr(&o));
+        // The first mint is cold (one token, checked, handed out); the
+        // second makes 1 + 7; each later one takes a spare, or makes 8 more
+        // when none is left. (The handed-out token closes in the daemon
+        // just after the client has it: settle.)
+        let want = if n == 1 { 0 } else { 7 - (n - 2) % 8 };
+        let (held, _, _) = settle(|| (token_fds(pid), 0, 0), (want, 0, 0));
+        assert_eq!(held, want, "token fds in the daemon after mint {n}");
+        most = most.max(held);
+    }
+    assert_eq!(most, 7);
+    // Idle eviction closes the scope and its spares.
+    let after = settle(|| (token_fds(pid), 0, 0), (0, 0, 0));
+    assert_eq!(after.0, 0, "spares outlived their scope");
 }
 
 /// Row 4: per-uid connection caps give a typed `busy`, spare other uids,
