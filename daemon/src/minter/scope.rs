@@ -474,6 +474,11 @@ pub fn verify_token_masks(token: BorrowedFd<'_>, want: &Delegation) -> Result<()
 /// Returns the root directory and the detached mount.
 fn configure_bpffs(fs: BorrowedFd<'_>, delegation: &Delegation) -> Result<(OwnedFd, OwnedFd), MintError> {
     for kind in Kind::ALL {
+        // Each delegate_* option costs a scan of the kernel's BTF (tens of
+        // microseconds); an empty set is the default and needs none.
+        if delegation.get(kind) == 0 {
+            continue;
+        }
         rustix::mount::fsconfig_set_string(fs, kind.mount_option(), delegation.mount_option_value(kind))
             .map_err(|e| MintError::from((Step::Delegate(kind), e)))?;
     }
