@@ -61,7 +61,7 @@ struct bpftoken_request {
 	uint64_t progs;           /* with BPFTOKEN_NARROW_PROGS */
 	uint64_t attachs;         /* with BPFTOKEN_NARROW_ATTACHS */
 	uint32_t flags;           /* BPFTOKEN_NARROW_* */
-	uint32_t __reserved;      /* must be zero */
+	uint32_t reserved;        /* must be zero */
 	/* The daemon's socket; NULL: $BPFTOKEN_SOCKET, else
 	 * /run/bpftokend/socket. */
 	const char *socket_path;

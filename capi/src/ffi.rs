@@ -40,7 +40,11 @@ pub struct bpftoken_grant {
 }
 
 // No implicit padding: every byte a caller passes is a field.
-const _: () = assert!(size_of::<bpftoken_request>() == 56 && offset_of!(bpftoken_request, socket_path) == 48);
+const _: () = assert!(
+    size_of::<bpftoken_request>() == 56
+        && offset_of!(bpftoken_request, flags) == 40
+        && offset_of!(bpftoken_request, socket_path) == 48
+);
 const _: () = assert!(size_of::<bpftoken_grant>() == 40);
 
 const EMPTY_REQUEST: bpftoken_request = bpftoken_request {
@@ -229,7 +233,7 @@ mod tests {
         let req = bpftoken_request { reserved: 1, ..request(c"/nonexistent") };
         // SAFETY: as above.
         assert_eq!(unsafe { bpftoken_mint(&req, std::ptr::null_mut()) }, -libc::EINVAL);
-        assert_eq!(last_error(), "req->__reserved must be zero");
+        assert_eq!(last_error(), "req->reserved must be zero");
         assert_eq!(bpftoken_last_refusal(), 0);
     }
 

@@ -39,7 +39,7 @@ pub enum ArgError {
     UnknownFields { sz: usize, known: usize },
     #[error("req->flags has unknown bits {0:#x}")]
     UnknownFlags(u32),
-    #[error("req->__reserved must be zero")]
+    #[error("req->reserved must be zero")]
     Reserved,
 }
 

@@ -7,6 +7,7 @@
 // on stdout; on failure, the reason on stderr (for a refusal, the daemon's
 // message from bpftoken_last_error()) and exits 1.
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -15,6 +16,12 @@
 #include <linux/bpf.h>
 
 #include <bpftoken.h>
+
+/* The layout libbpftoken.so was built with (capi/src/ffi.rs). */
+_Static_assert(sizeof(struct bpftoken_request) == 56, "struct bpftoken_request layout");
+_Static_assert(offsetof(struct bpftoken_request, flags) == 40, "struct bpftoken_request layout");
+_Static_assert(offsetof(struct bpftoken_request, socket_path) == 48, "struct bpftoken_request layout");
+_Static_assert(sizeof(struct bpftoken_grant) == 40, "struct bpftoken_grant layout");
 
 int main(void)
 {
