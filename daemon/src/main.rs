@@ -26,6 +26,11 @@ struct Cli {
     /// Seconds after which an unused scope is dropped.
     #[arg(long, default_value_t = ScopeLimits::default().idle.as_secs())]
     scope_idle_secs: u64,
+    /// Tokens a busy scope keeps minted ahead (0 to 7): a mint that finds
+    /// none makes this many more in the same child, so later mints cost no
+    /// namespace switch. 0 keeps no token in the daemon between requests.
+    #[arg(long, value_name = "N", default_value_t = 7, value_parser = clap::value_parser!(u8).range(0..=7))]
+    spare_tokens: u8,
     /// Milliseconds a client has to send a complete request (and the
     /// longest a connection may idle between requests).
     #[arg(long, value_name = "MS", default_value_t = bpftokend::server::READ_TIMEOUT.as_millis() as u64)]
@@ -102,6 +107,10 @@ enum Command {
         /// With --explain: the caller's cgroup v2 path.
         #[arg(long, value_name = "PATH", requires = "explain")]
         cgroup: Option<String>,
+        /// With --explain: the caller lives in a user namespace (a rootless
+        /// container) owned by this user (name or uid).
+        #[arg(long, value_name = "USER", requires = "explain")]
+        userns_owner: Option<String>,
     },
     /// Write the bpftokend(8) man page into DIR.
     #[command(hide = true)]
@@ -118,7 +127,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Some(Command::CheckPolicy { policy, explain, groups, exe, cgroup }) => {
+        Some(Command::CheckPolicy { policy, explain, groups, exe, cgroup, userns_owner }) => {
             let (names, source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
             match bpftoken_policy::load(&policy, &names) {
                 Ok(p) => {
@@ -133,16 +142,19 @@ fn main() -> ExitCode {
                     }
                     match explain {
                         None => ExitCode::SUCCESS,
-                        Some(user) => match bpftokend::explain::explain(&p, &user, &groups, exe, cgroup) {
-                            Ok(text) => {
-                                print!("{text}");
-                                ExitCode::SUCCESS
+                        Some(user) => {
+                            match bpftokend::explain::explain(&p, &user, &groups, exe, cgroup, userns_owner.as_deref())
+                            {
+                                Ok(text) => {
+                                    print!("{text}");
+                                    ExitCode::SUCCESS
+                                }
+                                Err(e) => {
+                                    eprintln!("bpftokend: {e}");
+                                    ExitCode::FAILURE
+                                }
                             }
-                            Err(e) => {
-                                eprintln!("bpftokend: {e}");
-                                ExitCode::FAILURE
-                            }
-                        },
+                        }
                     }
                 }
                 Err(e) => {
@@ -184,6 +196,7 @@ fn main() -> ExitCode {
                     per_uid: cli.scopes_per_uid,
                     global: cli.scopes_max,
                     idle: Duration::from_secs(cli.scope_idle_secs),
+                    spares: usize::from(cli.spare_tokens),
                 },
                 conns: ConnLimits {
                     global: cli.max_connections,
