@@ -82,6 +82,7 @@ pub fn errno_of(e: &bpftoken_client::Error) -> i32 {
             | RefusalCode::NotGranted
             | RefusalCode::UnmappedPeer
             | RefusalCode::UnsupportedPeer
+            | RefusalCode::BadNamespace
             | RefusalCode::Unknown(_) => libc::EPERM,
             RefusalCode::EmptyGrant => libc::EINVAL,
             RefusalCode::RateLimited => libc::EAGAIN,
@@ -159,6 +160,31 @@ pub fn last_refusal() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every refusal code has its `BPFTOKEN_REFUSED_*` in the header, with
+    /// the same number and the stable name in capitals.
+    #[test]
+    fn header_names_every_refusal_code() {
+        let header = include_str!("../include/bpftoken.h");
+        let defined: Vec<(String, u16)> = header
+            .lines()
+            .filter_map(|l| l.strip_prefix("#define BPFTOKEN_REFUSED_"))
+            .map(|l| {
+                let mut it = l.split_whitespace();
+                let name = it.next().expect("name").to_lowercase();
+                (name, it.next().expect("value").parse().expect("number"))
+            })
+            .collect();
+        for (name, n) in &defined {
+            assert_eq!(RefusalCode::from(*n).as_str(), name, "BPFTOKEN_REFUSED_{} {n}", name.to_uppercase());
+        }
+        for n in 0..=u16::MAX {
+            let code = RefusalCode::from(n);
+            if !matches!(code, RefusalCode::Unknown(_)) {
+                assert!(defined.iter().any(|(_, d)| *d == n), "bpftoken.h lacks refusal code {n} ({code})");
+            }
+        }
+    }
 
     #[test]
     fn flags_choose_which_masks_narrow() {
