@@ -21,11 +21,11 @@ if [ ! -x "$root/usr/lib/systemd/systemd" ]; then
     debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus "$suite" "$root" "$mirror" >/dev/null
 fi
 # The same libc as the host (same suite), so the host's build runs there.
-cargo build --release --locked -p bpftokend -p bpftoken >/dev/null 2>&1
+cargo build --release --locked -p bpftokend -p bpftoken -p bpftoken-capi >/dev/null 2>&1
 rm -rf "$root/opt/bpftokend" && mkdir -p "$root/opt/bpftokend"
-cp -r scripts systemd examples docs "$root/opt/bpftokend/"
+cp -r Cargo.toml scripts systemd examples docs capi "$root/opt/bpftokend/"
 mkdir -p "$root/opt/bpftokend/target/release"
-cp target/release/bpftokend target/release/bpftoken "$root/opt/bpftokend/target/release/"
+cp target/release/bpftokend target/release/bpftoken target/release/libbpftoken.so "$root/opt/bpftokend/target/release/"
 chroot "$root" sh -c 'id tokenuser >/dev/null 2>&1 || useradd -m tokenuser; getent group bpftoken >/dev/null || groupadd --system bpftoken; usermod -a -G bpftoken tokenuser'
 rm -f "$root/etc/bpftokend/policy.toml"
 
@@ -49,6 +49,8 @@ done
 inside() { nsenter -t "$leader" -a "$@"; }
 
 inside sh -c 'cd /opt/bpftokend && scripts/install' >/dev/null
+# The C library is in ld.so's cache under its soname.
+inside ldconfig -p | grep -q 'libbpftoken.so.0 '
 inside systemctl is-active bpftokend.socket
 # Not running yet: the first connection starts it.
 if inside systemctl is-active --quiet bpftokend.service; then echo "the service ran before any connection" >&2; exit 1; fi
@@ -69,4 +71,5 @@ inside systemctl reload bpftokend.service
 inside systemctl show -p StatusText bpftokend.service | grep -q "last reload: ok"
 inside systemctl show -p StatusText bpftokend.service
 inside sh -c 'cd /opt/bpftokend && scripts/install --uninstall' >/dev/null
+if inside ldconfig -p | grep -q libbpftoken; then echo "libbpftoken is still installed" >&2; exit 1; fi
 echo "nspawn end-to-end: ok"
