@@ -7,9 +7,14 @@
 //! println!("token fd with {}", token.granted());
 //! # Ok::<(), bpftoken::Error>(())
 //! ```
-#![forbid(unsafe_code)]
+// Raw syscalls live in `sys` alone.
+#![deny(unsafe_code)]
 
-use std::io::{IoSliceMut, Read, Write};
+pub mod inspect;
+pub mod namespaces;
+mod sys;
+
+use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -19,7 +24,10 @@ use std::time::Duration;
 use bpftoken_proto::codec::{self, CodecError};
 use bpftoken_proto::message::{FdRole, RequestBody};
 use bpftoken_proto::{Request, Response, FRAME_HEADER_LEN};
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
+    SendFlags,
+};
 
 pub use bpftoken_proto::delegation::{self, Delegation, Kind};
 pub use bpftoken_proto::{Explanation, MintRequest, Refusal, RefusalCode};
@@ -87,6 +95,24 @@ impl AsFd for Token {
     }
 }
 
+/// What libbpf mode hands out: a token, the user namespace it belongs to
+/// (owned by the caller) and the root of its delegated bpffs.
+#[derive(Debug)]
+pub struct ScopeGrant {
+    pub token: Token,
+    pub userns: OwnedFd,
+    pub bpffs: OwnedFd,
+}
+
+/// A bpffs delegated to a user namespace the caller owns.
+#[derive(Debug)]
+pub struct DelegatedMount {
+    /// The root of the detached mount.
+    pub bpffs: OwnedFd,
+    pub granted: Delegation,
+    pub rules: Vec<String>,
+}
+
 /// A connection to bpftokend. One connection may carry several requests.
 #[derive(Debug)]
 pub struct Client {
@@ -114,22 +140,70 @@ impl Client {
 
     /// Ask for a token. Sets left `None` in `request` mean "all my policy
     /// grants"; anything outside the grant is refused, not cut down.
+    ///
+    /// Called from inside a rootless container (a user namespace the
+    /// policy's `userns_owners` allows), the token is minted in that
+    /// namespace and works for the container's root.
     pub fn mint(&mut self, request: &MintRequest) -> Result<Token, Error> {
-        let frame = codec::encode_request(&Request::new(RequestBody::Mint(*request)))?;
-        self.stream.write_all(&frame)?;
-        let (response, mut fds) = self.read_response()?;
+        let (m, mut fds) = self.minted(RequestBody::Mint(*request), None, &[FdRole::Token])?;
+        Ok(Token { fd: fds.remove(0), granted: m.granted, rules: m.rules })
+    }
+
+    /// libbpf mode: a token plus its user namespace and delegated bpffs
+    /// root. The caller owns the namespace and may `setns()` into it; from
+    /// inside, libbpf creates tokens itself from the bpffs
+    /// (`LIBBPF_BPF_TOKEN_PATH=/proc/self/fd/N`).
+    pub fn mint_scope(&mut self, request: &MintRequest) -> Result<ScopeGrant, Error> {
+        let roles = [FdRole::Token, FdRole::UserNamespace, FdRole::Bpffs];
+        let (m, mut fds) = self.minted(RequestBody::MintScope(*request), None, &roles)?;
+        let bpffs = fds.remove(2);
+        let userns = fds.remove(1);
+        Ok(ScopeGrant { token: Token { fd: fds.remove(0), granted: m.granted, rules: m.rules }, userns, bpffs })
+    }
+
+    /// For rootless runtimes: a bpffs delegated to `userns`, a user
+    /// namespace this uid owns, as a detached mount to attach inside it
+    /// (`move_mount` onto its `/sys/fs/bpf`, where libbpf finds it).
+    pub fn delegate_mount(&mut self, request: &MintRequest, userns: BorrowedFd<'_>) -> Result<DelegatedMount, Error> {
+        let (m, mut fds) = self.minted(RequestBody::DelegateMount(*request), Some(userns), &[FdRole::Bpffs])?;
+        Ok(DelegatedMount { bpffs: fds.remove(0), granted: m.granted, rules: m.rules })
+    }
+
+    /// Send `body` (with `fd` attached), expect a grant carrying fds of
+    /// exactly `roles`.
+    fn minted(
+        &mut self,
+        body: RequestBody,
+        fd: Option<BorrowedFd<'_>>,
+        roles: &[FdRole],
+    ) -> Result<(bpftoken_proto::Minted, Vec<OwnedFd>), Error> {
+        let frame = codec::encode_request(&Request::new(body))?;
+        match fd {
+            None => self.stream.write_all(&frame)?,
+            Some(fd) => {
+                let fds = [fd];
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut control = SendAncillaryBuffer::new(&mut space);
+                control.push(SendAncillaryMessage::ScmRights(&fds));
+                let sent =
+                    rustix::net::sendmsg(&self.stream, &[IoSlice::new(&frame)], &mut control, SendFlags::NOSIGNAL)
+                        .map_err(std::io::Error::from)?;
+                self.stream.write_all(&frame[sent..])?;
+            }
+        }
+        let (response, fds) = self.read_response()?;
         match response {
             Response::Refused(r) => Err(Error::Refused(r)),
             Response::Explained(_) => Err(Error::Protocol("the daemon answered a mint with an explanation".into())),
             Response::Minted(m) => {
-                if m.fds != [FdRole::Token] || fds.len() != 1 {
+                if m.fds != roles || fds.len() != roles.len() {
                     return Err(Error::Protocol(format!(
-                        "expected one token fd, got roles {:?} and {} fds",
+                        "expected fds {roles:?}, got roles {:?} and {} fds",
                         m.fds,
                         fds.len()
                     )));
                 }
-                Ok(Token { fd: fds.remove(0), granted: m.granted, rules: m.rules })
+                Ok((m, fds))
             }
         }
     }

@@ -53,7 +53,11 @@ fn cgroup(peer: &PeerIdentity) -> String {
 }
 
 /// A token was handed out.
-pub fn granted(peer: &PeerIdentity, rules: &[String], granted: &Delegation, cold: bool) {
+/// `mode` says what was handed out: `owner` (a token bound to the peer's
+/// uid), `libbpf` (token plus its scope), `container` (a token in the
+/// peer's own user namespace) or `delegated_mount` (a bpffs for a
+/// namespace the peer owns).
+pub fn granted(peer: &PeerIdentity, rules: &[String], granted: &Delegation, cold: bool, mode: &str) {
     if !admit() {
         return;
     }
@@ -68,7 +72,9 @@ pub fn granted(peer: &PeerIdentity, rules: &[String], granted: &Delegation, cold
         rules = %rules.join(","),
         granted = %granted,
         scope = if cold { "new" } else { "cached" },
-        "granted token to uid {}", peer.creds.uid
+        mode,
+        userns_owner = peer.creds.userns_owner.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+        "granted {mode} to uid {}", peer.creds.uid
     );
 }
 

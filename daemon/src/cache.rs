@@ -79,7 +79,7 @@ impl ScopeCache {
 
     /// Mint from the cached scope for `key`, if there is one. A scope that
     /// fails to mint is dropped, so the next request builds a fresh one.
-    pub fn mint_warm(&self, key: &ScopeKey) -> Option<Result<MintedToken, MintError>> {
+    pub fn mint_warm(&self, key: &ScopeKey) -> Option<Result<(MintedToken, Arc<Scope>), MintError>> {
         let scope = {
             let mut map = self.lock();
             let entry = map.get_mut(key)?;
@@ -93,7 +93,7 @@ impl ScopeCache {
                 map.remove(key);
             }
         }
-        Some(result)
+        Some(result.map(|t| (t, scope)))
     }
 
     /// Mint the first token of a scope the minter just created and check
@@ -107,20 +107,21 @@ impl ScopeCache {
     /// Keep a scope the minter created, evicting the least recently used
     /// ones beyond the per-uid and global caps. If another request cached
     /// the same key meanwhile, that one stays and this one is dropped.
-    pub fn insert(&self, scope: Scope) {
+    pub fn insert(&self, scope: Arc<Scope>) {
         let key = scope.key;
         let mut map = self.lock();
         if map.contains_key(&key) {
             return;
         }
         let per_uid = self.limits.per_uid.max(1);
-        while map.keys().filter(|k| k.owner_uid == key.owner_uid).count() >= per_uid {
-            evict_lru(&mut map, |k| k.owner_uid == key.owner_uid);
+        let uid = key.owner_uid();
+        while map.keys().filter(|k| k.owner_uid() == uid).count() >= per_uid {
+            evict_lru(&mut map, |k| k.owner_uid() == uid);
         }
         while map.len() >= self.limits.global.max(1) {
             evict_lru(&mut map, |_| true);
         }
-        map.insert(key, Entry { scope: Arc::new(scope), last_used: Instant::now() });
+        map.insert(key, Entry { scope, last_used: Instant::now() });
     }
 
     /// Drop scopes unused for longer than the idle limit; returns how many.

@@ -15,7 +15,15 @@ pub fn explain(
     groups: &[String],
     exe: Option<PathBuf>,
     cgroup: Option<String>,
+    userns_owner: Option<&str>,
 ) -> Result<String, String> {
+    let userns_owner = match userns_owner {
+        None => None,
+        Some(o) => Some(match o.parse::<u32>() {
+            Ok(uid) => uid,
+            Err(_) => uzers::get_user_by_name(o).ok_or_else(|| format!("unknown user \"{o}\""))?.uid(),
+        }),
+    };
     let (uid, gid) = match user.parse::<u32>() {
         Ok(uid) => (uid, uzers::get_user_by_uid(uid).map_or(uid, |u| u.primary_group_id())),
         Err(_) => {
@@ -39,15 +47,16 @@ pub fn explain(
             })
             .collect::<Result<_, _>>()?
     };
-    let peer = Peer { uid, gid, groups: supplementary.clone(), exe: exe.clone(), cgroup: cgroup.clone() };
+    let peer = Peer { uid, gid, groups: supplementary.clone(), exe: exe.clone(), cgroup: cgroup.clone(), userns_owner };
     let eff = policy.effective(&peer);
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "uid {uid} gid {gid} groups {:?} exe {} cgroup {}",
+        "uid {uid} gid {gid} groups {:?} exe {} cgroup {}{}",
         supplementary,
         exe.as_ref().map_or_else(|| "(any)".to_owned(), |e| e.display().to_string()),
-        cgroup.as_deref().unwrap_or("(any)")
+        cgroup.as_deref().unwrap_or("(any)"),
+        userns_owner.map_or_else(String::new, |o| format!(" in a user namespace owned by uid {o}"))
     );
     if eff.allowed_by.is_empty() {
         let _ = writeln!(out, "no allow rule matches: every request is refused (not_in_policy)");

@@ -102,6 +102,10 @@ enum Command {
         /// With --explain: the caller's cgroup v2 path.
         #[arg(long, value_name = "PATH", requires = "explain")]
         cgroup: Option<String>,
+        /// With --explain: the caller lives in a user namespace (a rootless
+        /// container) owned by this user (name or uid).
+        #[arg(long, value_name = "USER", requires = "explain")]
+        userns_owner: Option<String>,
     },
     /// Write the bpftokend(8) man page into DIR.
     #[command(hide = true)]
@@ -118,7 +122,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Some(Command::CheckPolicy { policy, explain, groups, exe, cgroup }) => {
+        Some(Command::CheckPolicy { policy, explain, groups, exe, cgroup, userns_owner }) => {
             let (names, source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
             match bpftoken_policy::load(&policy, &names) {
                 Ok(p) => {
@@ -133,16 +137,19 @@ fn main() -> ExitCode {
                     }
                     match explain {
                         None => ExitCode::SUCCESS,
-                        Some(user) => match bpftokend::explain::explain(&p, &user, &groups, exe, cgroup) {
-                            Ok(text) => {
-                                print!("{text}");
-                                ExitCode::SUCCESS
+                        Some(user) => {
+                            match bpftokend::explain::explain(&p, &user, &groups, exe, cgroup, userns_owner.as_deref())
+                            {
+                                Ok(text) => {
+                                    print!("{text}");
+                                    ExitCode::SUCCESS
+                                }
+                                Err(e) => {
+                                    eprintln!("bpftokend: {e}");
+                                    ExitCode::FAILURE
+                                }
                             }
-                            Err(e) => {
-                                eprintln!("bpftokend: {e}");
-                                ExitCode::FAILURE
-                            }
-                        },
+                        }
                     }
                 }
                 Err(e) => {

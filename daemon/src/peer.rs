@@ -15,8 +15,8 @@ pub enum PeerUserns {
     /// The daemon's own (normally the init user namespace).
     Ours,
     /// Another one (a rootless container, `unshare -U`), owned by this uid
-    /// as seen from ours.
-    Nested { owner_uid: u32 },
+    /// as seen from ours, with its nsfs inode.
+    Nested { owner_uid: u32, ino: u64 },
     /// Could not be determined (the peer exited, or no pidfd).
     Unknown,
 }
@@ -31,6 +31,9 @@ pub struct PeerIdentity {
     /// connecting process even if the pid is recycled, and closed after).
     pub pid: i32,
     pub userns: PeerUserns,
+    /// The peer's user namespace, held from accept time, when it is not
+    /// ours: container-mode tokens are minted in exactly this namespace.
+    pub userns_fd: Option<std::os::fd::OwnedFd>,
 }
 
 impl PeerIdentity {
@@ -47,11 +50,16 @@ pub fn identify(sock: BorrowedFd<'_>) -> std::io::Result<PeerIdentity> {
     let pidfd = sys::peer_pidfd(sock).ok();
     let exe = pidfd.as_ref().and_then(|fd| exe_of(fd.as_fd()));
     let cgroup = pidfd.as_ref().and_then(|fd| cgroup_of(fd.as_fd()));
-    let userns = pidfd.as_ref().map_or(PeerUserns::Unknown, |fd| userns_of(fd.as_fd()));
+    let (userns, userns_fd) = pidfd.as_ref().map_or((PeerUserns::Unknown, None), |fd| userns_of(fd.as_fd()));
+    let userns_owner = match userns {
+        PeerUserns::Nested { owner_uid, .. } => Some(owner_uid),
+        PeerUserns::Ours | PeerUserns::Unknown => None,
+    };
     Ok(PeerIdentity {
-        creds: Peer { uid: cred.uid.as_raw(), gid: cred.gid.as_raw(), groups, exe, cgroup },
+        creds: Peer { uid: cred.uid.as_raw(), gid: cred.gid.as_raw(), groups, exe, cgroup, userns_owner },
         pid: cred.pid.as_raw_nonzero().get(),
         userns,
+        userns_fd,
     })
 }
 
@@ -88,7 +96,7 @@ fn own_userns() -> Option<(u64, u64)> {
     *OWN.get_or_init(|| std::fs::metadata("/proc/self/ns/user").ok().map(|m| (m.dev(), m.ino())))
 }
 
-fn userns_of(pidfd: BorrowedFd<'_>) -> PeerUserns {
+fn userns_of(pidfd: BorrowedFd<'_>) -> (PeerUserns, Option<std::os::fd::OwnedFd>) {
     // PIDFD_GET_USER_NAMESPACE (6.11+); before that, /proc through the pidfd.
     let ns = sys::pidfd_user_namespace(pidfd).ok().or_else(|| {
         through_pidfd(pidfd, |proc| {
@@ -100,13 +108,13 @@ fn userns_of(pidfd: BorrowedFd<'_>) -> PeerUserns {
             .map_err(std::io::Error::from)
         })
     });
-    let Some(ns) = ns else { return PeerUserns::Unknown };
-    let Ok(st) = rustix::fs::fstat(&ns) else { return PeerUserns::Unknown };
+    let Some(ns) = ns else { return (PeerUserns::Unknown, None) };
+    let Ok(st) = rustix::fs::fstat(&ns) else { return (PeerUserns::Unknown, None) };
     if Some((st.st_dev, st.st_ino)) == own_userns() {
-        return PeerUserns::Ours;
+        return (PeerUserns::Ours, None);
     }
     match sys::ns_owner_uid(ns.as_fd()) {
-        Ok(owner_uid) => PeerUserns::Nested { owner_uid },
-        Err(_) => PeerUserns::Unknown,
+        Ok(owner_uid) => (PeerUserns::Nested { owner_uid, ino: st.st_ino }, Some(ns)),
+        Err(_) => (PeerUserns::Unknown, None),
     }
 }

@@ -1,9 +1,9 @@
 //! Accepting clients and answering their requests.
 
 use std::collections::HashMap;
-use std::io::IoSlice;
+use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -12,7 +12,10 @@ use bpftoken_policy::{Decision, Policy, RateLimit};
 use bpftoken_proto::codec::{self, CodecError};
 use bpftoken_proto::message::{FdRole, RequestBody};
 use bpftoken_proto::{Explanation, MintRequest, Minted, Refusal, RefusalCode, Response, FRAME_HEADER_LEN};
-use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
+    SendFlags,
+};
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -21,7 +24,7 @@ use tokio::task::JoinSet;
 use crate::audit;
 use crate::cache::ScopeCache;
 use crate::minter::link::MinterLink;
-use crate::minter::{MintError, ScopeKey};
+use crate::minter::{MintError, Scope, ScopeKey, ScopeOwner};
 use crate::peer::{self, PeerIdentity, PeerUserns};
 use crate::sys::MintedToken;
 
@@ -179,16 +182,21 @@ impl Daemon {
     }
 
     /// A token for `key`: from the cached scope if there is one (warm),
-    /// else from a new scope the minter creates (cold). Returns the token
-    /// and whether it was cold.
-    pub async fn mint(&self, key: ScopeKey) -> Result<(MintedToken, bool), MintError> {
+    /// else from a new scope the minter creates (cold; `target` is the
+    /// namespace of a [`ScopeOwner::Userns`] key). Returns the token, its
+    /// scope and whether it was cold.
+    pub async fn mint(
+        &self,
+        key: ScopeKey,
+        target: Option<BorrowedFd<'_>>,
+    ) -> Result<(MintedToken, Arc<Scope>, bool), MintError> {
         if let Some(result) = self.scopes.mint_warm(&key) {
-            return result.map(|t| (t, false));
+            return result.map(|(t, scope)| (t, scope, false));
         }
-        let scope = self.minter.create_scope(key).await?;
+        let scope = Arc::new(self.minter.create_scope(key, target).await?);
         let token = self.scopes.mint_first(&scope)?;
-        self.scopes.insert(scope);
-        Ok((token, true))
+        self.scopes.insert(scope.clone());
+        Ok((token, scope, true))
     }
 
     fn take_slot(self: &Arc<Self>, uid: u32) -> Result<ConnSlot, String> {
@@ -258,21 +266,57 @@ enum ReadError {
     Io,
 }
 
-/// Read one frame's payload; `Ok(None)` at a clean end (EOF between
-/// frames, or shutdown while idle).
+/// Most fds a request may carry ([`RequestBody::DelegateMount`] has one).
+const MAX_REQUEST_FDS: usize = 1;
+
+/// One request frame and the fds that came with it.
+struct Frame {
+    payload: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    /// More fds came than a request may carry (the kernel closed the rest).
+    fds_truncated: bool,
+}
+
+/// The first read of a frame, with recvmsg: fds ride on the frame's first
+/// bytes. Later reads are plain, and the kernel closes any fds on them.
+async fn recv_first(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> std::io::Result<(usize, bool)> {
+    stream
+        .async_io(Interest::READABLE, || {
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_REQUEST_FDS))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let msg = rustix::net::recvmsg(
+                stream,
+                &mut [IoSliceMut::new(buf)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+            )
+            .map_err(std::io::Error::from)?;
+            for m in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(rights) = m {
+                    fds.extend(rights);
+                }
+            }
+            Ok((msg.bytes, msg.flags.contains(ReturnFlags::CTRUNC)))
+        })
+        .await
+}
+
+/// Read one frame; `Ok(None)` at a clean end (EOF between frames, or
+/// shutdown while idle).
 async fn read_frame(
     stream: &mut UnixStream,
     read_timeout: Duration,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<Option<Vec<u8>>, ReadError> {
+) -> Result<Option<Frame>, ReadError> {
     let mut header = [0u8; FRAME_HEADER_LEN];
+    let mut fds = Vec::new();
     let first = tokio::select! {
-        r = tokio::time::timeout(read_timeout, stream.read(&mut header)) => r,
+        r = tokio::time::timeout(read_timeout, recv_first(stream, &mut header, &mut fds)) => r,
         _ = shutdown.changed() => return Ok(None),
     };
-    let got = match first {
+    let (got, fds_truncated) = match first {
         Err(_) => return Err(ReadError::Timeout),
-        Ok(Ok(0)) => return Ok(None),
+        Ok(Ok((0, _))) => return Ok(None),
         Ok(Ok(n)) => n,
         Ok(Err(_)) => return Err(ReadError::Io),
     };
@@ -292,21 +336,20 @@ async fn read_frame(
         Err(_) => Err(ReadError::Timeout),
         Ok(Err(_)) => Err(ReadError::Io),
         Ok(Ok(Err(e))) => Err(ReadError::Codec(e)),
-        Ok(Ok(Ok(p))) => Ok(Some(p)),
+        Ok(Ok(Ok(payload))) => Ok(Some(Frame { payload, fds, fds_truncated })),
     }
 }
 
-/// Send one response, with `fd` attached to its first byte.
-async fn write_response(stream: &UnixStream, response: &Response, fd: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
+/// Send one response, with `fds` attached to its first byte.
+async fn write_response(stream: &UnixStream, response: &Response, fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
     let bytes = codec::encode_response(response).map_err(std::io::Error::other)?;
     let send = async {
         let mut sent = stream
             .async_io(Interest::WRITABLE, || {
-                let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
-                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
                 let mut control = SendAncillaryBuffer::new(&mut space);
-                if !fds.is_empty() {
-                    control.push(SendAncillaryMessage::ScmRights(&fds));
+                if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+                    return Err(std::io::Error::other("too many fds for one response"));
                 }
                 rustix::net::sendmsg(
                     stream,
@@ -349,14 +392,14 @@ async fn handle_connection(daemon: Arc<Daemon>, mut stream: UnixStream, mut shut
         Err(message) => {
             daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
             audit::refused(&peer, &[], RefusalCode::Busy, &message);
-            let _ = write_response(&stream, &refusal(RefusalCode::Busy, message), None).await;
+            let _ = write_response(&stream, &refusal(RefusalCode::Busy, message), &[]).await;
             return;
         }
     };
     loop {
         let read_timeout = daemon.limits.read_timeout;
-        let payload = match read_frame(&mut stream, read_timeout, &mut shutdown).await {
-            Ok(Some(p)) => p,
+        let frame = match read_frame(&mut stream, read_timeout, &mut shutdown).await {
+            Ok(Some(f)) => f,
             Ok(None) | Err(ReadError::Io) => return,
             Err(ReadError::Timeout) => {
                 let msg = format!("no complete request within {} ms", read_timeout.as_millis());
@@ -373,7 +416,7 @@ async fn handle_connection(daemon: Arc<Daemon>, mut stream: UnixStream, mut shut
                 return;
             }
         };
-        let request = match codec::decode_request(&payload) {
+        let request = match codec::decode_request(&frame.payload) {
             Ok(r) => r,
             Err(e) => {
                 let code = match e {
@@ -387,8 +430,27 @@ async fn handle_connection(daemon: Arc<Daemon>, mut stream: UnixStream, mut shut
                 continue;
             }
         };
+        let expected = request.body.fds_expected();
+        if frame.fds_truncated || frame.fds.len() != expected {
+            let got =
+                if frame.fds_truncated { format!("more than {MAX_REQUEST_FDS}") } else { frame.fds.len().to_string() };
+            let msg =
+                format!("a {} request carries {expected} fd(s), this one carried {got}", request_name(&request.body));
+            // The fds close here; the frame was whole, so go on.
+            drop(frame.fds);
+            if !reject(&daemon, &peer, &stream, RefusalCode::Malformed, msg).await {
+                return;
+            }
+            continue;
+        }
+        let mut fds = frame.fds;
         let ok = match request.body {
-            RequestBody::Mint(req) => handle_mint(&daemon, &peer, &stream, &req).await,
+            RequestBody::Mint(req) => handle_mint(&daemon, &peer, &stream, &req, Mode::Token).await,
+            RequestBody::MintScope(req) => handle_mint(&daemon, &peer, &stream, &req, Mode::Scope).await,
+            RequestBody::DelegateMount(req) => match fds.pop() {
+                Some(ns) => handle_delegate(&daemon, &peer, &stream, &req, ns).await,
+                None => false,
+            },
             RequestBody::Query => handle_query(&daemon, &peer, &stream).await,
         };
         if !ok {
@@ -417,7 +479,7 @@ async fn handle_query(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream)
         refusal,
     };
     tracing::debug!(peer_uid = peer.creds.uid, "answered a policy query");
-    write_response(stream, &Response::Explained(explanation), None).await.is_ok()
+    write_response(stream, &Response::Explained(explanation), &[]).await.is_ok()
 }
 
 /// A refusal that follows from who the peer is, before any policy rule.
@@ -432,15 +494,9 @@ fn peer_refusal(peer: &PeerIdentity) -> Option<Refusal> {
                 peer.creds.uid
             ),
         )),
-        PeerUserns::Nested { owner_uid } => Some(Refusal::new(
-            RefusalCode::UnsupportedPeer,
-            format!(
-                "uid {} is calling from inside a user namespace owned by uid {owner_uid} (a rootless \
-                 container or `unshare -U`); a token bound to uid {} would not work there, and \
-                 container mode is not supported yet",
-                peer.creds.uid, peer.creds.uid
-            ),
-        )),
+        // Container mode: minted in the peer's own namespace, and only
+        // rules with `userns_owners` match such a peer.
+        PeerUserns::Nested { .. } => None,
     }
 }
 
@@ -448,59 +504,205 @@ fn peer_refusal(peer: &PeerIdentity) -> Option<Refusal> {
 async fn reject(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, code: RefusalCode, message: String) -> bool {
     daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
     audit::refused(peer, &[], code, &message);
-    write_response(stream, &refusal(code, message), None).await.is_ok()
+    write_response(stream, &refusal(code, message), &[]).await.is_ok()
 }
 
-/// Decide, mint, deliver. False if the client is gone.
-async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, req: &MintRequest) -> bool {
+fn request_name(body: &RequestBody) -> &'static str {
+    match body {
+        RequestBody::Mint(_) => "mint",
+        RequestBody::MintScope(_) => "mint-scope",
+        RequestBody::DelegateMount(_) => "delegate-mount",
+        RequestBody::Query => "query",
+    }
+}
+
+/// What a mint hands out besides the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The token alone.
+    Token,
+    /// libbpf mode: the token, its user namespace and its bpffs root.
+    Scope,
+}
+
+/// The refusal for a policy decision, with a hint for container peers,
+/// whom only `userns_owners` rules match.
+fn policy_refusal(peer: &PeerIdentity, code: RefusalCode, message: String) -> (RefusalCode, String) {
+    match (code, peer.userns) {
+        (RefusalCode::NotInPolicy, PeerUserns::Nested { owner_uid, .. }) => (
+            code,
+            format!(
+                "{message} (uid {} calls from a user namespace owned by uid {owner_uid}, such as a rootless \
+                 container; only rules with `userns_owners` match there)",
+                peer.creds.uid
+            ),
+        ),
+        _ => (code, message),
+    }
+}
+
+/// Decide for `req` and count it against the rate limits: the grant and
+/// the rules behind it, or the refusal already sent (false if the client
+/// is gone).
+async fn decide(
+    daemon: &Daemon,
+    peer: &PeerIdentity,
+    stream: &UnixStream,
+    req: &MintRequest,
+) -> Result<(bpftoken_proto::Delegation, Vec<String>), bool> {
     if let Some(r) = peer_refusal(peer) {
         daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
         audit::refused(peer, &[], r.code, &r.message);
-        return write_response(stream, &Response::Refused(r), None).await.is_ok();
+        return Err(write_response(stream, &Response::Refused(r), &[]).await.is_ok());
     }
     let policy = daemon.policy();
-    let (delegation, rules) = match policy.decide(&peer.creds, req) {
+    match policy.decide(&peer.creds, req) {
         Decision::Refuse { code, message, rules } => {
+            let (code, message) = policy_refusal(peer, code, message);
             daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
             audit::refused(peer, &rules, code, &message);
-            return write_response(stream, &refusal(code, message), None).await.is_ok();
+            Err(write_response(stream, &refusal(code, message), &[]).await.is_ok())
         }
         Decision::Grant { delegation, rules, limits } => {
             if let Err(message) = daemon.rates.admit(peer.creds.uid, &limits) {
                 daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
                 audit::refused(peer, &rules, RefusalCode::RateLimited, &message);
-                return write_response(stream, &refusal(RefusalCode::RateLimited, message), None).await.is_ok();
+                return Err(write_response(stream, &refusal(RefusalCode::RateLimited, message), &[]).await.is_ok());
             }
-            (delegation, rules)
+            Ok((delegation, rules))
         }
+    }
+}
+
+/// Decide, mint, deliver. False if the client is gone.
+async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, req: &MintRequest, mode: Mode) -> bool {
+    let (delegation, rules) = match decide(daemon, peer, stream, req).await {
+        Ok(grant) => grant,
+        Err(alive) => return alive,
     };
-    let key = ScopeKey { owner_uid: peer.creds.uid, owner_gid: peer.creds.gid, delegation };
-    let (token, cold) = match daemon.mint(key).await {
+    let (owner, target, mode_name) = match (peer.userns, &peer.userns_fd) {
+        (PeerUserns::Nested { owner_uid, ino }, Some(ns)) => {
+            (ScopeOwner::Userns { ino, owner_uid }, Some(ns.as_fd()), "container")
+        }
+        _ => (
+            ScopeOwner::Uid { uid: peer.creds.uid, gid: peer.creds.gid },
+            None,
+            if mode == Mode::Scope { "libbpf" } else { "owner" },
+        ),
+    };
+    let key = ScopeKey { owner, delegation };
+    let (token, scope, cold) = match daemon.mint(key, target).await {
         Ok(m) => m,
-        Err(e) => {
-            let message = format!("minting failed: {e}");
-            daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
-            audit::refused(peer, &rules, RefusalCode::MintFailed, &message);
-            return write_response(stream, &refusal(RefusalCode::MintFailed, message), None).await.is_ok();
-        }
+        Err(e) => return mint_failed(daemon, peer, stream, &rules, &e).await,
     };
-    let response = Response::Minted(Minted { granted: delegation, rules: rules.clone(), fds: vec![FdRole::Token] });
-    let delivered = write_response(stream, &response, Some(token.as_fd())).await;
+    let (roles, fds) = match mode {
+        Mode::Token => (vec![FdRole::Token], vec![token.as_fd()]),
+        Mode::Scope => (
+            vec![FdRole::Token, FdRole::UserNamespace, FdRole::Bpffs],
+            vec![token.as_fd(), scope.userns.as_fd(), scope.bpffs_root.as_fd()],
+        ),
+    };
+    let response = Response::Minted(Minted { granted: delegation, rules: rules.clone(), fds: roles });
+    let delivered = write_response(stream, &response, &fds).await;
+    drop(fds);
     // Our copy of the token closes here whatever happened.
     drop(token);
+    delivered_or_audit(daemon, peer, &rules, &delegation, cold, mode_name, delivered)
+}
+
+/// Delegate a bpffs to the user namespace `ns`, which the peer must own.
+/// Each request gets a bpffs of its own (the caller attaches it), so
+/// nothing is cached.
+async fn handle_delegate(
+    daemon: &Daemon,
+    peer: &PeerIdentity,
+    stream: &UnixStream,
+    req: &MintRequest,
+    ns: OwnedFd,
+) -> bool {
+    if peer.userns != PeerUserns::Ours {
+        let message = "ask for a delegated bpffs from outside the namespace (the runtime's own user namespace), \
+                       not from inside a container"
+            .to_owned();
+        return reject(daemon, peer, stream, RefusalCode::UnsupportedPeer, message).await;
+    }
+    let (delegation, rules) = match decide(daemon, peer, stream, req).await {
+        Ok(grant) => grant,
+        Err(alive) => return alive,
+    };
+    let ino = match check_delegation_target(ns.as_fd(), peer.creds.uid) {
+        Ok(ino) => ino,
+        Err(message) => return reject(daemon, peer, stream, RefusalCode::BadNamespace, message).await,
+    };
+    let key = ScopeKey { owner: ScopeOwner::Userns { ino, owner_uid: peer.creds.uid }, delegation };
+    let scope = match daemon.minter.create_scope(key, Some(ns.as_fd())).await {
+        Ok(scope) => scope,
+        Err(e) => return mint_failed(daemon, peer, stream, &rules, &e).await,
+    };
+    // One token, checked and dropped: the bpffs delegates exactly the grant.
+    if let Err(e) = daemon.scopes.mint_first(&scope) {
+        return mint_failed(daemon, peer, stream, &rules, &e).await;
+    }
+    let response = Response::Minted(Minted { granted: delegation, rules: rules.clone(), fds: vec![FdRole::Bpffs] });
+    let delivered = write_response(stream, &response, &[scope.mount.as_fd()]).await;
+    delivered_or_audit(daemon, peer, &rules, &delegation, true, "delegated_mount", delivered)
+}
+
+/// The namespace a peer sent must be a user namespace it owns, and not
+/// ours. Returns its inode.
+fn check_delegation_target(ns: BorrowedFd<'_>, uid: u32) -> Result<u64, String> {
+    match crate::sys::ns_type(ns) {
+        Ok(t) if t == libc::CLONE_NEWUSER => {}
+        Ok(t) => return Err(format!("the fd sent is a namespace of type {t:#x}, not a user namespace")),
+        Err(_) => return Err("the fd sent is not a namespace (send an fd of /proc/PID/ns/user)".to_owned()),
+    }
+    let st = rustix::fs::fstat(ns).map_err(|e| format!("cannot stat the namespace: {e}"))?;
+    let own = rustix::fs::stat("/proc/self/ns/user").map_err(|e| format!("cannot stat our namespace: {e}"))?;
+    if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino) {
+        return Err("the fd sent is the initial user namespace; send one your uid created".to_owned());
+    }
+    let owner = crate::sys::ns_owner_uid(ns).map_err(|e| format!("cannot read the namespace's owner: {e}"))?;
+    if owner != uid {
+        return Err(format!("the user namespace sent is owned by uid {owner}, not by you (uid {uid})"));
+    }
+    Ok(st.st_ino)
+}
+
+async fn mint_failed(
+    daemon: &Daemon,
+    peer: &PeerIdentity,
+    stream: &UnixStream,
+    rules: &[String],
+    e: &MintError,
+) -> bool {
+    let message = format!("minting failed: {e}");
+    daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+    audit::refused(peer, rules, RefusalCode::MintFailed, &message);
+    write_response(stream, &refusal(RefusalCode::MintFailed, message), &[]).await.is_ok()
+}
+
+fn delivered_or_audit(
+    daemon: &Daemon,
+    peer: &PeerIdentity,
+    rules: &[String],
+    delegation: &bpftoken_proto::Delegation,
+    cold: bool,
+    mode: &str,
+    delivered: std::io::Result<()>,
+) -> bool {
     match delivered {
         Ok(()) => {
             daemon.stats.minted.fetch_add(1, Ordering::Relaxed);
-            audit::granted(peer, &rules, &delegation, cold);
+            audit::granted(peer, rules, delegation, cold, mode);
             true
         }
         Err(e) => {
             daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
             audit::refused(
                 peer,
-                &rules,
+                rules,
                 RefusalCode::MintFailed,
-                &format!("client went away before taking its token: {e}"),
+                &format!("client went away before taking its grant: {e}"),
             );
             false
         }

@@ -108,6 +108,17 @@ pub fn ns_owner_uid(ns: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(uid)
 }
 
+/// `NS_GET_NSTYPE` from `include/uapi/linux/nsfs.h`.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// The `CLONE_NEW*` type of a namespace fd (ENOTTY if `ns` is not one).
+pub fn ns_type(ns: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns the type.
+    let ret = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_NSTYPE) };
+    cvt(ret.into())?;
+    Ok(ret)
+}
+
 /// `BPF_TOKEN_CREATE` from a bpffs root fd, in the calling thread's own
 /// user namespace.
 pub fn bpf_token_create(bpffs: BorrowedFd<'_>) -> io::Result<OwnedFd> {

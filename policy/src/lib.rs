@@ -25,7 +25,10 @@ pub const DEFAULT_POLICY_PATH: &str = "/etc/bpftokend/policy.toml";
 
 /// Ids the kernel uses for "not mapped" (overflow ids) and "no id" (-1).
 /// A peer carrying one never matches a rule, and a policy cannot name one.
-pub const SENTINEL_IDS: [u32; 2] = [65534, u32::MAX];
+pub const SENTINEL_IDS: [u32; 2] = [OVERFLOW_ID, u32::MAX];
+
+/// The kernel's overflow uid and gid (`/proc/sys/kernel/overflowuid`).
+pub const OVERFLOW_ID: u32 = 65534;
 
 /// Largest uid/gid a policy may name: ids at or above 2^31 are not used for
 /// real accounts and are where sentinel and sign-confusion bugs live.
@@ -89,6 +92,10 @@ pub struct Matcher {
     pub executables: Option<Vec<PathBuf>>,
     /// The peer's cgroup v2 path is one of these or below one of them.
     pub cgroups: Option<Vec<String>>,
+    /// The peer lives in a user namespace (a rootless container) owned by
+    /// one of these uids. A rule without it matches only peers in the
+    /// daemon's own user namespace: container peers are opt-in.
+    pub userns_owners: Option<IdSet>,
 }
 
 /// One `[[allow]]` or `[[deny]]` rule after names have been resolved.
@@ -119,6 +126,9 @@ pub struct Peer {
     pub exe: Option<PathBuf>,
     /// cgroup v2 path (`/system.slice/x.service`), read through a pidfd.
     pub cgroup: Option<String>,
+    /// Owner uid of the peer's user namespace when that is not the
+    /// daemon's own (container mode); `None` for ordinary peers.
+    pub userns_owner: Option<u32>,
 }
 
 /// A rate limit that applies to a grant: the uid may mint at most
@@ -177,7 +187,12 @@ impl Matcher {
             .cgroups
             .as_ref()
             .is_none_or(|cgs| peer.cgroup.as_ref().is_some_and(|c| cgs.iter().any(|p| cgroup_below(c, p))));
-        uid_ok && gid_ok && exe_ok && cgroup_ok
+        let userns_ok = match (&self.userns_owners, peer.userns_owner) {
+            (None, None) => true,
+            (Some(owners), Some(owner)) => owners.contains(owner),
+            _ => false,
+        };
+        uid_ok && gid_ok && exe_ok && cgroup_ok && userns_ok
     }
 }
 

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use crate::btf::KernelNames;
 use crate::error::{Location, PolicyError};
-use crate::{Effect, IdRange, IdSet, Matcher, Policy, Rule, MAX_POLICY_ID, SENTINEL_IDS};
+use crate::{Effect, IdRange, IdSet, Matcher, Policy, Rule, MAX_POLICY_ID, OVERFLOW_ID, SENTINEL_IDS};
 
 /// Turns user and group names into ids when the policy loads, so the
 /// request path never performs a name lookup.
@@ -57,6 +57,7 @@ struct RawRule {
     gid_ranges: Option<Vec<Spanned<Vec<i64>>>>,
     executables: Option<Vec<Spanned<String>>>,
     cgroups: Option<Vec<Spanned<String>>>,
+    userns_owners: Option<Vec<Spanned<String>>>,
     mints_per_minute: Option<Spanned<i64>>,
     cmds: Option<Vec<Spanned<String>>>,
     maps: Option<Vec<Spanned<String>>>,
@@ -69,6 +70,9 @@ struct Ctx<'a> {
     text: &'a str,
     names: &'a KernelNames,
     resolver: &'a dyn NameResolver,
+    /// `acknowledge_broad_grants = true`: uid/gid 65534 loads, with a warning.
+    acknowledged: std::cell::Cell<bool>,
+    warnings: std::cell::RefCell<Vec<String>>,
 }
 
 impl Ctx<'_> {
@@ -93,16 +97,30 @@ impl Ctx<'_> {
     }
 
     fn not_sentinel(&self, what: &str, id: u32, span: Range<usize>) -> Result<(), PolicyError> {
+        if id == OVERFLOW_ID && self.acknowledged.get() {
+            self.overflow_warning(what, span);
+            return Ok(());
+        }
         if SENTINEL_IDS.contains(&id) {
             return Err(self.err(
                 span,
                 format!(
-                    "{what} {id} is the kernel's overflow id for unmapped users; \
-                     a policy cannot grant to it"
+                    "{what} {id}, the kernel's overflow id for unmapped users: a policy names it only \
+                     with `acknowledge_broad_grants = true`, and even then no peer matches it (the daemon \
+                     refuses unmapped peers)"
                 ),
             ));
         }
         Ok(())
+    }
+
+    fn overflow_warning(&self, what: &str, span: Range<usize>) {
+        let line = Location::at(self.path.to_owned(), self.text, span.start).line;
+        self.warnings.borrow_mut().push(format!(
+            "{}:{line}: {what} {OVERFLOW_ID}, the kernel's overflow id (acknowledged); peers that show as \
+             {OVERFLOW_ID} are unmapped and are refused all the same",
+            self.path.display()
+        ));
     }
 
     fn ranges(&self, what: &str, items: &[Spanned<Vec<i64>>]) -> Result<Vec<IdRange>, PolicyError> {
@@ -117,7 +135,9 @@ impl Ctx<'_> {
                 if first > last {
                     return Err(self.err(item.span(), format!("{what} range [{first}, {last}] is empty")));
                 }
-                if first <= 65534 && 65534 <= last {
+                if first <= OVERFLOW_ID && OVERFLOW_ID <= last && self.acknowledged.get() {
+                    self.overflow_warning(&format!("{what} range [{first}, {last}] contains"), item.span());
+                } else if first <= OVERFLOW_ID && OVERFLOW_ID <= last {
                     return Err(self.err(
                         item.span(),
                         format!("{what} range [{first}, {last}] contains 65534, the kernel's overflow id; split it"),
@@ -190,11 +210,12 @@ impl Policy {
         resolver: &dyn NameResolver,
         names: &KernelNames,
     ) -> Result<Policy, PolicyError> {
-        let ctx = Ctx { path, text, names, resolver };
+        let ctx = Ctx { path, text, names, resolver, acknowledged: false.into(), warnings: Vec::new().into() };
         let raw: RawPolicy = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             ctx.err(span, e.message().trim_end().replace('\n', ", "))
         })?;
+        ctx.acknowledged.set(raw.acknowledge_broad_grants);
         let mut warnings = Vec::new();
         let mut allow = Vec::with_capacity(raw.allow.len());
         for (index, spanned) in raw.allow.iter().enumerate() {
@@ -204,6 +225,7 @@ impl Policy {
         for (index, spanned) in raw.deny.iter().enumerate() {
             deny.push(rule(&ctx, Effect::Deny, index, spanned, raw.acknowledge_broad_grants, &mut warnings)?);
         }
+        warnings.extend(ctx.warnings.take());
         Ok(Policy { path: path.to_owned(), allow, deny, warnings })
     }
 }
@@ -261,6 +283,7 @@ fn rule(
         ("gid_ranges", r.gid_ranges.as_ref().map(Vec::len)),
         ("executables", r.executables.as_ref().map(Vec::len)),
         ("cgroups", r.cgroups.as_ref().map(Vec::len)),
+        ("userns_owners", r.userns_owners.as_ref().map(Vec::len)),
     ]
     .into_iter()
     .find(|(_, n)| *n == Some(0));
@@ -314,6 +337,10 @@ fn rule(
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
+    let userns_owners = match &r.userns_owners {
+        None => None,
+        Some(_) => resolve_ids(ctx, "uid", &r.userns_owners, &None, &None, |n| ctx.resolver.uid_of(n))?,
+    };
     let everyone = match &r.everyone {
         Some(e) if !*e.get_ref() => {
             return Err(ctx.err(e.span(), "`everyone = false` means nothing; remove it or name who the rule is for"))
@@ -326,12 +353,12 @@ fn rule(
         }
         None => false,
     };
-    if !everyone && uids.is_none() && gids.is_none() {
+    if !everyone && uids.is_none() && gids.is_none() && userns_owners.is_none() {
         return Err(ctx.err(
             span,
             format!(
-                "rule \"{label}\" matches nobody: give `users`, `uids`, `uid_ranges`, `groups`, `gids` or \
-                 `gid_ranges` (or `everyone = true`)"
+                "rule \"{label}\" matches nobody: give `users`, `uids`, `uid_ranges`, `groups`, `gids`, \
+                 `gid_ranges` or `userns_owners` (or `everyone = true`)"
             ),
         ));
     }
@@ -383,7 +410,7 @@ fn rule(
         label,
         line,
         effect,
-        matcher: Matcher { everyone, uids, gids, executables, cgroups },
+        matcher: Matcher { everyone, uids, gids, executables, cgroups, userns_owners },
         grant,
         mints_per_minute,
     })

@@ -30,6 +30,26 @@ pub enum RequestBody {
     /// Say what the policy would grant the caller now, and why; mint
     /// nothing.
     Query,
+    /// Mint a token and also hand out its scope (libbpf mode): the answer
+    /// carries [`FdRole::Token`], [`FdRole::UserNamespace`] and
+    /// [`FdRole::Bpffs`], so the caller can `setns()` into the token's user
+    /// namespace and let libbpf create tokens from the bpffs itself.
+    MintScope(MintRequest),
+    /// Delegate a bpffs to a user namespace the caller owns (a rootless
+    /// container runtime): the request carries that namespace's fd as
+    /// SCM_RIGHTS, the answer one [`FdRole::Bpffs`] of a detached mount
+    /// the caller can attach inside it (`move_mount`).
+    DelegateMount(MintRequest),
+}
+
+impl RequestBody {
+    /// How many fds this request must carry.
+    pub fn fds_expected(&self) -> usize {
+        match self {
+            RequestBody::DelegateMount(_) => 1,
+            _ => 0,
+        }
+    }
 }
 
 /// What the caller asks for. `None` for a set means "everything my policy
@@ -86,6 +106,11 @@ pub struct Explanation {
 pub enum FdRole {
     /// A BPF token (`anon_inode:bpf-token`).
     Token,
+    /// The user namespace the token (or bpffs) belongs to.
+    UserNamespace,
+    /// The root of a delegated bpffs mount (detached: attach it with
+    /// `move_mount`, or use it as `LIBBPF_BPF_TOKEN_PATH=/proc/self/fd/N`).
+    Bpffs,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +188,9 @@ refusal_codes! {
     UnsupportedPeer = 5, "unsupported_peer";
     /// The caller reached a rule's mints-per-minute limit.
     RateLimited = 6, "rate_limited";
+    /// The user namespace fd sent with the request is not one the caller
+    /// may have a bpffs delegated to.
+    BadNamespace = 7, "bad_namespace";
     /// The request carried a protocol version this daemon does not speak.
     UnsupportedVersion = 10, "unsupported_version";
     /// The request could not be decoded.

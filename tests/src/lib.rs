@@ -5,6 +5,7 @@
 //! CI it skips with a visible reason; with `CI=true` it fails instead.
 
 pub mod sys;
+pub mod tools;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;

@@ -1,12 +1,12 @@
-//! `bpftoken run [--cmds L] [--maps L] [--progs L] [--attachs L] -- CMD ARGS...`
+//! `bpftoken run|unshare|query|inspect`: get and use BPF tokens from bpftokend.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use bpftoken::{delegation, Client, Error, Kind, MintRequest, RefusalCode};
+use bpftoken::{delegation, namespaces, Client, Error, Kind, MintRequest, RefusalCode};
 use clap::{Parser, Subcommand};
 
 /// Get BPF tokens from bpftokend.
@@ -22,35 +22,89 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run CMD with a BPF token whose fd number is in BPF_TOKEN_FD.
+    /// Run CMD with a BPF token (libbpf mode unless --fd-only).
+    ///
+    /// libbpf mode (default): CMD runs as root of the token's user
+    /// namespace (mapped to you outside), with BPF_TOKEN_FD, the delegated
+    /// bpffs open as LIBBPF_BPF_TOKEN_PATH=/proc/self/fd/N (so unmodified
+    /// libbpf tools such as bpftool create tokens themselves) and
+    /// BPFTOKEN_PIN_DIR naming that bpffs for pins. --fd-only: CMD runs as
+    /// you, in your namespaces, with BPF_TOKEN_FD alone.
     ///
     /// Each list narrows one delegation set (comma-separated kernel names,
     /// e.g. --maps array,hash); a set left out means everything the policy
     /// grants in it. Exit status: CMD's own; 1 if refused, 69 if the
     /// daemon is unreachable, 76 on a protocol error, 127 if CMD cannot run.
     Run {
-        /// Commands, e.g. map_create,prog_load.
-        #[arg(long, value_name = "LIST")]
-        cmds: Option<String>,
-        /// Map types, e.g. array,hash,ringbuf.
-        #[arg(long, value_name = "LIST")]
-        maps: Option<String>,
-        /// Program types, e.g. socket_filter,kprobe.
-        #[arg(long, value_name = "LIST")]
-        progs: Option<String>,
-        /// Attach types, e.g. cgroup_inet_ingress.
-        #[arg(long, value_name = "LIST")]
-        attachs: Option<String>,
+        #[command(flatten)]
+        sets: Sets,
+        /// Plain fd mode: pass only BPF_TOKEN_FD; stay in your namespaces.
+        #[arg(long)]
+        fd_only: bool,
+        /// If CMD fails, print the token's masks and what the policy would
+        /// grant beyond them, to tell "token lacks X" from other failures.
+        #[arg(long)]
+        explain: bool,
         /// The command and its arguments.
         #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Run CMD (default: $SHELL) in a new user and mount namespace of
+    /// yours with a delegated bpffs at /sys/fs/bpf, where libbpf creates
+    /// tokens by itself: unmodified tools need no flags.
+    Unshare {
+        #[command(flatten)]
+        sets: Sets,
+        /// The command and its arguments.
+        #[arg(last = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
     /// Show what the policy grants you right now, and which rules say so.
     /// Mints nothing.
     Query,
+    /// Print the masks of a token: the fd in BPF_TOKEN_FD, or --fd N.
+    ///
+    /// Read with BPF_OBJ_GET_INFO_BY_FD (Linux 6.17+), else from fdinfo,
+    /// where a set holding every bit the kernel knows reads as `any`.
+    Inspect {
+        /// The token's fd number [default: $BPF_TOKEN_FD].
+        #[arg(long, value_name = "N")]
+        fd: Option<i32>,
+    },
     /// Write the bpftoken(1) man page into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
+    /// Internal (bpftoken unshare): hold a new user namespace until stdin closes.
+    #[command(hide = true, name = "userns-holder")]
+    UsernsHolder,
+}
+
+/// The delegation sets a request narrows.
+#[derive(Debug, clap::Args)]
+struct Sets {
+    /// Commands, e.g. map_create,prog_load.
+    #[arg(long, value_name = "LIST")]
+    cmds: Option<String>,
+    /// Map types, e.g. array,hash,ringbuf.
+    #[arg(long, value_name = "LIST")]
+    maps: Option<String>,
+    /// Program types, e.g. socket_filter,kprobe.
+    #[arg(long, value_name = "LIST")]
+    progs: Option<String>,
+    /// Attach types, e.g. cgroup_inet_ingress.
+    #[arg(long, value_name = "LIST")]
+    attachs: Option<String>,
+}
+
+impl Sets {
+    fn request(&self) -> Result<MintRequest, String> {
+        Ok(MintRequest {
+            cmds: parse(Kind::Cmd, self.cmds.as_deref())?,
+            maps: parse(Kind::Map, self.maps.as_deref())?,
+            progs: parse(Kind::Prog, self.progs.as_deref())?,
+            attachs: parse(Kind::Attach, self.attachs.as_deref())?,
+        })
+    }
 }
 
 const EXIT_REFUSED: u8 = 1;
@@ -85,7 +139,7 @@ fn explanation_lines(e: &bpftoken::Explanation) -> Vec<String> {
     out
 }
 
-fn query(socket: &std::path::Path) -> ExitCode {
+fn query(socket: &Path) -> ExitCode {
     match Client::connect_to(socket).and_then(|mut c| c.query()) {
         Ok(e) => {
             for line in explanation_lines(&e) {
@@ -107,15 +161,230 @@ fn query(socket: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Lines naming a token's masks, one per set.
+fn mask_lines(d: &bpftoken::Delegation) -> Vec<String> {
+    Kind::ALL
+        .iter()
+        .map(|&kind| {
+            let names = delegation::names(kind, d.get(kind));
+            format!("{}: {}", kind.key(), if names.is_empty() { "(none)".to_owned() } else { names.join(",") })
+        })
+        .collect()
+}
+
+fn inspect(fd: Option<i32>) -> ExitCode {
+    let fd = match fd.map(Ok).unwrap_or_else(|| {
+        std::env::var("BPF_TOKEN_FD")
+            .map_err(|_| "no --fd given and BPF_TOKEN_FD is not set".to_owned())
+            .and_then(|v| v.parse::<i32>().map_err(|_| format!("BPF_TOKEN_FD={v:?} is not an fd number")))
+    }) {
+        Ok(fd) if fd >= 0 => fd,
+        Ok(fd) => {
+            eprintln!("bpftoken: {fd} is not an fd number");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(e) => {
+            eprintln!("bpftoken: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match bpftoken::inspect::token_masks_of(fd) {
+        Ok((masks, source)) => {
+            for line in mask_lines(&masks) {
+                println!("{line}");
+            }
+            println!("source: {}", source.as_str());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bpftoken: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn exit_for(e: &Error) -> ExitCode {
+    ExitCode::from(match e {
+        Error::Refused(_) => EXIT_REFUSED,
+        Error::Unreachable { .. } => EXIT_UNAVAILABLE,
+        Error::Protocol(_) | Error::Io(_) => EXIT_PROTOCOL,
+    })
+}
+
+/// Report a failed request; for a refusal that the policy can explain, say
+/// what it does grant, so "not granted" can be told from "not in the
+/// policy at all".
+fn report(socket: &Path, e: &Error) -> ExitCode {
+    eprintln!("bpftoken: {e}");
+    let explainable = matches!(
+        e,
+        Error::Refused(r) if matches!(r.code, RefusalCode::NotGranted | RefusalCode::EmptyGrant | RefusalCode::RateLimited)
+    );
+    if explainable {
+        if let Ok(explanation) = Client::connect_to(socket).and_then(|mut c| c.query()) {
+            if !explanation.allowed_by.is_empty() {
+                for line in explanation_lines(&explanation) {
+                    eprintln!("bpftoken: {line}");
+                }
+            }
+        }
+    }
+    exit_for(e)
+}
+
+/// Keep `fd` open across exec.
+fn inherit(fd: BorrowedFd<'_>) -> Result<(), ExitCode> {
+    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(|e| {
+        eprintln!("bpftoken: cannot pass an fd to the command: {e}");
+        ExitCode::from(EXIT_CANNOT_RUN)
+    })
+}
+
+fn run(socket: &Path, request: &MintRequest, fd_only: bool, explain: bool, command: &[OsString]) -> ExitCode {
+    let (program, args) = command.split_first().expect("clap requires a command");
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    let mut client = match Client::connect_to(socket) {
+        Ok(c) => c,
+        Err(e) => return report(socket, &e),
+    };
+    // Asked now, while we are still who the daemon should judge: libbpf
+    // mode moves us into the token's user namespace before CMD runs.
+    let policy = if explain { Some(client.query()) } else { None };
+    // Both modes keep what they hand to CMD alive until it has run.
+    let mut keep: Vec<OwnedFd> = Vec::new();
+    let token = if fd_only {
+        match client.mint(request) {
+            Ok(t) => t,
+            Err(e) => return report(socket, &e),
+        }
+    } else {
+        let grant = match client.mint_scope(request) {
+            Ok(g) => g,
+            Err(e) => return report(socket, &e),
+        };
+        // In container mode the token's namespace is the one we are in.
+        let inside = namespaces::is_current_userns(grant.userns.as_fd()).unwrap_or(false);
+        if !inside {
+            if let Err(e) = namespaces::enter_userns(grant.userns.as_fd()) {
+                eprintln!("bpftoken: {e}");
+                return ExitCode::from(EXIT_CANNOT_RUN);
+            }
+        }
+        if let Err(code) = inherit(grant.bpffs.as_fd()) {
+            return code;
+        }
+        let path = format!("/proc/self/fd/{}", grant.bpffs.as_raw_fd());
+        cmd.env("LIBBPF_BPF_TOKEN_PATH", &path).env("BPFTOKEN_PIN_DIR", &path);
+        keep.push(grant.bpffs);
+        grant.token
+    };
+    if let Err(code) = inherit(token.as_fd()) {
+        return code;
+    }
+    cmd.env("BPF_TOKEN_FD", token.as_fd().as_raw_fd().to_string());
+    if !explain {
+        let err = cmd.exec();
+        eprintln!("bpftoken: cannot run {}: {err}", program.to_string_lossy());
+        return ExitCode::from(EXIT_CANNOT_RUN);
+    }
+    let status = match cmd.status() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bpftoken: cannot run {}: {e}", program.to_string_lossy());
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+    };
+    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    if let (true, Some(policy)) = (code != 0, policy) {
+        explain_failure(policy, &token, code);
+    }
+    drop(keep);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// After CMD failed: what the token carries, and what the policy would
+/// give beyond it.
+fn explain_failure(policy: Result<bpftoken::Explanation, Error>, token: &bpftoken::Token, code: i32) {
+    eprintln!("bpftoken: the command exited with status {code}; its token carries:");
+    match bpftoken::inspect::token_masks(token.as_fd()) {
+        Ok((masks, _)) => {
+            for line in mask_lines(&masks) {
+                eprintln!("bpftoken:   {line}");
+            }
+            match policy {
+                Ok(e) => {
+                    let more = e.grant.minus(masks);
+                    if more.is_empty() {
+                        eprintln!(
+                            "bpftoken: the policy grants you nothing beyond that: if the command failed with \
+                             EPERM, it needs something no rule gives you; otherwise it is not a token problem"
+                        );
+                    } else {
+                        eprintln!("bpftoken: the policy would also grant (ask with --cmds/--maps/--progs/--attachs):");
+                        for line in mask_lines(&more).iter().filter(|l| !l.ends_with("(none)")) {
+                            eprintln!("bpftoken:   {line}");
+                        }
+                    }
+                }
+                Err(e) => eprintln!("bpftoken: cannot ask the daemon what else the policy grants: {e}"),
+            }
+        }
+        Err(e) => eprintln!("bpftoken: cannot read the token's masks: {e}"),
+    }
+}
+
+fn unshare(socket: &Path, request: &MintRequest, command: &[OsString]) -> ExitCode {
+    let mut client = match Client::connect_to(socket) {
+        Ok(c) => c,
+        Err(e) => return report(socket, &e),
+    };
+    let holder = match namespaces::UsernsHolder::spawn(Path::new("/proc/self/exe"), "userns-holder") {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("bpftoken: {e}");
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+    };
+    let mount = match client.delegate_mount(request, holder.userns()) {
+        Ok(m) => m,
+        Err(e) => return report(socket, &e),
+    };
+    let userns = holder.finish();
+    drop(client);
+    if let Err(e) = namespaces::enter_with_bpffs(userns.as_fd(), mount.bpffs.as_fd()) {
+        eprintln!("bpftoken: {e}");
+        return ExitCode::from(EXIT_CANNOT_RUN);
+    }
+    drop(mount);
+    drop(userns);
+    let shell = std::env::var_os("SHELL").unwrap_or_else(|| "/bin/sh".into());
+    let (program, args) = command.split_first().unwrap_or((&shell, &[]));
+    let err = std::process::Command::new(program).args(args).exec();
+    eprintln!("bpftoken: cannot run {}: {err}", program.to_string_lossy());
+    ExitCode::from(EXIT_CANNOT_RUN)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli.socket.clone().unwrap_or_else(bpftoken::socket_path);
-    let (cmds, maps, progs, attachs, command) = match cli.command {
-        Command::Query => return query(&socket),
+    let request = |sets: &Sets| {
+        sets.request().map_err(|e| {
+            eprintln!("bpftoken: {e}");
+            ExitCode::from(EXIT_USAGE)
+        })
+    };
+    match cli.command {
+        Command::Query => query(&socket),
+        Command::Inspect { fd } => inspect(fd),
+        Command::UsernsHolder => match namespaces::hold_userns() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        },
         Command::Man { dir } => {
             let mut page = Vec::new();
             let cmd = <Cli as clap::CommandFactory>::command().name("bpftoken");
-            return match clap_mangen::Man::new(cmd)
+            match clap_mangen::Man::new(cmd)
                 .render(&mut page)
                 .and_then(|()| std::fs::write(dir.join("bpftoken.1"), page))
             {
@@ -124,58 +393,15 @@ fn main() -> ExitCode {
                     eprintln!("bpftoken: cannot write the man page: {e}");
                     ExitCode::FAILURE
                 }
-            };
-        }
-        Command::Run { cmds, maps, progs, attachs, command } => (cmds, maps, progs, attachs, command),
-    };
-    let request = match (|| {
-        Ok::<_, String>(MintRequest {
-            cmds: parse(Kind::Cmd, cmds.as_deref())?,
-            maps: parse(Kind::Map, maps.as_deref())?,
-            progs: parse(Kind::Prog, progs.as_deref())?,
-            attachs: parse(Kind::Attach, attachs.as_deref())?,
-        })
-    })() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("bpftoken: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let token = match Client::connect_to(&socket).and_then(|mut c| c.mint(&request)) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("bpftoken: {e}");
-            // Say what the policy does grant, so "not granted" can be told
-            // apart from "not in the policy at all".
-            let explainable = matches!(
-                &e,
-                Error::Refused(r) if matches!(r.code, RefusalCode::NotGranted | RefusalCode::EmptyGrant | RefusalCode::RateLimited)
-            );
-            if explainable {
-                if let Ok(explanation) = Client::connect_to(&socket).and_then(|mut c| c.query()) {
-                    if !explanation.allowed_by.is_empty() {
-                        for line in explanation_lines(&explanation) {
-                            eprintln!("bpftoken: {line}");
-                        }
-                    }
-                }
             }
-            return ExitCode::from(match e {
-                Error::Refused(_) => EXIT_REFUSED,
-                Error::Unreachable { .. } => EXIT_UNAVAILABLE,
-                Error::Protocol(_) | Error::Io(_) => EXIT_PROTOCOL,
-            });
         }
-    };
-    // The token must survive exec: clear CLOEXEC on exactly this fd.
-    if let Err(e) = rustix::io::fcntl_setfd(token.as_fd(), rustix::io::FdFlags::empty()) {
-        eprintln!("bpftoken: cannot pass the token to the command: {e}");
-        return ExitCode::from(EXIT_CANNOT_RUN);
+        Command::Run { sets, fd_only, explain, command } => match request(&sets) {
+            Ok(r) => run(&socket, &r, fd_only, explain, &command),
+            Err(code) => code,
+        },
+        Command::Unshare { sets, command } => match request(&sets) {
+            Ok(r) => unshare(&socket, &r, &command),
+            Err(code) => code,
+        },
     }
-    let fd = token.into_owned_fd();
-    let (program, args) = command.split_first().expect("clap requires a command");
-    let err = std::process::Command::new(program).args(args).env("BPF_TOKEN_FD", fd.as_raw_fd().to_string()).exec();
-    eprintln!("bpftoken: cannot run {}: {err}", program.to_string_lossy());
-    ExitCode::from(EXIT_CANNOT_RUN)
 }

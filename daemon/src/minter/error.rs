@@ -13,6 +13,10 @@ pub enum Step {
     SetIds,
     /// Helper: unshare(CLONE_NEWUSER).
     UnshareUser,
+    /// Helper: setns() into the target user namespace (container mode).
+    EnterUserNamespace,
+    /// Helper: become the target namespace's root (setresuid(0) there).
+    BecomeNamespaceRoot,
     /// Helper: unshare(CLONE_NEWNS).
     UnshareMount,
     /// Helper: fsopen("bpf").
@@ -53,6 +57,8 @@ impl fmt::Display for Step {
             Step::Fork => f.write_str("fork() of the bpffs helper"),
             Step::SetIds => f.write_str("helper: setresuid/setresgid to the client"),
             Step::UnshareUser => f.write_str("helper: unshare(CLONE_NEWUSER)"),
+            Step::EnterUserNamespace => f.write_str("helper: setns() into the target user namespace"),
+            Step::BecomeNamespaceRoot => f.write_str("helper: setresuid(0)/setresgid(0) inside the target namespace"),
             Step::UnshareMount => f.write_str("helper: unshare(CLONE_NEWNS)"),
             Step::FsOpen => f.write_str("helper: fsopen(\"bpf\")"),
             Step::OpenUserNamespace => f.write_str("opening the helper's user namespace"),
@@ -90,6 +96,8 @@ pub enum MintError {
     NotBpffs { magic: u64 },
     #[error("the helper's user namespace is owned by uid {got}, expected uid {want}")]
     WrongOwner { got: u32, want: u32 },
+    #[error("the target user namespace is not usable: {0}")]
+    BadTarget(String),
     #[error("the minted fd is {got}, not a BPF token")]
     NotToken { got: String },
     #[error("the first token of a new scope carries {kind}s {got}, expected {want:#x}")]
@@ -107,6 +115,7 @@ fn hint(step: Step, errno: i32) -> &'static str {
         }
         (Step::TokenCreate, libc::EINVAL) => " (this kernel has no BPF_TOKEN_CREATE: Linux 6.9 or newer is needed)",
         (Step::UnshareUser, libc::ENOSPC) => " (the client's max_user_namespaces quota is used up)",
+        (Step::BecomeNamespaceRoot, libc::EINVAL) => " (uid 0 or gid 0 is not mapped in that user namespace)",
         _ => "",
     }
 }

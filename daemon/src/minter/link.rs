@@ -3,7 +3,7 @@
 
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bpftoken_proto::codec::{decode_message, encode_message};
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendFlags,
-    SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -59,7 +59,8 @@ impl MinterLink {
 
     /// Ask the minter for a new scope. If the minter dies during the
     /// request, the caller gets an error and the next call starts a new one.
-    pub async fn create_scope(&self, key: ScopeKey) -> Result<Scope, MintError> {
+    /// `target` is the user namespace of a [`super::ScopeOwner::Userns`] key.
+    pub async fn create_scope(&self, key: ScopeKey, target: Option<BorrowedFd<'_>>) -> Result<Scope, MintError> {
         // The wait for the minter counts against the same deadline, so one
         // uid's flood of cold requests cannot queue others forever.
         let deadline = tokio::time::Instant::now() + CREATE_TIMEOUT;
@@ -81,13 +82,8 @@ impl MinterLink {
             return Err(MintError::MinterUnavailable("not running".into()));
         };
         let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let request = MinterRequest::CreateScope {
-            id,
-            owner_uid: key.owner_uid,
-            owner_gid: key.owner_gid,
-            delegation: key.delegation,
-        };
-        match tokio::time::timeout_at(deadline, exchange(running, &request, id, key)).await {
+        let request = MinterRequest::CreateScope { id, owner: key.owner, delegation: key.delegation };
+        match tokio::time::timeout_at(deadline, exchange(running, &request, id, key, target)).await {
             Ok(Ok(result)) => result,
             Ok(Err(io)) => {
                 let e = MintError::MinterUnavailable(format!("lost contact with it: {io}"));
@@ -145,6 +141,7 @@ async fn exchange(
     request: &MinterRequest,
     id: u64,
     key: ScopeKey,
+    target: Option<BorrowedFd<'_>>,
 ) -> std::io::Result<Result<Scope, MintError>> {
     if running.async_sock.is_none() {
         let fd = running.sock.take().ok_or_else(|| std::io::Error::other("minter socket missing"))?;
@@ -155,9 +152,13 @@ async fn exchange(
         return Err(std::io::Error::other("minter socket missing"));
     };
     let bytes = encode_message(request).map_err(std::io::Error::other)?;
+    let fds: Vec<BorrowedFd<'_>> = target.into_iter().collect();
     sock.async_io(Interest::WRITABLE, |fd| {
-        let mut space: [MaybeUninit<u8>; 0] = [];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            control.push(SendAncillaryMessage::ScmRights(&fds));
+        }
         rustix::net::sendmsg(fd, &[IoSlice::new(&bytes)], &mut control, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
             .map_err(std::io::Error::from)
     })
@@ -195,15 +196,16 @@ async fn exchange(
             return Err(std::io::Error::other(format!("the minter answered request {got}, expected {id}")));
         }
         MinterReply::Created { .. } => {
-            if fds.len() != 2 {
+            if fds.len() != 3 {
                 return Err(std::io::Error::other(format!(
-                    "the minter sent {} fds with a new scope, not 2",
+                    "the minter sent {} fds with a new scope, not 3",
                     fds.len()
                 )));
             }
+            let mount = fds.remove(2);
             let bpffs_root = fds.remove(1);
             let userns = fds.remove(0);
-            Ok(Scope { key, userns, bpffs_root })
+            Ok(Scope { key, userns, bpffs_root, mount })
         }
         MinterReply::Failed { error, .. } => Err(error),
     })

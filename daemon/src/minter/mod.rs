@@ -7,8 +7,8 @@
 //! the minter by executing its own binary (`bpftokend minter --fd N`), and
 //! again whenever it has died, and talks to it over a SOCK_SEQPACKET
 //! socketpair, one request and one reply at a time. A reply to
-//! `CreateScope` carries two fds: the scope's user namespace and its bpffs
-//! root. The minter keeps nothing and mints nothing: the daemon caches
+//! `CreateScope` carries three fds: the scope's user namespace, its bpffs
+//! root and the detached mount. The minter keeps nothing and mints nothing: the daemon caches
 //! scopes ([`crate::cache`]), mints tokens from them itself and checks the
 //! first token of each new scope against the intended masks.
 
@@ -29,7 +29,7 @@ use rustix::net::{
 use serde::{Deserialize, Serialize};
 
 pub use error::{MintError, Step};
-pub use scope::{verify_token_masks, Scope, ScopeKey};
+pub use scope::{verify_token_masks, Scope, ScopeKey, ScopeOwner};
 
 use crate::sys;
 
@@ -37,8 +37,9 @@ use crate::sys;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MinterRequest {
     /// `id` is echoed in the reply, so a reply can never be taken for
-    /// another request's.
-    CreateScope { id: u64, owner_uid: u32, owner_gid: u32, delegation: Delegation },
+    /// another request's. A [`ScopeOwner::Userns`] request carries that
+    /// namespace's fd; an owner-mode request carries none.
+    CreateScope { id: u64, owner: ScopeOwner, delegation: Delegation },
 }
 
 /// The minter's answer; `Created` carries the userns and bpffs root fds.
@@ -66,13 +67,16 @@ pub fn run(sock: OwnedFd) -> std::io::Result<()> {
     }
     let mut buf = vec![0u8; MAX_MINTER_MESSAGE];
     loop {
-        let request = match recv_request(sock.as_fd(), &mut buf)? {
+        let (request, mut fds) = match recv_request(sock.as_fd(), &mut buf)? {
             None => return Ok(()), // daemon gone
             Some(r) => r,
         };
         let (id, result) = match request {
-            Ok(MinterRequest::CreateScope { id, owner_uid, owner_gid, delegation }) => {
-                (id, Scope::create(ScopeKey { owner_uid, owner_gid, delegation }))
+            Ok(MinterRequest::CreateScope { id, owner, delegation }) if fds.len() <= 1 => {
+                (id, Scope::create(ScopeKey { owner, delegation }, fds.pop()))
+            }
+            Ok(MinterRequest::CreateScope { id, .. }) => {
+                (id, Err(MintError::MinterUnavailable(format!("{} fds came with one request", fds.len()))))
             }
             // Not a request we understand: say so under id 0, which the
             // daemon never uses, so it drops the link rather than guess.
@@ -82,7 +86,7 @@ pub fn run(sock: OwnedFd) -> std::io::Result<()> {
             Ok(scope) => send_reply(
                 sock.as_fd(),
                 &MinterReply::Created { id },
-                &[scope.userns.as_fd(), scope.bpffs_root.as_fd()],
+                &[scope.userns.as_fd(), scope.bpffs_root.as_fd(), scope.mount.as_fd()],
             )?,
             Err(error) => send_reply(sock.as_fd(), &MinterReply::Failed { id, error }, &[])?,
         }
@@ -90,8 +94,11 @@ pub fn run(sock: OwnedFd) -> std::io::Result<()> {
     }
 }
 
-/// `Ok(None)` on EOF; `Ok(Some(Err))` for a message that is not a request.
-fn recv_request(sock: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<Option<Result<MinterRequest, String>>> {
+/// A request, or why it is not one, and the fds that came with it.
+type Received = (Result<MinterRequest, String>, Vec<OwnedFd>);
+
+/// `Ok(None)` on EOF; `Ok(Some((Err, _)))` for a message that is not a request.
+fn recv_request(sock: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<Option<Received>> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {
@@ -101,15 +108,19 @@ fn recv_request(sock: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<Option<
             Err(e) => return Err(e.into()),
         }
     };
-    // Any fds sent to us are closed here; none are expected.
-    let unexpected_fds = control.drain().any(|m| matches!(m, RecvAncillaryMessage::ScmRights(_)));
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
     if msg.bytes == 0 {
         return Ok(None);
     }
-    if unexpected_fds || msg.flags.contains(ReturnFlags::TRUNC) || msg.flags.contains(ReturnFlags::CTRUNC) {
-        return Ok(Some(Err("malformed request to the minter".into())));
+    if msg.flags.contains(ReturnFlags::TRUNC) || msg.flags.contains(ReturnFlags::CTRUNC) {
+        return Ok(Some((Err("malformed request to the minter".into()), Vec::new())));
     }
-    Ok(Some(decode_message(&buf[..msg.bytes]).map_err(|e| e.to_string())))
+    Ok(Some((decode_message(&buf[..msg.bytes]).map_err(|e| e.to_string()), fds)))
 }
 
 fn send_reply(sock: BorrowedFd<'_>, reply: &MinterReply, fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {

@@ -48,13 +48,34 @@ const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 /// How long a helper may take for each step before it is killed.
 const HELPER_STEP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Where a scope's bpffs belongs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ScopeOwner {
+    /// Owner mode: a new user namespace owned by this uid, whose root is
+    /// this uid and gid outside.
+    Uid { uid: u32, gid: u32 },
+    /// Container mode and delegated mounts: an existing user namespace,
+    /// owned by `owner_uid`, named by its nsfs inode (unique while the
+    /// daemon holds its fd, which the scope does).
+    Userns { ino: u64, owner_uid: u32 },
+}
+
 /// Who a scope belongs to and exactly what it delegates. Two requests
 /// share a scope only when all of this is equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ScopeKey {
-    pub owner_uid: u32,
-    pub owner_gid: u32,
+    pub owner: ScopeOwner,
     pub delegation: Delegation,
+}
+
+impl ScopeKey {
+    /// The uid whose scope this is (for per-uid caps and messages).
+    pub fn owner_uid(&self) -> u32 {
+        match self.owner {
+            ScopeOwner::Uid { uid, .. } => uid,
+            ScopeOwner::Userns { owner_uid, .. } => owner_uid,
+        }
+    }
 }
 
 /// A live scope: the fds that keep its user namespace and bpffs alive.
@@ -62,7 +83,12 @@ pub struct ScopeKey {
 pub struct Scope {
     pub key: ScopeKey,
     pub userns: OwnedFd,
+    /// The bpffs root directory (tokens are created from it).
     pub bpffs_root: OwnedFd,
+    /// The detached mount itself (`fsmount`'s O_PATH fd). Closing it would
+    /// dissolve the mount, which can then no longer be attached anywhere:
+    /// a delegated mount is handed out as this fd.
+    pub mount: OwnedFd,
 }
 
 impl Scope {
@@ -88,8 +114,19 @@ impl Scope {
     }
 
     /// Create a scope for `key` (the cold path). Must be called from the
-    /// single-threaded minter.
-    pub fn create(key: ScopeKey) -> Result<Scope, MintError> {
+    /// single-threaded minter. `target` is the user namespace of a
+    /// [`ScopeOwner::Userns`] key, checked here against it.
+    pub fn create(key: ScopeKey, target: Option<OwnedFd>) -> Result<Scope, MintError> {
+        let target = match (key.owner, target) {
+            (ScopeOwner::Uid { .. }, None) => None,
+            (ScopeOwner::Userns { ino, owner_uid }, Some(ns)) => Some(check_target(ns, ino, owner_uid)?),
+            (ScopeOwner::Uid { .. }, Some(_)) => {
+                return Err(MintError::BadTarget("a namespace came with an owner-mode request".into()))
+            }
+            (ScopeOwner::Userns { .. }, None) => {
+                return Err(MintError::BadTarget("no namespace came with a container-mode request".into()))
+            }
+        };
         let (ours, theirs) =
             rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
                 .map_err(|e| MintError::from((Step::SocketPair, e)))?;
@@ -97,17 +134,43 @@ impl Scope {
         match unsafe { sys::fork() }.map_err(|e| MintError::syscall(Step::Fork, &e))? {
             Forked::Child => {
                 drop(ours);
-                helper_main(theirs.as_fd(), key.owner_uid, key.owner_gid)
+                helper_main(theirs.as_fd(), key.owner, target.as_ref().map(AsFd::as_fd))
             }
             Forked::Parent(pid) => {
                 drop(theirs);
                 let helper = HelperGuard { pid: Some(pid) };
-                let scope = drive_helper(ours.as_fd(), pid, key);
+                let scope = match target {
+                    None => drive_helper(ours.as_fd(), pid, key),
+                    Some(ns) => drive_helper_in(ours.as_fd(), key, ns),
+                };
                 helper.reap();
                 scope
             }
         }
     }
+}
+
+/// A namespace fd from the daemon must be the user namespace it names,
+/// owned by the uid it names, and not ours (the init namespace would give
+/// a token nobody may use, and a bpffs only root should have).
+fn check_target(ns: OwnedFd, ino: u64, owner_uid: u32) -> Result<OwnedFd, MintError> {
+    let ty = sys::ns_type(ns.as_fd()).map_err(|e| MintError::BadTarget(format!("not a namespace fd: {e}")))?;
+    if ty != libc::CLONE_NEWUSER {
+        return Err(MintError::BadTarget(format!("namespace type {ty:#x} is not a user namespace")));
+    }
+    let st = rustix::fs::fstat(&ns).map_err(|e| MintError::BadTarget(e.to_string()))?;
+    let own = rustix::fs::stat("/proc/self/ns/user").map_err(|e| MintError::BadTarget(e.to_string()))?;
+    if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino) {
+        return Err(MintError::BadTarget("it is the daemon's own user namespace".into()));
+    }
+    if st.st_ino != ino {
+        return Err(MintError::BadTarget(format!("inode {} is not the requested {ino}", st.st_ino)));
+    }
+    let owner = sys::ns_owner_uid(ns.as_fd()).map_err(|e| MintError::syscall(Step::CheckOwner, &e))?;
+    if owner != owner_uid {
+        return Err(MintError::WrongOwner { got: owner, want: owner_uid });
+    }
+    Ok(ns)
 }
 
 /// Kills and reaps the helper whatever happens to the cold path.
@@ -148,6 +211,8 @@ fn step_code(step: Step) -> u8 {
         Step::UnshareUser => 2,
         Step::UnshareMount => 3,
         Step::FsOpen => 4,
+        Step::EnterUserNamespace => 5,
+        Step::BecomeNamespaceRoot => 6,
         _ => 0,
     }
 }
@@ -158,12 +223,19 @@ fn step_from_code(code: u8) -> Option<Step> {
         2 => Step::UnshareUser,
         3 => Step::UnshareMount,
         4 => Step::FsOpen,
+        5 => Step::EnterUserNamespace,
+        6 => Step::BecomeNamespaceRoot,
         _ => return None,
     })
 }
 
-fn helper_main(sock: BorrowedFd<'_>, uid: u32, gid: u32) -> ! {
-    let code = match helper_steps(sock, uid, gid) {
+fn helper_main(sock: BorrowedFd<'_>, owner: ScopeOwner, target: Option<BorrowedFd<'_>>) -> ! {
+    let result = match (owner, target) {
+        (_, Some(ns)) => helper_steps_in(sock, ns),
+        (ScopeOwner::Uid { uid, gid }, None) => helper_steps(sock, uid, gid),
+        (ScopeOwner::Userns { .. }, None) => Err((Step::EnterUserNamespace, rustix::io::Errno::INVAL)),
+    };
+    let code = match result {
         Ok(()) => 0,
         Err((step, errno)) => {
             let mut msg = [0u8; 6];
@@ -211,7 +283,39 @@ fn helper_steps(sock: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), (Step, r
     }
     sys::unshare_namespaces(rustix::thread::UnshareFlags::NEWNS).map_err(|e| (Step::UnshareMount, e))?;
     let fs = rustix::mount::fsopen("bpf", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| (Step::FsOpen, e))?;
-    let fds = [fs.as_fd()];
+    send_fs_context(sock, fs.as_fd())
+}
+
+/// Container mode: enter the existing namespace `ns` and open a bpffs
+/// there as its root, so the bpffs (and its root directory) belongs to it.
+fn helper_steps_in(sock: BorrowedFd<'_>, ns: BorrowedFd<'_>) -> Result<(), (Step, rustix::io::Errno)> {
+    use rustix::io::Errno;
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).map_err(|e| (Step::SetIds, e))?;
+    if rustix::process::getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
+        return Err((Step::SetIds, Errno::SRCH));
+    }
+    rustix::thread::move_into_link_name_space(ns, Some(rustix::thread::LinkNameSpaceType::User))
+        .map_err(|e| (Step::EnterUserNamespace, e))?;
+    sys::close_all_fds_except(sock).map_err(|e| (Step::SetIds, Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
+    // The namespace's root, so the bpffs root directory is owned by a uid
+    // mapped there. Its setgroups may be "deny"; supplementary groups play
+    // no part in fsopen, so an EPERM there is fine.
+    match rustix::thread::set_thread_groups(&[]) {
+        Ok(()) | Err(Errno::PERM) => {}
+        Err(e) => return Err((Step::BecomeNamespaceRoot, e)),
+    }
+    let (uid, gid) = (rustix::process::Uid::ROOT, rustix::process::Gid::ROOT);
+    rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(|e| (Step::BecomeNamespaceRoot, e))?;
+    rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(|e| (Step::BecomeNamespaceRoot, e))?;
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| (Step::SetIds, e))?;
+    sys::unshare_namespaces(rustix::thread::UnshareFlags::NEWNS).map_err(|e| (Step::UnshareMount, e))?;
+    let fs = rustix::mount::fsopen("bpf", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| (Step::FsOpen, e))?;
+    send_fs_context(sock, fs.as_fd())
+}
+
+fn send_fs_context(sock: BorrowedFd<'_>, fs: BorrowedFd<'_>) -> Result<(), (Step, rustix::io::Errno)> {
+    let fds = [fs];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     control.push(SendAncillaryMessage::ScmRights(&fds));
@@ -285,7 +389,9 @@ fn recv_from_helper(sock: BorrowedFd<'_>, uid: u32) -> Result<(Vec<u8>, Option<O
 }
 
 fn drive_helper(sock: BorrowedFd<'_>, pid: Pid, key: ScopeKey) -> Result<Scope, MintError> {
-    let uid = key.owner_uid;
+    let ScopeOwner::Uid { uid, gid } = key.owner else {
+        return Err(MintError::BadTarget("owner-mode helper for a namespace key".into()));
+    };
     let (msg, fd) = recv_from_helper(sock, uid)?;
     if msg != [MSG_USERNS_READY] || fd.is_some() {
         return Err(MintError::HelperProtocol(format!("expected 'u', got {msg:?}")));
@@ -305,10 +411,24 @@ fn drive_helper(sock: BorrowedFd<'_>, pid: Pid, key: ScopeKey) -> Result<Scope, 
     };
     write("uid_map", format!("0 {uid} 1"))?;
     write("setgroups", "deny".to_owned())?;
-    write("gid_map", format!("0 {} 1", key.owner_gid))?;
+    write("gid_map", format!("0 {gid} 1"))?;
     rustix::net::send(sock, &[MSG_MAPS_WRITTEN], SendFlags::NOSIGNAL)
         .map_err(|e| MintError::from((Step::HelperIo, e)))?;
 
+    let fs = recv_fs_context(sock, uid)?;
+    let (bpffs_root, mount) = configure_bpffs(fs.as_fd(), &key.delegation)?;
+    Ok(Scope { key, userns, bpffs_root, mount })
+}
+
+/// Container mode: the helper enters `ns` itself and sends the context.
+fn drive_helper_in(sock: BorrowedFd<'_>, key: ScopeKey, ns: OwnedFd) -> Result<Scope, MintError> {
+    let fs = recv_fs_context(sock, key.owner_uid())?;
+    let (bpffs_root, mount) = configure_bpffs(fs.as_fd(), &key.delegation)?;
+    Ok(Scope { key, userns: ns, bpffs_root, mount })
+}
+
+/// The helper's last message: a bpf filesystem context, checked.
+fn recv_fs_context(sock: BorrowedFd<'_>, uid: u32) -> Result<OwnedFd, MintError> {
     let (msg, fd) = recv_from_helper(sock, uid)?;
     let fs = match (msg.as_slice(), fd) {
         ([MSG_FS_CONTEXT], Some(fd)) => fd,
@@ -318,8 +438,7 @@ fn drive_helper(sock: BorrowedFd<'_>, pid: Pid, key: ScopeKey) -> Result<Scope, 
     if kind != "anon_inode:[fscontext]" {
         return Err(MintError::NotFsContext { got: kind });
     }
-    let (userns, bpffs_root) = configure_bpffs(fs.as_fd(), &key.delegation, userns)?;
-    Ok(Scope { key, userns, bpffs_root })
+    Ok(fs)
 }
 
 /// Check a token's masks, as the kernel reports them in fdinfo, against
@@ -343,11 +462,8 @@ pub fn verify_token_masks(token: BorrowedFd<'_>, want: &Delegation) -> Result<()
 }
 
 /// Root's part: set exactly the granted delegation, create and mount.
-fn configure_bpffs(
-    fs: BorrowedFd<'_>,
-    delegation: &Delegation,
-    userns: OwnedFd,
-) -> Result<(OwnedFd, OwnedFd), MintError> {
+/// Returns the root directory and the detached mount.
+fn configure_bpffs(fs: BorrowedFd<'_>, delegation: &Delegation) -> Result<(OwnedFd, OwnedFd), MintError> {
     for kind in Kind::ALL {
         rustix::mount::fsconfig_set_string(fs, kind.mount_option(), delegation.mount_option_value(kind))
             .map_err(|e| MintError::from((Step::Delegate(kind), e)))?;
@@ -363,7 +479,7 @@ fn configure_bpffs(
     // fsmount() gives an O_PATH fd, which BPF_TOKEN_CREATE rejects (fact 3).
     let root = rustix::fs::openat(&mnt, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| MintError::from((Step::OpenRoot, e)))?;
-    Ok((userns, root))
+    Ok((root, mnt))
 }
 
 #[cfg(test)]
@@ -387,8 +503,7 @@ mod tests {
             return;
         }
         let fs = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).unwrap();
-        let userns = rustix::fs::open("/proc/self/ns/user", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).unwrap();
-        let err = configure_bpffs(fs.as_fd(), &Delegation::ANY, userns).unwrap_err();
+        let err = configure_bpffs(fs.as_fd(), &Delegation::ANY).unwrap_err();
         // tmpfs has no delegate_* option: the very first fsconfig fails.
         assert_eq!(err, MintError::Syscall { step: Step::Delegate(Kind::Cmd), errno: libc::EINVAL });
     }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bpftoken::{Client, MintRequest};
 use bpftoken_proto::Delegation;
 use bpftoken_tests::*;
-use bpftokend::minter::{Scope, ScopeKey};
+use bpftokend::minter::{Scope, ScopeKey, ScopeOwner};
 use rustix::net::{RecvAncillaryBuffer, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 /// Latency samples of one measurement.
@@ -191,12 +191,11 @@ fn cold_inproc(n: usize) {
     let (mut create, mut mint, mut drop_t) = (Vec::new(), Vec::new(), Vec::new());
     for i in 1..=n as u64 {
         let key = ScopeKey {
-            owner_uid: alice.uid,
-            owner_gid: alice.gid,
+            owner: ScopeOwner::Uid { uid: alice.uid, gid: alice.gid },
             delegation: Delegation { maps: i, ..Delegation::ANY },
         };
         let t0 = Instant::now();
-        let scope = Scope::create(key).expect("create scope");
+        let scope = Scope::create(key, None).expect("create scope");
         let t1 = Instant::now();
         let token = scope.mint(&mut stack).expect("mint");
         let t2 = Instant::now();
@@ -217,8 +216,11 @@ fn cold_inproc(n: usize) {
 /// in this process.
 fn warm_inproc(n: usize) {
     let alice = user(ALICE);
-    let scope = Scope::create(ScopeKey { owner_uid: alice.uid, owner_gid: alice.gid, delegation: Delegation::ANY })
-        .expect("create scope");
+    let scope = Scope::create(
+        ScopeKey { owner: ScopeOwner::Uid { uid: alice.uid, gid: alice.gid }, delegation: Delegation::ANY },
+        None,
+    )
+    .expect("create scope");
     let mut stack = bpftokend::sys::MintStack::default();
     let stats = time_loop(n, || drop(scope.mint(&mut stack).expect("mint")));
     stats.emit();
@@ -344,8 +346,11 @@ fn orchestrate(n: usize) {
     let self_exe = std::env::current_exe().expect("own path");
     let alice = user(ALICE);
     // Scope for the raw floor: created while this process is single-threaded.
-    let scope = Scope::create(ScopeKey { owner_uid: alice.uid, owner_gid: alice.gid, delegation: Delegation::ANY })
-        .expect("create a scope for the floor");
+    let scope = Scope::create(
+        ScopeKey { owner: ScopeOwner::Uid { uid: alice.uid, gid: alice.gid }, delegation: Delegation::ANY },
+        None,
+    )
+    .expect("create a scope for the floor");
     let policy = format!("[[allow]]\nusers = [\"{ALICE}\"]\ncmds = [\"any\"]\nmaps = [\"any\"]\nprogs = [\"any\"]\nattachs = [\"any\"]\n");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(

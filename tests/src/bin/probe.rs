@@ -9,6 +9,8 @@
 //! bpftoken-probe storm SOCKET CONNECTIONS MINTS  hold CONNECTIONS open at once, MINTS on each
 //! bpftoken-probe mint-masks SOCKET COUNT MASKS   COUNT mints cycling through MASKS map masks
 //! bpftoken-probe fd-check SOCKET               mint once; report the fds it gained
+//! bpftoken-probe scope-fds SOCKET              libbpf-mode mint; report the fds it gained, by kind
+//! bpftoken-probe delegate SOCKET FD            ask for a bpffs delegated to the namespace at inherited FD
 //! bpftoken-probe hold SOCKET COUNT SECONDS     hold COUNT idle connections open
 //! bpftoken-probe churn SOCKET COUNT            connect and close COUNT times
 //! bpftoken-probe close-at SOCKET               a mint frame cut at every offset, then one unread answer
@@ -95,6 +97,16 @@ fn recv_fd(sock: &UnixStream) -> Result<OwnedFd, String> {
         }
     }
     Err("no fd received".into())
+}
+
+/// This process's open fds, by number.
+fn open_fds() -> Vec<String> {
+    // Listed, then kept only if still open: the listing's own directory fd
+    // is closed by then.
+    let listed: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    listed.into_iter().filter(|fd| std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_ok()).collect()
 }
 
 fn run(args: &[String]) -> Result<(), String> {
@@ -228,17 +240,7 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         Some("fd-check") => {
             let path = std::path::PathBuf::from(args.get(1).ok_or("fd-check SOCKET")?);
-            // Listed, then kept only if still open: the listing's own
-            // directory fd is closed by then.
-            let fds = || -> Vec<String> {
-                let listed: Vec<String> = std::fs::read_dir("/proc/self/fd")
-                    .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-                    .unwrap_or_default();
-                listed
-                    .into_iter()
-                    .filter(|fd| std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_ok())
-                    .collect()
-            };
+            let fds = open_fds;
             let mut client = Client::connect_to(&path).map_err(|e| e.to_string())?;
             let before = fds();
             let token = client.mint(&MintRequest::default()).map_err(|e| e.to_string())?;
@@ -255,6 +257,43 @@ fn run(args: &[String]) -> Result<(), String> {
                 );
             }
             drop(token);
+            Ok(())
+        }
+        Some("scope-fds") => {
+            let path = std::path::PathBuf::from(args.get(1).ok_or("scope-fds SOCKET")?);
+            let mut client = Client::connect_to(&path).map_err(|e| e.to_string())?;
+            let before = open_fds();
+            let grant = client.mint_scope(&MintRequest::default()).map_err(|e| e.to_string())?;
+            let after = open_fds();
+            let new: Vec<&String> = after.iter().filter(|f| !before.contains(f)).collect();
+            println!("new fds {}", new.len());
+            for fd in new {
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+                let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap_or("?").trim().to_owned();
+                let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+                let kind = if info.lines().any(|l| l.starts_with("allowed_cmds:")) {
+                    "token"
+                } else if link.to_string_lossy().starts_with("user:[") {
+                    "userns"
+                } else if rustix::fs::statfs(format!("/proc/self/fd/{fd}")).is_ok_and(|s| s.f_type == 0xcafe_4a11) {
+                    "bpffs"
+                } else {
+                    "other"
+                };
+                println!("{kind} cloexec {}", u32::from_str_radix(&flags, 8).is_ok_and(|f| f & 0o2000000 != 0));
+            }
+            drop(grant);
+            Ok(())
+        }
+        Some("delegate") => {
+            let path = std::path::PathBuf::from(args.get(1).ok_or("delegate SOCKET FD")?);
+            let fd: i32 = args.get(2).and_then(|c| c.parse().ok()).ok_or("delegate SOCKET FD")?;
+            let ns = sys::inherited_fd(fd).map_err(|e| format!("fd {fd}: {e}"))?;
+            let mut client = Client::connect_to(&path).map_err(|e| e.to_string())?;
+            match client.delegate_mount(&MintRequest::default(), ns.as_fd()) {
+                Ok(m) => println!("delegated {}", m.granted),
+                Err(e) => println!("{e}"),
+            }
             Ok(())
         }
         Some("hold") => {

@@ -1,0 +1,253 @@
+//! The ways a token reaches a tool: libbpf mode (the default of
+//! `bpftoken run`), plain fd mode, container mode, delegated mounts
+//! (`bpftoken unshare`), and `bpftoken inspect` / `run --explain`. Real
+//! bpftool 7.5 and clang-built objects from `scripts/setup-test-tools.sh`.
+
+use std::os::fd::AsRawFd;
+
+use bpftoken_tests::tools::{bpf_object, bpftool};
+use bpftoken_tests::*;
+
+const POLICY: &str = r#"
+[[allow]]
+name = "alice-loader"
+users = ["bpftk-alice"]
+cmds = ["map_create", "prog_load"]
+maps = ["array", "hash"]
+progs = ["socket_filter"]
+attachs = ["cgroup_inet_ingress"]
+
+[[allow]]
+name = "alice-containers"
+userns_owners = ["bpftk-alice"]
+cmds = ["map_create", "prog_load"]
+maps = ["array"]
+progs = ["socket_filter"]
+attachs = ["cgroup_inet_ingress"]
+"#;
+
+fn lines(s: &str) -> Vec<&str> {
+    s.lines().collect()
+}
+
+/// `sh -c SCRIPT` through `bpftoken ARGS... --`, as `user`.
+fn sh(d: &TestDaemon, env: &Env, user: &User, args: &[&str], script: &str) -> std::process::Output {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--", "sh", "-c", script]);
+    d.bpftoken(env, user, &all)
+}
+
+#[test]
+fn libbpf_mode_lets_unmodified_bpftool_load_and_pin() {
+    let Some(env) = setup("libbpf_mode_lets_unmodified_bpftool_load_and_pin") else { return };
+    let (Some(bpftool), Some(obj)) = (bpftool(), bpf_object("sockfilter")) else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let alice = user(ALICE);
+    let script = format!(
+        "{b} prog load {o} $BPFTOKEN_PIN_DIR/filter 2>/dev/null && {b} prog show pinned $BPFTOKEN_PIN_DIR/filter",
+        b = bpftool.display(),
+        o = obj.display()
+    );
+    let o = sh(&d, &env, &alice, &["run"], &script);
+    assert!(o.status.success(), "{}\n{}", stderr(&o), d.log_text());
+    let out = stdout(&o);
+    assert!(out.contains(": socket_filter  name sock_filter") || out.contains(": socket_filter"), "{out}");
+    d.wait_for_log("mode=\"libbpf\"");
+}
+
+#[test]
+fn a_program_type_outside_the_policy_is_refused_by_the_kernel_and_explained() {
+    let Some(env) = setup("a_program_type_outside_the_policy_is_refused_by_the_kernel_and_explained") else { return };
+    let (Some(bpftool), Some(obj)) = (bpftool(), bpf_object("xdp_pass")) else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let alice = user(ALICE);
+    let script = format!("{} prog load {} $BPFTOKEN_PIN_DIR/xdp", bpftool.display(), obj.display());
+    let o = sh(&d, &env, &alice, &["run", "--explain", "--maps", "array"], &script);
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    let err = stderr(&o);
+    // libbpf says what the kernel said; bpftoken says what the token lacks.
+    assert!(err.contains("libbpf: prog 'pass': BPF program load failed: Operation not permitted"), "{err}");
+    let explained: Vec<&str> = err.lines().filter(|l| l.starts_with("bpftoken:")).collect();
+    assert_eq!(
+        explained,
+        [
+            "bpftoken: the command exited with status 255; its token carries:",
+            "bpftoken:   cmds: map_create,prog_load",
+            "bpftoken:   maps: array",
+            "bpftoken:   progs: socket_filter",
+            "bpftoken:   attachs: cgroup_inet_ingress",
+            "bpftoken: the policy would also grant (ask with --cmds/--maps/--progs/--attachs):",
+            "bpftoken:   maps: hash",
+        ]
+    );
+}
+
+#[test]
+fn libbpf_mode_enters_the_tokens_namespace_and_fd_mode_does_not() {
+    let Some(env) = setup("libbpf_mode_enters_the_tokens_namespace_and_fd_mode_does_not") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let alice = user(ALICE);
+    let script =
+        "id -u; cat /proc/self/uid_map; echo \"token=${BPF_TOKEN_FD:+set} libbpf=${LIBBPF_BPF_TOKEN_PATH:-unset}\"";
+    let o = sh(&d, &env, &alice, &["run"], script);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let l = lines(&out);
+    assert_eq!(l[0], "0", "{out}");
+    assert_eq!(l[1].split_whitespace().collect::<Vec<_>>(), ["0", &alice.uid.to_string(), "1"], "{out}");
+    assert!(l[2].starts_with("token=set libbpf=/proc/self/fd/"), "{out}");
+
+    let o = sh(&d, &env, &alice, &["run", "--fd-only"], script);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let l = lines(&out);
+    assert_eq!(l[0], alice.uid.to_string(), "{out}");
+    assert_eq!(l[1].split_whitespace().collect::<Vec<_>>(), ["0", "0", "4294967295"], "{out}");
+    assert_eq!(l[2], "token=set libbpf=unset", "{out}");
+}
+
+#[test]
+fn libbpf_mode_adds_exactly_the_namespace_and_the_bpffs() {
+    let Some(env) = setup("libbpf_mode_adds_exactly_the_namespace_and_the_bpffs") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let mut c = as_user(&user(ALICE), env.bin("bpftoken-probe"));
+    c.args(["scope-fds", d.socket.to_str().unwrap()]);
+    let o = output(c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        lines(&stdout(&o)),
+        ["new fds 3", "token cloexec true", "userns cloexec true", "bpffs cloexec true"],
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn unshare_gives_unmodified_bpftool_a_bpffs_at_sys_fs_bpf() {
+    let Some(env) = setup("unshare_gives_unmodified_bpftool_a_bpffs_at_sys_fs_bpf") else { return };
+    let (Some(bpftool), Some(obj)) = (bpftool(), bpf_object("sockfilter")) else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let alice = user(ALICE);
+    // No token flags, no environment: libbpf finds the delegated bpffs at
+    // /sys/fs/bpf by itself.
+    let script = format!(
+        "{b} prog load {o} /sys/fs/bpf/p 2>/dev/null && {b} prog show pinned /sys/fs/bpf/p && grep ' /sys/fs/bpf ' /proc/self/mountinfo",
+        b = bpftool.display(),
+        o = obj.display()
+    );
+    let o = d.bpftoken(&env, &alice, &["unshare", "--", "env", "-u", "BPF_TOKEN_FD", "sh", "-c", &script]);
+    assert!(o.status.success(), "{}\n{}", stderr(&o), d.log_text());
+    let out = stdout(&o);
+    assert!(out.contains(": socket_filter"), "{out}");
+    assert!(out.contains("delegate_progs=socket_filter"), "{out}");
+    d.wait_for_log("mode=\"delegated_mount\"");
+}
+
+#[test]
+fn container_mode_mints_in_the_callers_own_namespace() {
+    let Some(env) = setup("container_mode_mints_in_the_callers_own_namespace") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let alice = user(ALICE);
+    // A rootless container's root: alice's own user namespace.
+    let mut c = as_user(&alice, "unshare");
+    c.args(["-U", "-r", "--"]).arg(env.bin("bpftoken")).arg("--socket").arg(&d.socket);
+    c.args(["run", "--fd-only", "--"]).arg(env.bin("bpftoken-probe")).args(["try", "map:array", "map:hash"]);
+    let o = output(c);
+    assert!(o.status.success(), "{}\n{}", stderr(&o), d.log_text());
+    // Only the userns_owners rule applies inside: hash is alice's on the host only.
+    assert_eq!(lines(&stdout(&o)), ["map:array ok", "map:hash EPERM"]);
+    d.wait_for_log(&format!("mode=\"container\" userns_owner=\"{}\"", alice.uid));
+
+    // Another uid's container matches no rule, and is told why.
+    let bob = user(BOB);
+    let mut c = as_user(&bob, "unshare");
+    c.args(["-U", "-r", "--"]).arg(env.bin("bpftoken")).arg("--socket").arg(&d.socket).args(["run", "--", "true"]);
+    let o = output(c);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o).trim(),
+        format!(
+            "bpftoken: refused: no rule in {} allows uid {uid} (gid {gid}) (uid {uid} calls from a user namespace \
+             owned by uid {uid}, such as a rootless container; only rules with `userns_owners` match there) \
+             (not_in_policy)",
+            d.policy.display(),
+            uid = bob.uid,
+            gid = bob.gid
+        )
+    );
+}
+
+#[test]
+fn a_delegated_mount_needs_a_user_namespace_the_caller_owns() {
+    let Some(env) = setup("a_delegated_mount_needs_a_user_namespace_the_caller_owns") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let alice = user(ALICE);
+    let bob = user(BOB);
+    // Bob's namespace, opened by root and inherited by alice's probe.
+    let mut holder = as_user(&bob, "unshare");
+    holder.args(["-U", "sleep", "30"]);
+    let mut holder = holder.spawn().expect("bob's namespace");
+    let bobs_ns = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let children = children(holder.id());
+            let pid = children.first().copied().unwrap_or(holder.id());
+            let ns = std::fs::File::open(format!("/proc/{pid}/ns/user")).ok()?;
+            let ours = std::fs::metadata("/proc/self/ns/user").ok()?;
+            use std::os::unix::fs::MetadataExt;
+            (ns.metadata().ok()?.ino() != ours.ino()).then_some(ns)
+        })
+        .expect("bob's user namespace");
+    let init_ns = std::fs::File::open("/proc/self/ns/user").unwrap();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let net_ns = std::fs::File::open("/proc/self/ns/net").unwrap();
+    let cases = [
+        (&bobs_ns, format!("the user namespace sent is owned by uid {}, not by you (uid {})", bob.uid, alice.uid)),
+        (&init_ns, "the fd sent is the initial user namespace; send one your uid created".to_owned()),
+        (&null, "the fd sent is not a namespace (send an fd of /proc/PID/ns/user)".to_owned()),
+        (&net_ns, "the fd sent is a namespace of type 0x40000000, not a user namespace".to_owned()),
+    ];
+    for (file, message) in cases {
+        let fd = file.as_raw_fd();
+        // Inherited across exec (other tests' children may inherit it too,
+        // which is harmless).
+        rustix::io::fcntl_setfd(file, rustix::io::FdFlags::empty()).unwrap();
+        let mut c = as_user(&alice, env.bin("bpftoken-probe"));
+        c.args(["delegate", d.socket.to_str().unwrap(), &fd.to_string()]);
+        let o = output(c);
+        assert_eq!(stdout(&o).trim(), format!("refused: {message} (bad_namespace)"), "{}", stderr(&o));
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+#[test]
+fn inspect_names_a_tokens_masks_and_refuses_other_fds() {
+    let Some(env) = setup("inspect_names_a_tokens_masks_and_refuses_other_fds") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let alice = user(ALICE);
+    let o = d.bpftoken(
+        &env,
+        &alice,
+        &["run", "--fd-only", "--maps", "hash", "--", env.bin("bpftoken").to_str().unwrap(), "inspect"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        lines(&stdout(&o)),
+        [
+            "cmds: map_create,prog_load",
+            "maps: hash",
+            "progs: socket_filter",
+            "attachs: cgroup_inet_ingress",
+            "source: bpf_obj_get_info"
+        ]
+    );
+    let o = d.bpftoken(&env, &alice, &["inspect", "--fd", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o).trim(), "bpftoken: fd 0 is not a BPF token (/dev/null)");
+    let o = d.bpftoken(&env, &alice, &["inspect", "--fd", "77"]);
+    assert_eq!(stderr(&o).trim(), "bpftoken: fd 77 is not open");
+    let o = d.bpftoken(&env, &alice, &["inspect"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr(&o).trim(), "bpftoken: no --fd given and BPF_TOKEN_FD is not set");
+}
