@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use bpftoken_tests::tools::{bpf_object, bpftool};
 use bpftoken_tests::*;
 
 /// `6.18.44-foo` -> (6, 18).
@@ -30,6 +31,7 @@ fn expected(version: (u32, u32)) -> BTreeMap<&'static str, &'static str> {
         ("refused", with_tokens),
         ("inspect", with_tokens),
         ("token-info", if token_info { "pass" } else { "unsupported" }),
+        ("libbpf-mode", with_tokens),
     ])
 }
 
@@ -41,8 +43,9 @@ fn kernel_matrix_scenarios_behave_as_this_kernel_version_predicts() {
         "{} is not built (run cargo build --workspace first)",
         env.bin("bpftoken-scenarios").display()
     );
+    let (Some(bpftool), Some(obj)) = (bpftool(), bpf_object("sockfilter")) else { return };
     let mut c = Command::new(env.bin("bpftoken-scenarios"));
-    c.arg("--bin-dir").arg(&env.bin_dir);
+    c.arg("--bin-dir").arg(&env.bin_dir).arg("--bpftool").arg(bpftool).arg("--bpf-obj").arg(obj);
     let o = output(c);
     let out = stdout(&o);
     let release = out.lines().find_map(|l| l.strip_prefix("INFO kernel ")).expect("kernel line").to_owned();

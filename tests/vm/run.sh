@@ -9,12 +9,17 @@
 #
 # Kernels are Debian's linux-image-amd64 of each suite, fetched from the
 # system's configured mirror by scripts/debian-fetch and cached under
-# $BPFTOKEN_TEST_CACHE (default /var/cache/bpftoken-test). Serial logs are
-# kept in target/vm/. Needs qemu-system-x86, busybox-static, cpio.
+# /var/cache/bpftoken-test/SUITE. Serial logs are
+# kept in target/vm/. Needs qemu-system-x86, busybox-static, cpio, and
+# the token-aware bpftool and BPF objects of scripts/setup-test-tools.sh
+# (copied into the VM at the same paths).
 # BPFTOKEN_VM_TIMEOUT: hard limit per boot in seconds (default 150).
 set -eu
 cd "$(dirname "$0")/../.."
-cache=${BPFTOKEN_TEST_CACHE:-/var/cache/bpftoken-test}
+cache=/var/cache/bpftoken-test
+# What scripts/setup-test-tools.sh installs.
+libexec=/usr/local/libexec/bpftoken-test
+trixie=$cache/trixie/root
 boot_timeout=${BPFTOKEN_VM_TIMEOUT:-150}
 expected=tests/vm/expected.txt
 bins="bpftokend bpftoken bpftoken-probe bpftoken-scenarios"
@@ -29,6 +34,10 @@ done
 busybox=$(command -v busybox)
 LC_ALL=C ldd "$busybox" 2>&1 | grep -q 'not a dynamic executable' \
     || die "$busybox is not static (apt-get install busybox-static)"
+bpftool=$libexec/bpftool
+bpf_obj=$libexec/obj/sockfilter.bpf.o
+[ -x "$bpftool" ] && [ -f "$bpf_obj" ] && [ -x "$trixie/usr/sbin/bpftool" ] \
+    || die "no token-aware bpftool or BPF objects: run scripts/setup-test-tools.sh"
 
 if [ $# -gt 0 ]; then
     suites="$*"
@@ -62,6 +71,15 @@ for b in $bins; do
         cp -L "$lib" "$root$lib"
     done
 done
+# bpftool 7.5 with trixie's loader and libraries, where its wrapper
+# expects them, and the object it loads.
+loader=$trixie/usr/lib64/ld-linux-x86-64.so.2
+for f in "$bpftool" "$bpf_obj" "$trixie/usr/sbin/bpftool" "$loader" \
+    $("$loader" --library-path "$trixie/usr/lib/x86_64-linux-gnu" --list "$trixie/usr/sbin/bpftool" \
+        | awk -v t="$trixie" '$2 == "=>" && index($3, t) == 1 { print $3 }'); do
+    mkdir -p "$root$(dirname "$f")"
+    cp -L "$f" "$root$f"
+done
 cat >"$root/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/sh
 bpftk-alice:x:1001:1001::/tmp:/bin/sh
@@ -73,7 +91,8 @@ bpftk-alice:x:1001:
 bpftk-eve:x:1003:
 EOF
 printf 'passwd: files\ngroup: files\n' >"$root/etc/nsswitch.conf"
-install -m 0755 tests/vm/init.sh "$root/init"
+sed -e "s|@BPFTOOL@|$bpftool|" -e "s|@BPF_OBJ@|$bpf_obj|" tests/vm/init.sh >"$root/init"
+chmod 0755 "$root/init"
 chmod 1777 "$root/tmp"
 (cd "$root" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$work/initrd.gz"
 

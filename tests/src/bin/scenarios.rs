@@ -4,8 +4,13 @@
 //! two cannot drift apart.
 //!
 //! ```text
-//! bpftoken-scenarios [--bin-dir DIR]      (root; DIR holds bpftokend, bpftoken, bpftoken-probe)
+//! bpftoken-scenarios [--bin-dir DIR] [--bpftool PATH --bpf-obj PATH]
 //! ```
+//!
+//! Runs as root; DIR (default: its own) holds bpftokend, bpftoken and
+//! bpftoken-probe. `--bpftool` is a token-aware bpftool (7.5, libbpf 1.5+)
+//! and `--bpf-obj` the socket filter object built from
+//! `tests/bpf/sockfilter.bpf.c`, for the libbpf-mode scenario.
 //!
 //! Prints `INFO kernel RELEASE`, then one line per capability:
 //!
@@ -228,7 +233,14 @@ fn lines(s: &str) -> Vec<&str> {
     s.lines().collect()
 }
 
-fn scenarios(bins: &Path, dir: &Path, report: &mut Report) -> Result<(), String> {
+#[derive(Debug, Default)]
+struct Args {
+    bins: Option<PathBuf>,
+    bpftool: Option<String>,
+    bpf_obj: Option<String>,
+}
+
+fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Result<(), String> {
     let alice = user(ALLOWED_USER)?;
     let eve = user(OTHER_USER)?;
     let probe = bins.join("bpftoken-probe");
@@ -280,7 +292,7 @@ fn scenarios(bins: &Path, dir: &Path, report: &mut Report) -> Result<(), String>
         } else {
             (Outcome::Unsupported, no_daemon)
         };
-        for capability in ["mint", "map-create", "prog-load", "refused", "inspect", "token-info"] {
+        for capability in ["mint", "map-create", "prog-load", "refused", "inspect", "token-info", "libbpf-mode"] {
             report.result(capability, outcome, &why);
         }
         return Ok(());
@@ -299,7 +311,19 @@ fn scenarios(bins: &Path, dir: &Path, report: &mut Report) -> Result<(), String>
         bins,
         &socket,
         &alice,
-        &["run", "--maps", "array", "--", probe, "try", "map:array", "map:hash", "prog:socket_filter", "prog:kprobe"],
+        &[
+            "run",
+            "--fd-only",
+            "--maps",
+            "array",
+            "--",
+            probe,
+            "try",
+            "map:array",
+            "map:hash",
+            "prog:socket_filter",
+            "prog:kprobe",
+        ],
     );
     let got = lines(&o.stdout);
     if o.code() == Some(0) && got.len() == 4 {
@@ -334,7 +358,7 @@ fn scenarios(bins: &Path, dir: &Path, report: &mut Report) -> Result<(), String>
     // inspect: the token's masks as the kernel holds them; token-info:
     // whether the kernel told them through BPF_OBJ_GET_INFO_BY_FD (6.17+)
     // rather than fdinfo.
-    let o = bpftoken(bins, &socket, &alice, &["run", "--maps", "array", "--", bpftoken_bin, "inspect"]);
+    let o = bpftoken(bins, &socket, &alice, &["run", "--fd-only", "--maps", "array", "--", bpftoken_bin, "inspect"]);
     let field = |name: &str| -> Option<Vec<String>> {
         o.stdout
             .lines()
@@ -364,6 +388,22 @@ fn scenarios(bins: &Path, dir: &Path, report: &mut Report) -> Result<(), String>
         report.result("token-info", Outcome::Fail, "inspect failed");
     }
 
+    // libbpf-mode: unmodified bpftool, in the token's user namespace with
+    // LIBBPF_BPF_TOKEN_PATH, loads and pins a program with a map.
+    match (&args.bpftool, &args.bpf_obj) {
+        (Some(bpftool), Some(obj)) => {
+            let script = format!(
+                "{bpftool} prog load {obj} $BPFTOKEN_PIN_DIR/filter && {bpftool} prog show pinned $BPFTOKEN_PIN_DIR/filter"
+            );
+            let o = bpftoken(bins, &socket, &alice, &["run", "--", "/bin/sh", "-c", &script]);
+            let ok = o.code() == Some(0) && o.stdout.contains(": socket_filter");
+            let detail =
+                if ok { "bpftool prog load + pin through LIBBPF_BPF_TOKEN_PATH".to_owned() } else { o.describe() };
+            report.result("libbpf-mode", if ok { Outcome::Pass } else { Outcome::Fail }, &detail);
+        }
+        _ => report.result("libbpf-mode", Outcome::Fail, "no --bpftool and --bpf-obj given"),
+    }
+
     let pid = rustix::process::Pid::from_child(&daemon.child);
     let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     if wait_deadline(&mut daemon.child, Instant::now() + STEP_TIMEOUT).is_none() {
@@ -373,15 +413,22 @@ fn scenarios(bins: &Path, dir: &Path, report: &mut Report) -> Result<(), String>
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let bins = match args.as_slice() {
-        [] => std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)),
-        [flag, dir] if flag == "--bin-dir" => Some(PathBuf::from(dir)),
-        _ => {
-            eprintln!("usage: bpftoken-scenarios [--bin-dir DIR]");
-            return ExitCode::from(2);
+    const USAGE: &str = "usage: bpftoken-scenarios [--bin-dir DIR] [--bpftool PATH --bpf-obj PATH]";
+    let mut args = Args::default();
+    let mut argv = std::env::args().skip(1);
+    while let Some(flag) = argv.next() {
+        match (flag.as_str(), argv.next()) {
+            ("--bin-dir", Some(v)) => args.bins = Some(PathBuf::from(v)),
+            ("--bpftool", Some(v)) => args.bpftool = Some(v),
+            ("--bpf-obj", Some(v)) => args.bpf_obj = Some(v),
+            _ => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
         }
-    };
+    }
+    let bins =
+        args.bins.clone().or_else(|| std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)));
     let Some(bins) = bins else {
         eprintln!("bpftoken-scenarios: cannot find its own directory; pass --bin-dir");
         return ExitCode::from(2);
@@ -397,7 +444,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut report = Report::default();
-    let result = scenarios(&bins, &dir, &mut report);
+    let result = scenarios(&args, &bins, &dir, &mut report);
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = result {
         eprintln!("bpftoken-scenarios: {e}");
