@@ -212,8 +212,7 @@ impl Client {
     /// Ask what the policy would grant this caller now, and why. Nothing
     /// is minted.
     pub fn query(&mut self) -> Result<Explanation, Error> {
-        let frame = codec::encode_request(&Request::new(RequestBody::Query))?;
-        self.stream.write_all(&frame)?;
+        self.send(RequestBody::Query, None)?;
         let (response, fds) = self.read_response()?;
         if !fds.is_empty() {
             return Err(Error::Protocol(format!("the daemon sent {} fds with an explanation", fds.len())));
@@ -222,6 +221,32 @@ impl Client {
             Response::Explained(e) => Ok(e),
             Response::Refused(r) => Err(Error::Refused(r)),
             Response::Minted(_) => Err(Error::Protocol("the daemon answered a query with a token".into())),
+        }
+    }
+
+    /// Send one request (with `fd` attached). If the daemon has closed
+    /// the connection, it may have said why first (a `busy` refusal at
+    /// accept): that answer is returned as the error.
+    fn send(&mut self, body: RequestBody, fd: Option<BorrowedFd<'_>>) -> Result<(), Error> {
+        let frame = codec::encode_request(&Request::new(body))?;
+        let sent = match fd {
+            None => self.stream.write_all(&frame),
+            Some(fd) => {
+                let fds = [fd];
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut control = SendAncillaryBuffer::new(&mut space);
+                control.push(SendAncillaryMessage::ScmRights(&fds));
+                rustix::net::sendmsg(&self.stream, &[IoSlice::new(&frame)], &mut control, SendFlags::NOSIGNAL)
+                    .map_err(std::io::Error::from)
+                    .and_then(|n| self.stream.write_all(&frame[n..]))
+            }
+        };
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) => match self.read_response() {
+                Ok((Response::Refused(r), _)) => Err(Error::Refused(r)),
+                _ => Err(Error::Io(e)),
+            },
         }
     }
 

@@ -10,6 +10,13 @@
 //! memory while other workers run is safe. The token lands in the daemon's
 //! fd table; nothing is left in the client's namespace.
 //!
+//! A warm mint that finds no spare token makes a batch of
+//! 1 + [`ScopeLimits::spares`] in one child (one clone, one setns, then only
+//! `BPF_TOKEN_CREATE`s), hands out one and keeps the rest for the scope's
+//! next requests, which then cost no syscall beyond sending the fd. Spares
+//! are exactly the scope's tokens (same owner, same masks), are never
+//! handed to another key, and are closed with their scope.
+//!
 //! Scopes are keyed by exact owner and masks and never shared across
 //! either. Each holds one user namespace against its owner's
 //! `max_user_namespaces` quota, so the cache is bounded per uid and in
@@ -31,11 +38,17 @@ pub struct ScopeLimits {
     pub per_uid: usize,
     pub global: usize,
     pub idle: Duration,
+    /// Spare tokens a scope keeps, at most [`MAX_SPARES`].
+    pub spares: usize,
 }
+
+/// Most spare tokens per scope (one mint child makes at most
+/// [`crate::sys::MAX_MINT_BATCH`] tokens).
+pub const MAX_SPARES: usize = crate::sys::MAX_MINT_BATCH - 1;
 
 impl Default for ScopeLimits {
     fn default() -> Self {
-        ScopeLimits { per_uid: 16, global: 1024, idle: Duration::from_secs(300) }
+        ScopeLimits { per_uid: 16, global: 1024, idle: Duration::from_secs(300), spares: MAX_SPARES }
     }
 }
 
@@ -45,6 +58,8 @@ struct Entry {
     // evicted meanwhile, so an fd number can never be reused under it.
     scope: Arc<Scope>,
     last_used: Instant,
+    /// Tokens of this scope minted ahead, up to `ScopeLimits::spares`.
+    spare: Vec<MintedToken>,
 }
 
 /// The cache of warm scopes.
@@ -84,16 +99,31 @@ impl ScopeCache {
             let mut map = self.lock();
             let entry = map.get_mut(key)?;
             entry.last_used = Instant::now();
+            if let Some(token) = entry.spare.pop() {
+                return Some(Ok((token, entry.scope.clone())));
+            }
             entry.scope.clone()
         };
-        let result = STACK.with(|stack| scope.mint(&mut stack.borrow_mut()));
-        if result.is_err() {
-            let mut map = self.lock();
-            if map.get(key).is_some_and(|e| Arc::ptr_eq(&e.scope, &scope)) {
-                map.remove(key);
+        let batch = 1 + self.limits.spares.min(MAX_SPARES);
+        let result = STACK.with(|stack| scope.mint_batch(&mut stack.borrow_mut(), batch));
+        let mut map = self.lock();
+        let ours = map.get_mut(key).filter(|e| Arc::ptr_eq(&e.scope, &scope));
+        match result {
+            Ok(mut tokens) => {
+                let first = tokens.pop()?;
+                // Evicted meanwhile: the spares close with `tokens`.
+                if let Some(entry) = ours {
+                    entry.spare.extend(tokens);
+                }
+                Some(Ok((first, scope)))
+            }
+            Err(e) => {
+                if ours.is_some() {
+                    map.remove(key);
+                }
+                Some(Err(e))
             }
         }
-        Some(result.map(|t| (t, scope)))
     }
 
     /// Mint the first token of a scope the minter just created and check
@@ -121,7 +151,7 @@ impl ScopeCache {
         while map.len() >= self.limits.global.max(1) {
             evict_lru(&mut map, |_| true);
         }
-        map.insert(key, Entry { scope, last_used: Instant::now() });
+        map.insert(key, Entry { scope, last_used: Instant::now(), spare: Vec::new() });
     }
 
     /// Drop scopes unused for longer than the idle limit; returns how many.

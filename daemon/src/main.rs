@@ -26,6 +26,11 @@ struct Cli {
     /// Seconds after which an unused scope is dropped.
     #[arg(long, default_value_t = ScopeLimits::default().idle.as_secs())]
     scope_idle_secs: u64,
+    /// Tokens a busy scope keeps minted ahead (0 to 7): a mint that finds
+    /// none makes this many more in the same child, so later mints cost no
+    /// namespace switch. 0 keeps no token in the daemon between requests.
+    #[arg(long, value_name = "N", default_value_t = 7, value_parser = clap::value_parser!(u8).range(0..=7))]
+    spare_tokens: u8,
     /// Milliseconds a client has to send a complete request (and the
     /// longest a connection may idle between requests).
     #[arg(long, value_name = "MS", default_value_t = bpftokend::server::READ_TIMEOUT.as_millis() as u64)]
@@ -191,6 +196,7 @@ fn main() -> ExitCode {
                     per_uid: cli.scopes_per_uid,
                     global: cli.scopes_max,
                     idle: Duration::from_secs(cli.scope_idle_secs),
+                    spares: usize::from(cli.spare_tokens),
                 },
                 conns: ConnLimits {
                     global: cli.max_connections,

@@ -57,7 +57,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     // Mint children share our memory and enter clients' namespaces.
     crate::sys::make_non_dumpable().map_err(StartError::Runtime)?;
     crate::probe::check()?;
-    let conns = fit_to_fd_limit(opts.conns);
+    let conns = fit_to_fd_limit(opts.conns, &opts.scopes);
     let (names, names_source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
     let policy = bpftoken_policy::load(&opts.policy, &names)?;
     let rules = policy.rules().len() + policy.deny_rules().len();
@@ -141,9 +141,10 @@ async fn report_status(daemon: Arc<Daemon>) {
 }
 
 /// Raise the soft fd limit to the hard one and keep the connection caps
-/// within it (each connection holds one fd, each cached scope two), so a
-/// flood of connections meets a typed `busy` refusal, not EMFILE.
-fn fit_to_fd_limit(mut conns: ConnLimits) -> ConnLimits {
+/// within it (each connection holds one fd; each cached scope three and
+/// its spare tokens), so a flood of connections meets a typed `busy`
+/// refusal, not EMFILE.
+fn fit_to_fd_limit(mut conns: ConnLimits, scopes: &ScopeLimits) -> ConnLimits {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
     let soft = match rustix::process::setrlimit(rustix::process::Resource::Nofile, raised) {
@@ -154,9 +155,9 @@ fn fit_to_fd_limit(mut conns: ConnLimits) -> ConnLimits {
         }
     };
     let soft = soft.and_then(|n| usize::try_from(n).ok()).unwrap_or(usize::MAX);
-    // Reserve room for scopes (2 fds each, 1024 by default), the minter
-    // link, mints in flight and logs.
-    let budget = soft.saturating_sub(2 * 1024 + 256);
+    // Reserve room for scopes, the minter link, mints in flight and logs.
+    let per_scope = 3 + scopes.spares;
+    let budget = soft.saturating_sub(per_scope.saturating_mul(scopes.global) + 256);
     if conns.global > budget {
         tracing::warn!(fd_limit = soft, "lowering the connection limit from {} to {budget}", conns.global);
         conns.global = budget.max(16);

@@ -161,6 +161,9 @@ pub fn bpf_token_create_support() -> io::Result<TokenSupport> {
     }
 }
 
+/// Most tokens one mint child creates.
+pub const MAX_MINT_BATCH: usize = 8;
+
 /// Arguments and result shared with the short-lived mint child, which
 /// runs on its own stack in our address space (CLONE_VM). Atomics, because
 /// two tasks touch them.
@@ -168,8 +171,13 @@ pub fn bpf_token_create_support() -> io::Result<TokenSupport> {
 struct MintChild {
     userns: RawFd,
     bpffs: RawFd,
-    /// The token fd, or a negated errno; `i32::MIN` until the child writes it.
-    result: std::sync::atomic::AtomicI32,
+    /// How many tokens to create (1..=MAX_MINT_BATCH).
+    count: usize,
+    /// The token fds created, in order; `made` says how many.
+    tokens: [std::sync::atomic::AtomicI32; MAX_MINT_BATCH],
+    made: std::sync::atomic::AtomicUsize,
+    /// A negated errno when a step failed.
+    error: std::sync::atomic::AtomicI32,
     /// Which step failed: 0 none, 1 setns, 2 BPF_TOKEN_CREATE, 3 sigprocmask.
     failed_step: std::sync::atomic::AtomicI32,
 }
@@ -178,13 +186,13 @@ struct MintChild {
 /// unwinding, as it shares our memory with every other daemon thread.
 extern "C" fn mint_child_main(arg: *mut c_void) -> libc::c_int {
     use std::sync::atomic::Ordering::Release;
-    // SAFETY: `arg` points at the `MintChild` that `mint_token_in` keeps
+    // SAFETY: `arg` points at the `MintChild` that `mint_tokens_in` keeps
     // alive until this child has exited.
     let args = unsafe { &*arg.cast::<MintChild>() };
-    let done = |result: i32, step: i32| {
-        args.result.store(result, Release);
+    let fail = |errno: i32, step: i32| {
+        args.error.store(-errno, Release);
         args.failed_step.store(step, Release);
-        i32::from(step != 0)
+        1
     };
     // Block every signal before entering the client's namespace: once in
     // it, the client may signal us (it holds CAP_KILL there), and our
@@ -197,21 +205,29 @@ extern "C" fn mint_child_main(arg: *mut c_void) -> libc::c_int {
         libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &raw const all, std::ptr::null::<u64>(), 8)
     };
     if ret != 0 {
-        return done(-errno(), 3);
+        return fail(errno(), 3);
     }
     // SAFETY: setns(2) on an fd value; no memory is passed.
     let ret = unsafe { libc::syscall(libc::SYS_setns, args.userns, libc::CLONE_NEWUSER) };
     if ret != 0 {
-        return done(-errno(), 1);
+        return fail(errno(), 1);
     }
-    let mut attr = [0u32; 2];
-    attr[1] = args.bpffs.cast_unsigned();
-    // SAFETY: `attr` is a valid bpf_attr prefix for BPF_TOKEN_CREATE.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_TOKEN_CREATE, attr.as_mut_ptr(), 8) };
-    match i32::try_from(fd) {
-        Ok(fd) if fd >= 0 => done(fd, 0),
-        _ => done(-errno(), 2),
+    // One setns for the whole batch: each further token costs only the
+    // BPF_TOKEN_CREATE itself.
+    for (i, slot) in args.tokens.iter().enumerate().take(args.count) {
+        let mut attr = [0u32; 2];
+        attr[1] = args.bpffs.cast_unsigned();
+        // SAFETY: `attr` is a valid bpf_attr prefix for BPF_TOKEN_CREATE.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_TOKEN_CREATE, attr.as_mut_ptr(), 8) };
+        match i32::try_from(fd) {
+            Ok(fd) if fd >= 0 => {
+                slot.store(fd, Release);
+                args.made.store(i + 1, Release);
+            }
+            _ => return fail(errno(), 2),
+        }
     }
+    0
 }
 
 /// errno of the calling thread, read without allocating (safe in the mint
@@ -302,7 +318,20 @@ pub fn mint_token_in(
     userns: BorrowedFd<'_>,
     bpffs: BorrowedFd<'_>,
 ) -> Result<MintedToken, (MintStep, io::Error)> {
-    use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+    let mut tokens = mint_tokens_in(stack, userns, bpffs, 1)?;
+    tokens.pop().ok_or_else(|| (MintStep::TokenCreate, io::Error::other("the mint child made no token")))
+}
+
+/// [`mint_token_in`] for up to [`MAX_MINT_BATCH`] tokens from one child
+/// (one clone and one setns). Returns at least one token; fewer than
+/// `count` if the kernel refused a later one.
+pub fn mint_tokens_in(
+    stack: &mut MintStack,
+    userns: BorrowedFd<'_>,
+    bpffs: BorrowedFd<'_>,
+    count: usize,
+) -> Result<Vec<MintedToken>, (MintStep, io::Error)> {
+    use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
     static NEXT_ID: AtomicU64 = AtomicU64::new(0);
     start_watchdog();
     // Mints are serialised: while this lock is held, every token fd in our
@@ -311,7 +340,10 @@ pub fn mint_token_in(
     let args = MintChild {
         userns: userns.as_raw_fd(),
         bpffs: bpffs.as_raw_fd(),
-        result: AtomicI32::new(i32::MIN),
+        count: count.clamp(1, MAX_MINT_BATCH),
+        tokens: std::array::from_fn(|_| AtomicI32::new(-1)),
+        made: AtomicUsize::new(0),
+        error: AtomicI32::new(0),
         failed_step: AtomicI32::new(0),
     };
     let stack_len = stack.0.len();
@@ -342,36 +374,41 @@ pub fn mint_token_in(
             break;
         }
     }
-    let (result, step) = (args.result.load(Ordering::Acquire), args.failed_step.load(Ordering::Acquire));
-    let killed = libc::WIFSIGNALED(status);
-    match step {
-        0 if result >= 0 => {
-            // SAFETY: the child created this fd in our shared fd table and
-            // nothing else refers to it.
-            let token = unsafe { OwnedFd::from_raw_fd(result) };
-            if killed {
-                // Killed after creating the token: do not trust the outcome.
-                drop(token);
-                return Err((MintStep::Timeout, io::Error::from_raw_os_error(libc::ETIMEDOUT)));
-            }
-            live.insert(result);
-            Ok(MintedToken { fd: Some(token) })
+    let made = args.made.load(Ordering::Acquire).min(MAX_MINT_BATCH);
+    let tokens: Vec<OwnedFd> = args.tokens[..made]
+        .iter()
+        .map(|t| {
+            // SAFETY: the child created these fds in our shared fd table
+            // and nothing else refers to them.
+            unsafe { OwnedFd::from_raw_fd(t.load(Ordering::Acquire)) }
+        })
+        .collect();
+    let (error, step) = (args.error.load(Ordering::Acquire), args.failed_step.load(Ordering::Acquire));
+    if libc::WIFSIGNALED(status) {
+        // Killed (by the client: it may signal the child inside its own
+        // namespace): do not trust the outcome, and close any token the
+        // kernel installed before the child could record it.
+        drop(tokens);
+        let leaked = close_unregistered_tokens(&live);
+        if leaked > 0 {
+            tracing::warn!(leaked, "closed a token left behind by a killed mint child");
         }
-        1 => Err((MintStep::SetNs, io::Error::from_raw_os_error(-result))),
-        2 => Err((MintStep::TokenCreate, io::Error::from_raw_os_error(-result))),
-        _ if killed => {
-            // Killed (by the client: it may signal the child inside its own
-            // namespace) possibly after the kernel installed a token but
-            // before the child recorded its number: close any token we do
-            // not know about.
-            let leaked = close_unregistered_tokens(&live);
-            if leaked > 0 {
-                tracing::warn!(leaked, "closed a token left behind by a killed mint child");
-            }
-            Err((MintStep::Timeout, io::Error::from_raw_os_error(libc::EINTR)))
-        }
-        _ => Err((MintStep::Clone, io::Error::other(format!("mint child ended with status {status:#x}")))),
+        return Err((MintStep::Timeout, io::Error::from_raw_os_error(libc::EINTR)));
     }
+    if tokens.is_empty() {
+        return Err(match step {
+            1 => (MintStep::SetNs, io::Error::from_raw_os_error(-error)),
+            2 => (MintStep::TokenCreate, io::Error::from_raw_os_error(-error)),
+            _ => (MintStep::Clone, io::Error::other(format!("mint child ended with status {status:#x}"))),
+        });
+    }
+    Ok(tokens
+        .into_iter()
+        .map(|fd| {
+            live.insert(fd.as_raw_fd());
+            MintedToken { fd: Some(fd) }
+        })
+        .collect())
 }
 
 /// Token fds this process holds right now. Its lock also serialises

@@ -228,7 +228,9 @@ fn token_of_one_user_is_useless_to_another() {
 #[test]
 fn one_connection_carries_several_mints_and_counts_return_to_baseline() {
     let Some(env) = setup("one_connection_carries_several_mints_and_counts_return_to_baseline") else { return };
-    let d = TestDaemon::start(&env, POLICY, &[]);
+    // No spare tokens, so the daemon's fd count is exact (spares have their
+    // own test in threats.rs).
+    let d = TestDaemon::start(&env, POLICY, &["--spare-tokens", "0"]);
     let alice = user(ALICE);
     let probe = env.bin("bpftoken-probe");
     let socket = d.socket.to_str().unwrap().to_owned();
@@ -279,8 +281,8 @@ fn one_connection_carries_several_mints_and_counts_return_to_baseline() {
 }
 
 #[test]
-fn caller_inside_a_user_namespace_is_refused_clearly() {
-    let Some(env) = setup("caller_inside_a_user_namespace_is_refused_clearly") else { return };
+fn caller_inside_a_user_namespace_needs_a_userns_owners_rule() {
+    let Some(env) = setup("caller_inside_a_user_namespace_needs_a_userns_owners_rule") else { return };
     let d = TestDaemon::start(&env, POLICY, &[]);
     let alice = user(ALICE);
     let mut c = as_user(&alice, "unshare");
@@ -291,13 +293,17 @@ fn caller_inside_a_user_namespace_is_refused_clearly() {
         .args(["run", "--", "true"]);
     let o = output(c);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // alice's host rule does not reach into her namespaces: only a rule
+    // with `userns_owners` would (tests/tests/modes.rs).
     assert_eq!(
         stderr(&o),
         format!(
-            "bpftoken: refused: uid {0} is calling from inside a user namespace owned by uid {0} (a rootless \
-             container or `unshare -U`); a token bound to uid {0} would not work there, and container mode \
-             is not supported yet (unsupported_peer)\n",
-            alice.uid
+            "bpftoken: refused: no rule in {} allows uid {1} (gid {2}) (uid {1} calls from a user namespace owned \
+             by uid {1}, such as a rootless container; only rules with `userns_owners` match there) \
+             (not_in_policy)\n",
+            d.policy.display(),
+            alice.uid,
+            alice.gid
         )
     );
 }

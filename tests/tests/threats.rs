@@ -51,7 +51,8 @@ fn a_client_gains_exactly_one_cloexec_token_fd_per_mint() {
 #[test]
 fn closing_at_every_byte_offset_leaves_nothing_behind() {
     let Some(env) = setup("closing_at_every_byte_offset_leaves_nothing_behind") else { return };
-    let d = TestDaemon::start(&env, POLICY, &[]);
+    // No spare tokens: every token in the daemon would be a leak.
+    let d = TestDaemon::start(&env, POLICY, &["--spare-tokens", "0"]);
     let alice = user(ALICE);
     let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -72,6 +73,34 @@ fn closing_at_every_byte_offset_leaves_nothing_behind() {
     // The daemon still serves.
     let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Spare tokens stay within their bound and go with their scope.
+#[test]
+fn spare_tokens_are_bounded_and_dropped_with_their_scope() {
+    let Some(env) = setup("spare_tokens_are_bounded_and_dropped_with_their_scope") else { return };
+    let d = TestDaemon::start(&env, POLICY, &["--scope-idle-secs", "2"]);
+    let alice = user(ALICE);
+    let pid = d.pid();
+    let mut most = 0;
+    for n in 1..=20 {
+        let mut c = as_user(&alice, env.bin("bpftoken-probe"));
+        c.args(["mint-loop", d.socket.to_str().unwrap(), "1"]);
+        let o = output(c);
+        assert_eq!(stdout(&o), "minted 1\n", "{}", stderr(&o));
+        // The first mint is cold (one token, checked, handed out); the
+        // second makes 1 + 7; each later one takes a spare, or makes 8 more
+        // when none is left. (The handed-out token closes in the daemon
+        // just after the client has it: settle.)
+        let want = if n == 1 { 0 } else { 7 - (n - 2) % 8 };
+        let (held, _, _) = settle(|| (token_fds(pid), 0, 0), (want, 0, 0));
+        assert_eq!(held, want, "token fds in the daemon after mint {n}");
+        most = most.max(held);
+    }
+    assert_eq!(most, 7);
+    // Idle eviction closes the scope and its spares.
+    let after = settle(|| (token_fds(pid), 0, 0), (0, 0, 0));
+    assert_eq!(after.0, 0, "spares outlived their scope");
 }
 
 /// Row 4: per-uid connection caps give a typed `busy`, spare other uids,
@@ -192,4 +221,58 @@ fn the_bpffs_helper_cannot_be_hijacked_by_its_client() {
     let minted: usize =
         out.lines().find_map(|l| l.strip_prefix("minted ")).and_then(|n| n.parse().ok()).expect("count");
     assert!(minted > 0, "{out}");
+}
+
+/// Row 1, the exit-and-recycle race made deterministic: alice sends a mint
+/// and exits while the daemon is stopped; a process running the one
+/// executable a rule allows for alice takes her pid (forced through
+/// `ns_last_pid`); then the daemon runs on. Whatever it learns must be
+/// about the exited client: a lookup of `/proc/PID` by number would see the
+/// impostor's executable, match the rule and grant.
+#[test]
+fn a_recycled_pid_does_not_stand_in_for_an_exited_client() {
+    let Some(env) = setup("a_recycled_pid_does_not_stand_in_for_an_exited_client") else { return };
+    let alice = user(ALICE);
+    let impostor_exe = std::fs::canonicalize("/usr/bin/sleep").expect("sleep");
+    let policy = format!(
+        "[[allow]]\nname = \"sleep-only\"\nusers = [\"bpftk-alice\"]\nexecutables = [\"{}\"]\n\
+         cmds = [\"map_create\"]\nmaps = [\"array\"]\n",
+        impostor_exe.display()
+    );
+    let d = TestDaemon::start(&env, &policy, &[]);
+    let daemon = rustix::process::Pid::from_raw(d.pid() as i32).unwrap();
+    let mut raced = None;
+    for _attempt in 0..20 {
+        rustix::process::kill_process(daemon, rustix::process::Signal::STOP).unwrap();
+        let mut client = as_user(&alice, env.bin("bpftoken-probe"));
+        client.args(["send-and-exit", d.socket.to_str().unwrap()]);
+        let o = output(client);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let pid: u32 = stdout(&o).trim().parse().expect("client pid");
+        // The next fork gets `pid`, unless something else forks first.
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).expect("ns_last_pid");
+        let mut impostor = as_user(&alice, &impostor_exe);
+        impostor.arg("30");
+        let mut impostor = impostor.spawn().expect("impostor");
+        if impostor.id() == pid {
+            std::thread::sleep(Duration::from_millis(100)); // let setpriv exec sleep
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+            assert_eq!(exe, impostor_exe);
+            rustix::process::kill_process(daemon, rustix::process::Signal::CONT).unwrap();
+            raced = Some((pid, impostor));
+            break;
+        }
+        let _ = impostor.kill();
+        let _ = impostor.wait();
+        rustix::process::kill_process(daemon, rustix::process::Signal::CONT).unwrap();
+    }
+    let (pid, mut impostor) = raced.expect("no attempt in 20 gave the impostor the client's pid");
+    let line = d.wait_for_log(&format!("peer_pid={pid} "));
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    eprintln!("{line}");
+    assert!(line.contains("decision=\"refused\""), "{line}");
+    assert!(line.contains(&format!("peer_uid={}", alice.uid)), "{line}");
+    assert!(!line.contains("/usr/bin/sleep"), "the impostor's executable reached the decision: {line}");
+    assert!(!d.log_text().contains("decision=\"granted\""), "{}", d.log_text());
 }

@@ -96,21 +96,30 @@ impl Scope {
     /// from our own child and our own bpffs fd, so a cheap check suffices
     /// here; [`Scope::create`] checks the first token's masks in full.
     pub fn mint(&self, stack: &mut MintStack) -> Result<sys::MintedToken, MintError> {
-        let token = sys::mint_token_in(stack, self.userns.as_fd(), self.bpffs_root.as_fd()).map_err(|(step, e)| {
-            let step = match step {
-                sys::MintStep::Clone => Step::Clone,
-                sys::MintStep::SetNs => Step::SetNs,
-                sys::MintStep::TokenCreate => Step::TokenCreate,
-                sys::MintStep::Timeout => Step::MintTimeout,
-            };
-            MintError::syscall(step, &e)
-        })?;
-        let st = rustix::fs::fstatfs(token.as_fd()).map_err(|e| MintError::from((Step::CheckToken, e)))?;
-        let magic = st.f_type.cast_unsigned();
-        if magic != BPF_FS_MAGIC {
-            return Err(MintError::NotToken { got: format!("a file on a filesystem with magic {magic:#x}") });
+        let mut tokens = self.mint_batch(stack, 1)?;
+        tokens.pop().ok_or(MintError::NotToken { got: "nothing".into() })
+    }
+
+    /// Up to `count` tokens from one mint child (at least one).
+    pub fn mint_batch(&self, stack: &mut MintStack, count: usize) -> Result<Vec<sys::MintedToken>, MintError> {
+        let tokens =
+            sys::mint_tokens_in(stack, self.userns.as_fd(), self.bpffs_root.as_fd(), count).map_err(|(step, e)| {
+                let step = match step {
+                    sys::MintStep::Clone => Step::Clone,
+                    sys::MintStep::SetNs => Step::SetNs,
+                    sys::MintStep::TokenCreate => Step::TokenCreate,
+                    sys::MintStep::Timeout => Step::MintTimeout,
+                };
+                MintError::syscall(step, &e)
+            })?;
+        for token in &tokens {
+            let st = rustix::fs::fstatfs(token.as_fd()).map_err(|e| MintError::from((Step::CheckToken, e)))?;
+            let magic = st.f_type.cast_unsigned();
+            if magic != BPF_FS_MAGIC {
+                return Err(MintError::NotToken { got: format!("a file on a filesystem with magic {magic:#x}") });
+            }
         }
-        Ok(token)
+        Ok(tokens)
     }
 
     /// Create a scope for `key` (the cold path). Must be called from the

@@ -10,6 +10,7 @@
 //! bpftoken-probe mint-masks SOCKET COUNT MASKS   COUNT mints cycling through MASKS map masks
 //! bpftoken-probe fd-check SOCKET               mint once; report the fds it gained
 //! bpftoken-probe scope-fds SOCKET              libbpf-mode mint; report the fds it gained, by kind
+//! bpftoken-probe send-and-exit SOCKET         send a mint request, print our pid, exit without waiting
 //! bpftoken-probe delegate SOCKET FD            ask for a bpffs delegated to the namespace at inherited FD
 //! bpftoken-probe hold SOCKET COUNT SECONDS     hold COUNT idle connections open
 //! bpftoken-probe churn SOCKET COUNT            connect and close COUNT times
@@ -283,6 +284,17 @@ fn run(args: &[String]) -> Result<(), String> {
                 println!("{kind} cloexec {}", u32::from_str_radix(&flags, 8).is_ok_and(|f| f & 0o2000000 != 0));
             }
             drop(grant);
+            Ok(())
+        }
+        Some("send-and-exit") => {
+            use std::io::Write;
+            let path = args.get(1).ok_or("send-and-exit SOCKET")?;
+            let mut sock = UnixStream::connect(path).map_err(|e| format!("{path}: {e}"))?;
+            let request =
+                bpftoken_proto::Request::new(bpftoken_proto::message::RequestBody::Mint(MintRequest::default()));
+            let frame = bpftoken_proto::codec::encode_request(&request).map_err(|e| e.to_string())?;
+            sock.write_all(&frame).map_err(|e| e.to_string())?;
+            println!("{}", std::process::id());
             Ok(())
         }
         Some("delegate") => {
