@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod inspect;
+pub mod kernel;
 pub mod namespaces;
 mod sys;
 

@@ -53,6 +53,26 @@ pub fn token_info(fd: i32) -> io::Result<BpfTokenInfo> {
     Ok(info)
 }
 
+/// `BPF_TOKEN_CREATE` from `include/uapi/linux/bpf.h`.
+const BPF_TOKEN_CREATE: libc::c_long = 36;
+
+/// `bpf(BPF_TOKEN_CREATE)` with bpffs fd -1: the errno it fails with, or
+/// None if it did not fail (it cannot succeed; anything returned is closed).
+pub fn token_create_from_bad_fd() -> Option<i32> {
+    let mut attr = [0u32, u32::MAX];
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_TOKEN_CREATE (flags 0,
+    // bpffs_fd -1) of the size passed; the kernel only reads it.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_TOKEN_CREATE, attr.as_mut_ptr(), 8usize) };
+    if r < 0 {
+        return io::Error::last_os_error().raw_os_error();
+    }
+    if let Ok(fd) = i32::try_from(r) {
+        // SAFETY: the kernel returned a new fd that nothing else owns.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    }
+    None
+}
+
 /// `unshare(CLONE_NEWUSER)` or `unshare(CLONE_NEWNS)`. Safe: neither flag
 /// touches the fd table, which is what makes `unshare` unsafe in general.
 pub fn unshare(ns: Namespace) -> io::Result<()> {

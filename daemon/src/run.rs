@@ -37,8 +37,8 @@ pub enum StartError {
     Runtime(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
-    #[error("{0}")]
-    Kernel(String),
+    #[error(transparent)]
+    Kernel(#[from] crate::probe::ProbeError),
     #[error("--exit-idle needs socket activation: the socket must outlive the daemon, or clients would find nobody listening")]
     ExitIdleWithoutActivation,
 }
@@ -56,7 +56,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     }
     // Mint children share our memory and enter clients' namespaces.
     crate::sys::make_non_dumpable().map_err(StartError::Runtime)?;
-    crate::probe::check().map_err(StartError::Kernel)?;
+    crate::probe::check()?;
     let conns = fit_to_fd_limit(opts.conns, &opts.scopes);
     let (names, names_source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
     let policy = bpftoken_policy::load(&opts.policy, &names)?;

@@ -132,6 +132,35 @@ pub fn bpf_token_create(bpffs: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Whether the kernel knows the `BPF_TOKEN_CREATE` command (Linux 6.9+).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSupport {
+    Yes,
+    No,
+}
+
+/// Asks the kernel for a token from fd -1: a kernel with tokens rejects
+/// the fd (EBADF), an older one the command (EINVAL).
+pub fn bpf_token_create_support() -> io::Result<TokenSupport> {
+    let mut attr = [0u32, u32::MAX];
+    // SAFETY: `attr` is a valid `union bpf_attr` prefix for BPF_TOKEN_CREATE
+    // (flags 0, bpffs_fd -1) of the size passed; no fd is created.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_TOKEN_CREATE, attr.as_mut_ptr(), 8) };
+    match cvt(ret) {
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(TokenSupport::Yes),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(TokenSupport::No),
+        Err(e) => Err(e),
+        Ok(fd) => {
+            // Not expected; do not leak whatever it is.
+            if let Ok(fd) = RawFd::try_from(fd) {
+                // SAFETY: the kernel returned a new fd that nothing else owns.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            Ok(TokenSupport::Yes)
+        }
+    }
+}
+
 /// Most tokens one mint child creates.
 pub const MAX_MINT_BATCH: usize = 8;
 

@@ -152,6 +152,7 @@ fn query(socket: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("bpftoken: {e}");
+            explain_unreachable(&e);
             ExitCode::from(match e {
                 Error::Refused(_) => EXIT_REFUSED,
                 Error::Unreachable { .. } => EXIT_UNAVAILABLE,
@@ -211,11 +212,25 @@ fn exit_for(e: &Error) -> ExitCode {
     })
 }
 
+/// No daemon, and none could run on this kernel: say so rather than leave
+/// "is the daemon running?" as the only hint.
+fn explain_unreachable(e: &Error) {
+    if matches!(e, Error::Unreachable { .. }) {
+        if let bpftoken::kernel::TokenSupport::Unsupported { release } = bpftoken::kernel::token_support() {
+            eprintln!(
+                "bpftoken: BPF tokens are not supported by this kernel ({release}): BPF_TOKEN_CREATE needs \
+                 Linux 6.9 or later, so bpftokend cannot run here"
+            );
+        }
+    }
+}
+
 /// Report a failed request; for a refusal that the policy can explain, say
 /// what it does grant, so "not granted" can be told from "not in the
 /// policy at all".
 fn report(socket: &Path, e: &Error) -> ExitCode {
     eprintln!("bpftoken: {e}");
+    explain_unreachable(e);
     let explainable = matches!(
         e,
         Error::Refused(r) if matches!(r.code, RefusalCode::NotGranted | RefusalCode::EmptyGrant | RefusalCode::RateLimited)

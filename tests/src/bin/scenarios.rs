@@ -1,0 +1,462 @@
+//! `bpftoken-scenarios`: the behaviours every kernel is measured on, in
+//! one place. The host test (`tests/tests/scenarios.rs`) and the kernel
+//! matrix (`tests/vm/run.sh`, inside each VM) both run this binary, so the
+//! two cannot drift apart.
+//!
+//! ```text
+//! bpftoken-scenarios [--bin-dir DIR] [--bpftool PATH --bpf-obj PATH]
+//! ```
+//!
+//! Runs as root; DIR (default: its own) holds bpftokend, bpftoken and
+//! bpftoken-probe. `--bpftool` is a token-aware bpftool (7.5, libbpf 1.5+)
+//! and `--bpf-obj` the socket filter object built from
+//! `tests/bpf/sockfilter.bpf.c`, for the libbpf-mode scenario.
+//!
+//! Prints `INFO kernel RELEASE`, then one line per capability:
+//!
+//! ```text
+//! RESULT <capability> pass|fail|unsupported <detail>
+//! ```
+//!
+//! `unsupported` means the kernel lacks the feature and the software said
+//! so clearly (no hang, no crash); whether that is expected is for the
+//! caller to decide. Exits 1 if any capability failed.
+//!
+//! Needs the users `bpftk-alice` (in the scenarios' policy) and
+//! `bpftk-eve` (not in it).
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The policy the scenarios run under.
+const POLICY: &str = r#"
+[[allow]]
+name = "scenario-loader"
+users = ["bpftk-alice"]
+cmds = ["map_create", "prog_load"]
+maps = ["array", "hash"]
+progs = ["socket_filter"]
+attachs = ["cgroup_inet_ingress"]
+"#;
+const ALLOWED_USER: &str = "bpftk-alice";
+const OTHER_USER: &str = "bpftk-eve";
+
+/// Generous: under TCG emulation everything is slower.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Pass,
+    Fail,
+    Unsupported,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "fail",
+            Outcome::Unsupported => "unsupported",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn result(&mut self, capability: &str, outcome: Outcome, detail: &str) {
+        self.failed |= outcome == Outcome::Fail;
+        // One line each, whatever the detail holds.
+        let detail = detail.trim().replace('\n', " | ");
+        println!("RESULT {capability} {} {detail}", outcome.as_str());
+    }
+}
+
+#[derive(Debug)]
+struct Ran {
+    status: Option<ExitStatus>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+
+    fn describe(&self) -> String {
+        match self.status {
+            None => format!("timed out after {} s", STEP_TIMEOUT.as_secs()),
+            Some(s) => format!("{s}; stdout {:?}; stderr {:?}", self.stdout.trim(), self.stderr.trim()),
+        }
+    }
+}
+
+/// Run to completion, or kill after [`STEP_TIMEOUT`]: a hang is a result.
+fn run(mut cmd: Command) -> Ran {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Ran { status: Some(ExitStatus::default()), stdout: String::new(), stderr: format!("{e}") },
+    };
+    let status = wait_deadline(&mut child, Instant::now() + STEP_TIMEOUT);
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut stdout);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    Ran { status, stdout, stderr }
+}
+
+fn wait_deadline(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[derive(Debug, Clone)]
+struct User {
+    uid: u32,
+    gid: u32,
+}
+
+fn user(name: &str) -> Result<User, String> {
+    let u = uzers::get_user_by_name(name)
+        .ok_or_else(|| format!("no user {name} (see tests/vm or scripts/setup-test-users.sh)"))?;
+    Ok(User { uid: u.uid(), gid: u.primary_group_id() })
+}
+
+/// `program` as `user`, with no supplementary groups (std drops them when
+/// root sets a uid): the same on the host and in a busybox VM.
+fn as_user(user: &User, program: &Path) -> Command {
+    let mut c = Command::new(program);
+    c.uid(user.uid).gid(user.gid);
+    c
+}
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// How the daemon start went.
+enum Start {
+    Listening(Daemon),
+    /// It exited by itself, with its stderr.
+    Refused(String),
+    Failed(String),
+}
+
+fn start_daemon(bins: &Path, dir: &Path) -> Start {
+    let policy = dir.join("policy.toml");
+    let socket = dir.join("socket");
+    let log = dir.join("daemon.log");
+    if let Err(e) = std::fs::write(&policy, POLICY)
+        .and_then(|()| std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o644)))
+    {
+        return Start::Failed(format!("cannot write {}: {e}", policy.display()));
+    }
+    let log_file = match std::fs::File::create(&log) {
+        Ok(f) => f,
+        Err(e) => return Start::Failed(format!("cannot create {}: {e}", log.display())),
+    };
+    let spawned = Command::new(bins.join("bpftokend"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--policy")
+        .arg(&policy)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => return Start::Failed(format!("cannot start bpftokend: {e}")),
+    };
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            return Start::Listening(Daemon { child, socket });
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return if status.code() == Some(1) {
+                Start::Refused(read_log())
+            } else {
+                Start::Failed(format!("bpftokend exited with {status}: {}", read_log()))
+            };
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Start::Failed(format!("bpftokend neither listened nor exited within {} s", STEP_TIMEOUT.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `bpftoken --socket S ARGS...` as `user`.
+fn bpftoken(bins: &Path, socket: &Path, user: &User, args: &[&str]) -> Ran {
+    let mut c = as_user(user, &bins.join("bpftoken"));
+    c.arg("--socket").arg(socket).args(args);
+    run(c)
+}
+
+fn lines(s: &str) -> Vec<&str> {
+    s.lines().collect()
+}
+
+#[derive(Debug, Default)]
+struct Args {
+    bins: Option<PathBuf>,
+    bpftool: Option<String>,
+    bpf_obj: Option<String>,
+}
+
+fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Result<(), String> {
+    let alice = user(ALLOWED_USER)?;
+    let eve = user(OTHER_USER)?;
+    let probe = bins.join("bpftoken-probe");
+    let probe = probe.to_str().ok_or("non-UTF-8 binary path")?;
+    let bpftoken_bin = bins.join("bpftoken");
+    let bpftoken_bin = bpftoken_bin.to_str().ok_or("non-UTF-8 binary path")?;
+
+    // daemon-start: listening, or a one-line refusal that names what the
+    // kernel lacks.
+    let (daemon, no_daemon) = match start_daemon(bins, dir) {
+        Start::Listening(d) => {
+            report.result("daemon-start", Outcome::Pass, "listening");
+            (Some(d), String::new())
+        }
+        Start::Refused(log) => {
+            let line = log.trim();
+            let clear = line.lines().count() == 1
+                && line.contains("not supported by this kernel")
+                && line.contains("needs Linux 6.9 or later");
+            let outcome = if clear { Outcome::Unsupported } else { Outcome::Fail };
+            report.result("daemon-start", outcome, line);
+            (None, if clear { "no daemon: the kernel has no BPF tokens".to_owned() } else { String::new() })
+        }
+        Start::Failed(why) => {
+            report.result("daemon-start", Outcome::Fail, &why);
+            (None, String::new())
+        }
+    };
+
+    // client-no-daemon: a client asking where nobody listens gets a clear
+    // answer at once: exit 69, "cannot reach bpftokend", and on a kernel
+    // without tokens (where the daemon refused above) a second line saying
+    // that no daemon can run here.
+    let nobody = daemon.as_ref().map_or_else(|| dir.join("socket"), |_| dir.join("nobody-listens"));
+    let started = Instant::now();
+    let o = bpftoken(bins, &nobody, &alice, &["run", "--", "true"]);
+    let took = started.elapsed();
+    let err = lines(&o.stderr);
+    let kernel_line = |l: &&str| l.contains("not supported by this kernel") && l.contains("needs Linux 6.9 or later");
+    let ok = o.code() == Some(69)
+        && err.first().is_some_and(|l| l.contains("cannot reach bpftokend"))
+        && took < Duration::from_secs(10)
+        && if no_daemon.is_empty() { err.len() == 1 } else { err.len() == 2 && err.get(1).is_some_and(kernel_line) };
+    report.result(
+        "client-no-daemon",
+        if ok { Outcome::Pass } else { Outcome::Fail },
+        &format!("exit {:?} after {} ms: {}", o.code(), took.as_millis(), o.stderr.trim()),
+    );
+
+    let Some(mut daemon) = daemon else {
+        let (outcome, why) = if no_daemon.is_empty() {
+            (Outcome::Fail, "no daemon".to_owned())
+        } else {
+            (Outcome::Unsupported, no_daemon)
+        };
+        for capability in ["mint", "map-create", "prog-load", "refused", "inspect", "token-info", "libbpf-mode"] {
+            report.result(capability, outcome, &why);
+        }
+        return Ok(());
+    };
+    let socket = daemon.socket.clone();
+
+    // mint: an ordinary user gets a token; map-create / prog-load: the
+    // granted types work with it, others do not, and nothing works
+    // without it (unprivileged BPF is off).
+    let without = run({
+        let mut c = as_user(&alice, Path::new(probe));
+        c.args(["try", "--no-token", "map:array", "prog:socket_filter"]);
+        c
+    });
+    let o = bpftoken(
+        bins,
+        &socket,
+        &alice,
+        &[
+            "run",
+            "--fd-only",
+            "--maps",
+            "array",
+            "--",
+            probe,
+            "try",
+            "map:array",
+            "map:hash",
+            "prog:socket_filter",
+            "prog:kprobe",
+        ],
+    );
+    let got = lines(&o.stdout);
+    if o.code() == Some(0) && got.len() == 4 {
+        report.result("mint", Outcome::Pass, "bpftoken run passed BPF_TOKEN_FD");
+        let base = lines(&without.stdout);
+        let check = |capability: &str, no_token: Option<&&str>, want: [&str; 2], got: &[&str]| {
+            let pass = no_token.is_some_and(|l| l.ends_with(" EPERM")) && got == want;
+            let detail = format!("without token: {}; with token: {}", no_token.unwrap_or(&"?"), got.join(", "));
+            (capability.to_owned(), if pass { Outcome::Pass } else { Outcome::Fail }, detail)
+        };
+        for (capability, outcome, detail) in [
+            check("map-create", base.first(), ["map:array ok", "map:hash EPERM"], &got[..2]),
+            check("prog-load", base.get(1), ["prog:socket_filter ok", "prog:kprobe EPERM"], &got[2..]),
+        ] {
+            report.result(&capability, outcome, &detail);
+        }
+    } else {
+        let why = o.describe();
+        report.result("mint", Outcome::Fail, &why);
+        report.result("map-create", Outcome::Fail, "no token");
+        report.result("prog-load", Outcome::Fail, "no token");
+    }
+
+    // refused: a user outside the policy gets one line naming the reason.
+    let o = bpftoken(bins, &socket, &eve, &["run", "--", "true"]);
+    let ok = o.code() == Some(1)
+        && o.stderr.lines().count() == 1
+        && o.stderr.starts_with("bpftoken: refused: ")
+        && o.stderr.contains("(not_in_policy)");
+    report.result("refused", if ok { Outcome::Pass } else { Outcome::Fail }, o.stderr.trim());
+
+    // inspect: the token's masks as the kernel holds them; token-info:
+    // whether the kernel told them through BPF_OBJ_GET_INFO_BY_FD (6.17+)
+    // rather than fdinfo.
+    let o = bpftoken(bins, &socket, &alice, &["run", "--fd-only", "--maps", "array", "--", bpftoken_bin, "inspect"]);
+    let field = |name: &str| -> Option<Vec<String>> {
+        o.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+            .map(|v| v.split(',').map(|n| n.trim().to_owned()).collect())
+    };
+    let masks_ok = field("cmds") == Some(vec!["map_create".into(), "prog_load".into()])
+        && field("maps") == Some(vec!["array".into()])
+        && field("progs") == Some(vec!["socket_filter".into()])
+        && field("attachs") == Some(vec!["cgroup_inet_ingress".into()]);
+    let source = field("source").and_then(|s| s.first().cloned());
+    if o.code() == Some(0) && masks_ok && source.is_some() {
+        let source = source.unwrap_or_default();
+        report.result("inspect", Outcome::Pass, &format!("masks as granted, source {source}"));
+        match source.as_str() {
+            "bpf_obj_get_info" => report.result("token-info", Outcome::Pass, "BPF_OBJ_GET_INFO_BY_FD on the token"),
+            "fdinfo" => report.result(
+                "token-info",
+                Outcome::Unsupported,
+                "BPF_OBJ_GET_INFO_BY_FD on tokens needs Linux 6.17; inspect fell back to fdinfo",
+            ),
+            other => report.result("token-info", Outcome::Fail, &format!("unknown source {other:?}")),
+        }
+    } else {
+        let why = format!("bpftoken run -- bpftoken inspect: {}", o.describe());
+        report.result("inspect", Outcome::Fail, &why);
+        report.result("token-info", Outcome::Fail, "inspect failed");
+    }
+
+    // libbpf-mode: unmodified bpftool, in the token's user namespace with
+    // LIBBPF_BPF_TOKEN_PATH, loads and pins a program with a map.
+    match (&args.bpftool, &args.bpf_obj) {
+        (Some(bpftool), Some(obj)) => {
+            let script = format!(
+                "{bpftool} prog load {obj} $BPFTOKEN_PIN_DIR/filter && {bpftool} prog show pinned $BPFTOKEN_PIN_DIR/filter"
+            );
+            let o = bpftoken(bins, &socket, &alice, &["run", "--", "/bin/sh", "-c", &script]);
+            let ok = o.code() == Some(0) && o.stdout.contains(": socket_filter");
+            let detail =
+                if ok { "bpftool prog load + pin through LIBBPF_BPF_TOKEN_PATH".to_owned() } else { o.describe() };
+            report.result("libbpf-mode", if ok { Outcome::Pass } else { Outcome::Fail }, &detail);
+        }
+        _ => report.result("libbpf-mode", Outcome::Fail, "no --bpftool and --bpf-obj given"),
+    }
+
+    let pid = rustix::process::Pid::from_child(&daemon.child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    if wait_deadline(&mut daemon.child, Instant::now() + STEP_TIMEOUT).is_none() {
+        report.result("daemon-stop", Outcome::Fail, "bpftokend did not stop on SIGTERM");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    const USAGE: &str = "usage: bpftoken-scenarios [--bin-dir DIR] [--bpftool PATH --bpf-obj PATH]";
+    let mut args = Args::default();
+    let mut argv = std::env::args().skip(1);
+    while let Some(flag) = argv.next() {
+        match (flag.as_str(), argv.next()) {
+            ("--bin-dir", Some(v)) => args.bins = Some(PathBuf::from(v)),
+            ("--bpftool", Some(v)) => args.bpftool = Some(v),
+            ("--bpf-obj", Some(v)) => args.bpf_obj = Some(v),
+            _ => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let bins =
+        args.bins.clone().or_else(|| std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)));
+    let Some(bins) = bins else {
+        eprintln!("bpftoken-scenarios: cannot find its own directory; pass --bin-dir");
+        return ExitCode::from(2);
+    };
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("INFO kernel {}", release.trim());
+    let dir = std::env::temp_dir().join(format!("bpftoken-scenarios-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) =
+        std::fs::create_dir(&dir).and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)))
+    {
+        eprintln!("bpftoken-scenarios: cannot create {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let mut report = Report::default();
+    let result = scenarios(&args, &bins, &dir, &mut report);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = result {
+        eprintln!("bpftoken-scenarios: {e}");
+        return ExitCode::FAILURE;
+    }
+    if report.failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
