@@ -178,20 +178,7 @@ impl Client {
         fd: Option<BorrowedFd<'_>>,
         roles: &[FdRole],
     ) -> Result<(bpftoken_proto::Minted, Vec<OwnedFd>), Error> {
-        let frame = codec::encode_request(&Request::new(body))?;
-        match fd {
-            None => self.stream.write_all(&frame)?,
-            Some(fd) => {
-                let fds = [fd];
-                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-                let mut control = SendAncillaryBuffer::new(&mut space);
-                control.push(SendAncillaryMessage::ScmRights(&fds));
-                let sent =
-                    rustix::net::sendmsg(&self.stream, &[IoSlice::new(&frame)], &mut control, SendFlags::NOSIGNAL)
-                        .map_err(std::io::Error::from)?;
-                self.stream.write_all(&frame[sent..])?;
-            }
-        }
+        self.send(body, fd)?;
         let (response, fds) = self.read_response()?;
         match response {
             Response::Refused(r) => Err(Error::Refused(r)),

@@ -110,6 +110,31 @@ fn open_fds() -> Vec<String> {
     listed.into_iter().filter(|fd| std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_ok()).collect()
 }
 
+/// The fds opened since `before`: number, kind (token, userns, bpffs or
+/// other) and whether it is CLOEXEC.
+fn new_fds(before: &[String]) -> Vec<(String, &'static str, bool)> {
+    open_fds()
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .map(|fd| {
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap_or("?").trim();
+            let cloexec = u32::from_str_radix(flags, 8).is_ok_and(|f| f & 0o2000000 != 0);
+            let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+            let kind = if info.lines().any(|l| l.starts_with("allowed_cmds:")) {
+                "token"
+            } else if link.to_string_lossy().starts_with("user:[") {
+                "userns"
+            } else if rustix::fs::statfs(format!("/proc/self/fd/{fd}")).is_ok_and(|s| s.f_type == 0xcafe_4a11) {
+                "bpffs"
+            } else {
+                "other"
+            };
+            (fd, kind, cloexec)
+        })
+        .collect()
+}
+
 fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("try") => {
@@ -241,21 +266,13 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         Some("fd-check") => {
             let path = std::path::PathBuf::from(args.get(1).ok_or("fd-check SOCKET")?);
-            let fds = open_fds;
             let mut client = Client::connect_to(&path).map_err(|e| e.to_string())?;
-            let before = fds();
+            let before = open_fds();
             let token = client.mint(&MintRequest::default()).map_err(|e| e.to_string())?;
-            let after = fds();
-            let new: Vec<&String> = after.iter().filter(|f| !before.contains(f)).collect();
+            let new = new_fds(&before);
             println!("new fds {}", new.len());
-            for fd in new {
-                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
-                let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap_or("?").trim().to_owned();
-                let is_token = info.lines().any(|l| l.starts_with("allowed_cmds:"));
-                println!(
-                    "fd {fd} token {is_token} cloexec {}",
-                    u32::from_str_radix(&flags, 8).is_ok_and(|f| f & 0o2000000 != 0)
-                );
+            for (fd, kind, cloexec) in new {
+                println!("fd {fd} token {} cloexec {cloexec}", kind == "token");
             }
             drop(token);
             Ok(())
@@ -265,23 +282,10 @@ fn run(args: &[String]) -> Result<(), String> {
             let mut client = Client::connect_to(&path).map_err(|e| e.to_string())?;
             let before = open_fds();
             let grant = client.mint_scope(&MintRequest::default()).map_err(|e| e.to_string())?;
-            let after = open_fds();
-            let new: Vec<&String> = after.iter().filter(|f| !before.contains(f)).collect();
+            let new = new_fds(&before);
             println!("new fds {}", new.len());
-            for fd in new {
-                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
-                let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap_or("?").trim().to_owned();
-                let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
-                let kind = if info.lines().any(|l| l.starts_with("allowed_cmds:")) {
-                    "token"
-                } else if link.to_string_lossy().starts_with("user:[") {
-                    "userns"
-                } else if rustix::fs::statfs(format!("/proc/self/fd/{fd}")).is_ok_and(|s| s.f_type == 0xcafe_4a11) {
-                    "bpffs"
-                } else {
-                    "other"
-                };
-                println!("{kind} cloexec {}", u32::from_str_radix(&flags, 8).is_ok_and(|f| f & 0o2000000 != 0));
+            for (_, kind, cloexec) in new {
+                println!("{kind} cloexec {cloexec}");
             }
             drop(grant);
             Ok(())
