@@ -281,6 +281,18 @@ impl Drop for TestDaemon {
     }
 }
 
+/// Number of BPF token fds a process holds (a warm daemon keeps up to 7
+/// spare tokens per scope).
+pub fn token_fds(pid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    dir.flatten()
+        .filter(|e| {
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy()))
+                .is_ok_and(|i| i.lines().any(|l| l.starts_with("allowed_cmds:")))
+        })
+        .count()
+}
+
 /// Number of open fds of a process.
 pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)

@@ -9,16 +9,6 @@ const POLICY: &str =
     "[[allow]]\nusers = [\"bpftk-alice\", \"bpftk-mallory\"]\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n";
 
 /// Token fds a process holds (fdinfo shows `allowed_cmds:` for tokens).
-fn token_fds(pid: u32) -> usize {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
-    dir.flatten()
-        .filter(|e| {
-            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy()))
-                .is_ok_and(|i| i.lines().any(|l| l.starts_with("allowed_cmds:")))
-        })
-        .count()
-}
-
 fn settle(counts: impl Fn() -> (usize, usize, usize), want: (usize, usize, usize)) -> (usize, usize, usize) {
     let mut now = counts();
     for _ in 0..100 {
