@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bpftoken_tests::*;
@@ -166,4 +166,86 @@ fn a_missing_capability_stops_the_start_with_one_line() {
     );
     assert!(!dir.join("socket").exists());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Threat model row 7: SIGKILL of helpers, then of the minter itself, in
+/// the middle of cold mints. The client gets a typed `mint_failed` naming
+/// what died, the daemon replaces the minter, later mints succeed, and no
+/// process is left behind.
+#[test]
+fn killing_helpers_and_the_minter_mid_mint_gives_typed_errors() {
+    let Some(env) = setup("killing_helpers_and_the_minter_mid_mint_gives_typed_errors") else { return };
+    let policy = "[[allow]]\nusers = [\"bpftk-alice\"]\ncmds = [\"map_create\"]\nmaps = [\"any\"]\n";
+    let d = TestDaemon::start(&env, policy, &[]);
+    let alice = user(ALICE);
+    let daemon = d.pid();
+    let minter = children(daemon)[0];
+    let kill = |pid: u32| {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    };
+    // Every mint is cold (a new map mask each time), so each has a helper.
+    let cold_mints = |count: &str| {
+        let mut c = as_user(&alice, env.bin("bpftoken-probe"));
+        c.args(["mint-masks", d.socket.to_str().unwrap(), count, "5000"]);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().expect("probe")
+    };
+
+    // Helpers: killed as soon as they are seen.
+    let probe = cold_mints("300");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut killed = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for helper in children(minter) {
+                    kill(helper);
+                    killed += 1;
+                }
+            }
+            killed
+        })
+    };
+    let o = probe.wait_with_output().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let killed = killer.join().unwrap();
+    let out = stdout(&o);
+    let errors: usize = out.lines().find_map(|l| l.strip_prefix("errors ")).and_then(|n| n.parse().ok()).unwrap();
+    eprintln!("SIGKILLs sent to helpers: {killed}; {}", out.replace('\n', "; "));
+    assert!(killed > 0 && errors > 0, "no helper was killed mid-mint: {out}");
+    for line in out.lines().filter(|l| l.starts_with("error ")) {
+        assert!(
+            line.contains("minting failed: the bpffs helper for uid")
+                && line.contains("ended before it finished (it was killed or crashed) (mint_failed)"),
+            "{line}"
+        );
+    }
+    assert_eq!(children(daemon), vec![minter], "the minter survives its helpers");
+
+    // The minter: killed while it drives a helper.
+    let probe = cold_mints("50");
+    let mut minter_killed = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !minter_killed && std::time::Instant::now() < deadline {
+        if !children(minter).is_empty() {
+            kill(minter);
+            minter_killed = true;
+        }
+    }
+    let o = probe.wait_with_output().unwrap();
+    assert!(minter_killed, "never saw the minter mid-mint");
+    let out = stdout(&o);
+    assert!(out.lines().any(|l| l.starts_with("error ") && l.contains("the minter process is unavailable")), "{out}");
+    let replaced = children(daemon);
+    assert_eq!(replaced.len(), 1, "exactly one minter, no zombie: {replaced:?}");
+    assert_ne!(replaced[0], minter, "the minter was replaced");
+    // Later cold mints succeed, and nothing is left running.
+    let o = d.bpftoken(&env, &alice, &["run", "--maps", "array", "--", "true"]);
+    assert!(o.status.success(), "{}\n{}", stderr(&o), d.log_text());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(children(replaced[0]), Vec::<u32>::new(), "a helper outlived its mint");
 }
