@@ -83,6 +83,7 @@ pub fn errno_of(e: &bpftoken_client::Error) -> i32 {
             | RefusalCode::UnmappedPeer
             | RefusalCode::UnsupportedPeer
             | RefusalCode::BadNamespace
+            | RefusalCode::NotEnforceable
             | RefusalCode::Unknown(_) => libc::EPERM,
             RefusalCode::EmptyGrant => libc::EINVAL,
             RefusalCode::RateLimited => libc::EAGAIN,

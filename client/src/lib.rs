@@ -31,7 +31,7 @@ use rustix::net::{
 };
 
 pub use bpftoken_proto::delegation::{self, Delegation, Kind};
-pub use bpftoken_proto::{Explanation, MintRequest, Refusal, RefusalCode};
+pub use bpftoken_proto::{Enforcement, Explanation, MintRequest, Refusal, RefusalCode};
 
 /// Where the daemon listens unless `BPFTOKEN_SOCKET` says otherwise.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/bpftokend/socket";
@@ -182,7 +182,9 @@ impl Client {
         let (response, fds) = self.read_response()?;
         match response {
             Response::Refused(r) => Err(Error::Refused(r)),
-            Response::Explained(_) => Err(Error::Protocol("the daemon answered a mint with an explanation".into())),
+            Response::Explained(_) | Response::ExplainedEnforcement { .. } => {
+                Err(Error::Protocol("the daemon answered a mint with an explanation".into()))
+            }
             Response::Minted(m) => {
                 if m.fds != roles || fds.len() != roles.len() {
                     return Err(Error::Protocol(format!(
@@ -207,7 +209,29 @@ impl Client {
         match response {
             Response::Explained(e) => Ok(e),
             Response::Refused(r) => Err(Error::Refused(r)),
-            Response::Minted(_) => Err(Error::Protocol("the daemon answered a query with a token".into())),
+            Response::Minted(_) | Response::ExplainedEnforcement { .. } => {
+                Err(Error::Protocol("the daemon answered a query with something else".into()))
+            }
+        }
+    }
+
+    /// [`Client::query`], and whether the daemon enforces leases (`ttl`)
+    /// on this kernel: `None` from a daemon too old to say.
+    pub fn query_enforcement(&mut self) -> Result<(Explanation, Option<Enforcement>), Error> {
+        self.send(RequestBody::QueryEnforcement, None)?;
+        let (response, fds) = self.read_response()?;
+        if !fds.is_empty() {
+            return Err(Error::Protocol(format!("the daemon sent {} fds with an explanation", fds.len())));
+        }
+        match response {
+            Response::ExplainedEnforcement { explanation, enforcement } => Ok((explanation, Some(enforcement))),
+            // An older daemon does not know the request; the connection
+            // stays usable, so ask the old way.
+            Response::Refused(r) if r.code == RefusalCode::Malformed => Ok((self.query()?, None)),
+            Response::Refused(r) => Err(Error::Refused(r)),
+            Response::Minted(_) | Response::Explained(_) => {
+                Err(Error::Protocol("the daemon answered a query with something else".into()))
+            }
         }
     }
 

@@ -57,7 +57,17 @@ fn cgroup(peer: &PeerIdentity) -> String {
 /// uid), `libbpf` (token plus its scope), `container` (a token in the
 /// peer's own user namespace) or `delegated_mount` (a bpffs for a
 /// namespace the peer owns).
-pub fn granted(peer: &PeerIdentity, rules: &[String], granted: &Delegation, cold: bool, mode: &str) {
+/// `enforced` is `None` when no matching rule sets a `ttl`, else whether
+/// the ttl is enforced (`enforced=false`: minted anyway, because the policy
+/// says `require_enforcement = false`).
+pub fn granted(
+    peer: &PeerIdentity,
+    rules: &[String],
+    granted: &Delegation,
+    cold: bool,
+    mode: &str,
+    enforced: Option<bool>,
+) {
     if !admit() {
         return;
     }
@@ -73,6 +83,7 @@ pub fn granted(peer: &PeerIdentity, rules: &[String], granted: &Delegation, cold
         granted = %granted,
         scope = if cold { "new" } else { "cached" },
         mode,
+        enforced = enforced.map_or("-", |e| if e { "true" } else { "false" }),
         userns_owner = peer.creds.userns_owner.map_or_else(|| "-".to_owned(), |u| u.to_string()),
         "granted {mode} to uid {}", peer.creds.uid
     );

@@ -5,10 +5,12 @@
 //! computed by `bpftoken_policy::Policy::decide` (called from [`server`]),
 //! scopes are created by the [`minter`] (a separate single-threaded
 //! process) and tokens minted from them in [`cache`],
-//! decisions are logged in [`audit`], and every raw syscall is in [`sys`].
+//! decisions are logged in [`audit`], the BPF LSM program that watches
+//! token use is loaded by [`enforcer`], and every raw syscall is in [`sys`].
 
 pub mod audit;
 pub mod cache;
+pub mod enforcer;
 pub mod explain;
 pub mod minter;
 pub mod peer;

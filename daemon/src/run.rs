@@ -64,9 +64,16 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     for w in policy.warnings() {
         tracing::warn!("{w}");
     }
+    // Before any thread or child exists; the daemon runs either way and
+    // says which (leases with `ttl` follow the policy's choice).
+    let enforcer = crate::enforcer::Enforcer::load();
+    match &enforcer {
+        Ok(e) => tracing::info!(programs = %e.programs().join(","), "enforcement: enforcing (BPF LSM attached)"),
+        Err(why) => tracing::warn!("enforcement: unavailable: {why}"),
+    }
     let minter = MinterLink::start(PathBuf::from("/proc/self/exe")).map_err(StartError::Minter)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(StartError::Runtime)?;
-    let daemon = Arc::new(Daemon::new(policy, minter, ScopeCache::new(opts.scopes), conns));
+    let daemon = Arc::new(Daemon::new(policy, minter, ScopeCache::new(opts.scopes), conns, enforcer));
     let bound = runtime.block_on(async {
         // Signal handlers first: once the socket exists, a client (or a
         // test) may already expect SIGTERM to mean an orderly stop.

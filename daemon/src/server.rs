@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bpftoken_policy::{Decision, Policy, RateLimit};
+use bpftoken_policy::{Decision, Policy, RateLimit, Ttl};
 use bpftoken_proto::codec::{self, CodecError};
 use bpftoken_proto::message::{FdRole, RequestBody};
-use bpftoken_proto::{Explanation, MintRequest, Minted, Refusal, RefusalCode, Response, FRAME_HEADER_LEN};
+use bpftoken_proto::{Enforcement, Explanation, MintRequest, Minted, Refusal, RefusalCode, Response, FRAME_HEADER_LEN};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
     SendFlags,
@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::audit;
 use crate::cache::ScopeCache;
+use crate::enforcer::{Enforcer, Unavailable};
 use crate::minter::link::MinterLink;
 use crate::minter::{MintError, Scope, ScopeKey, ScopeOwner};
 use crate::peer::{self, PeerIdentity, PeerUserns};
@@ -70,6 +71,8 @@ pub struct Daemon {
     limits: ConnLimits,
     conns: Mutex<ConnCount>,
     last_reload: Mutex<String>,
+    /// The BPF LSM enforcer, or why it does not run.
+    enforcer: Result<Enforcer, Unavailable>,
 }
 
 #[derive(Debug, Default)]
@@ -140,7 +143,13 @@ impl Drop for ConnSlot {
 }
 
 impl Daemon {
-    pub fn new(policy: Policy, minter: MinterLink, scopes: ScopeCache, limits: ConnLimits) -> Self {
+    pub fn new(
+        policy: Policy,
+        minter: MinterLink,
+        scopes: ScopeCache,
+        limits: ConnLimits,
+        enforcer: Result<Enforcer, Unavailable>,
+    ) -> Self {
         Daemon {
             policy: RwLock::new(Arc::new(policy)),
             minter,
@@ -150,6 +159,23 @@ impl Daemon {
             limits,
             conns: Mutex::new(ConnCount::default()),
             last_reload: Mutex::new("none".to_owned()),
+            enforcer,
+        }
+    }
+
+    /// Whether leases can be enforced here, as the wire reports it.
+    pub fn enforcement(&self) -> Enforcement {
+        crate::enforcer::state(&self.enforcer)
+    }
+
+    /// The enforcer state for STATUS=: with the live tokens it counts.
+    fn enforcement_status(&self) -> String {
+        match &self.enforcer {
+            Ok(e) => match e.live_tokens() {
+                Ok(n) => format!("enforcing ({n} live tokens)"),
+                Err(err) => format!("enforcing (cannot count live tokens: {err})"),
+            },
+            Err(why) => format!("unavailable: {why}"),
         }
     }
 
@@ -157,12 +183,13 @@ impl Daemon {
     pub fn status_line(&self) -> String {
         let policy = self.policy();
         format!(
-            "{} rules; {} tokens minted, {} refused; {} scopes; last reload: {}",
+            "{} rules; {} tokens minted, {} refused; {} scopes; last reload: {}; enforcement: {}",
             policy.rules().len() + policy.deny_rules().len(),
             self.stats.minted.load(Ordering::Relaxed),
             self.stats.refused.load(Ordering::Relaxed),
             self.scopes.len(),
-            self.last_reload.lock().unwrap_or_else(|p| p.into_inner())
+            self.last_reload.lock().unwrap_or_else(|p| p.into_inner()),
+            self.enforcement_status()
         )
     }
 
@@ -451,7 +478,8 @@ async fn handle_connection(daemon: Arc<Daemon>, mut stream: UnixStream, mut shut
                 Some(ns) => handle_delegate(&daemon, &peer, &stream, &req, ns).await,
                 None => false,
             },
-            RequestBody::Query => handle_query(&daemon, &peer, &stream).await,
+            RequestBody::Query => handle_query(&daemon, &peer, &stream, false).await,
+            RequestBody::QueryEnforcement => handle_query(&daemon, &peer, &stream, true).await,
         };
         if !ok {
             return;
@@ -460,14 +488,15 @@ async fn handle_connection(daemon: Arc<Daemon>, mut stream: UnixStream, mut shut
 }
 
 /// Explain what the policy gives the caller; nothing is minted.
-async fn handle_query(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream) -> bool {
+/// With `enforcement`, the answer also says whether leases are enforced.
+async fn handle_query(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, enforcement: bool) -> bool {
     let policy = daemon.policy();
     let eff = policy.effective(&peer.creds);
     let refusal = match peer_refusal(peer) {
         Some(r) => Some(r),
         None => match policy.decide(&peer.creds, &MintRequest::default()) {
             Decision::Refuse { code, message, .. } => Some(Refusal::new(code, message)),
-            Decision::Grant { .. } => None,
+            Decision::Grant { ttl, .. } => lease_refusal(daemon, &policy, ttl.as_ref()).err(),
         },
     };
     let explanation = Explanation {
@@ -479,7 +508,12 @@ async fn handle_query(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream)
         refusal,
     };
     tracing::debug!(peer_uid = peer.creds.uid, "answered a policy query");
-    write_response(stream, &Response::Explained(explanation), &[]).await.is_ok()
+    let response = if enforcement {
+        Response::ExplainedEnforcement { explanation, enforcement: daemon.enforcement() }
+    } else {
+        Response::Explained(explanation)
+    };
+    write_response(stream, &response, &[]).await.is_ok()
 }
 
 /// A refusal that follows from who the peer is, before any policy rule.
@@ -513,6 +547,7 @@ fn request_name(body: &RequestBody) -> &'static str {
         RequestBody::MintScope(_) => "mint-scope",
         RequestBody::DelegateMount(_) => "delegate-mount",
         RequestBody::Query => "query",
+        RequestBody::QueryEnforcement => "query-enforcement",
     }
 }
 
@@ -544,12 +579,7 @@ fn policy_refusal(peer: &PeerIdentity, code: RefusalCode, message: String) -> (R
 /// Decide for `req` and count it against the rate limits: the grant and
 /// the rules behind it, or the refusal already sent (false if the client
 /// is gone).
-async fn decide(
-    daemon: &Daemon,
-    peer: &PeerIdentity,
-    stream: &UnixStream,
-    req: &MintRequest,
-) -> Result<(bpftoken_proto::Delegation, Vec<String>), bool> {
+async fn decide(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, req: &MintRequest) -> Result<Grant, bool> {
     if let Some(r) = peer_refusal(peer) {
         daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
         audit::refused(peer, &[], r.code, &r.message);
@@ -563,20 +593,63 @@ async fn decide(
             audit::refused(peer, &rules, code, &message);
             Err(write_response(stream, &refusal(code, message), &[]).await.is_ok())
         }
-        Decision::Grant { delegation, rules, limits } => {
+        Decision::Grant { delegation, rules, limits, ttl } => {
+            let enforced = match lease_refusal(daemon, &policy, ttl.as_ref()) {
+                Ok(enforced) => enforced,
+                Err(r) => {
+                    daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    audit::refused(peer, &rules, r.code, &r.message);
+                    return Err(write_response(stream, &Response::Refused(r), &[]).await.is_ok());
+                }
+            };
             if let Err(message) = daemon.rates.admit(peer.creds.uid, &limits) {
                 daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
                 audit::refused(peer, &rules, RefusalCode::RateLimited, &message);
                 return Err(write_response(stream, &refusal(RefusalCode::RateLimited, message), &[]).await.is_ok());
             }
-            Ok((delegation, rules))
+            Ok(Grant { delegation, rules, enforced })
         }
     }
 }
 
+/// What [`decide`] grants.
+struct Grant {
+    delegation: bpftoken_proto::Delegation,
+    rules: Vec<String>,
+    /// For the audit event: `None` when no rule sets a `ttl`, else whether
+    /// it is enforced.
+    enforced: Option<bool>,
+}
+
+/// Whether a grant bounded by `ttl` may be minted: `Ok(None)` without a
+/// ttl, `Ok(Some(false))` when it is not enforced but the policy allows
+/// that, or the refusal. The enforcer does not yet expire leases (that is
+/// the next step), so today every ttl is "not enforced", whatever the
+/// kernel can do: never pretend.
+fn lease_refusal(daemon: &Daemon, policy: &Policy, ttl: Option<&Ttl>) -> Result<Option<bool>, Refusal> {
+    let Some(ttl) = ttl else { return Ok(None) };
+    if !policy.require_enforcement() {
+        return Ok(Some(false));
+    }
+    let why = match &daemon.enforcer {
+        Ok(_) => "this version of bpftokend does not expire leases yet".to_owned(),
+        Err(why) => format!("enforcement is unavailable: {why}"),
+    };
+    Err(Refusal::new(
+        RefusalCode::NotEnforceable,
+        format!(
+            "rule \"{}\" limits tokens to {} s (ttl), which this daemon cannot enforce: {why}; {} requires \
+             enforcement (require_enforcement = true)",
+            ttl.rule,
+            ttl.secs,
+            policy.path().display()
+        ),
+    ))
+}
+
 /// Decide, mint, deliver. False if the client is gone.
 async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, req: &MintRequest, mode: Mode) -> bool {
-    let (delegation, rules) = match decide(daemon, peer, stream, req).await {
+    let Grant { delegation, rules, enforced } = match decide(daemon, peer, stream, req).await {
         Ok(grant) => grant,
         Err(alive) => return alive,
     };
@@ -607,7 +680,8 @@ async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, 
     drop(fds);
     // Our copy of the token closes here whatever happened.
     drop(token);
-    delivered_or_audit(daemon, peer, &rules, &delegation, cold, mode_name, delivered)
+    let grant = Grant { delegation, rules, enforced };
+    delivered_or_audit(daemon, peer, &grant, cold, mode_name, delivered)
 }
 
 /// Delegate a bpffs to the user namespace `ns`, which the peer must own.
@@ -626,7 +700,7 @@ async fn handle_delegate(
             .to_owned();
         return reject(daemon, peer, stream, RefusalCode::UnsupportedPeer, message).await;
     }
-    let (delegation, rules) = match decide(daemon, peer, stream, req).await {
+    let Grant { delegation, rules, enforced } = match decide(daemon, peer, stream, req).await {
         Ok(grant) => grant,
         Err(alive) => return alive,
     };
@@ -645,7 +719,8 @@ async fn handle_delegate(
     }
     let response = Response::Minted(Minted { granted: delegation, rules: rules.clone(), fds: vec![FdRole::Bpffs] });
     let delivered = write_response(stream, &response, &[scope.mount.as_fd()]).await;
-    delivered_or_audit(daemon, peer, &rules, &delegation, true, "delegated_mount", delivered)
+    let grant = Grant { delegation, rules, enforced };
+    delivered_or_audit(daemon, peer, &grant, true, "delegated_mount", delivered)
 }
 
 /// The namespace a peer sent must be a user namespace it owns, and not
@@ -684,8 +759,7 @@ async fn mint_failed(
 fn delivered_or_audit(
     daemon: &Daemon,
     peer: &PeerIdentity,
-    rules: &[String],
-    delegation: &bpftoken_proto::Delegation,
+    grant: &Grant,
     cold: bool,
     mode: &str,
     delivered: std::io::Result<()>,
@@ -693,14 +767,14 @@ fn delivered_or_audit(
     match delivered {
         Ok(()) => {
             daemon.stats.minted.fetch_add(1, Ordering::Relaxed);
-            audit::granted(peer, rules, delegation, cold, mode);
+            audit::granted(peer, &grant.rules, &grant.delegation, cold, mode, grant.enforced);
             true
         }
         Err(e) => {
             daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
             audit::refused(
                 peer,
-                rules,
+                &grant.rules,
                 RefusalCode::MintFailed,
                 &format!("client went away before taking its grant: {e}"),
             );

@@ -632,3 +632,207 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
         .map_err(io::Error::from)
 }
+
+/// The enforcer's BPF object (libbpf), loaded and attached: what stays of
+/// it is fds only (links and maps), so nothing here outlives a raw
+/// pointer.
+pub mod bpf {
+    use std::ffi::{c_void, CStr, CString};
+    use std::io;
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+    /// Why an object did not load or attach: the libbpf step and the errno.
+    #[derive(Debug, thiserror::Error)]
+    pub enum LoadError {
+        #[error("libbpf cannot open the object: {0}")]
+        Open(io::Error),
+        #[error("BPF_PROG_LOAD/BPF_MAP_CREATE: {0}")]
+        Load(io::Error),
+        #[error("cannot attach program {program}: {source}")]
+        Attach { program: String, source: io::Error },
+        #[error("the object has no map {0}")]
+        NoMap(&'static str),
+        #[error("cannot duplicate a BPF fd: {0}")]
+        Dup(io::Error),
+    }
+
+    impl LoadError {
+        /// The errno behind the failure, if there is one.
+        pub fn errno(&self) -> Option<i32> {
+            match self {
+                LoadError::Open(e) | LoadError::Load(e) | LoadError::Dup(e) => e.raw_os_error(),
+                LoadError::Attach { source, .. } => source.raw_os_error(),
+                LoadError::NoMap(_) => None,
+            }
+        }
+    }
+
+    /// A map fd with the key and value sizes the kernel checks against.
+    #[derive(Debug)]
+    pub struct MapFd {
+        fd: OwnedFd,
+        key_size: usize,
+        value_size: usize,
+    }
+
+    /// What a loaded, attached object leaves: its links (the programs stay
+    /// attached while these fds are open) and the maps asked for.
+    #[derive(Debug)]
+    pub struct Attached {
+        pub links: Vec<(String, OwnedFd)>,
+        pub maps: Vec<MapFd>,
+    }
+
+    /// Closes the object on every path.
+    struct Object(*mut libbpf_sys::bpf_object);
+
+    impl Drop for Object {
+        fn drop(&mut self) {
+            // SAFETY: the pointer came from bpf_object__open_mem, is not
+            // null, and is closed exactly once, here.
+            unsafe { libbpf_sys::bpf_object__close(self.0) }
+        }
+    }
+
+    fn dup(fd: libc::c_int) -> Result<OwnedFd, LoadError> {
+        // SAFETY: libbpf owns `fd` and keeps it open for the duration of
+        // this borrow (the object or link it belongs to is alive).
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        borrowed.try_clone_to_owned().map_err(LoadError::Dup)
+    }
+
+    /// libbpf writes its warnings and the verifier log to stderr unless
+    /// told otherwise; the daemon reports failures itself, in one line.
+    fn quiet_libbpf() {
+        // SAFETY: passing None (no callback) is allowed and affects only
+        // libbpf's logging.
+        unsafe {
+            libbpf_sys::libbpf_set_print(None);
+        }
+    }
+
+    /// Open `elf` (named `name` in libbpf's messages), load every program
+    /// and map into the kernel, attach every program (its section says
+    /// where), and keep the links and the maps named in `maps`.
+    pub fn load_and_attach(elf: &[u8], name: &str, maps: &[&'static str]) -> Result<Attached, LoadError> {
+        quiet_libbpf();
+        let cname = CString::new(name).map_err(|_| LoadError::Open(io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let opts = libbpf_sys::bpf_object_open_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_object_open_opts>() as libbpf_sys::size_t,
+            object_name: cname.as_ptr(),
+            ..Default::default()
+        };
+        // SAFETY: `elf` and `opts` (and the name it points to) are valid
+        // for the call; libbpf copies what it keeps.
+        let raw = unsafe {
+            libbpf_sys::bpf_object__open_mem(elf.as_ptr().cast::<c_void>(), elf.len() as libbpf_sys::size_t, &opts)
+        };
+        if raw.is_null() {
+            return Err(LoadError::Open(io::Error::last_os_error()));
+        }
+        let obj = Object(raw);
+        // SAFETY: `obj.0` is a live object.
+        let ret = unsafe { libbpf_sys::bpf_object__load(obj.0) };
+        if ret < 0 {
+            return Err(LoadError::Load(io::Error::from_raw_os_error(-ret)));
+        }
+        let mut links = Vec::new();
+        let mut prog: *mut libbpf_sys::bpf_program = std::ptr::null_mut();
+        loop {
+            // SAFETY: `obj.0` is live; `prog` is null or a program of it.
+            prog = unsafe { libbpf_sys::bpf_object__next_program(obj.0, prog) };
+            if prog.is_null() {
+                break;
+            }
+            // SAFETY: `prog` is a program of the live object.
+            let name_ptr = unsafe { libbpf_sys::bpf_program__name(prog) };
+            // SAFETY: libbpf returns a NUL-terminated name it owns, alive
+            // as long as the object.
+            let pname = unsafe { CStr::from_ptr(name_ptr) }.to_string_lossy().into_owned();
+            // SAFETY: `prog` is a loaded program of the live object.
+            let link = unsafe { libbpf_sys::bpf_program__attach(prog) };
+            if link.is_null() {
+                return Err(LoadError::Attach { program: pname, source: io::Error::last_os_error() });
+            }
+            // SAFETY: `link` is a live link; its fd is open until destroyed.
+            let fd = dup(unsafe { libbpf_sys::bpf_link__fd(link) });
+            // Our duplicate keeps the link (and the attachment) alive; if
+            // the dup failed, destroying it detaches the program again.
+            // SAFETY: `link` came from bpf_program__attach and is destroyed
+            // exactly once.
+            unsafe { libbpf_sys::bpf_link__destroy(link) };
+            links.push((pname, fd?));
+        }
+        let mut out = Vec::with_capacity(maps.len());
+        for name in maps {
+            let cname = CString::new(*name).map_err(|_| LoadError::NoMap(name))?;
+            // SAFETY: `obj.0` is live and `cname` NUL-terminated.
+            let map = unsafe { libbpf_sys::bpf_object__find_map_by_name(obj.0, cname.as_ptr()) };
+            if map.is_null() {
+                return Err(LoadError::NoMap(name));
+            }
+            // SAFETY: `map` is a map of the live, loaded object.
+            let fd = unsafe { libbpf_sys::bpf_map__fd(map) };
+            // SAFETY: as above.
+            let key_size = unsafe { libbpf_sys::bpf_map__key_size(map) };
+            // SAFETY: as above.
+            let value_size = unsafe { libbpf_sys::bpf_map__value_size(map) };
+            out.push(MapFd { fd: dup(fd)?, key_size: key_size as usize, value_size: value_size as usize });
+        }
+        Ok(Attached { links, maps: out })
+    }
+
+    impl MapFd {
+        fn check(&self, key: &[u8], value: usize) -> io::Result<()> {
+            if key.len() != self.key_size || value != self.value_size {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            Ok(())
+        }
+
+        /// The value under `key`, or `None` if there is none.
+        pub fn lookup(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+            let mut value = vec![0u8; self.value_size];
+            self.check(key, value.len())?;
+            // SAFETY: the kernel reads key_size bytes from `key` and writes
+            // value_size bytes to `value`; both lengths were checked.
+            let ret = unsafe {
+                libbpf_sys::bpf_map_lookup_elem(
+                    self.fd.as_raw_fd(),
+                    key.as_ptr().cast::<c_void>(),
+                    value.as_mut_ptr().cast::<c_void>(),
+                )
+            };
+            match ret {
+                0 => Ok(Some(value)),
+                e if -e == libc::ENOENT => Ok(None),
+                e => Err(io::Error::from_raw_os_error(-e)),
+            }
+        }
+
+        /// Every key in the map (a snapshot while it may change).
+        pub fn keys(&self) -> io::Result<Vec<Vec<u8>>> {
+            let mut keys: Vec<Vec<u8>> = Vec::new();
+            loop {
+                let mut next = vec![0u8; self.key_size];
+                let prev = keys.last().map_or(std::ptr::null(), |k| k.as_ptr().cast::<c_void>());
+                // SAFETY: `prev` is null (first key) or key_size bytes;
+                // `next` has room for key_size bytes.
+                let ret = unsafe {
+                    libbpf_sys::bpf_map_get_next_key(self.fd.as_raw_fd(), prev, next.as_mut_ptr().cast::<c_void>())
+                };
+                match ret {
+                    0 => keys.push(next),
+                    e if -e == libc::ENOENT => return Ok(keys),
+                    e => return Err(io::Error::from_raw_os_error(-e)),
+                }
+            }
+        }
+    }
+
+    impl AsFd for MapFd {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            self.fd.as_fd()
+        }
+    }
+}

@@ -41,7 +41,15 @@ pub struct Policy {
     allow: Vec<Rule>,
     deny: Vec<Rule>,
     warnings: Vec<String>,
+    /// `require_enforcement` (default true): a mint under a rule with
+    /// `ttl` is refused where the daemon cannot enforce it; false mints it
+    /// and marks it not enforced.
+    require_enforcement: bool,
 }
+
+/// Longest `ttl` a rule may set: 7 days. A lease is meant to be short;
+/// access that lasts longer is a new mint (which the policy decides again).
+pub const MAX_TTL_SECS: u32 = 7 * 24 * 3600;
 
 /// Whether a rule adds or removes powers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +120,18 @@ pub struct Rule {
     pub grant: Delegation,
     /// At most this many mints per minute per uid under this rule.
     pub mints_per_minute: Option<u32>,
+    /// Tokens minted under this rule stop working after this many seconds
+    /// (at most [`MAX_TTL_SECS`]); needs the daemon's enforcer.
+    pub ttl: Option<u32>,
+}
+
+/// The lease length that applies to a grant: the shortest `ttl` of the
+/// matching allow rules (one token carries every rule's powers, so the
+/// strictest rule bounds it), and the rule that set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ttl {
+    pub rule: String,
+    pub secs: u32,
 }
 
 /// What the kernel told the daemon about a peer. Never anything the peer
@@ -149,6 +169,8 @@ pub enum Decision {
         rules: Vec<String>,
         /// Limits the daemon must check before minting.
         limits: Vec<RateLimit>,
+        /// How long the token may work, if a matching rule bounds it.
+        ttl: Option<Ttl>,
     },
     Refuse {
         code: RefusalCode,
@@ -169,6 +191,8 @@ pub struct Effective {
     pub allowed_by: Vec<String>,
     pub denied_by: Vec<String>,
     pub limits: Vec<RateLimit>,
+    /// The shortest `ttl` of the matching allow rules.
+    pub ttl: Option<Ttl>,
 }
 
 /// `cgroup` is `prefix` or below it, comparing whole path components.
@@ -217,6 +241,12 @@ impl Policy {
         &self.warnings
     }
 
+    /// `require_enforcement`: whether a mint under a rule with `ttl` must
+    /// be refused where the daemon cannot enforce it (default true).
+    pub fn require_enforcement(&self) -> bool {
+        self.require_enforcement
+    }
+
     /// What the policy gives `peer`: the union of matching allow rules
     /// minus the union of matching deny rules (deny always wins).
     pub fn effective(&self, peer: &Peer) -> Effective {
@@ -227,6 +257,11 @@ impl Policy {
             eff.allowed_by.push(r.label.clone());
             if let Some(n) = r.mints_per_minute {
                 eff.limits.push(RateLimit { rule: r.label.clone(), per_minute: n });
+            }
+            if let Some(secs) = r.ttl {
+                if eff.ttl.as_ref().is_none_or(|t| secs < t.secs) {
+                    eff.ttl = Some(Ttl { rule: r.label.clone(), secs });
+                }
             }
         }
         let mut denied = Delegation::NONE;
@@ -295,7 +330,7 @@ impl Policy {
                 rules: labels,
             };
         }
-        Decision::Grant { delegation: wanted, rules: labels, limits: eff.limits }
+        Decision::Grant { delegation: wanted, rules: labels, limits: eff.limits, ttl: eff.ttl }
     }
 }
 

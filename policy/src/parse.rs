@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use crate::btf::KernelNames;
 use crate::error::{Location, PolicyError};
-use crate::{Effect, IdRange, IdSet, Matcher, Policy, Rule, MAX_POLICY_ID, OVERFLOW_ID, SENTINEL_IDS};
+use crate::{Effect, IdRange, IdSet, Matcher, Policy, Rule, MAX_POLICY_ID, MAX_TTL_SECS, OVERFLOW_ID, SENTINEL_IDS};
 
 /// Turns user and group names into ids when the policy loads, so the
 /// request path never performs a name lookup.
@@ -37,10 +37,17 @@ struct RawPolicy {
     /// Required for rules that grant `any` of a set to `everyone`.
     #[serde(default)]
     acknowledge_broad_grants: bool,
+    /// What a rule with `ttl` does where the daemon cannot enforce it.
+    #[serde(default = "default_require_enforcement")]
+    require_enforcement: bool,
     #[serde(default)]
     allow: Vec<Spanned<RawRule>>,
     #[serde(default)]
     deny: Vec<Spanned<RawRule>>,
+}
+
+fn default_require_enforcement() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -59,6 +66,7 @@ struct RawRule {
     cgroups: Option<Vec<Spanned<String>>>,
     userns_owners: Option<Vec<Spanned<String>>>,
     mints_per_minute: Option<Spanned<i64>>,
+    ttl: Option<Spanned<i64>>,
     cmds: Option<Vec<Spanned<String>>>,
     maps: Option<Vec<Spanned<String>>>,
     progs: Option<Vec<Spanned<String>>>,
@@ -226,7 +234,7 @@ impl Policy {
             deny.push(rule(&ctx, Effect::Deny, index, spanned, raw.acknowledge_broad_grants, &mut warnings)?);
         }
         warnings.extend(ctx.warnings.take());
-        Ok(Policy { path: path.to_owned(), allow, deny, warnings })
+        Ok(Policy { path: path.to_owned(), allow, deny, warnings, require_enforcement: raw.require_enforcement })
     }
 }
 
@@ -385,6 +393,24 @@ fn rule(
             })?)
         }
     };
+    let ttl = match &r.ttl {
+        None => None,
+        Some(_) if effect == Effect::Deny => {
+            return Err(ctx.err(span, "`ttl` limits how long an allow rule's tokens work; a deny rule grants nothing"))
+        }
+        Some(n) => {
+            Some(u32::try_from(*n.get_ref()).ok().filter(|n| (1..=MAX_TTL_SECS).contains(n)).ok_or_else(|| {
+                ctx.err(
+                    n.span(),
+                    format!(
+                        "ttl must be between 1 and {MAX_TTL_SECS} seconds (7 days), not {}; \
+                         longer access is a new mint",
+                        n.get_ref()
+                    ),
+                )
+            })?)
+        }
+    };
     if everyone && effect == Effect::Allow {
         let broad: Vec<&str> =
             Kind::ALL.iter().filter(|k| grant.get(**k) == delegation::ANY).map(|k| k.key()).collect();
@@ -413,5 +439,6 @@ fn rule(
         matcher: Matcher { everyone, uids, gids, executables, cgroups, userns_owners },
         grant,
         mints_per_minute,
+        ttl,
     })
 }

@@ -191,7 +191,7 @@ fn unknown_key_is_refused() {
         err("[[allow]]\nusers = [\"alice\"]\nmap = [\"hash\"]\n"),
         "/etc/bpftokend/policy.toml:3:1: unknown field `map`, expected one of `name`, `everyone`, `users`, \
          `groups`, `uids`, `gids`, `uid_ranges`, `gid_ranges`, `executables`, `cgroups`, `userns_owners`, \
-         `mints_per_minute`, `cmds`, `maps`, `progs`, `attachs`"
+         `mints_per_minute`, `ttl`, `cmds`, `maps`, `progs`, `attachs`"
     );
     assert!(err("[[alow]]\nuids = [1]\n").starts_with("/etc/bpftokend/policy.toml:1:3: unknown field `alow`"));
 }
@@ -686,6 +686,7 @@ fn arb_rule() -> impl Strategy<Value = Rule> {
             },
             grant,
             mints_per_minute: None,
+            ttl: None,
         })
 }
 
@@ -711,7 +712,7 @@ proptest! {
         uid in 0u32..4, gid in 10u32..14, extra in proptest::collection::vec(10u32..14, 0..2),
         req in arb_request(),
     ) {
-        let policy = Policy { path: "/p".into(), allow: rules, deny: denies.into_iter().map(deny_of).collect(), warnings: vec![] };
+        let policy = Policy { path: "/p".into(), allow: rules, deny: denies.into_iter().map(deny_of).collect(), warnings: vec![], require_enforcement: true };
         let peer = Peer { uid, gid, groups: extra, ..Peer::default() };
         let union = policy.allow.iter().filter(|r| r.matcher.matches(&peer))
             .fold(Delegation::NONE, |a, r| a.union(r.grant));
@@ -732,7 +733,7 @@ proptest! {
         uid in 0u32..4, gid in 10u32..14,
         req in arb_request(), cut in arb_delegation(),
     ) {
-        let policy = Policy { path: "/p".into(), allow: rules, deny: vec![], warnings: vec![] };
+        let policy = Policy { path: "/p".into(), allow: rules, deny: vec![], warnings: vec![], require_enforcement: true };
         let peer = Peer { uid, gid, ..Peer::default() };
         if let Decision::Grant { delegation: wide, .. } = policy.decide(&peer, &req) {
             let narrower = wide.intersect(cut);
@@ -746,4 +747,61 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn ttl_and_require_enforcement() {
+    // Defaults: no ttl, enforcement required.
+    let p = parse("[[allow]]\nuids = [1000]\ncmds = [\"map_create\"]\n").unwrap();
+    assert!(p.require_enforcement());
+    assert_eq!(p.rules()[0].ttl, None);
+    let p = parse("require_enforcement = false\n[[allow]]\nuids = [1000]\nttl = 604800\ncmds = [\"map_create\"]\n")
+        .unwrap();
+    assert!(!p.require_enforcement());
+    assert_eq!(p.rules()[0].ttl, Some(MAX_TTL_SECS));
+    // The shortest ttl of the matching allow rules bounds the grant.
+    let p = parse(
+        "[[allow]]\nname = \"long\"\nuids = [1000]\nttl = 3600\ncmds = [\"map_create\"]\n\
+         [[allow]]\nname = \"short\"\nuids = [1000]\nttl = 60\nmaps = [\"array\"]\n\
+         [[allow]]\nname = \"none\"\nuids = [1000]\nprogs = [\"xdp\"]\n",
+    )
+    .unwrap();
+    let alice = peer(1000, 1000, &[]);
+    let want = Some(Ttl { rule: "short".to_owned(), secs: 60 });
+    assert_eq!(p.effective(&alice).ttl, want);
+    match p.decide(&alice, &MintRequest::default()) {
+        Decision::Grant { ttl, .. } => assert_eq!(ttl, want),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn ttl_errors_are_located() {
+    assert_eq!(
+        err("[[allow]]\nuids = [1]\nttl = 0\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:3:7: ttl must be between 1 and 604800 seconds (7 days), not 0; \
+         longer access is a new mint"
+    );
+    assert_eq!(
+        err("[[allow]]\nuids = [1]\nttl = 604801\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:3:7: ttl must be between 1 and 604800 seconds (7 days), not 604801; \
+         longer access is a new mint"
+    );
+    assert_eq!(
+        err("[[allow]]\nuids = [1]\nttl = -5\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:3:7: ttl must be between 1 and 604800 seconds (7 days), not -5; \
+         longer access is a new mint"
+    );
+    assert_eq!(
+        err("[[allow]]\nuids = [1]\nttl = \"1h\"\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:3:7: invalid type: string \"1h\", expected i64"
+    );
+    assert_eq!(
+        err("[[deny]]\nuids = [1]\nttl = 60\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:1:1: `ttl` limits how long an allow rule's tokens work; a deny rule grants nothing"
+    );
+    assert_eq!(
+        err("require_enforcement = \"yes\"\n[[allow]]\nuids = [1]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:1:23: invalid type: string \"yes\", expected a boolean"
+    );
 }

@@ -14,4 +14,6 @@ pub mod message;
 
 pub use codec::{CodecError, FRAME_HEADER_LEN, MAX_FRAME};
 pub use delegation::{Delegation, Kind, UnknownName};
-pub use message::{Explanation, MintRequest, Minted, Refusal, RefusalCode, Request, Response, PROTOCOL_VERSION};
+pub use message::{
+    Enforcement, Explanation, MintRequest, Minted, Refusal, RefusalCode, Request, Response, PROTOCOL_VERSION,
+};

@@ -40,6 +40,12 @@ pub enum RequestBody {
     /// SCM_RIGHTS, the answer one [`FdRole::Bpffs`] of a detached mount
     /// the caller can attach inside it (`move_mount`).
     DelegateMount(MintRequest),
+    /// Like [`RequestBody::Query`], and the answer
+    /// ([`Response::ExplainedEnforcement`]) also says whether the daemon
+    /// enforces leases on this kernel. A new variant rather than a new
+    /// field, so clients and daemons of either age keep understanding each
+    /// other: an older daemon refuses it as `malformed_request`.
+    QueryEnforcement,
 }
 
 impl RequestBody {
@@ -83,6 +89,29 @@ pub enum Response {
     Minted(Minted),
     Refused(Refusal),
     Explained(Explanation),
+    /// The answer to [`RequestBody::QueryEnforcement`].
+    ExplainedEnforcement {
+        explanation: Explanation,
+        enforcement: Enforcement,
+    },
+}
+
+/// Whether the daemon's BPF LSM enforcer runs, which leases (`ttl`) need.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Enforcement {
+    /// Loaded and attached to the kernel's BPF token hooks.
+    Enforcing,
+    /// Not running here, with the reason in one sentence.
+    Unavailable(String),
+}
+
+impl fmt::Display for Enforcement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Enforcement::Enforcing => f.write_str("enforcing"),
+            Enforcement::Unavailable(why) => write!(f, "unavailable: {why}"),
+        }
+    }
 }
 
 /// The answer to a query: what the caller would get, and from which rules.
@@ -191,6 +220,9 @@ refusal_codes! {
     /// The user namespace fd sent with the request is not one the caller
     /// may have a bpffs delegated to.
     BadNamespace = 7, "bad_namespace";
+    /// A matching rule sets `ttl`, the daemon cannot enforce it, and the
+    /// policy says `require_enforcement = true`.
+    NotEnforceable = 8, "not_enforceable";
     /// The request carried a protocol version this daemon does not speak.
     UnsupportedVersion = 10, "unsupported_version";
     /// The request could not be decoded.

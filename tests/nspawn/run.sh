@@ -16,9 +16,11 @@ mirror=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' 
 [ -n "$mirror" ] || { echo "no Debian mirror in the apt sources" >&2; exit 1; }
 suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
 
-if [ ! -x "$root/usr/lib/systemd/systemd" ]; then
+# libelf1: bpftokend links libbpf (its BPF LSM enforcer's loader); a root
+# made before that is rebuilt.
+if [ ! -x "$root/usr/lib/systemd/systemd" ] || ! ls "$root"/usr/lib/*/libelf.so.1 >/dev/null 2>&1; then
     rm -rf "$root"
-    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus "$suite" "$root" "$mirror" >/dev/null
+    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,libelf1,zlib1g "$suite" "$root" "$mirror" >/dev/null
 fi
 # The same libc as the host (same suite), so the host's build runs there.
 cargo build --release --locked -p bpftokend -p bpftoken -p bpftoken-capi >/dev/null 2>&1

@@ -245,6 +245,20 @@ impl TestDaemon {
         panic!("daemon log never said {needle:?}:\n{}", self.log_text());
     }
 
+    /// What the daemon's start line says about its BPF LSM enforcer:
+    /// `enforcing` or `unavailable: REASON` (as `bpftoken query` and
+    /// STATUS= report it).
+    pub fn enforcement(&self) -> String {
+        let log = self.wait_for_log("enforcement: ");
+        let line = log.lines().find(|l| l.contains("enforcement: ")).unwrap_or_default();
+        let state = line.split_once("enforcement: ").map_or("", |(_, s)| s);
+        if state.starts_with("enforcing") {
+            "enforcing".to_owned()
+        } else {
+            state.to_owned()
+        }
+    }
+
     /// Send SIGTERM and wait for the daemon to exit; returns its status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("daemon running");

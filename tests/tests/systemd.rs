@@ -80,11 +80,21 @@ fn notify_socket_sees_ready_status_reload_and_stopping() {
         ready.starts_with("READY=1\nSTATUS=1 rules; 0 tokens minted, 0 refused; 0 scopes; last reload: none"),
         "{ready:?}"
     );
+    // The enforcer's state ends the line; with it running the live count
+    // includes the daemon's spare tokens, so only the unavailable form is
+    // exact.
+    let enforcement = d.enforcement();
+    assert!(ready.contains(&format!("; last reload: none; enforcement: {enforcement}")), "{ready:?}");
     let o = d.bpftoken(&env, &user(ALICE), &["run", "--", "true"]);
     assert!(o.status.success(), "{}", stderr(&o));
     // STATUS= follows the counters (reported every 2 s).
     let status = recv();
-    assert_eq!(status, "STATUS=1 rules; 1 tokens minted, 0 refused; 1 scopes; last reload: none\n");
+    let head = "STATUS=1 rules; 1 tokens minted, 0 refused; 1 scopes; last reload: none; enforcement: ";
+    if enforcement == "enforcing" {
+        assert!(status.starts_with(&format!("{head}enforcing (")), "{status:?}");
+    } else {
+        assert_eq!(status, format!("{head}{enforcement}\n"));
+    }
     let pid = rustix::process::Pid::from_raw(i32::try_from(d.pid()).unwrap()).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
     let reloading = recv();

@@ -140,10 +140,14 @@ fn explanation_lines(e: &bpftoken::Explanation) -> Vec<String> {
 }
 
 fn query(socket: &Path) -> ExitCode {
-    match Client::connect_to(socket).and_then(|mut c| c.query()) {
-        Ok(e) => {
+    match Client::connect_to(socket).and_then(|mut c| c.query_enforcement()) {
+        Ok((e, enforcement)) => {
             for line in explanation_lines(&e) {
                 println!("{line}");
+            }
+            match enforcement {
+                Some(state) => println!("enforcement: {state}"),
+                None => println!("enforcement: unknown (the daemon is too old to say)"),
             }
             if let Some(r) = &e.refusal {
                 println!("a request now would be refused: {r}");

@@ -296,7 +296,9 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
         } else {
             (Outcome::Unsupported, no_daemon)
         };
-        for capability in ["mint", "map-create", "prog-load", "refused", "inspect", "token-info", "libbpf-mode"] {
+        for capability in
+            ["mint", "map-create", "prog-load", "refused", "enforcer", "inspect", "token-info", "libbpf-mode"]
+        {
             report.result(capability, outcome, &why);
         }
         return Ok(());
@@ -358,6 +360,19 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
         && o.stderr.starts_with("bpftoken: refused: ")
         && o.stderr.contains("(not_in_policy)");
     report.result("refused", if ok { Outcome::Pass } else { Outcome::Fail }, o.stderr.trim());
+
+    // enforcer: the daemon's BPF LSM enforcer runs (`bpftoken query` says
+    // "enforcement: enforcing"), or it says in one line why not. Kernels
+    // that refuse BPF LSM programs, or boot without `bpf` in lsm=, report
+    // unsupported with that reason.
+    let o = bpftoken(bins, &socket, &alice, &["query"]);
+    let states: Vec<&str> = o.stdout.lines().filter_map(|l| l.strip_prefix("enforcement: ")).collect();
+    let (outcome, detail) = match (o.code(), states.as_slice()) {
+        (Some(0), ["enforcing"]) => (Outcome::Pass, "bpftoken query: enforcing".to_owned()),
+        (Some(0), [state]) if state.starts_with("unavailable: ") => (Outcome::Unsupported, (*state).to_owned()),
+        _ => (Outcome::Fail, format!("bpftoken query: {}", o.describe())),
+    };
+    report.result("enforcer", outcome, &detail);
 
     // inspect: the token's masks as the kernel holds them; token-info:
     // whether the kernel told them through BPF_OBJ_GET_INFO_BY_FD (6.17+)

@@ -1,0 +1,230 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * bpftokend's enforcer: a BPF LSM program on the four BPF token hooks.
+ *
+ * - bpf_token_create gives every token a serial (unique while the enforcer
+ *   is loaded, never reused), records token -> (scope, serial), counts it
+ *   as created in its scope, and appends the serial to the creating task's
+ *   record so that a minter that creates a batch of tokens in one task
+ *   learns exactly which serials it got, even when other tasks (libbpf
+ *   mode clients) create tokens in the same scope at the same time.
+ * - bpf_token_free forgets the token and counts it as freed: live tokens
+ *   of a scope = created - freed.
+ * - bpf_token_cmd and bpf_token_capable refuse (-EPERM) every use of a
+ *   token whose serial, or whose whole scope, the daemon has put in the
+ *   `revoked` map with a deadline that has passed (0: revoked now).
+ *
+ * A scope is a user namespace, keyed by its inode number
+ * (token->userns->ns.inum, the st_ino of /proc/PID/ns/user). The daemon
+ * holds every scope it mints from, so an inode cannot be reused while the
+ * daemon has entries for it.
+ *
+ * The kernel types are declared here with preserve_access_index (CO-RE):
+ * libbpf relocates the field offsets against the running kernel's BTF at
+ * load time, so the build needs neither a vmlinux.h nor BTF on the build
+ * machine.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#define EPERM 1
+#define ENOSPC 28
+
+struct ns_common {
+	unsigned int inum;
+} __attribute__((preserve_access_index));
+
+struct user_namespace {
+	struct ns_common ns;
+} __attribute__((preserve_access_index));
+
+struct bpf_token {
+	struct user_namespace *userns;
+} __attribute__((preserve_access_index));
+
+/* Shared with daemon/src/enforcer.rs: keep the layouts in step. */
+
+/* Most tokens one task records (the daemon mints at most 8 per child). */
+#define TASK_SERIALS 8
+
+struct token_info {
+	__u32 scope;
+	__u32 creator_tgid;
+	__u64 serial;
+};
+
+struct scope_count {
+	__u64 created;
+	__u64 freed;
+};
+
+struct task_serials {
+	__u32 scope;
+	__u32 n;
+	__u64 serials[TASK_SERIALS];
+};
+
+/* serial 0: the whole scope. */
+struct revoke_key {
+	__u32 scope;
+	__u32 pad;
+	__u64 serial;
+};
+
+/* The last serial handed out (index 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} last_serial SEC(".maps");
+
+/* Live tokens: kernel address of the struct bpf_token -> what it is. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 262144);
+	__type(key, __u64);
+	__type(value, struct token_info);
+} tokens SEC(".maps");
+
+/* Per scope: tokens created and freed since the enforcer was loaded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct scope_count);
+} scopes SEC(".maps");
+
+/* Per creating task (tid): the serials it created, in order. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct task_serials);
+} task_serials SEC(".maps");
+
+/* Written by the daemon only: (scope, serial) -> deadline in
+ * CLOCK_BOOTTIME nanoseconds; 0 means revoked now. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct revoke_key);
+	__type(value, __u64);
+} revoked SEC(".maps");
+
+static __always_inline __u32 scope_of(const struct bpf_token *token)
+{
+	return BPF_CORE_READ(token, userns, ns.inum);
+}
+
+static __always_inline int lapsed(__u32 scope, __u64 serial)
+{
+	struct revoke_key key = { .scope = scope, .serial = serial };
+	__u64 *deadline = bpf_map_lookup_elem(&revoked, &key);
+
+	return deadline && (*deadline == 0 || bpf_ktime_get_boot_ns() >= *deadline);
+}
+
+static __always_inline int check(const struct bpf_token *token)
+{
+	__u64 addr = (__u64)token;
+	struct token_info *info = bpf_map_lookup_elem(&tokens, &addr);
+	__u32 scope = info ? info->scope : scope_of(token);
+
+	if (lapsed(scope, 0))
+		return -EPERM;
+	if (info && lapsed(scope, info->serial))
+		return -EPERM;
+	return 0;
+}
+
+SEC("lsm/bpf_token_create")
+int BPF_PROG(token_create, struct bpf_token *token, union bpf_attr *attr, const void *path, int ret)
+{
+	__u32 zero = 0;
+	__u64 *last;
+	__u64 addr = (__u64)token;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct token_info info = {};
+	struct scope_count fresh = {}, *count;
+	struct task_serials *mine, empty = {};
+
+	if (ret)
+		return ret;
+	last = bpf_map_lookup_elem(&last_serial, &zero);
+	if (!last)
+		return -ENOSPC;
+	info.scope = scope_of(token);
+	info.creator_tgid = bpf_get_current_pid_tgid() >> 32;
+	info.serial = __sync_fetch_and_add(last, 1) + 1;
+	/* A token the enforcer cannot track is a token it cannot revoke:
+	 * refuse it rather than hand out one that escapes. */
+	if (bpf_map_update_elem(&tokens, &addr, &info, BPF_NOEXIST))
+		return -ENOSPC;
+
+	count = bpf_map_lookup_elem(&scopes, &info.scope);
+	if (!count) {
+		bpf_map_update_elem(&scopes, &info.scope, &fresh, BPF_NOEXIST);
+		count = bpf_map_lookup_elem(&scopes, &info.scope);
+	}
+	if (count)
+		__sync_fetch_and_add(&count->created, 1);
+
+	mine = bpf_map_lookup_elem(&task_serials, &tid);
+	if (!mine) {
+		bpf_map_update_elem(&task_serials, &tid, &empty, BPF_NOEXIST);
+		mine = bpf_map_lookup_elem(&task_serials, &tid);
+	}
+	if (mine) {
+		__u32 n = mine->n;
+
+		if (n < TASK_SERIALS) {
+			mine->serials[n] = info.serial;
+			mine->scope = info.scope;
+		}
+		mine->n = n + 1;
+	}
+	return 0;
+}
+
+SEC("lsm/bpf_token_free")
+int BPF_PROG(token_free, struct bpf_token *token)
+{
+	__u64 addr = (__u64)token;
+	struct token_info *info = bpf_map_lookup_elem(&tokens, &addr);
+	struct scope_count *count;
+	__u32 scope;
+
+	if (!info)
+		return 0;
+	scope = info->scope;
+	bpf_map_delete_elem(&tokens, &addr);
+	count = bpf_map_lookup_elem(&scopes, &scope);
+	if (count)
+		__sync_fetch_and_add(&count->freed, 1);
+	return 0;
+}
+
+SEC("lsm/bpf_token_cmd")
+int BPF_PROG(token_cmd, const struct bpf_token *token, enum bpf_cmd cmd, int ret)
+{
+	if (ret)
+		return ret;
+	return check(token);
+}
+
+SEC("lsm/bpf_token_capable")
+int BPF_PROG(token_capable, const struct bpf_token *token, int cap, int ret)
+{
+	if (ret)
+		return ret;
+	return check(token);
+}
+
+char LICENSE[] SEC("license") = "GPL";

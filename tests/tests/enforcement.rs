@@ -1,0 +1,103 @@
+//! Leases need the BPF LSM enforcer; where it cannot run, a rule with
+//! `ttl` follows the policy's `require_enforcement`, and the daemon says
+//! which state it is in at start, in STATUS= and in `bpftoken query`.
+//! On this project's hosts the kernel refuses BPF LSM programs (EPERM),
+//! so these tests see "unavailable"; the kernel matrix VM (6.12 with
+//! `lsm=...,bpf`) sees "enforcing" (`tests/vm`, capability `enforcer`).
+
+use bpftoken_tests::*;
+
+const TTL_POLICY: &str = r#"
+[[allow]]
+name = "short-lived"
+users = ["bpftk-alice"]
+cmds = ["map_create"]
+maps = ["array"]
+ttl = 600
+"#;
+
+/// The reason in "unavailable: REASON" on a kernel that refuses BPF LSM
+/// programs, as this project's hosts do (DESIGN fact 13).
+const REFUSED: &str = "unavailable: the kernel refused to load BPF LSM programs (EPERM at BPF_PROG_LOAD, \
+                       before the verifier; lockdown or the platform forbids them)";
+
+fn not_enforceable(state: &str, policy: &std::path::Path) -> String {
+    let why = match state.strip_prefix("unavailable: ") {
+        Some(reason) => format!("enforcement is unavailable: {reason}"),
+        None => "this version of bpftokend does not expire leases yet".to_owned(),
+    };
+    format!(
+        "rule \"short-lived\" limits tokens to 600 s (ttl), which this daemon cannot enforce: {why}; {} requires \
+         enforcement (require_enforcement = true)",
+        policy.display()
+    )
+}
+
+#[test]
+fn the_start_line_says_whether_enforcement_runs() {
+    let Some(env) = setup("the_start_line_says_whether_enforcement_runs") else { return };
+    let d = TestDaemon::start(&env, TTL_POLICY, &[]);
+    let state = d.enforcement();
+    let log = d.log_text();
+    assert_eq!(log.matches("enforcement: ").count(), 1, "one line: {log}");
+    // This project's hosts refuse LSM program loads (REFUSED); a kernel
+    // booted without `bpf` in lsm= names its active LSMs; the VM enforces.
+    assert!(
+        state == REFUSED
+            || state == "enforcing"
+            || state.starts_with("unavailable: the BPF LSM is not active (active LSMs: "),
+        "{log}"
+    );
+}
+
+#[test]
+fn ttl_is_refused_where_enforcement_is_required_but_unavailable() {
+    let Some(env) = setup("ttl_is_refused_where_enforcement_is_required_but_unavailable") else { return };
+    let d = TestDaemon::start(&env, TTL_POLICY, &[]);
+    let state = d.enforcement();
+    let alice = user(ALICE);
+    let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let message = not_enforceable(&state, &d.policy);
+    assert_eq!(stderr(&o), format!("bpftoken: refused: {message} (not_enforceable)\n"));
+    d.wait_for_log("code=\"not_enforceable\"");
+    // query says the same without minting, and names the state.
+    let o = d.bpftoken(&env, &alice, &["query"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains(&format!("\nenforcement: {state}\n")), "{out}");
+    assert!(out.ends_with(&format!("a request now would be refused: {message} (not_enforceable)\n")), "{out}");
+}
+
+#[test]
+fn ttl_mints_unenforced_when_the_policy_allows_it() {
+    let Some(env) = setup("ttl_mints_unenforced_when_the_policy_allows_it") else { return };
+    let policy = format!("require_enforcement = false\n{TTL_POLICY}");
+    let d = TestDaemon::start(&env, &policy, &[]);
+    let state = d.enforcement();
+    let alice = user(ALICE);
+    let probe = env.bin("bpftoken-probe");
+    let o = d.bpftoken(&env, &alice, &["run", "--fd-only", "--", probe.to_str().unwrap(), "try", "map:array"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "map:array ok\n");
+    let log = d.wait_for_log("decision=\"granted\"");
+    let line = log.lines().find(|l| l.contains("decision=\"granted\"")).unwrap_or_default();
+    assert!(line.contains(" enforced=\"false\" "), "{line}");
+    let o = d.bpftoken(&env, &alice, &["query"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.ends_with(&format!("\nenforcement: {state}\n")), "no refusal expected: {out}");
+}
+
+#[test]
+fn rules_without_ttl_mint_whatever_the_enforcement() {
+    let Some(env) = setup("rules_without_ttl_mint_whatever_the_enforcement") else { return };
+    let policy = TTL_POLICY.replace("ttl = 600\n", "");
+    let d = TestDaemon::start(&env, &policy, &[]);
+    let alice = user(ALICE);
+    let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = d.wait_for_log("decision=\"granted\"");
+    let line = log.lines().find(|l| l.contains("decision=\"granted\"")).unwrap_or_default();
+    assert!(line.contains(" enforced=\"-\" "), "{line}");
+}
