@@ -147,13 +147,20 @@ impl Scope {
             }
             Forked::Parent(pid) => {
                 drop(theirs);
-                let helper = HelperGuard { pid: Some(pid) };
+                let mut helper = HelperGuard { pid: Some(pid) };
                 let scope = match target {
                     None => drive_helper(ours.as_fd(), pid, key),
                     Some(ns) => drive_helper_in(ours.as_fd(), key, ns),
                 };
+                // A helper killed from outside (its client may SIGKILL it)
+                // shows up as whatever step noticed first (EPIPE, ESRCH on
+                // its maps...): say what happened instead.
+                let killed = scope.is_err() && helper.killed_by_signal();
                 helper.reap();
-                scope
+                match scope {
+                    Err(_) if killed => Err(MintError::HelperLost { uid: key.owner_uid() }),
+                    other => other,
+                }
             }
         }
     }
@@ -190,6 +197,19 @@ struct HelperGuard {
 impl HelperGuard {
     fn reap(mut self) {
         self.kill_and_wait();
+    }
+
+    /// Whether the helper has already ended by a signal (we send none
+    /// before [`HelperGuard::reap`]). Reaps it if so.
+    fn killed_by_signal(&mut self) -> bool {
+        let Some(pid) = self.pid else { return false };
+        match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
+            Ok(Some((_, status))) => {
+                self.pid = None;
+                status.signaled()
+            }
+            _ => false,
+        }
     }
 
     fn kill_and_wait(&mut self) {
