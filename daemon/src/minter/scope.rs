@@ -92,6 +92,13 @@ pub struct Scope {
 }
 
 impl Scope {
+    /// The inode of the scope's user namespace: how the enforcer names
+    /// the scope (`token->userns->ns.inum`).
+    pub fn inum(&self) -> std::io::Result<u32> {
+        let st = rustix::fs::fstat(&self.userns)?;
+        u32::try_from(st.st_ino).map_err(|_| std::io::Error::other("user namespace inode above 2^32"))
+    }
+
     /// Mint one token from this scope (the warm path). The token comes
     /// from our own child and our own bpffs fd, so a cheap check suffices
     /// here; [`Scope::create`] checks the first token's masks in full.
