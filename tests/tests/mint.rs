@@ -158,8 +158,9 @@ fn asking_for_more_than_granted_names_the_item() {
         stdout(&o),
         format!(
             "{} grants you (allowed by alice-loader):\n  cmds:    map_create, prog_load\n  maps:    hash, array\n  \
-             progs:   socket_filter\n  attachs: cgroup_inet_ingress\n",
-            d.policy.display()
+             progs:   socket_filter\n  attachs: cgroup_inet_ingress\nenforcement: {}\n",
+            d.policy.display(),
+            d.enforcement()
         )
     );
     let o = d.bpftoken(&env, &user(EVE), &["query"]);
