@@ -167,11 +167,12 @@ fn asking_for_more_than_granted_names_the_item() {
     assert_eq!(
         stdout(&o),
         format!(
-            "no rule of {0} matches you\na request now would be refused: no rule in {0} allows uid {1} (gid {2}) \
-             (not_in_policy)\n",
+            "no rule of {0} matches you\nenforcement: {3}\na request now would be refused: no rule in {0} allows uid \
+             {1} (gid {2}) (not_in_policy)\n",
             d.policy.display(),
             user(EVE).uid,
-            user(EVE).gid
+            user(EVE).gid,
+            d.enforcement()
         )
     );
     // A name the CLI does not know never reaches the daemon.
