@@ -66,11 +66,14 @@ if inside setpriv --reuid outsider --regid outsider --init-groups -- bpftoken ru
     echo "a user outside the policy got a token" >&2; exit 1
 fi
 sleep 1
-inside journalctl -q --no-pager BPFTOKEN_DECISION=granted -o cat | grep -q "granted token to uid"
-inside journalctl -q --no-pager BPFTOKEN_DECISION=refused BPFTOKEN_CODE=not_in_policy -o cat | grep -q "refused uid"
+inside journalctl -q --no-pager BPFTOKEN_DECISION=granted BPFTOKEN_MODE=libbpf -o cat | grep -q "granted libbpf to uid" \
+    || { echo "no granted event in the journal" >&2; inside journalctl -q --no-pager -u bpftokend.service >&2; exit 1; }
+inside journalctl -q --no-pager BPFTOKEN_DECISION=refused BPFTOKEN_CODE=not_in_policy -o cat | grep -q "refused uid" \
+    || { echo "no refused event in the journal" >&2; inside journalctl -q --no-pager -u bpftokend.service >&2; exit 1; }
 # Reload through systemd: READY again with the status line.
 inside systemctl reload bpftokend.service
-inside systemctl show -p StatusText bpftokend.service | grep -q "last reload: ok"
+inside systemctl show -p StatusText bpftokend.service | grep -q "last reload: ok" \
+    || { echo "StatusText does not end in last reload: ok" >&2; inside systemctl show -p StatusText bpftokend.service >&2; exit 1; }
 inside systemctl show -p StatusText bpftokend.service
 inside sh -c 'cd /opt/bpftokend && scripts/install --uninstall' >/dev/null
 if inside ldconfig -p | grep -q libbpftoken; then echo "libbpftoken is still installed" >&2; exit 1; fi
