@@ -89,7 +89,7 @@ pub fn errno_of(e: &bpftoken_client::Error) -> i32 {
             | RefusalCode::Unknown(_) => libc::EPERM,
             RefusalCode::UnknownLease => libc::ENOENT,
             RefusalCode::EmptyGrant => libc::EINVAL,
-            RefusalCode::RateLimited => libc::EAGAIN,
+            RefusalCode::RateLimited | RefusalCode::TooManyTokens => libc::EAGAIN,
             RefusalCode::Busy => libc::EBUSY,
             RefusalCode::Timeout => libc::ETIMEDOUT,
             RefusalCode::UnsupportedVersion | RefusalCode::Malformed | RefusalCode::FrameTooLarge => libc::EPROTO,

@@ -161,6 +161,22 @@ impl ScopeCache {
         map.insert(key, Entry { scope, last_used: Instant::now(), spare: Vec::new() });
     }
 
+    /// For live-token counts: the spare tokens held for `uid`'s scopes
+    /// (created, so counted by the kernel, but not handed out) and the
+    /// enforcer names of those scopes.
+    pub fn held_for(&self, uid: u32) -> (u64, Vec<u32>) {
+        let map = self.lock();
+        let mut spares = 0u64;
+        let mut inums = Vec::new();
+        for entry in map.values().filter(|e| e.scope.key.owner_uid() == uid) {
+            spares += entry.spare.len() as u64;
+            if let Ok(inum) = entry.scope.inum() {
+                inums.push(inum);
+            }
+        }
+        (spares, inums)
+    }
+
     /// Drop scopes unused for longer than the idle limit; returns how many.
     pub fn evict_idle(&self) -> usize {
         let idle = self.limits.idle;

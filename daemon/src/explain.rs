@@ -69,6 +69,12 @@ pub fn explain(
     for limit in &eff.limits {
         let _ = writeln!(out, "limit:      {} mints per minute (rule {})", limit.per_minute, limit.rule);
     }
+    if let Some(live) = &eff.live_limit {
+        let _ = writeln!(out, "limit:      {} live tokens at once (rule {})", live.max, live.rule);
+    }
+    if let Some(ttl) = &eff.ttl {
+        let _ = writeln!(out, "limit:      tokens work {} s (ttl, rule {})", ttl.secs, ttl.rule);
+    }
     for kind in Kind::ALL {
         let names = delegation::names(kind, eff.grant.get(kind));
         let _ = writeln!(

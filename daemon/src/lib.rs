@@ -13,6 +13,7 @@ pub mod cache;
 pub mod enforcer;
 pub mod explain;
 pub mod lease;
+pub mod live;
 pub mod minter;
 pub mod peer;
 pub mod probe;

@@ -67,10 +67,12 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     // Before any thread or child exists; the daemon runs either way and
     // says which (leases with `ttl` follow the policy's choice).
     let enforcer = crate::enforcer::Enforcer::load();
-    match &enforcer {
-        Ok(e) => tracing::info!(programs = %e.programs().join(","), "enforcement: enforcing (BPF LSM attached)"),
-        Err(why) => tracing::warn!("enforcement: unavailable: {why}"),
-    }
+    // Said once the socket is ours: a start refused for the socket (another
+    // daemon answers) prints that one line only.
+    let enforcement_said = match &enforcer {
+        Ok(e) => Ok(e.programs().join(",")),
+        Err(why) => Err(why.to_string()),
+    };
     let minter = MinterLink::start(PathBuf::from("/proc/self/exe")).map_err(StartError::Minter)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(StartError::Runtime)?;
     let daemon = Arc::new(Daemon::new(policy, minter, ScopeCache::new(opts.scopes), conns, enforcer));
@@ -90,6 +92,10 @@ pub fn run(opts: Options) -> Result<(), StartError> {
                 (listener, Some(sock))
             }
         };
+        match &enforcement_said {
+            Ok(programs) => tracing::info!(programs = %programs, "enforcement: enforcing (BPF LSM attached)"),
+            Err(why) => tracing::warn!("enforcement: unavailable: {why}"),
+        }
         std_listener.set_nonblocking(true).map_err(bind_err)?;
         let listener = tokio::net::UnixListener::from_std(std_listener).map_err(bind_err)?;
         let (tx, rx) = tokio::sync::watch::channel(false);

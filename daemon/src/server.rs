@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bpftoken_policy::{Decision, Policy, RateLimit, Ttl};
+use bpftoken_policy::{Decision, LiveLimit, Policy, RateLimit, Ttl};
 use bpftoken_proto::codec::{self, CodecError};
 use bpftoken_proto::message::{FdRole, RequestBody};
 use bpftoken_proto::{
@@ -28,6 +28,7 @@ use crate::audit;
 use crate::cache::ScopeCache;
 use crate::enforcer::{Enforcer, Unavailable};
 use crate::lease::{LeaseTable, NewLease};
+use crate::live::{Admitted, LiveError, LiveTokens};
 use crate::minter::link::MinterLink;
 use crate::minter::{MintError, Scope, ScopeKey, ScopeOwner};
 use crate::peer::{self, PeerIdentity, PeerUserns};
@@ -79,6 +80,8 @@ pub struct Daemon {
     enforcer: Result<Enforcer, Unavailable>,
     /// Every grant's lease.
     pub leases: LeaseTable,
+    /// Live tokens per uid, for `max_live_tokens`.
+    live: LiveTokens,
 }
 
 #[derive(Debug, Default)]
@@ -167,6 +170,18 @@ impl Daemon {
             last_reload: Mutex::new("none".to_owned()),
             enforcer,
             leases: LeaseTable::default(),
+            live: LiveTokens::default(),
+        }
+    }
+
+    /// Count `scope`'s tokens as its owner's from now on (for
+    /// `max_live_tokens`; needs the enforcer, which names scopes).
+    fn remember_scope(&self, scope: &Scope) {
+        if self.enforcer.is_ok() {
+            match scope.inum() {
+                Ok(inum) => self.live.remember(scope.key.owner_uid(), inum),
+                Err(e) => tracing::warn!(error = %e, "cannot name a new scope for live-token counts"),
+            }
         }
     }
 
@@ -242,6 +257,7 @@ impl Daemon {
             }
         }
         let scope = Arc::new(self.minter.create_scope(key, target).await?);
+        self.remember_scope(&scope);
         let token = self.scopes.mint_first(&scope, self.tracker())?;
         if !exclusive {
             self.scopes.insert(scope.clone());
@@ -657,7 +673,12 @@ fn policy_refusal(peer: &PeerIdentity, code: RefusalCode, message: String) -> (R
 /// Decide for `req` and count it against the rate limits: the grant and
 /// the rules behind it, or the refusal already sent (false if the client
 /// is gone).
-async fn decide(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, asked: &Asked) -> Result<Grant, bool> {
+async fn decide<'a>(
+    daemon: &'a Daemon,
+    peer: &PeerIdentity,
+    stream: &UnixStream,
+    asked: &Asked,
+) -> Result<Grant<'a>, bool> {
     let req = &asked.request;
     if let Some(r) = peer_refusal(peer) {
         daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -672,7 +693,7 @@ async fn decide(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, asked
             audit::refused(peer, &rules, code, &message);
             Err(write_response(stream, &refusal(code, message), &[]).await.is_ok())
         }
-        Decision::Grant { delegation, rules, limits, ttl } => {
+        Decision::Grant { delegation, rules, limits, ttl, live_limit } => {
             let enforced = match lease_refusal(daemon, &policy, ttl.as_ref(), asked.ttl) {
                 Ok(enforced) => enforced,
                 Err(r) => {
@@ -680,6 +701,19 @@ async fn decide(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, asked
                     audit::refused(peer, &rules, r.code, &r.message);
                     return Err(write_response(stream, &Response::Refused(r), &[]).await.is_ok());
                 }
+            };
+            let (admitted, live_enforced) = match live_admission(daemon, &policy, peer.creds.uid, live_limit.as_ref()) {
+                Ok(a) => a,
+                Err(r) => {
+                    daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    audit::refused(peer, &rules, r.code, &r.message);
+                    return Err(write_response(stream, &Response::Refused(r), &[]).await.is_ok());
+                }
+            };
+            // Not enforced if either limit is not.
+            let enforced = match (enforced, live_enforced) {
+                (None, e) | (e, None) => e,
+                (Some(a), Some(b)) => Some(a && b),
             };
             if let Err(message) = daemon.rates.admit(peer.creds.uid, &limits) {
                 daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -691,21 +725,66 @@ async fn decide(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, asked
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            Ok(Grant { delegation, rules, enforced, ttl: secs.map(|s| Duration::from_secs(u64::from(s))) })
+            let ttl = secs.map(|s| Duration::from_secs(u64::from(s)));
+            Ok(Grant { delegation, rules, enforced, ttl, _admitted: admitted })
         }
     }
 }
 
+/// Whether one more token fits under `limit` (`max_live_tokens`): the
+/// admission to hold until the token is delivered, and whether the limit
+/// is enforced (`None` without a limit), or the refusal.
+fn live_admission<'a>(
+    daemon: &'a Daemon,
+    policy: &Policy,
+    uid: u32,
+    limit: Option<&LiveLimit>,
+) -> Result<(Option<Admitted<'a>>, Option<bool>), Refusal> {
+    let Some(limit) = limit else { return Ok((None, None)) };
+    let why = match &daemon.enforcer {
+        Ok(enforcer) => match daemon.live.admit(uid, limit.max, enforcer, &daemon.scopes) {
+            Ok(admitted) => return Ok((Some(admitted), Some(true))),
+            Err(LiveError::AtLimit { uid, live }) => {
+                return Err(Refusal::new(
+                    RefusalCode::TooManyTokens,
+                    format!(
+                        "uid {uid} holds {live} live tokens, and rule \"{}\" allows at most {} at once; close some \
+                         first",
+                        limit.rule, limit.max
+                    ),
+                ))
+            }
+            Err(e @ LiveError::Count(_)) => e.to_string(),
+        },
+        Err(why) => format!("enforcement is unavailable: {why}"),
+    };
+    if !policy.require_enforcement() {
+        return Ok((None, Some(false)));
+    }
+    Err(Refusal::new(
+        RefusalCode::NotEnforceable,
+        format!(
+            "rule \"{}\" allows at most {} live tokens per uid, which this daemon cannot count: {why}; {} \
+             requires enforcement (require_enforcement = true)",
+            limit.rule,
+            limit.max,
+            policy.path().display()
+        ),
+    ))
+}
+
 /// What [`decide`] grants.
-struct Grant {
+struct Grant<'a> {
     delegation: bpftoken_proto::Delegation,
     rules: Vec<String>,
-    /// For the audit event: `None` when no rule sets a `ttl`, else whether
-    /// it is enforced.
+    /// For the audit event: `None` when no rule sets a `ttl` or
+    /// `max_live_tokens`, else whether they are enforced.
     enforced: Option<bool>,
     /// How long the lease lasts: the shortest matching `ttl`, or less if
     /// the request asked for less.
     ttl: Option<Duration>,
+    /// Counted against `max_live_tokens` until dropped (after delivery).
+    _admitted: Option<Admitted<'a>>,
 }
 
 /// Whether a grant bounded by the policy's `ttl` or by the `asked` one may
@@ -867,6 +946,8 @@ async fn handle_delegate(
         Ok(scope) => scope,
         Err(e) => return mint_failed(daemon, peer, stream, &rules, &e).await,
     };
+    // Tokens the namespace's processes create from this bpffs are the uid's.
+    daemon.remember_scope(&scope);
     // One token, checked and dropped: the bpffs delegates exactly the grant.
     if let Err(e) = daemon.scopes.mint_first(&scope, daemon.tracker()) {
         return mint_failed(daemon, peer, stream, &rules, &e).await;

@@ -120,6 +120,9 @@ pub struct Rule {
     pub grant: Delegation,
     /// At most this many mints per minute per uid under this rule.
     pub mints_per_minute: Option<u32>,
+    /// At most this many live tokens per uid (tokens not yet closed, in
+    /// every scope of the uid); counted by the daemon's enforcer.
+    pub max_live_tokens: Option<u32>,
     /// Tokens minted under this rule stop working after this many seconds
     /// (at most [`MAX_TTL_SECS`]); needs the daemon's enforcer.
     pub ttl: Option<u32>,
@@ -159,6 +162,18 @@ pub struct RateLimit {
     pub per_minute: u32,
 }
 
+/// Largest `max_live_tokens` a rule may set (the enforcer tracks 262144
+/// tokens in all).
+pub const MAX_LIVE_TOKENS: u32 = 100_000;
+
+/// A limit on live tokens that applies to a grant: the uid may hold at
+/// most `max` tokens at once, by the rule `rule`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveLimit {
+    pub rule: String,
+    pub max: u32,
+}
+
 /// The outcome of [`Policy::decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -171,6 +186,8 @@ pub enum Decision {
         limits: Vec<RateLimit>,
         /// How long the token may work, if a matching rule bounds it.
         ttl: Option<Ttl>,
+        /// The strictest `max_live_tokens` of the matching rules.
+        live_limit: Option<LiveLimit>,
     },
     Refuse {
         code: RefusalCode,
@@ -193,6 +210,8 @@ pub struct Effective {
     pub limits: Vec<RateLimit>,
     /// The shortest `ttl` of the matching allow rules.
     pub ttl: Option<Ttl>,
+    /// The smallest `max_live_tokens` of the matching allow rules.
+    pub live_limit: Option<LiveLimit>,
 }
 
 /// `cgroup` is `prefix` or below it, comparing whole path components.
@@ -263,6 +282,12 @@ impl Policy {
                     eff.ttl = Some(Ttl { rule: r.label.clone(), secs });
                 }
             }
+            // One token carries every rule's powers: the strictest holds.
+            if let Some(max) = r.max_live_tokens {
+                if eff.live_limit.as_ref().is_none_or(|l| max < l.max) {
+                    eff.live_limit = Some(LiveLimit { rule: r.label.clone(), max });
+                }
+            }
         }
         let mut denied = Delegation::NONE;
         for r in self.deny.iter().filter(|r| r.matcher.matches(peer)) {
@@ -330,7 +355,13 @@ impl Policy {
                 rules: labels,
             };
         }
-        Decision::Grant { delegation: wanted, rules: labels, limits: eff.limits, ttl: eff.ttl }
+        Decision::Grant {
+            delegation: wanted,
+            rules: labels,
+            limits: eff.limits,
+            ttl: eff.ttl,
+            live_limit: eff.live_limit,
+        }
     }
 }
 

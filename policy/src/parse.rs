@@ -9,7 +9,10 @@ use toml::Spanned;
 
 use crate::btf::KernelNames;
 use crate::error::{Location, PolicyError};
-use crate::{Effect, IdRange, IdSet, Matcher, Policy, Rule, MAX_POLICY_ID, MAX_TTL_SECS, OVERFLOW_ID, SENTINEL_IDS};
+use crate::{
+    Effect, IdRange, IdSet, Matcher, Policy, Rule, MAX_LIVE_TOKENS, MAX_POLICY_ID, MAX_TTL_SECS, OVERFLOW_ID,
+    SENTINEL_IDS,
+};
 
 /// Turns user and group names into ids when the policy loads, so the
 /// request path never performs a name lookup.
@@ -66,6 +69,7 @@ struct RawRule {
     cgroups: Option<Vec<Spanned<String>>>,
     userns_owners: Option<Vec<Spanned<String>>>,
     mints_per_minute: Option<Spanned<i64>>,
+    max_live_tokens: Option<Spanned<i64>>,
     ttl: Option<Spanned<i64>>,
     cmds: Option<Vec<Spanned<String>>>,
     maps: Option<Vec<Spanned<String>>>,
@@ -393,6 +397,20 @@ fn rule(
             })?)
         }
     };
+    let max_live_tokens = match &r.max_live_tokens {
+        None => None,
+        Some(_) if effect == Effect::Deny => {
+            return Err(ctx.err(span, "`max_live_tokens` limits an allow rule; a deny rule grants nothing to limit"))
+        }
+        Some(n) => {
+            Some(u32::try_from(*n.get_ref()).ok().filter(|n| (1..=MAX_LIVE_TOKENS).contains(n)).ok_or_else(|| {
+                ctx.err(
+                    n.span(),
+                    format!("max_live_tokens must be between 1 and {MAX_LIVE_TOKENS}, not {}", n.get_ref()),
+                )
+            })?)
+        }
+    };
     let ttl = match &r.ttl {
         None => None,
         Some(_) if effect == Effect::Deny => {
@@ -439,6 +457,7 @@ fn rule(
         matcher: Matcher { everyone, uids, gids, executables, cgroups, userns_owners },
         grant,
         mints_per_minute,
+        max_live_tokens,
         ttl,
     })
 }

@@ -191,7 +191,7 @@ fn unknown_key_is_refused() {
         err("[[allow]]\nusers = [\"alice\"]\nmap = [\"hash\"]\n"),
         "/etc/bpftokend/policy.toml:3:1: unknown field `map`, expected one of `name`, `everyone`, `users`, \
          `groups`, `uids`, `gids`, `uid_ranges`, `gid_ranges`, `executables`, `cgroups`, `userns_owners`, \
-         `mints_per_minute`, `ttl`, `cmds`, `maps`, `progs`, `attachs`"
+         `mints_per_minute`, `max_live_tokens`, `ttl`, `cmds`, `maps`, `progs`, `attachs`"
     );
     assert!(err("[[alow]]\nuids = [1]\n").starts_with("/etc/bpftokend/policy.toml:1:3: unknown field `alow`"));
 }
@@ -686,6 +686,7 @@ fn arb_rule() -> impl Strategy<Value = Rule> {
             },
             grant,
             mints_per_minute: None,
+            max_live_tokens: None,
             ttl: None,
         })
 }
@@ -773,6 +774,33 @@ fn ttl_and_require_enforcement() {
         Decision::Grant { ttl, .. } => assert_eq!(ttl, want),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn max_live_tokens_takes_the_strictest_rule_and_errors_are_located() {
+    let p = parse(
+        "[[allow]]\nname = \"wide\"\nuids = [1000]\nmax_live_tokens = 100\ncmds = [\"map_create\"]\n\
+         [[allow]]\nname = \"tight\"\nuids = [1000]\nmax_live_tokens = 2\nmaps = [\"array\"]\n",
+    )
+    .unwrap();
+    let want = Some(LiveLimit { rule: "tight".to_owned(), max: 2 });
+    assert_eq!(p.effective(&peer(1000, 1000, &[])).live_limit, want);
+    match p.decide(&peer(1000, 1000, &[]), &MintRequest::default()) {
+        Decision::Grant { live_limit, .. } => assert_eq!(live_limit, want),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        err("[[allow]]\nuids = [1]\nmax_live_tokens = 0\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:3:19: max_live_tokens must be between 1 and 100000, not 0"
+    );
+    assert_eq!(
+        err("[[allow]]\nuids = [1]\nmax_live_tokens = 100001\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:3:19: max_live_tokens must be between 1 and 100000, not 100001"
+    );
+    assert_eq!(
+        err("[[deny]]\nuids = [1]\nmax_live_tokens = 5\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:1:1: `max_live_tokens` limits an allow rule; a deny rule grants nothing to limit"
+    );
 }
 
 #[test]

@@ -345,9 +345,11 @@ refusal_codes! {
     /// The user namespace fd sent with the request is not one the caller
     /// may have a bpffs delegated to.
     BadNamespace = 7, "bad_namespace";
-    /// A matching rule sets `ttl`, the daemon cannot enforce it, and the
-    /// policy says `require_enforcement = true`.
+    /// A matching rule sets `ttl` or `max_live_tokens`, the daemon cannot
+    /// enforce it, and the policy says `require_enforcement = true`.
     NotEnforceable = 8, "not_enforceable";
+    /// The caller holds as many live tokens as a rule's `max_live_tokens`.
+    TooManyTokens = 9, "too_many_tokens";
     /// The request carried a protocol version this daemon does not speak.
     UnsupportedVersion = 10, "unsupported_version";
     /// The request could not be decoded.

@@ -102,3 +102,51 @@ fn rules_without_ttl_mint_whatever_the_enforcement() {
     let line = log.lines().find(|l| l.contains("decision=\"granted\"")).unwrap_or_default();
     assert!(line.contains(" enforced=\"-\" "), "{line}");
 }
+
+const LIVE_POLICY: &str = r#"
+[[allow]]
+name = "two-at-a-time"
+users = ["bpftk-alice"]
+cmds = ["map_create"]
+maps = ["array"]
+max_live_tokens = 2
+"#;
+
+/// `max_live_tokens` needs the enforcer's counts: where it cannot run, the
+/// policy's `require_enforcement` decides, as for `ttl`. (Counting and the
+/// `too_many_tokens` refusal are tested in the VM, capability `live-limit`.)
+#[test]
+fn max_live_tokens_follows_require_enforcement_where_tokens_cannot_be_counted() {
+    let Some(env) = setup("max_live_tokens_follows_require_enforcement_where_tokens_cannot_be_counted") else {
+        return;
+    };
+    let d = TestDaemon::start(&env, LIVE_POLICY, &[]);
+    let state = d.enforcement();
+    let alice = user(ALICE);
+    let Some(reason) = state.strip_prefix("unavailable: ") else {
+        eprintln!("enforcement runs here ({state}): the VM scenario live-limit covers it");
+        return;
+    };
+    let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "bpftoken: refused: rule \"two-at-a-time\" allows at most 2 live tokens per uid, which this daemon \
+             cannot count: enforcement is unavailable: {reason}; {} requires enforcement (require_enforcement = \
+             true) (not_enforceable)\n",
+            d.policy.display()
+        )
+    );
+
+    let d = TestDaemon::start(&env, &format!("require_enforcement = false\n{LIVE_POLICY}"), &[]);
+    // Not counted, so not limited: more than two are minted, each marked.
+    for _ in 0..3 {
+        let o = d.bpftoken(&env, &alice, &["run", "--fd-only", "--", "true"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let log = d.wait_for_log("decision=\"granted\"");
+    let granted: Vec<&str> = log.lines().filter(|l| l.contains("decision=\"granted\"")).collect();
+    assert_eq!(granted.len(), 3, "{log}");
+    assert!(granted.iter().all(|l| l.contains(" enforced=\"false\" ")), "{log}");
+}

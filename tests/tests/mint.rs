@@ -158,19 +158,21 @@ fn asking_for_more_than_granted_names_the_item() {
         stdout(&o),
         format!(
             "{} grants you (allowed by alice-loader):\n  cmds:    map_create, prog_load\n  maps:    hash, array\n  \
-             progs:   socket_filter\n  attachs: cgroup_inet_ingress\n",
-            d.policy.display()
+             progs:   socket_filter\n  attachs: cgroup_inet_ingress\nenforcement: {}\n",
+            d.policy.display(),
+            d.enforcement()
         )
     );
     let o = d.bpftoken(&env, &user(EVE), &["query"]);
     assert_eq!(
         stdout(&o),
         format!(
-            "no rule of {0} matches you\na request now would be refused: no rule in {0} allows uid {1} (gid {2}) \
-             (not_in_policy)\n",
+            "no rule of {0} matches you\nenforcement: {3}\na request now would be refused: no rule in {0} allows uid \
+             {1} (gid {2}) (not_in_policy)\n",
             d.policy.display(),
             user(EVE).uid,
-            user(EVE).gid
+            user(EVE).gid,
+            d.enforcement()
         )
     );
     // A name the CLI does not know never reaches the daemon.

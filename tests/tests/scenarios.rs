@@ -33,6 +33,7 @@ fn expected(version: (u32, u32)) -> BTreeMap<&'static str, &'static str> {
         // the daemon reports enforcement unavailable. The 6.12 VM of the
         // kernel matrix, booted with lsm=...,bpf, enforces.
         ("enforcer", "unsupported"),
+        ("live-limit", "unsupported"),
         ("inspect", with_tokens),
         ("token-info", if token_info { "pass" } else { "unsupported" }),
         ("libbpf-mode", with_tokens),

@@ -92,6 +92,13 @@ pub struct Scope {
 }
 
 impl Scope {
+    /// The inode of the scope's user namespace: how the enforcer names
+    /// the scope (`token->userns->ns.inum`).
+    pub fn inum(&self) -> std::io::Result<u32> {
+        let st = rustix::fs::fstat(&self.userns)?;
+        u32::try_from(st.st_ino).map_err(|_| std::io::Error::other("user namespace inode above 2^32"))
+    }
+
     /// Mint one token from this scope (the warm path). The token comes
     /// from our own child and our own bpffs fd, so a cheap check suffices
     /// here; [`Scope::create`] checks the first token's masks in full.
@@ -158,13 +165,20 @@ impl Scope {
             }
             Forked::Parent(pid) => {
                 drop(theirs);
-                let helper = HelperGuard { pid: Some(pid) };
+                let mut helper = HelperGuard { pid: Some(pid) };
                 let scope = match target {
                     None => drive_helper(ours.as_fd(), pid, key),
                     Some(ns) => drive_helper_in(ours.as_fd(), key, ns),
                 };
+                // A helper killed from outside (its client may SIGKILL it)
+                // shows up as whatever step noticed first (EPIPE, ESRCH on
+                // its maps...): say what happened instead.
+                let killed = scope.is_err() && helper.killed_by_signal();
                 helper.reap();
-                scope
+                match scope {
+                    Err(_) if killed => Err(MintError::HelperLost { uid: key.owner_uid() }),
+                    other => other,
+                }
             }
         }
     }
@@ -201,6 +215,19 @@ struct HelperGuard {
 impl HelperGuard {
     fn reap(mut self) {
         self.kill_and_wait();
+    }
+
+    /// Whether the helper has already ended by a signal (we send none
+    /// before [`HelperGuard::reap`]). Reaps it if so.
+    fn killed_by_signal(&mut self) -> bool {
+        let Some(pid) = self.pid else { return false };
+        match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
+            Ok(Some((_, status))) => {
+                self.pid = None;
+                status.signaled()
+            }
+            _ => false,
+        }
     }
 
     fn kill_and_wait(&mut self) {

@@ -42,6 +42,15 @@ maps = ["array", "hash"]
 progs = ["socket_filter"]
 attachs = ["cgroup_inet_ingress"]
 "#;
+/// The policy of the live-limit scenario: at most two live tokens.
+const LIVE_POLICY: &str = r#"
+[[allow]]
+name = "two-at-a-time"
+users = ["bpftk-alice"]
+cmds = ["map_create"]
+maps = ["array"]
+max_live_tokens = 2
+"#;
 const ALLOWED_USER: &str = "bpftk-alice";
 const OTHER_USER: &str = "bpftk-eve";
 
@@ -175,10 +184,15 @@ enum Start {
 }
 
 fn start_daemon(bins: &Path, dir: &Path) -> Start {
-    let policy = dir.join("policy.toml");
-    let socket = dir.join("socket");
-    let log = dir.join("daemon.log");
-    if let Err(e) = std::fs::write(&policy, POLICY)
+    start_daemon_with(bins, dir, "", POLICY)
+}
+
+/// A daemon with `policy`, its files named with `tag`.
+fn start_daemon_with(bins: &Path, dir: &Path, tag: &str, policy_text: &str) -> Start {
+    let policy = dir.join(format!("policy{tag}.toml"));
+    let socket = dir.join(format!("socket{tag}"));
+    let log = dir.join(format!("daemon{tag}.log"));
+    if let Err(e) = std::fs::write(&policy, policy_text)
         .and_then(|()| std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o644)))
     {
         return Start::Failed(format!("cannot write {}: {e}", policy.display()));
@@ -504,6 +518,7 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
             "prog-load",
             "refused",
             "enforcer",
+            "live-limit",
             "inspect",
             "token-info",
             "libbpf-mode",
@@ -696,7 +711,77 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
             ),
         }
     }
+
+    // live-limit: with the enforcer counting, a user holding as many live
+    // tokens as `max_live_tokens` is refused until one is closed.
+    let (outcome, detail) = live_limit(bins, dir, &alice);
+    report.result("live-limit", outcome, &detail);
     Ok(())
+}
+
+fn live_limit(bins: &Path, dir: &Path, alice: &User) -> (Outcome, String) {
+    let Start::Listening(mut daemon) = start_daemon_with(bins, dir, "-live", LIVE_POLICY) else {
+        return (Outcome::Fail, "the daemon did not start".to_owned());
+    };
+    let socket = daemon.socket.clone();
+    let result = (|| {
+        let o = bpftoken(bins, &socket, alice, &["query"]);
+        let state = o.stdout.lines().find_map(|l| l.strip_prefix("enforcement: ")).unwrap_or("?").to_owned();
+        if state != "enforcing" {
+            return if state.starts_with("unavailable: ") {
+                (Outcome::Unsupported, format!("tokens cannot be counted: {state}"))
+            } else {
+                (Outcome::Fail, format!("bpftoken query: {}", o.describe()))
+            };
+        }
+        // Two holders keep a token each (the shell inherits BPF_TOKEN_FD).
+        let hold = || {
+            let mut c = as_user(alice, &bins.join("bpftoken"));
+            c.arg("--socket").arg(&socket).args(["run", "--fd-only", "--", "/bin/sh", "-c", "echo held; sleep 30"]);
+            c.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()
+        };
+        let mut holders = Vec::new();
+        for _ in 0..2 {
+            let Ok(mut child) = hold() else { return (Outcome::Fail, "cannot start a holder".to_owned()) };
+            let mut held = [0u8; 5];
+            let ok = child.stdout.as_mut().is_some_and(|out| out.read_exact(&mut held).is_ok());
+            holders.push(child);
+            if !ok {
+                return (Outcome::Fail, "a holder got no token".to_owned());
+            }
+        }
+        let third = bpftoken(bins, &socket, alice, &["run", "--fd-only", "--", "/bin/true"]);
+        let refused = third.code() == Some(1)
+            && third.stderr.contains("holds 2 live tokens, and rule \"two-at-a-time\" allows at most 2 at once")
+            && third.stderr.trim_end().ends_with("(too_many_tokens)");
+        // Closing one (its holder exits) makes room again; the kernel frees
+        // a token shortly after its last fd closes.
+        let mut first = holders.remove(0);
+        let _ = first.kill();
+        let _ = first.wait();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut again = bpftoken(bins, &socket, alice, &["run", "--fd-only", "--", "/bin/true"]);
+        while again.code() != Some(0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            again = bpftoken(bins, &socket, alice, &["run", "--fd-only", "--", "/bin/true"]);
+        }
+        for mut h in holders {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+        if refused && again.code() == Some(0) {
+            (
+                Outcome::Pass,
+                "third token refused (too_many_tokens) while two live; minted again after one closed".into(),
+            )
+        } else {
+            (Outcome::Fail, format!("third: {}; after closing one: {}", third.describe(), again.describe()))
+        }
+    })();
+    let pid = rustix::process::Pid::from_child(&daemon.child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let _ = wait_deadline(&mut daemon.child, Instant::now() + STEP_TIMEOUT);
+    result
 }
 
 fn main() -> ExitCode {
