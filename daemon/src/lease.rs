@@ -310,3 +310,91 @@ fn sweep_locked(table: &mut Table, enforcer: Option<&Enforcer>) -> usize {
     }
     before - table.leases.len()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The table without the enforcer (the kernel side is tested in the
+    //! VM): ids, listing, and who may revoke what, in that order.
+    use super::*;
+
+    fn new(uid: u32, ttl: Option<u64>) -> NewLease {
+        NewLease {
+            uid,
+            scope: 4026531837,
+            mode: LeaseMode::Owner,
+            serial: None,
+            whole_scope: false,
+            ttl: ttl.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn ids_are_unique_and_leases_are_listed_per_uid() {
+        let t = LeaseTable::default();
+        let a = t.start(None, new(1000, None)).unwrap();
+        let b = t.start(None, new(1001, Some(60))).unwrap();
+        let c = t.start(None, new(1000, None)).unwrap();
+        assert_eq!((a.id, b.id, c.id), (1, 2, 3));
+        assert_eq!(a.state, LeaseState::NotEnforced);
+        assert_eq!(a.expires, None);
+        assert_eq!(b.expires, Some(b.created + 60));
+        let ids = |l: Vec<LeaseInfo>| l.into_iter().map(|l| l.id).collect::<Vec<_>>();
+        assert_eq!(ids(t.list(None, Some(1000))), [1, 3]);
+        assert_eq!(ids(t.list(None, None)), [1, 2, 3]);
+        // A cancelled grant is gone, and its id is not reused.
+        t.cancel(None, 3);
+        assert_eq!(t.start(None, new(1000, None)).unwrap().id, 4);
+        assert_eq!(ids(t.list(None, Some(1000))), [1, 4]);
+    }
+
+    #[test]
+    fn revocation_checks_the_lease_then_the_caller_then_the_enforcer() {
+        let t = LeaseTable::default();
+        t.start(None, new(1000, None)).unwrap();
+        let why = || Err("no BPF LSM".to_owned());
+        let refusal = |r: Result<Vec<LeaseInfo>, Refusal>| r.unwrap_err();
+        let r = refusal(t.revoke(why(), 1000, RevokeTarget::Lease(7)));
+        assert_eq!(r.code, RefusalCode::UnknownLease);
+        assert_eq!(r.message, "no lease 7: it never existed, or its tokens are gone and it was forgotten");
+        let r = refusal(t.revoke(why(), 1001, RevokeTarget::Lease(1)));
+        assert_eq!(r.code, RefusalCode::NotYourLease);
+        assert_eq!(r.message, "lease 1 belongs to uid 1000, not to you (uid 1001); only root may revoke it");
+        let r = refusal(t.revoke(why(), 1001, RevokeTarget::Uid(1000)));
+        assert_eq!(r.message, "uid 1001 may revoke only its own leases, not those of uid 1000");
+        let r = refusal(t.revoke(why(), 1001, RevokeTarget::All));
+        assert_eq!(r.message, "only root may revoke every lease; uid 1001 may revoke its own");
+        for (who, target) in [(1000, RevokeTarget::Lease(1)), (0, RevokeTarget::Uid(1000)), (0, RevokeTarget::All)] {
+            let r = refusal(t.revoke(why(), who, target));
+            assert_eq!(r.code, RefusalCode::RevocationUnavailable);
+            assert_eq!(
+                r.message,
+                "cannot revoke: enforcement is unavailable: no BPF LSM; tokens already handed out keep working"
+            );
+        }
+        // Nothing was marked revoked.
+        assert_eq!(t.list(None, None)[0].state, LeaseState::NotEnforced);
+    }
+
+    #[test]
+    fn unenforced_leases_are_forgotten_once_expired_and_the_oldest_makes_room() {
+        let t = LeaseTable::default();
+        t.start(None, new(1000, Some(0))).unwrap();
+        t.start(None, new(1000, None)).unwrap();
+        assert_eq!(t.sweep(None), 1);
+        {
+            let mut table = t.lock();
+            for id in 100..100 + MAX_LEASES as u64 - 1 {
+                let mut l = table.leases[&2].clone();
+                l.id = id;
+                table.leases.insert(id, l);
+            }
+            assert_eq!(table.leases.len(), MAX_LEASES);
+            table.last_id = 100 + MAX_LEASES as u64 - 2;
+        }
+        let next = t.start(None, new(1000, None)).unwrap();
+        let all = t.list(None, None);
+        assert_eq!(all.len(), MAX_LEASES);
+        assert_eq!(all[0].id, 100, "lease 2, the oldest, made room");
+        assert_eq!(all.last().map(|l| l.id), Some(next.id));
+    }
+}

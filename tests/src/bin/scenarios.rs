@@ -364,7 +364,12 @@ fn lease_scenarios(
     let (a_lease, b_lease) = (a.lease().unwrap_or("?").to_owned(), b.lease().unwrap_or("?").to_owned());
     let (a_before, b_before) = (a.before.clone(), b.before.clone());
     let ((a_ok, a_after), (b_ok, b_after)) = (a.finish(), b.finish());
-    let ok = a_before.contains(&"map:array ok".to_owned())
+    // One audit event for the revocation, naming the lease.
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    let events =
+        log.lines().filter(|l| l.contains("decision=\"revoked\"") && l.contains(&format!(" lease={a_lease} "))).count();
+    let ok = events == 1
+        && a_before.contains(&"map:array ok".to_owned())
         && b_before.contains(&"map:array ok".to_owned())
         && revoked.as_ref().is_some_and(|r| {
             r.code() == Some(0) && r.stdout.starts_with(&format!("revoked lease {a_lease} (uid {}, owner)", alice.uid))
@@ -374,7 +379,7 @@ fn lease_scenarios(
         && a_after == ["map:array EPERM"]
         && b_after == ["map:array ok"];
     let detail = format!(
-        "lease {a_lease}: {} / revoked: {} / {}; sibling lease {b_lease}: {} / {}",
+        "lease {a_lease}: {} / revoked ({events} audit event): {} / {}; sibling lease {b_lease}: {} / {}",
         a_before.join(", "),
         revoked.as_ref().map_or("-".to_owned(), |r| r.stdout.trim().to_owned() + &r.stderr),
         a_after.join(", "),
