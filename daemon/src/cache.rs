@@ -118,9 +118,12 @@ impl ScopeCache {
         match result {
             Ok(mut tokens) => {
                 let first = tokens.pop()?;
-                // Evicted meanwhile: the spares close with `tokens`.
+                // Evicted meanwhile: the spares close with `tokens`. Two
+                // batches made at once for one scope keep at most the
+                // limit between them; the rest close here.
                 if let Some(entry) = ours {
-                    entry.spare.extend(tokens);
+                    let room = self.limits.spares.min(MAX_SPARES).saturating_sub(entry.spare.len());
+                    entry.spare.extend(tokens.into_iter().take(room));
                 }
                 Some(Ok((first, scope)))
             }
