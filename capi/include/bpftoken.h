@@ -127,6 +127,9 @@ const char *bpftoken_last_error(void);
 #define BPFTOKEN_REFUSED_FRAME_TOO_LARGE     12
 #define BPFTOKEN_REFUSED_TIMEOUT             13
 #define BPFTOKEN_REFUSED_BUSY                14
+#define BPFTOKEN_REFUSED_UNKNOWN_LEASE       15
+#define BPFTOKEN_REFUSED_NOT_YOUR_LEASE      16
+#define BPFTOKEN_REFUSED_REVOCATION_UNAVAILABLE 17
 #define BPFTOKEN_REFUSED_MINT_FAILED         20
 int bpftoken_last_refusal(void);
 

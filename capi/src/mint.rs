@@ -84,7 +84,10 @@ pub fn errno_of(e: &bpftoken_client::Error) -> i32 {
             | RefusalCode::UnsupportedPeer
             | RefusalCode::BadNamespace
             | RefusalCode::NotEnforceable
+            | RefusalCode::NotYourLease
+            | RefusalCode::RevocationUnavailable
             | RefusalCode::Unknown(_) => libc::EPERM,
+            RefusalCode::UnknownLease => libc::ENOENT,
             RefusalCode::EmptyGrant => libc::EINVAL,
             RefusalCode::RateLimited | RefusalCode::TooManyTokens => libc::EAGAIN,
             RefusalCode::Busy => libc::EBUSY,

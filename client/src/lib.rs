@@ -31,7 +31,10 @@ use rustix::net::{
 };
 
 pub use bpftoken_proto::delegation::{self, Delegation, Kind};
-pub use bpftoken_proto::{Enforcement, Explanation, MintRequest, Refusal, RefusalCode};
+pub use bpftoken_proto::{
+    Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseState, MintMode, MintRequest, Refusal, RefusalCode,
+    RevokeTarget,
+};
 
 /// Where the daemon listens unless `BPFTOKEN_SOCKET` says otherwise.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/bpftokend/socket";
@@ -72,6 +75,7 @@ pub struct Token {
     fd: OwnedFd,
     granted: Delegation,
     rules: Vec<String>,
+    lease: Option<LeaseInfo>,
 }
 
 impl Token {
@@ -83,6 +87,12 @@ impl Token {
     /// Policy rules that produced the grant.
     pub fn rules(&self) -> &[String] {
         &self.rules
+    }
+
+    /// The grant's lease (from the `*_leased` calls; `None` from a daemon
+    /// too old to have leases, or from [`Client::mint`]).
+    pub fn lease(&self) -> Option<&LeaseInfo> {
+        self.lease.as_ref()
     }
 
     pub fn into_owned_fd(self) -> OwnedFd {
@@ -112,7 +122,12 @@ pub struct DelegatedMount {
     pub bpffs: OwnedFd,
     pub granted: Delegation,
     pub rules: Vec<String>,
+    /// Its lease (from [`Client::delegate_mount_leased`]).
+    pub lease: Option<LeaseInfo>,
 }
+
+/// What a grant request returns: the grant, its lease, its fds.
+type Minted = (bpftoken_proto::Minted, Option<LeaseInfo>, Vec<OwnedFd>);
 
 /// A connection to bpftokend. One connection may carry several requests.
 #[derive(Debug)]
@@ -146,8 +161,96 @@ impl Client {
     /// policy's `userns_owners` allows), the token is minted in that
     /// namespace and works for the container's root.
     pub fn mint(&mut self, request: &MintRequest) -> Result<Token, Error> {
-        let (m, mut fds) = self.minted(RequestBody::Mint(*request), None, &[FdRole::Token])?;
-        Ok(Token { fd: fds.remove(0), granted: m.granted, rules: m.rules })
+        let (m, lease, mut fds) = self.minted(RequestBody::Mint(*request), None, &[FdRole::Token])?;
+        Ok(Token { fd: fds.remove(0), granted: m.granted, rules: m.rules, lease })
+    }
+
+    /// [`Client::mint`], and the answer names the grant's lease. `ttl`
+    /// asks for a lease shorter than the policy's (seconds). From a daemon
+    /// too old for leases: a plain mint without `ttl`, an error with one.
+    pub fn mint_leased(&mut self, request: &MintRequest, ttl: Option<u32>) -> Result<Token, Error> {
+        let roles = [FdRole::Token];
+        let (m, lease, mut fds) = self.minted_leased(MintMode::Token, request, ttl, None, &roles)?;
+        Ok(Token { fd: fds.remove(0), granted: m.granted, rules: m.rules, lease })
+    }
+
+    /// [`Client::mint_scope`] with its lease (see [`Client::mint_leased`]).
+    pub fn mint_scope_leased(&mut self, request: &MintRequest, ttl: Option<u32>) -> Result<ScopeGrant, Error> {
+        let roles = [FdRole::Token, FdRole::UserNamespace, FdRole::Bpffs];
+        let (m, lease, mut fds) = self.minted_leased(MintMode::Scope, request, ttl, None, &roles)?;
+        let bpffs = fds.remove(2);
+        let userns = fds.remove(1);
+        Ok(ScopeGrant { token: Token { fd: fds.remove(0), granted: m.granted, rules: m.rules, lease }, userns, bpffs })
+    }
+
+    /// [`Client::delegate_mount`] with its lease (see [`Client::mint_leased`]).
+    pub fn delegate_mount_leased(
+        &mut self,
+        request: &MintRequest,
+        ttl: Option<u32>,
+        userns: BorrowedFd<'_>,
+    ) -> Result<DelegatedMount, Error> {
+        let roles = [FdRole::Bpffs];
+        let (m, lease, mut fds) = self.minted_leased(MintMode::DelegateMount, request, ttl, Some(userns), &roles)?;
+        Ok(DelegatedMount { bpffs: fds.remove(0), granted: m.granted, rules: m.rules, lease })
+    }
+
+    /// Send a [`RequestBody::MintLease`]; an older daemon refuses it as
+    /// malformed (the connection stays usable): without `ttl`, ask again
+    /// the old way.
+    fn minted_leased(
+        &mut self,
+        mode: MintMode,
+        request: &MintRequest,
+        ttl: Option<u32>,
+        fd: Option<BorrowedFd<'_>>,
+        roles: &[FdRole],
+    ) -> Result<Minted, Error> {
+        let body = RequestBody::MintLease(bpftoken_proto::LeaseRequest { mode, request: *request, ttl });
+        match self.minted(body, fd, roles) {
+            Err(Error::Refused(r)) if r.code == RefusalCode::Malformed && r.message.starts_with("undecodable") => {
+                if ttl.is_some() {
+                    return Err(Error::Refused(r));
+                }
+                let old = match mode {
+                    MintMode::Token => RequestBody::Mint(*request),
+                    MintMode::Scope => RequestBody::MintScope(*request),
+                    MintMode::DelegateMount => RequestBody::DelegateMount(*request),
+                };
+                self.minted(old, fd, roles)
+            }
+            other => other,
+        }
+    }
+
+    /// The caller's leases (uid 0: everyone's), oldest first.
+    pub fn leases(&mut self) -> Result<Vec<LeaseInfo>, Error> {
+        self.send(RequestBody::Leases, None)?;
+        match self.read_plain()? {
+            Response::Leases(l) => Ok(l),
+            Response::Refused(r) => Err(Error::Refused(r)),
+            _ => Err(Error::Protocol("the daemon answered a lease listing with something else".into())),
+        }
+    }
+
+    /// Revoke leases (the caller's own; uid 0: anyone's). Their tokens
+    /// stop working at once; returns the leases revoked.
+    pub fn revoke(&mut self, target: RevokeTarget) -> Result<Vec<LeaseInfo>, Error> {
+        self.send(RequestBody::Revoke(target), None)?;
+        match self.read_plain()? {
+            Response::Revoked(l) => Ok(l),
+            Response::Refused(r) => Err(Error::Refused(r)),
+            _ => Err(Error::Protocol("the daemon answered a revocation with something else".into())),
+        }
+    }
+
+    /// A response that must carry no fds.
+    fn read_plain(&mut self) -> Result<Response, Error> {
+        let (response, fds) = self.read_response()?;
+        if !fds.is_empty() {
+            return Err(Error::Protocol(format!("the daemon sent {} unexpected fds", fds.len())));
+        }
+        Ok(response)
     }
 
     /// libbpf mode: a token plus its user namespace and delegated bpffs
@@ -156,46 +259,39 @@ impl Client {
     /// (`LIBBPF_BPF_TOKEN_PATH=/proc/self/fd/N`).
     pub fn mint_scope(&mut self, request: &MintRequest) -> Result<ScopeGrant, Error> {
         let roles = [FdRole::Token, FdRole::UserNamespace, FdRole::Bpffs];
-        let (m, mut fds) = self.minted(RequestBody::MintScope(*request), None, &roles)?;
+        let (m, lease, mut fds) = self.minted(RequestBody::MintScope(*request), None, &roles)?;
         let bpffs = fds.remove(2);
         let userns = fds.remove(1);
-        Ok(ScopeGrant { token: Token { fd: fds.remove(0), granted: m.granted, rules: m.rules }, userns, bpffs })
+        Ok(ScopeGrant { token: Token { fd: fds.remove(0), granted: m.granted, rules: m.rules, lease }, userns, bpffs })
     }
 
     /// For rootless runtimes: a bpffs delegated to `userns`, a user
     /// namespace this uid owns, as a detached mount to attach inside it
     /// (`move_mount` onto its `/sys/fs/bpf`, where libbpf finds it).
     pub fn delegate_mount(&mut self, request: &MintRequest, userns: BorrowedFd<'_>) -> Result<DelegatedMount, Error> {
-        let (m, mut fds) = self.minted(RequestBody::DelegateMount(*request), Some(userns), &[FdRole::Bpffs])?;
-        Ok(DelegatedMount { bpffs: fds.remove(0), granted: m.granted, rules: m.rules })
+        let (m, lease, mut fds) = self.minted(RequestBody::DelegateMount(*request), Some(userns), &[FdRole::Bpffs])?;
+        Ok(DelegatedMount { bpffs: fds.remove(0), granted: m.granted, rules: m.rules, lease })
     }
 
     /// Send `body` (with `fd` attached), expect a grant carrying fds of
-    /// exactly `roles`.
-    fn minted(
-        &mut self,
-        body: RequestBody,
-        fd: Option<BorrowedFd<'_>>,
-        roles: &[FdRole],
-    ) -> Result<(bpftoken_proto::Minted, Vec<OwnedFd>), Error> {
+    /// exactly `roles` (and its lease, if the request asked for one).
+    fn minted(&mut self, body: RequestBody, fd: Option<BorrowedFd<'_>>, roles: &[FdRole]) -> Result<Minted, Error> {
         self.send(body, fd)?;
         let (response, fds) = self.read_response()?;
-        match response {
-            Response::Refused(r) => Err(Error::Refused(r)),
-            Response::Explained(_) | Response::ExplainedEnforcement { .. } => {
-                Err(Error::Protocol("the daemon answered a mint with an explanation".into()))
-            }
-            Response::Minted(m) => {
-                if m.fds != roles || fds.len() != roles.len() {
-                    return Err(Error::Protocol(format!(
-                        "expected fds {roles:?}, got roles {:?} and {} fds",
-                        m.fds,
-                        fds.len()
-                    )));
-                }
-                Ok((m, fds))
-            }
+        let (m, lease) = match response {
+            Response::Refused(r) => return Err(Error::Refused(r)),
+            Response::Minted(m) => (m, None),
+            Response::Leased { minted, lease } => (minted, Some(lease)),
+            _ => return Err(Error::Protocol("the daemon answered a mint with something else".into())),
+        };
+        if m.fds != roles || fds.len() != roles.len() {
+            return Err(Error::Protocol(format!(
+                "expected fds {roles:?}, got roles {:?} and {} fds",
+                m.fds,
+                fds.len()
+            )));
         }
+        Ok((m, lease, fds))
     }
 
     /// Ask what the policy would grant this caller now, and why. Nothing
@@ -209,9 +305,7 @@ impl Client {
         match response {
             Response::Explained(e) => Ok(e),
             Response::Refused(r) => Err(Error::Refused(r)),
-            Response::Minted(_) | Response::ExplainedEnforcement { .. } => {
-                Err(Error::Protocol("the daemon answered a query with something else".into()))
-            }
+            _ => Err(Error::Protocol("the daemon answered a query with something else".into())),
         }
     }
 
@@ -229,9 +323,7 @@ impl Client {
             // stays usable, so ask the old way.
             Response::Refused(r) if r.code == RefusalCode::Malformed => Ok((self.query()?, None)),
             Response::Refused(r) => Err(Error::Refused(r)),
-            Response::Minted(_) | Response::Explained(_) => {
-                Err(Error::Protocol("the daemon answered a query with something else".into()))
-            }
+            _ => Err(Error::Protocol("the daemon answered a query with something else".into())),
         }
     }
 

@@ -9,15 +9,21 @@
  *   learns exactly which serials it got, even when other tasks (libbpf
  *   mode clients) create tokens in the same scope at the same time.
  * - bpf_token_free forgets the token and counts it as freed: live tokens
- *   of a scope = created - freed.
+ *   of a scope = created - freed; it also removes the token's lease entry
+ *   from `deadlines`, which tells the daemon that the lease's token is gone.
  * - bpf_token_cmd and bpf_token_capable refuse (-EPERM) every use of a
  *   token whose serial, or whose whole scope, the daemon has put in the
- *   `revoked` map with a deadline that has passed (0: revoked now).
+ *   `deadlines` map with a deadline that has passed (0: revoked now;
+ *   NO_DEADLINE: a lease without expiry, not revoked).
+ * - fentry on free_user_ns (the kernel's deferred free of a user
+ *   namespace) removes the whole-scope entry and the counts of a scope that
+ *   no longer exists, before its inode number can be reused, so an entry
+ *   never outlives its scope and never hits a later, unrelated one.
  *
  * A scope is a user namespace, keyed by its inode number
- * (token->userns->ns.inum, the st_ino of /proc/PID/ns/user). The daemon
- * holds every scope it mints from, so an inode cannot be reused while the
- * daemon has entries for it.
+ * (token->userns->ns.inum, the st_ino of /proc/PID/ns/user). Inode numbers
+ * are reused after a namespace is freed; the free_user_ns hook removes
+ * the scope's entries first.
  *
  * The kernel types are declared here with preserve_access_index (CO-RE):
  * libbpf relocates the field offsets against the running kernel's BTF at
@@ -37,8 +43,13 @@ struct ns_common {
 	unsigned int inum;
 } __attribute__((preserve_access_index));
 
+struct work_struct {
+	unsigned long data;
+} __attribute__((preserve_access_index));
+
 struct user_namespace {
 	struct ns_common ns;
+	struct work_struct work;
 } __attribute__((preserve_access_index));
 
 struct bpf_token {
@@ -108,15 +119,19 @@ struct {
 	__type(value, struct task_serials);
 } task_serials SEC(".maps");
 
-/* Written by the daemon only: (scope, serial) -> deadline in
- * CLOCK_BOOTTIME nanoseconds; 0 means revoked now. */
+/* A lease that neither expires nor is revoked (yet). */
+#define NO_DEADLINE (~0ULL)
+
+/* One entry per lease, written by the daemon only: (scope, serial) ->
+ * deadline in CLOCK_BOOTTIME nanoseconds; 0 means revoked now. Removed
+ * here when the token (serial) or the scope (serial 0) is freed. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct revoke_key);
 	__type(value, __u64);
-} revoked SEC(".maps");
+} deadlines SEC(".maps");
 
 static __always_inline __u32 scope_of(const struct bpf_token *token)
 {
@@ -126,9 +141,11 @@ static __always_inline __u32 scope_of(const struct bpf_token *token)
 static __always_inline int lapsed(__u32 scope, __u64 serial)
 {
 	struct revoke_key key = { .scope = scope, .serial = serial };
-	__u64 *deadline = bpf_map_lookup_elem(&revoked, &key);
+	__u64 *deadline = bpf_map_lookup_elem(&deadlines, &key);
 
-	return deadline && (*deadline == 0 || bpf_ktime_get_boot_ns() >= *deadline);
+	if (!deadline || *deadline == NO_DEADLINE)
+		return 0;
+	return *deadline == 0 || bpf_ktime_get_boot_ns() >= *deadline;
 }
 
 static __always_inline int check(const struct bpf_token *token)
@@ -199,15 +216,34 @@ int BPF_PROG(token_free, struct bpf_token *token)
 	__u64 addr = (__u64)token;
 	struct token_info *info = bpf_map_lookup_elem(&tokens, &addr);
 	struct scope_count *count;
+	struct revoke_key key = {};
 	__u32 scope;
 
 	if (!info)
 		return 0;
 	scope = info->scope;
+	key.scope = scope;
+	key.serial = info->serial;
 	bpf_map_delete_elem(&tokens, &addr);
+	bpf_map_delete_elem(&deadlines, &key);
 	count = bpf_map_lookup_elem(&scopes, &scope);
 	if (count)
 		__sync_fetch_and_add(&count->freed, 1);
+	return 0;
+}
+
+/* The kernel frees a user namespace in a work item (free_user_ns), after
+ * its last reference is gone and before its inode number is released. */
+SEC("fentry/free_user_ns")
+int BPF_PROG(userns_free, struct work_struct *work)
+{
+	struct user_namespace *ns = (void *)work - bpf_core_field_offset(struct user_namespace, work);
+	struct revoke_key key = {};
+	__u32 scope = BPF_CORE_READ(ns, ns.inum);
+
+	key.scope = scope;
+	bpf_map_delete_elem(&deadlines, &key);
+	bpf_map_delete_elem(&scopes, &scope);
 	return 0;
 }
 

@@ -7,7 +7,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bpftoken_proto::{Delegation, RefusalCode};
+use bpftoken_proto::{Delegation, LeaseInfo, RefusalCode};
 
 use crate::peer::PeerIdentity;
 
@@ -67,6 +67,7 @@ pub fn granted(
     cold: bool,
     mode: &str,
     enforced: Option<bool>,
+    lease: &LeaseInfo,
 ) {
     if !admit() {
         return;
@@ -85,7 +86,32 @@ pub fn granted(
         mode,
         enforced = enforced.map_or("-", |e| if e { "true" } else { "false" }),
         userns_owner = peer.creds.userns_owner.map_or_else(|| "-".to_owned(), |u| u.to_string()),
-        "granted {mode} to uid {}", peer.creds.uid
+        lease = lease.id,
+        lease_scope = lease.scope,
+        lease_serial = lease.serial.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+        lease_expires = lease.expires.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+        "granted {mode} to uid {} (lease {})", peer.creds.uid, lease.id
+    );
+}
+
+/// A lease was revoked: its tokens stop working now.
+pub fn revoked(peer: &PeerIdentity, lease: &LeaseInfo) {
+    if !admit() {
+        return;
+    }
+    tracing::info!(
+        target: "bpftokend::audit",
+        decision = "revoked",
+        peer_uid = peer.creds.uid,
+        peer_pid = peer.pid,
+        exe = %exe(peer),
+        lease = lease.id,
+        lease_uid = lease.uid,
+        lease_mode = lease.mode.as_str(),
+        lease_scope = lease.scope,
+        lease_serial = lease.serial.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+        whole_scope = lease.whole_scope,
+        "revoked lease {} of uid {} (by uid {})", lease.id, lease.uid, peer.creds.uid
     );
 }
 

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::minter::{verify_token_masks, MintError, Scope, ScopeKey};
-use crate::sys::{MintStack, MintedToken};
+use crate::sys::{MintStack, MintedToken, TaskTracker};
 
 /// Bounds on the scope cache.
 #[derive(Debug, Clone, Copy)]
@@ -94,7 +94,14 @@ impl ScopeCache {
 
     /// Mint from the cached scope for `key`, if there is one. A scope that
     /// fails to mint is dropped, so the next request builds a fresh one.
-    pub fn mint_warm(&self, key: &ScopeKey) -> Option<Result<(MintedToken, Arc<Scope>), MintError>> {
+    /// With a `tracker` (the enforcer), every token of a batch carries its
+    /// own serial, spares included: a spare handed out later is still the
+    /// token of that serial.
+    pub fn mint_warm(
+        &self,
+        key: &ScopeKey,
+        tracker: Option<&dyn TaskTracker>,
+    ) -> Option<Result<(MintedToken, Arc<Scope>), MintError>> {
         let scope = {
             let mut map = self.lock();
             let entry = map.get_mut(key)?;
@@ -105,15 +112,18 @@ impl ScopeCache {
             entry.scope.clone()
         };
         let batch = 1 + self.limits.spares.min(MAX_SPARES);
-        let result = STACK.with(|stack| scope.mint_batch(&mut stack.borrow_mut(), batch));
+        let result = STACK.with(|stack| scope.mint_batch(&mut stack.borrow_mut(), batch, tracker));
         let mut map = self.lock();
         let ours = map.get_mut(key).filter(|e| Arc::ptr_eq(&e.scope, &scope));
         match result {
             Ok(mut tokens) => {
                 let first = tokens.pop()?;
-                // Evicted meanwhile: the spares close with `tokens`.
+                // Evicted meanwhile: the spares close with `tokens`. Two
+                // batches made at once for one scope keep at most the
+                // limit between them; the rest close here.
                 if let Some(entry) = ours {
-                    entry.spare.extend(tokens);
+                    let room = self.limits.spares.min(MAX_SPARES).saturating_sub(entry.spare.len());
+                    entry.spare.extend(tokens.into_iter().take(room));
                 }
                 Some(Ok((first, scope)))
             }
@@ -128,8 +138,8 @@ impl ScopeCache {
 
     /// Mint the first token of a scope the minter just created and check
     /// its masks in full against the scope's key.
-    pub fn mint_first(&self, scope: &Scope) -> Result<MintedToken, MintError> {
-        let token = STACK.with(|stack| scope.mint(&mut stack.borrow_mut()))?;
+    pub fn mint_first(&self, scope: &Scope, tracker: Option<&dyn TaskTracker>) -> Result<MintedToken, MintError> {
+        let token = STACK.with(|stack| scope.mint(&mut stack.borrow_mut(), tracker))?;
         verify_token_masks(token.as_fd(), &scope.key.delegation)?;
         Ok(token)
     }

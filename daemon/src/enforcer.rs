@@ -1,13 +1,16 @@
 //! The enforcer: a BPF LSM program (`daemon/bpf/enforcer.bpf.c`) on the
 //! kernel's BPF token hooks, loaded at start when the kernel allows it.
 //!
-//! Today it gives every token a serial, counts live tokens per scope (user
-//! namespace) and refuses every use of a token whose serial or scope is in
-//! its `revoked` map. Leases (expiry, revocation) build on it; until then
-//! nothing writes that map. Where it cannot be loaded the daemon runs on
-//! and says so: at start, in systemd's STATUS= and in `bpftoken query`.
+//! It gives every token a serial, counts live tokens per scope (user
+//! namespace), records which serials each task created, and refuses every
+//! use of a token whose serial or scope has a passed deadline in its
+//! `deadlines` map. The daemon writes one entry there per lease
+//! ([`crate::lease`]); the kernel side removes it when the token (or the
+//! whole scope) is freed. Where it cannot be loaded the daemon runs on and
+//! says so: at start, in systemd's STATUS= and in `bpftoken query`.
 
-use std::os::fd::OwnedFd;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use bpftoken_proto::Enforcement;
 
@@ -16,8 +19,21 @@ use crate::sys::bpf::{self, LoadError, MapFd};
 /// The enforcer object, built by `build.rs`.
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
 
-/// The maps the daemon reads, in this order.
-const MAPS: [&str; 1] = ["scopes"];
+/// The maps the daemon uses, in this order.
+const MAPS: [&str; 3] = ["scopes", "task_serials", "deadlines"];
+
+/// A `deadlines` value: a lease that neither expires nor is revoked (the
+/// entry still says "this token or scope is alive and leased").
+pub const NO_DEADLINE: u64 = u64::MAX;
+/// A `deadlines` value: revoked now.
+pub const REVOKED: u64 = 0;
+
+/// `bpf_map_update_elem` flags.
+const BPF_NOEXIST: u64 = 1;
+const BPF_EXIST: u64 = 2;
+
+/// Serials one task record holds (`TASK_SERIALS` in the C source).
+const TASK_SERIALS: usize = 8;
 
 /// Why the enforcer is not running: one line each, naming what is missing.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +61,26 @@ pub enum Unavailable {
 pub struct Enforcer {
     links: Vec<(String, OwnedFd)>,
     scopes: MapFd,
+    task_serials: MapFd,
+    deadlines: MapFd,
+}
+
+/// What a lease entry in `deadlines` covers: one token, or every token of
+/// a scope (serial 0), present and future.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseKey {
+    pub scope: u32,
+    /// 0: the whole scope.
+    pub serial: u64,
+}
+
+impl LeaseKey {
+    fn bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&self.scope.to_ne_bytes());
+        b[8..].copy_from_slice(&self.serial.to_ne_bytes());
+        b
+    }
 }
 
 /// Tokens a scope has seen since the enforcer was loaded.
@@ -78,8 +114,40 @@ impl Enforcer {
         // Dropping `attached` detaches the programs again.
         active.map_err(Unavailable::LsmList)?;
         let mut maps = attached.maps.into_iter();
-        let scopes = maps.next().ok_or(Unavailable::Load(LoadError::NoMap("scopes")))?;
-        Ok(Enforcer { links: attached.links, scopes })
+        let mut next = |name| maps.next().ok_or(Unavailable::Load(LoadError::NoMap(name)));
+        let scopes = next("scopes")?;
+        let task_serials = next("task_serials")?;
+        let deadlines = next("deadlines")?;
+        Ok(Enforcer { links: attached.links, scopes, task_serials, deadlines })
+    }
+
+    /// Start a lease: its entry with `deadline` (CLOCK_BOOTTIME ns, or
+    /// [`NO_DEADLINE`]). Called while the daemon holds the token or the
+    /// scope, so the entry cannot name something already freed.
+    pub fn start_lease(&self, key: LeaseKey, deadline: u64) -> io::Result<()> {
+        self.deadlines.update(&key.bytes(), &deadline.to_ne_bytes(), BPF_NOEXIST)
+    }
+
+    /// Set the deadline of a live lease entry; `Ok(false)` when the entry
+    /// is gone (its token or scope was freed), which is never recreated:
+    /// the scope's inode may already belong to another namespace.
+    pub fn set_deadline(&self, key: LeaseKey, deadline: u64) -> io::Result<bool> {
+        match self.deadlines.update(&key.bytes(), &deadline.to_ne_bytes(), BPF_EXIST) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the entry of a lease still exists (its token or scope is
+    /// alive), with its deadline.
+    pub fn deadline(&self, key: LeaseKey) -> io::Result<Option<u64>> {
+        Ok(self.deadlines.lookup(&key.bytes())?.and_then(|v| v.try_into().ok()).map(u64::from_ne_bytes))
+    }
+
+    /// Remove a lease's entry (a grant the client never took).
+    pub fn end_lease(&self, key: LeaseKey) -> io::Result<()> {
+        self.deadlines.delete(&key.bytes()).map(|_| ())
     }
 
     /// The attached programs, by name.
@@ -103,6 +171,26 @@ impl Enforcer {
             }
         }
         Ok(live)
+    }
+}
+
+impl crate::sys::TaskTracker for Enforcer {
+    fn task_map(&self) -> BorrowedFd<'_> {
+        self.task_serials.as_fd()
+    }
+
+    fn take_task(&self, tid: u32) -> io::Result<Option<(u32, Vec<u64>)>> {
+        let key = tid.to_ne_bytes();
+        let Some(v) = self.task_serials.lookup(&key)? else { return Ok(None) };
+        self.task_serials.delete(&key)?;
+        let word4 = |i: usize| v.get(i..i + 4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_ne_bytes);
+        let word8 = |i: usize| v.get(i..i + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes);
+        let (scope, n) = (word4(0), word4(4) as usize);
+        // More than the record holds: the serials beyond are unknown.
+        if n > TASK_SERIALS {
+            return Ok(Some((scope, Vec::new())));
+        }
+        Ok(Some((scope, (0..n).map(|i| word8(8 + 8 * i)).collect())))
     }
 }
 

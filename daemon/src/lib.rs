@@ -12,6 +12,7 @@ pub mod audit;
 pub mod cache;
 pub mod enforcer;
 pub mod explain;
+pub mod lease;
 pub mod live;
 pub mod minter;
 pub mod peer;

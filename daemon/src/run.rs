@@ -101,6 +101,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let signal_task = tokio::spawn(signals.handle(daemon.clone(), opts.policy.clone(), names, tx));
         let sweep_task = tokio::spawn(sweep_idle_scopes(daemon.clone()));
+        let lease_task = tokio::spawn(sweep_leases(daemon.clone()));
         let status_task = tokio::spawn(report_status(daemon.clone()));
         tracing::info!(
             socket = %opts.socket.display(),
@@ -115,6 +116,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         crate::systemd::stopping();
         signal_task.abort();
         sweep_task.abort();
+        lease_task.abort();
         status_task.abort();
         daemon.minter.shutdown().await;
         Ok::<_, StartError>(owned)
@@ -187,6 +189,19 @@ async fn sweep_idle_scopes(daemon: Arc<Daemon>) {
         let dropped = daemon.scopes.evict_idle();
         if dropped > 0 {
             tracing::debug!(dropped, live = daemon.scopes.len(), "dropped idle scopes");
+        }
+    }
+}
+
+/// Forget leases whose tokens the kernel has freed, now and then (listing
+/// and revoking sweep too).
+async fn sweep_leases(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let forgotten = daemon.leases.sweep(daemon.enforcer());
+        if forgotten > 0 {
+            tracing::debug!(forgotten, "forgot leases whose tokens are gone");
         }
     }
 }

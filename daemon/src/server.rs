@@ -11,7 +11,10 @@ use std::time::Duration;
 use bpftoken_policy::{Decision, LiveLimit, Policy, RateLimit, Ttl};
 use bpftoken_proto::codec::{self, CodecError};
 use bpftoken_proto::message::{FdRole, RequestBody};
-use bpftoken_proto::{Enforcement, Explanation, MintRequest, Minted, Refusal, RefusalCode, Response, FRAME_HEADER_LEN};
+use bpftoken_proto::{
+    Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseRequest, MintMode, MintRequest, Minted, Refusal, RefusalCode,
+    Response, RevokeTarget, FRAME_HEADER_LEN,
+};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
     SendFlags,
@@ -24,11 +27,12 @@ use tokio::task::JoinSet;
 use crate::audit;
 use crate::cache::ScopeCache;
 use crate::enforcer::{Enforcer, Unavailable};
+use crate::lease::{LeaseTable, NewLease};
 use crate::live::{Admitted, LiveError, LiveTokens};
 use crate::minter::link::MinterLink;
 use crate::minter::{MintError, Scope, ScopeKey, ScopeOwner};
 use crate::peer::{self, PeerIdentity, PeerUserns};
-use crate::sys::MintedToken;
+use crate::sys::{MintedToken, TaskTracker};
 
 /// Default for [`ConnLimits::read_timeout`].
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,6 +78,8 @@ pub struct Daemon {
     last_reload: Mutex<String>,
     /// The BPF LSM enforcer, or why it does not run.
     enforcer: Result<Enforcer, Unavailable>,
+    /// Every grant's lease.
+    pub leases: LeaseTable,
     /// Live tokens per uid, for `max_live_tokens`.
     live: LiveTokens,
 }
@@ -163,6 +169,7 @@ impl Daemon {
             conns: Mutex::new(ConnCount::default()),
             last_reload: Mutex::new("none".to_owned()),
             enforcer,
+            leases: LeaseTable::default(),
             live: LiveTokens::default(),
         }
     }
@@ -176,6 +183,15 @@ impl Daemon {
                 Err(e) => tracing::warn!(error = %e, "cannot name a new scope for live-token counts"),
             }
         }
+    }
+
+    /// The enforcer, if it runs.
+    pub fn enforcer(&self) -> Option<&Enforcer> {
+        self.enforcer.as_ref().ok()
+    }
+
+    fn tracker(&self) -> Option<&dyn TaskTracker> {
+        self.enforcer().map(|e| e as &dyn TaskTracker)
     }
 
     /// Whether leases can be enforced here, as the wire reports it.
@@ -226,19 +242,26 @@ impl Daemon {
     /// A token for `key`: from the cached scope if there is one (warm),
     /// else from a new scope the minter creates (cold; `target` is the
     /// namespace of a [`ScopeOwner::Userns`] key). Returns the token, its
-    /// scope and whether it was cold.
+    /// scope and whether it was cold. An `exclusive` scope is always new
+    /// and never cached: a lease that covers a whole scope (libbpf mode)
+    /// gets one of its own, so revoking it touches no other grant.
     pub async fn mint(
         &self,
         key: ScopeKey,
         target: Option<BorrowedFd<'_>>,
+        exclusive: bool,
     ) -> Result<(MintedToken, Arc<Scope>, bool), MintError> {
-        if let Some(result) = self.scopes.mint_warm(&key) {
-            return result.map(|(t, scope)| (t, scope, false));
+        if !exclusive {
+            if let Some(result) = self.scopes.mint_warm(&key, self.tracker()) {
+                return result.map(|(t, scope)| (t, scope, false));
+            }
         }
         let scope = Arc::new(self.minter.create_scope(key, target).await?);
         self.remember_scope(&scope);
-        let token = self.scopes.mint_first(&scope)?;
-        self.scopes.insert(scope.clone());
+        let token = self.scopes.mint_first(&scope, self.tracker())?;
+        if !exclusive {
+            self.scopes.insert(scope.clone());
+        }
         Ok((token, scope, true))
     }
 
@@ -487,15 +510,36 @@ async fn handle_connection(daemon: Arc<Daemon>, mut stream: UnixStream, mut shut
             continue;
         }
         let mut fds = frame.fds;
+        let plain = |request| Asked { request, ttl: None, leased: false };
         let ok = match request.body {
-            RequestBody::Mint(req) => handle_mint(&daemon, &peer, &stream, &req, Mode::Token).await,
-            RequestBody::MintScope(req) => handle_mint(&daemon, &peer, &stream, &req, Mode::Scope).await,
+            RequestBody::Mint(req) => handle_mint(&daemon, &peer, &stream, &plain(req), Mode::Token).await,
+            RequestBody::MintScope(req) => handle_mint(&daemon, &peer, &stream, &plain(req), Mode::Scope).await,
             RequestBody::DelegateMount(req) => match fds.pop() {
-                Some(ns) => handle_delegate(&daemon, &peer, &stream, &req, ns).await,
+                Some(ns) => handle_delegate(&daemon, &peer, &stream, &plain(req), ns).await,
                 None => false,
             },
+            RequestBody::MintLease(LeaseRequest { mode, request, ttl }) => {
+                let asked = Asked { request, ttl, leased: true };
+                match (ttl, mode) {
+                    (Some(t), _) if !(1..=bpftoken_policy::MAX_TTL_SECS).contains(&t) => {
+                        let msg = format!(
+                            "a lease of {t} s was asked for; a ttl is 1 to {} s",
+                            bpftoken_policy::MAX_TTL_SECS
+                        );
+                        reject(&daemon, &peer, &stream, RefusalCode::Malformed, msg).await
+                    }
+                    (_, MintMode::Token) => handle_mint(&daemon, &peer, &stream, &asked, Mode::Token).await,
+                    (_, MintMode::Scope) => handle_mint(&daemon, &peer, &stream, &asked, Mode::Scope).await,
+                    (_, MintMode::DelegateMount) => match fds.pop() {
+                        Some(ns) => handle_delegate(&daemon, &peer, &stream, &asked, ns).await,
+                        None => false,
+                    },
+                }
+            }
             RequestBody::Query => handle_query(&daemon, &peer, &stream, false).await,
             RequestBody::QueryEnforcement => handle_query(&daemon, &peer, &stream, true).await,
+            RequestBody::Leases => handle_leases(&daemon, &peer, &stream).await,
+            RequestBody::Revoke(target) => handle_revoke(&daemon, &peer, &stream, target).await,
         };
         if !ok {
             return;
@@ -512,7 +556,7 @@ async fn handle_query(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream,
         Some(r) => Some(r),
         None => match policy.decide(&peer.creds, &MintRequest::default()) {
             Decision::Refuse { code, message, .. } => Some(Refusal::new(code, message)),
-            Decision::Grant { ttl, .. } => lease_refusal(daemon, &policy, ttl.as_ref()).err(),
+            Decision::Grant { ttl, .. } => lease_refusal(daemon, &policy, ttl.as_ref(), None).err(),
         },
     };
     let explanation = Explanation {
@@ -564,6 +608,40 @@ fn request_name(body: &RequestBody) -> &'static str {
         RequestBody::DelegateMount(_) => "delegate-mount",
         RequestBody::Query => "query",
         RequestBody::QueryEnforcement => "query-enforcement",
+        RequestBody::MintLease(_) => "mint-lease",
+        RequestBody::Leases => "leases",
+        RequestBody::Revoke(_) => "revoke",
+    }
+}
+
+/// A grant request as it arrived: the masks, the lease asked for, and
+/// whether the answer names the lease ([`Response::Leased`]; the older
+/// requests get [`Response::Minted`]).
+struct Asked {
+    request: MintRequest,
+    ttl: Option<u32>,
+    leased: bool,
+}
+
+/// The caller's leases (root: all of them).
+async fn handle_leases(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream) -> bool {
+    let uid = peer.creds.uid;
+    let leases = daemon.leases.list(daemon.enforcer(), (uid != 0).then_some(uid));
+    tracing::debug!(peer_uid = uid, leases = leases.len(), "listed leases");
+    write_response(stream, &Response::Leases(leases), &[]).await.is_ok()
+}
+
+/// Revoke leases: one event per lease revoked, a typed refusal otherwise.
+async fn handle_revoke(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, target: RevokeTarget) -> bool {
+    let enforcer = daemon.enforcer.as_ref().map_err(ToString::to_string);
+    match daemon.leases.revoke(enforcer, peer.creds.uid, target) {
+        Ok(revoked) => {
+            for lease in &revoked {
+                audit::revoked(peer, lease);
+            }
+            write_response(stream, &Response::Revoked(revoked), &[]).await.is_ok()
+        }
+        Err(r) => reject(daemon, peer, stream, r.code, r.message).await,
     }
 }
 
@@ -599,8 +677,9 @@ async fn decide<'a>(
     daemon: &'a Daemon,
     peer: &PeerIdentity,
     stream: &UnixStream,
-    req: &MintRequest,
+    asked: &Asked,
 ) -> Result<Grant<'a>, bool> {
+    let req = &asked.request;
     if let Some(r) = peer_refusal(peer) {
         daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
         audit::refused(peer, &[], r.code, &r.message);
@@ -615,7 +694,7 @@ async fn decide<'a>(
             Err(write_response(stream, &refusal(code, message), &[]).await.is_ok())
         }
         Decision::Grant { delegation, rules, limits, ttl, live_limit } => {
-            let enforced = match lease_refusal(daemon, &policy, ttl.as_ref()) {
+            let enforced = match lease_refusal(daemon, &policy, ttl.as_ref(), asked.ttl) {
                 Ok(enforced) => enforced,
                 Err(r) => {
                     daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -641,7 +720,13 @@ async fn decide<'a>(
                 audit::refused(peer, &rules, RefusalCode::RateLimited, &message);
                 return Err(write_response(stream, &refusal(RefusalCode::RateLimited, message), &[]).await.is_ok());
             }
-            Ok(Grant { delegation, rules, enforced, _admitted: admitted })
+            // The shorter of the policy's ttl and the one asked for.
+            let secs = match (ttl.map(|t| t.secs), asked.ttl) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let ttl = secs.map(|s| Duration::from_secs(u64::from(s)));
+            Ok(Grant { delegation, rules, enforced, ttl, _admitted: admitted })
         }
     }
 }
@@ -695,24 +780,42 @@ struct Grant<'a> {
     /// For the audit event: `None` when no rule sets a `ttl` or
     /// `max_live_tokens`, else whether they are enforced.
     enforced: Option<bool>,
+    /// How long the lease lasts: the shortest matching `ttl`, or less if
+    /// the request asked for less.
+    ttl: Option<Duration>,
     /// Counted against `max_live_tokens` until dropped (after delivery).
     _admitted: Option<Admitted<'a>>,
 }
 
-/// Whether a grant bounded by `ttl` may be minted: `Ok(None)` without a
-/// ttl, `Ok(Some(false))` when it is not enforced but the policy allows
-/// that, or the refusal. The enforcer does not yet expire leases (that is
-/// the next step), so today every ttl is "not enforced", whatever the
-/// kernel can do: never pretend.
-fn lease_refusal(daemon: &Daemon, policy: &Policy, ttl: Option<&Ttl>) -> Result<Option<bool>, Refusal> {
+/// Whether a grant bounded by the policy's `ttl` or by the `asked` one may
+/// be minted: `Ok(None)` without either, `Ok(Some(true))` where the
+/// enforcer expires leases, `Ok(Some(false))` when it cannot but the
+/// policy allows that, or the refusal. A ttl the caller asked for itself
+/// is never silently dropped: without enforcement it is refused whatever
+/// `require_enforcement` says.
+fn lease_refusal(
+    daemon: &Daemon,
+    policy: &Policy,
+    ttl: Option<&Ttl>,
+    asked: Option<u32>,
+) -> Result<Option<bool>, Refusal> {
+    if ttl.is_none() && asked.is_none() {
+        return Ok(None);
+    }
+    let why = match &daemon.enforcer {
+        Ok(_) => return Ok(Some(true)),
+        Err(why) => format!("enforcement is unavailable: {why}"),
+    };
+    if let Some(asked) = asked {
+        return Err(Refusal::new(
+            RefusalCode::NotEnforceable,
+            format!("you asked for a lease of {asked} s, which this daemon cannot enforce: {why}"),
+        ));
+    }
     let Some(ttl) = ttl else { return Ok(None) };
     if !policy.require_enforcement() {
         return Ok(Some(false));
     }
-    let why = match &daemon.enforcer {
-        Ok(_) => "this version of bpftokend does not expire leases yet".to_owned(),
-        Err(why) => format!("enforcement is unavailable: {why}"),
-    };
     Err(Refusal::new(
         RefusalCode::NotEnforceable,
         format!(
@@ -726,25 +829,48 @@ fn lease_refusal(daemon: &Daemon, policy: &Policy, ttl: Option<&Ttl>) -> Result<
 }
 
 /// Decide, mint, deliver. False if the client is gone.
-async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, req: &MintRequest, mode: Mode) -> bool {
-    let Grant { delegation, rules, enforced, _admitted: admitted } = match decide(daemon, peer, stream, req).await {
+async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, asked: &Asked, mode: Mode) -> bool {
+    let grant = match decide(daemon, peer, stream, asked).await {
         Ok(grant) => grant,
         Err(alive) => return alive,
     };
-    let (owner, target, mode_name) = match (peer.userns, &peer.userns_fd) {
+    let (delegation, rules) = (grant.delegation, grant.rules.clone());
+    let (owner, target, lease_mode) = match (peer.userns, &peer.userns_fd) {
         (PeerUserns::Nested { owner_uid, ino }, Some(ns)) => {
-            (ScopeOwner::Userns { ino, owner_uid }, Some(ns.as_fd()), "container")
+            (ScopeOwner::Userns { ino, owner_uid }, Some(ns.as_fd()), LeaseMode::Container)
         }
         _ => (
             ScopeOwner::Uid { uid: peer.creds.uid, gid: peer.creds.gid },
             None,
-            if mode == Mode::Scope { "libbpf" } else { "owner" },
+            if mode == Mode::Scope { LeaseMode::Libbpf } else { LeaseMode::Owner },
         ),
     };
     let key = ScopeKey { owner, delegation };
-    let (token, scope, cold) = match daemon.mint(key, target).await {
+    // libbpf mode hands out the scope itself; where leases are enforced it
+    // gets a scope of its own (a container's is its namespace, shared).
+    let exclusive = mode == Mode::Scope && daemon.enforcer().is_some() && lease_mode == LeaseMode::Libbpf;
+    let (token, scope, cold) = match daemon.mint(key, target, exclusive).await {
         Ok(m) => m,
         Err(e) => return mint_failed(daemon, peer, stream, &rules, &e).await,
+    };
+    let scope_ino = match owner {
+        ScopeOwner::Userns { ino, .. } => ino,
+        ScopeOwner::Uid { .. } => match rustix::fs::fstat(&scope.userns) {
+            Ok(st) => st.st_ino,
+            Err(e) => return mint_failed(daemon, peer, stream, &rules, &MintError::BadTarget(e.to_string())).await,
+        },
+    };
+    let new = NewLease {
+        uid: peer.creds.uid,
+        scope: scope_ino,
+        mode: lease_mode,
+        serial: token.serial(),
+        whole_scope: mode == Mode::Scope,
+        ttl: grant.ttl,
+    };
+    let lease = match start_lease(daemon, peer, stream, &rules, new).await {
+        Ok(lease) => lease,
+        Err(alive) => return alive,
     };
     let (roles, fds) = match mode {
         Mode::Token => (vec![FdRole::Token], vec![token.as_fd()]),
@@ -753,13 +879,41 @@ async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, 
             vec![token.as_fd(), scope.userns.as_fd(), scope.bpffs_root.as_fd()],
         ),
     };
-    let response = Response::Minted(Minted { granted: delegation, rules: rules.clone(), fds: roles });
+    let response = answer(asked, Minted { granted: delegation, rules, fds: roles }, &lease);
     let delivered = write_response(stream, &response, &fds).await;
     drop(fds);
     // Our copy of the token closes here whatever happened.
     drop(token);
-    let grant = Grant { delegation, rules, enforced, _admitted: admitted };
-    delivered_or_audit(daemon, peer, &grant, cold, mode_name, delivered)
+    delivered_or_audit(daemon, peer, &grant, cold, &lease, delivered)
+}
+
+/// The answer to a grant: with its lease for a [`RequestBody::MintLease`].
+fn answer(asked: &Asked, minted: Minted, lease: &LeaseInfo) -> Response {
+    if asked.leased {
+        Response::Leased { minted, lease: lease.clone() }
+    } else {
+        Response::Minted(minted)
+    }
+}
+
+/// Start the lease of a grant about to be delivered, or refuse (false if
+/// the client is gone).
+async fn start_lease(
+    daemon: &Daemon,
+    peer: &PeerIdentity,
+    stream: &UnixStream,
+    rules: &[String],
+    new: NewLease,
+) -> Result<LeaseInfo, bool> {
+    match daemon.leases.start(daemon.enforcer(), new) {
+        Ok(lease) => Ok(lease),
+        Err(e) => {
+            let message = format!("minting failed: {e}");
+            daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+            audit::refused(peer, rules, RefusalCode::MintFailed, &message);
+            Err(write_response(stream, &refusal(RefusalCode::MintFailed, message), &[]).await.is_ok())
+        }
+    }
 }
 
 /// Delegate a bpffs to the user namespace `ns`, which the peer must own.
@@ -769,7 +923,7 @@ async fn handle_delegate(
     daemon: &Daemon,
     peer: &PeerIdentity,
     stream: &UnixStream,
-    req: &MintRequest,
+    asked: &Asked,
     ns: OwnedFd,
 ) -> bool {
     if peer.userns != PeerUserns::Ours {
@@ -778,10 +932,11 @@ async fn handle_delegate(
             .to_owned();
         return reject(daemon, peer, stream, RefusalCode::UnsupportedPeer, message).await;
     }
-    let Grant { delegation, rules, enforced, _admitted: admitted } = match decide(daemon, peer, stream, req).await {
+    let grant = match decide(daemon, peer, stream, asked).await {
         Ok(grant) => grant,
         Err(alive) => return alive,
     };
+    let (delegation, rules) = (grant.delegation, grant.rules.clone());
     let ino = match check_delegation_target(ns.as_fd(), peer.creds.uid) {
         Ok(ino) => ino,
         Err(message) => return reject(daemon, peer, stream, RefusalCode::BadNamespace, message).await,
@@ -794,13 +949,26 @@ async fn handle_delegate(
     // Tokens the namespace's processes create from this bpffs are the uid's.
     daemon.remember_scope(&scope);
     // One token, checked and dropped: the bpffs delegates exactly the grant.
-    if let Err(e) = daemon.scopes.mint_first(&scope) {
+    if let Err(e) = daemon.scopes.mint_first(&scope, daemon.tracker()) {
         return mint_failed(daemon, peer, stream, &rules, &e).await;
     }
-    let response = Response::Minted(Minted { granted: delegation, rules: rules.clone(), fds: vec![FdRole::Bpffs] });
+    // The lease covers every token of the namespace: the runtime's
+    // processes create them from the bpffs themselves.
+    let new = NewLease {
+        uid: peer.creds.uid,
+        scope: ino,
+        mode: LeaseMode::DelegatedMount,
+        serial: None,
+        whole_scope: true,
+        ttl: grant.ttl,
+    };
+    let lease = match start_lease(daemon, peer, stream, &rules, new).await {
+        Ok(lease) => lease,
+        Err(alive) => return alive,
+    };
+    let response = answer(asked, Minted { granted: delegation, rules, fds: vec![FdRole::Bpffs] }, &lease);
     let delivered = write_response(stream, &response, &[scope.mount.as_fd()]).await;
-    let grant = Grant { delegation, rules, enforced, _admitted: admitted };
-    delivered_or_audit(daemon, peer, &grant, true, "delegated_mount", delivered)
+    delivered_or_audit(daemon, peer, &grant, true, &lease, delivered)
 }
 
 /// The namespace a peer sent must be a user namespace it owns, and not
@@ -841,16 +1009,17 @@ fn delivered_or_audit(
     peer: &PeerIdentity,
     grant: &Grant,
     cold: bool,
-    mode: &str,
+    lease: &LeaseInfo,
     delivered: std::io::Result<()>,
 ) -> bool {
     match delivered {
         Ok(()) => {
             daemon.stats.minted.fetch_add(1, Ordering::Relaxed);
-            audit::granted(peer, &grant.rules, &grant.delegation, cold, mode, grant.enforced);
+            audit::granted(peer, &grant.rules, &grant.delegation, cold, lease.mode.as_str(), grant.enforced, lease);
             true
         }
         Err(e) => {
+            daemon.leases.cancel(daemon.enforcer(), lease.id);
             daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
             audit::refused(
                 peer,

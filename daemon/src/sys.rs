@@ -180,7 +180,14 @@ struct MintChild {
     error: std::sync::atomic::AtomicI32,
     /// Which step failed: 0 none, 1 setns, 2 BPF_TOKEN_CREATE, 3 sigprocmask.
     failed_step: std::sync::atomic::AtomicI32,
+    /// The enforcer's per-task record map, or -1: the child clears its own
+    /// record (left over by an earlier task with the same tid) before it
+    /// creates tokens, so the record then holds exactly its serials.
+    task_map: RawFd,
 }
+
+/// `BPF_MAP_DELETE_ELEM`.
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 
 /// Runs in the mint child. Only raw syscalls: no allocation, no locks, no
 /// unwinding, as it shares our memory with every other daemon thread.
@@ -206,6 +213,20 @@ extern "C" fn mint_child_main(arg: *mut c_void) -> libc::c_int {
     };
     if ret != 0 {
         return fail(errno(), 3);
+    }
+    if args.task_map >= 0 {
+        // Still root in our own namespace here. ENOENT (no stale record)
+        // is the usual answer; any other failure shows up as a record that
+        // does not match the tokens made, which the parent refuses.
+        // SAFETY: gettid(2) takes no arguments.
+        let tid = u32::try_from(unsafe { libc::syscall(libc::SYS_gettid) }).unwrap_or(0);
+        // bpf_attr for map element commands: map_fd, pad, key pointer.
+        let mut attr = [0u64; 4];
+        attr[0] = u64::from(args.task_map.cast_unsigned());
+        attr[1] = (&raw const tid) as u64;
+        // SAFETY: `attr` is a valid bpf_attr prefix for BPF_MAP_DELETE_ELEM
+        // and `tid` (the key, 4 bytes) lives across the call.
+        let _ = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_DELETE_ELEM, attr.as_mut_ptr(), 32) };
     }
     // SAFETY: setns(2) on an fd value; no memory is passed.
     let ret = unsafe { libc::syscall(libc::SYS_setns, args.userns, libc::CLONE_NEWUSER) };
@@ -318,18 +339,31 @@ pub fn mint_token_in(
     userns: BorrowedFd<'_>,
     bpffs: BorrowedFd<'_>,
 ) -> Result<MintedToken, (MintStep, io::Error)> {
-    let mut tokens = mint_tokens_in(stack, userns, bpffs, 1)?;
+    let mut tokens = mint_tokens_in(stack, userns, bpffs, 1, None)?;
     tokens.pop().ok_or_else(|| (MintStep::TokenCreate, io::Error::other("the mint child made no token")))
+}
+
+/// Learns which serials the enforcer gave the tokens a task created
+/// ([`crate::enforcer::Enforcer`] implements it).
+pub trait TaskTracker {
+    /// The map the mint child clears its record in.
+    fn task_map(&self) -> BorrowedFd<'_>;
+    /// Take (read and delete) the record of task `tid`: the scope inode
+    /// and the serials, in creation order.
+    fn take_task(&self, tid: u32) -> io::Result<Option<(u32, Vec<u64>)>>;
 }
 
 /// [`mint_token_in`] for up to [`MAX_MINT_BATCH`] tokens from one child
 /// (one clone and one setns). Returns at least one token; fewer than
-/// `count` if the kernel refused a later one.
+/// `count` if the kernel refused a later one. With a `tracker`, each token
+/// carries the serial the enforcer gave it, when the child's record holds
+/// exactly its tokens in `userns`.
 pub fn mint_tokens_in(
     stack: &mut MintStack,
     userns: BorrowedFd<'_>,
     bpffs: BorrowedFd<'_>,
     count: usize,
+    tracker: Option<&dyn TaskTracker>,
 ) -> Result<Vec<MintedToken>, (MintStep, io::Error)> {
     use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
     static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -345,6 +379,7 @@ pub fn mint_tokens_in(
         made: AtomicUsize::new(0),
         error: AtomicI32::new(0),
         failed_step: AtomicI32::new(0),
+        task_map: tracker.map_or(-1, |t| t.task_map().as_raw_fd()),
     };
     let stack_len = stack.0.len();
     // SAFETY: one past the end of the stack allocation (stacks grow down).
@@ -384,6 +419,18 @@ pub fn mint_tokens_in(
         })
         .collect();
     let (error, step) = (args.error.load(Ordering::Acquire), args.failed_step.load(Ordering::Acquire));
+    // The child is reaped: its tid is free again, so its record goes now.
+    let serials = tracker.and_then(|t| match t.take_task(pid.cast_unsigned()) {
+        Ok(Some((scope, serials))) => {
+            let ino = rustix::fs::fstat(userns).map(|st| st.st_ino).ok();
+            (serials.len() == made && ino == Some(u64::from(scope))).then_some(serials)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("cannot read the enforcer's record of a mint child: {e}");
+            None
+        }
+    });
     if libc::WIFSIGNALED(status) {
         // Killed (by the client: it may signal the child inside its own
         // namespace): do not trust the outcome, and close any token the
@@ -404,9 +451,10 @@ pub fn mint_tokens_in(
     }
     Ok(tokens
         .into_iter()
-        .map(|fd| {
+        .enumerate()
+        .map(|(i, fd)| {
             live.insert(fd.as_raw_fd());
-            MintedToken { fd: Some(fd) }
+            MintedToken { fd: Some(fd), serial: serials.as_ref().and_then(|s| s.get(i).copied()) }
         })
         .collect())
 }
@@ -422,6 +470,15 @@ static LIVE_TOKENS: std::sync::Mutex<std::collections::BTreeSet<RawFd>> =
 #[derive(Debug)]
 pub struct MintedToken {
     fd: Option<OwnedFd>,
+    /// The enforcer's serial of this token, when it runs and told us.
+    serial: Option<u64>,
+}
+
+impl MintedToken {
+    /// The serial the enforcer gave this token (see [`TaskTracker`]).
+    pub fn serial(&self) -> Option<u64> {
+        self.serial
+    }
 }
 
 impl AsFd for MintedToken {
@@ -633,6 +690,19 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
         .map_err(io::Error::from)
 }
 
+/// CLOCK_BOOTTIME now, in nanoseconds (what `bpf_ktime_get_boot_ns()`
+/// reads in the enforcer: it counts suspend, unlike CLOCK_MONOTONIC).
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for the kernel to write.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut ts) };
+    if ret != 0 {
+        // CLOCK_BOOTTIME exists on every kernel with BPF tokens.
+        return 0;
+    }
+    u64::try_from(ts.tv_sec).unwrap_or(0).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec.unsigned_abs())
+}
+
 /// The enforcer's BPF object (libbpf), loaded and attached: what stays of
 /// it is fds only (links and maps), so nothing here outlives a raw
 /// pointer.
@@ -806,6 +876,39 @@ pub mod bpf {
             match ret {
                 0 => Ok(Some(value)),
                 e if -e == libc::ENOENT => Ok(None),
+                e => Err(io::Error::from_raw_os_error(-e)),
+            }
+        }
+
+        /// Set `key` to `value`; `flags` is BPF_ANY, BPF_NOEXIST or
+        /// BPF_EXIST (ENOENT when BPF_EXIST finds no entry).
+        pub fn update(&self, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+            self.check(key, value.len())?;
+            // SAFETY: the kernel reads key_size and value_size bytes, the
+            // lengths checked above.
+            let ret = unsafe {
+                libbpf_sys::bpf_map_update_elem(
+                    self.fd.as_raw_fd(),
+                    key.as_ptr().cast::<c_void>(),
+                    value.as_ptr().cast::<c_void>(),
+                    flags,
+                )
+            };
+            if ret == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::from_raw_os_error(-ret))
+            }
+        }
+
+        /// Remove `key`; false if there was no such entry.
+        pub fn delete(&self, key: &[u8]) -> io::Result<bool> {
+            self.check(key, self.value_size)?;
+            // SAFETY: the kernel reads key_size bytes from `key` (checked).
+            let ret = unsafe { libbpf_sys::bpf_map_delete_elem(self.fd.as_raw_fd(), key.as_ptr().cast::<c_void>()) };
+            match ret {
+                0 => Ok(true),
+                e if -e == libc::ENOENT => Ok(false),
                 e => Err(io::Error::from_raw_os_error(-e)),
             }
         }

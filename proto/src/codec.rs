@@ -135,6 +135,41 @@ mod tests {
         assert_eq!(decode_request(p).unwrap(), req);
     }
 
+    /// The lease requests are appended variants: the older requests keep
+    /// their first byte (postcard's variant index), so either side of an
+    /// upgrade still understands the other's old requests.
+    #[test]
+    fn lease_requests_round_trip_and_old_variants_keep_their_numbers() {
+        use crate::message::{LeaseRequest, MintMode, RevokeTarget};
+        let first = |body: RequestBody| encode_message(&body).unwrap()[0];
+        assert_eq!(first(RequestBody::Mint(MintRequest::default())), 0);
+        assert_eq!(first(RequestBody::DelegateMount(MintRequest::default())), 3);
+        assert_eq!(first(RequestBody::QueryEnforcement), 4);
+        for body in [
+            RequestBody::MintLease(LeaseRequest {
+                mode: MintMode::Scope,
+                request: MintRequest::default(),
+                ttl: Some(60),
+            }),
+            RequestBody::Leases,
+            RequestBody::Revoke(RevokeTarget::Lease(7)),
+            RequestBody::Revoke(RevokeTarget::Uid(1000)),
+            RequestBody::Revoke(RevokeTarget::All),
+        ] {
+            let req = Request::new(body);
+            let bytes = encode_request(&req).unwrap();
+            assert_eq!(decode_request(&bytes[4..]).unwrap(), req);
+        }
+        let delegate = RequestBody::MintLease(LeaseRequest {
+            mode: MintMode::DelegateMount,
+            request: MintRequest::default(),
+            ttl: None,
+        });
+        assert_eq!(delegate.fds_expected(), 1);
+        assert_eq!(RefusalCode::from(15), RefusalCode::UnknownLease);
+        assert_eq!(RefusalCode::from(17).as_str(), "revocation_unavailable");
+    }
+
     #[test]
     fn response_round_trip() {
         for resp in [

@@ -15,5 +15,6 @@ pub mod message;
 pub use codec::{CodecError, FRAME_HEADER_LEN, MAX_FRAME};
 pub use delegation::{Delegation, Kind, UnknownName};
 pub use message::{
-    Enforcement, Explanation, MintRequest, Minted, Refusal, RefusalCode, Request, Response, PROTOCOL_VERSION,
+    Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseRequest, LeaseState, MintMode, MintRequest, Minted, Refusal,
+    RefusalCode, Request, Response, RevokeTarget, PROTOCOL_VERSION,
 };

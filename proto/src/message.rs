@@ -46,6 +46,18 @@ pub enum RequestBody {
     /// field, so clients and daemons of either age keep understanding each
     /// other: an older daemon refuses it as `malformed_request`.
     QueryEnforcement,
+    /// A grant in any of the three modes, optionally asking for a shorter
+    /// lease than the policy's `ttl`; answered with [`Response::Leased`]
+    /// (the grant and its lease). New variants rather than new fields, so
+    /// older daemons refuse it as `malformed_request` and older clients
+    /// never see the new answer.
+    MintLease(LeaseRequest),
+    /// The caller's leases (root: everyone's); answered with
+    /// [`Response::Leases`].
+    Leases,
+    /// End leases at once; answered with [`Response::Revoked`]. A caller
+    /// may revoke its own leases, uid 0 anyone's.
+    Revoke(RevokeTarget),
 }
 
 impl RequestBody {
@@ -53,9 +65,112 @@ impl RequestBody {
     pub fn fds_expected(&self) -> usize {
         match self {
             RequestBody::DelegateMount(_) => 1,
+            RequestBody::MintLease(LeaseRequest { mode: MintMode::DelegateMount, .. }) => 1,
             _ => 0,
         }
     }
+}
+
+/// What a [`RequestBody::MintLease`] hands out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MintMode {
+    /// As [`RequestBody::Mint`].
+    Token,
+    /// As [`RequestBody::MintScope`] (libbpf mode).
+    Scope,
+    /// As [`RequestBody::DelegateMount`] (carries the namespace fd).
+    DelegateMount,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub mode: MintMode,
+    pub request: MintRequest,
+    /// Seconds the lease should last at most; the policy's `ttl` still
+    /// bounds it (the shorter wins). `None`: what the policy says.
+    pub ttl: Option<u32>,
+}
+
+/// Which leases a [`RequestBody::Revoke`] ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RevokeTarget {
+    Lease(u64),
+    /// Every lease of this uid.
+    Uid(u32),
+    /// Every lease (root only).
+    All,
+}
+
+/// How a lease was granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseMode {
+    /// A token bound to the caller's uid.
+    Owner,
+    /// libbpf mode: a token plus its scope, from which the caller creates
+    /// more tokens itself; the lease covers the whole scope.
+    Libbpf,
+    /// A token in the caller's own user namespace (rootless container).
+    Container,
+    /// A bpffs delegated to a user namespace the caller owns; the lease
+    /// covers every token of that namespace.
+    DelegatedMount,
+}
+
+impl LeaseMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LeaseMode::Owner => "owner",
+            LeaseMode::Libbpf => "libbpf",
+            LeaseMode::Container => "container",
+            LeaseMode::DelegatedMount => "delegated_mount",
+        }
+    }
+}
+
+/// Where a lease stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseState {
+    /// Its tokens work (until `expires`, if set).
+    Active,
+    /// Past its expiry: the kernel refuses its tokens.
+    Expired,
+    /// Revoked: the kernel refuses its tokens.
+    Revoked,
+    /// The daemon cannot enforce leases here (no enforcer): nothing stops
+    /// its tokens, whatever `expires` says.
+    NotEnforced,
+}
+
+impl LeaseState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LeaseState::Active => "active",
+            LeaseState::Expired => "expired",
+            LeaseState::Revoked => "revoked",
+            LeaseState::NotEnforced => "not_enforced",
+        }
+    }
+}
+
+/// One lease, as the daemon reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    /// Unique while the daemon runs, never reused.
+    pub id: u64,
+    pub uid: u32,
+    /// The scope: inode number of the token's user namespace.
+    pub scope: u64,
+    pub mode: LeaseMode,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    /// Seconds since the Unix epoch; `None`: no expiry.
+    pub expires: Option<u64>,
+    /// The enforcer's serial of the token handed out, if known.
+    pub serial: Option<u64>,
+    /// The lease covers every token of its scope (libbpf mode, delegated
+    /// mounts), not one serial.
+    pub whole_scope: bool,
+    pub state: LeaseState,
 }
 
 /// What the caller asks for. `None` for a set means "everything my policy
@@ -94,6 +209,16 @@ pub enum Response {
         explanation: Explanation,
         enforcement: Enforcement,
     },
+    /// The answer to [`RequestBody::MintLease`]: the grant (fds as for
+    /// [`Response::Minted`]) and its lease.
+    Leased {
+        minted: Minted,
+        lease: LeaseInfo,
+    },
+    /// The answer to [`RequestBody::Leases`].
+    Leases(Vec<LeaseInfo>),
+    /// The answer to [`RequestBody::Revoke`]: the leases now revoked.
+    Revoked(Vec<LeaseInfo>),
 }
 
 /// Whether the daemon's BPF LSM enforcer runs, which leases (`ttl`) need.
@@ -235,6 +360,12 @@ refusal_codes! {
     Timeout = 13, "timeout";
     /// The daemon is at its connection limit.
     Busy = 14, "busy";
+    /// No lease has that id (never was, or ended and was forgotten).
+    UnknownLease = 15, "unknown_lease";
+    /// The lease belongs to another uid (only uid 0 may revoke those).
+    NotYourLease = 16, "not_your_lease";
+    /// Revocation needs the enforcer, which does not run here.
+    RevocationUnavailable = 17, "revocation_unavailable";
     /// Minting failed inside the daemon or the kernel.
     MintFailed = 20, "mint_failed";
 }

@@ -1,4 +1,5 @@
-//! `bpftoken run|unshare|query|inspect`: get and use BPF tokens from bpftokend.
+//! `bpftoken run|unshare|query|inspect|leases|revoke`: get and use BPF
+//! tokens from bpftokend.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -45,6 +46,8 @@ enum Command {
         /// grant beyond them, to tell "token lacks X" from other failures.
         #[arg(long)]
         explain: bool,
+        #[command(flatten)]
+        lease: LeaseArgs,
         /// The command and its arguments.
         #[arg(required = true, last = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -55,6 +58,8 @@ enum Command {
     Unshare {
         #[command(flatten)]
         sets: Sets,
+        #[command(flatten)]
+        lease: LeaseArgs,
         /// The command and its arguments.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -62,6 +67,15 @@ enum Command {
     /// Show what the policy grants you right now, and which rules say so.
     /// Mints nothing.
     Query,
+    /// List your leases (root: everyone's): every grant is one. CMD of
+    /// `bpftoken run` finds its own in BPFTOKEN_LEASE.
+    Leases,
+    /// Revoke one of your leases: its tokens stop working at once (the
+    /// kernel refuses them with EPERM); other leases keep working.
+    Revoke {
+        /// The lease id (see `bpftoken leases`).
+        id: u64,
+    },
     /// Print the masks of a token: the fd in BPF_TOKEN_FD, or --fd N.
     ///
     /// Read with BPF_OBJ_GET_INFO_BY_FD (Linux 6.17+), else from fdinfo,
@@ -77,6 +91,16 @@ enum Command {
     /// Internal (bpftoken unshare): hold a new user namespace until stdin closes.
     #[command(hide = true, name = "userns-holder")]
     UsernsHolder,
+}
+
+/// The lease a grant asks for.
+#[derive(Debug, clap::Args)]
+struct LeaseArgs {
+    /// End the lease after SECONDS (1 to 604800), if the policy's `ttl`
+    /// does not end it sooner; after that the kernel refuses the token
+    /// (needs the daemon's enforcer).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..=604800))]
+    ttl: Option<u32>,
 }
 
 /// The delegation sets a request narrows.
@@ -259,7 +283,80 @@ fn inherit(fd: BorrowedFd<'_>) -> Result<(), ExitCode> {
     })
 }
 
-fn run(socket: &Path, request: &MintRequest, fd_only: bool, explain: bool, command: &[OsString]) -> ExitCode {
+/// Lines listing `leases`, a header first.
+fn lease_lines(leases: &[bpftoken::LeaseInfo]) -> Vec<String> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut out = vec![format!(
+        "{:>6}  {:>6}  {:<15}  {:>10}  {:<14}  {:<12}  EXPIRES",
+        "LEASE", "UID", "MODE", "SCOPE", "COVERS", "STATE"
+    )];
+    for l in leases {
+        let covers = match (l.whole_scope, l.serial) {
+            (true, _) => "whole scope".to_owned(),
+            (false, Some(s)) => format!("token {s}"),
+            (false, None) => "token".to_owned(),
+        };
+        let expires = match l.expires {
+            None => "never".to_owned(),
+            Some(t) if t > now => format!("in {} s", t - now),
+            Some(t) => format!("{} s ago", now - t),
+        };
+        out.push(format!(
+            "{:>6}  {:>6}  {:<15}  {:>10}  {:<14}  {:<12}  {expires}",
+            l.id,
+            l.uid,
+            l.mode.as_str(),
+            l.scope,
+            covers,
+            l.state.as_str()
+        ));
+    }
+    out
+}
+
+fn leases(socket: &Path) -> ExitCode {
+    match Client::connect_to(socket).and_then(|mut c| c.leases()) {
+        Ok(list) if list.is_empty() => {
+            println!("no leases");
+            ExitCode::SUCCESS
+        }
+        Ok(list) => {
+            for line in lease_lines(&list) {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => report(socket, &e),
+    }
+}
+
+fn revoke(socket: &Path, id: u64) -> ExitCode {
+    match Client::connect_to(socket).and_then(|mut c| c.revoke(bpftoken::RevokeTarget::Lease(id))) {
+        Ok(revoked) => {
+            for l in &revoked {
+                println!("revoked lease {} (uid {}, {}): its tokens no longer work", l.id, l.uid, l.mode.as_str());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => report(socket, &e),
+    }
+}
+
+/// Tell CMD its lease.
+fn set_lease_env(cmd: &mut std::process::Command, lease: Option<&bpftoken::LeaseInfo>) {
+    if let Some(l) = lease {
+        cmd.env("BPFTOKEN_LEASE", l.id.to_string());
+    }
+}
+
+fn run(
+    socket: &Path,
+    request: &MintRequest,
+    ttl: Option<u32>,
+    fd_only: bool,
+    explain: bool,
+    command: &[OsString],
+) -> ExitCode {
     let (program, args) = command.split_first().expect("clap requires a command");
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
@@ -273,12 +370,12 @@ fn run(socket: &Path, request: &MintRequest, fd_only: bool, explain: bool, comma
     // Both modes keep what they hand to CMD alive until it has run.
     let mut keep: Vec<OwnedFd> = Vec::new();
     let token = if fd_only {
-        match client.mint(request) {
+        match client.mint_leased(request, ttl) {
             Ok(t) => t,
             Err(e) => return report(socket, &e),
         }
     } else {
-        let grant = match client.mint_scope(request) {
+        let grant = match client.mint_scope_leased(request, ttl) {
             Ok(g) => g,
             Err(e) => return report(socket, &e),
         };
@@ -302,6 +399,7 @@ fn run(socket: &Path, request: &MintRequest, fd_only: bool, explain: bool, comma
         return code;
     }
     cmd.env("BPF_TOKEN_FD", token.as_fd().as_raw_fd().to_string());
+    set_lease_env(&mut cmd, token.lease());
     if !explain {
         let err = cmd.exec();
         eprintln!("bpftoken: cannot run {}: {err}", program.to_string_lossy());
@@ -353,7 +451,7 @@ fn explain_failure(policy: Result<bpftoken::Explanation, Error>, token: &bpftoke
     }
 }
 
-fn unshare(socket: &Path, request: &MintRequest, command: &[OsString]) -> ExitCode {
+fn unshare(socket: &Path, request: &MintRequest, ttl: Option<u32>, command: &[OsString]) -> ExitCode {
     let mut client = match Client::connect_to(socket) {
         Ok(c) => c,
         Err(e) => return report(socket, &e),
@@ -365,7 +463,7 @@ fn unshare(socket: &Path, request: &MintRequest, command: &[OsString]) -> ExitCo
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
     };
-    let mount = match client.delegate_mount(request, holder.userns()) {
+    let mount = match client.delegate_mount_leased(request, ttl, holder.userns()) {
         Ok(m) => m,
         Err(e) => return report(socket, &e),
     };
@@ -375,11 +473,14 @@ fn unshare(socket: &Path, request: &MintRequest, command: &[OsString]) -> ExitCo
         eprintln!("bpftoken: {e}");
         return ExitCode::from(EXIT_CANNOT_RUN);
     }
+    let lease = mount.lease.clone();
     drop(mount);
     drop(userns);
     let shell = std::env::var_os("SHELL").unwrap_or_else(|| "/bin/sh".into());
     let (program, args) = command.split_first().unwrap_or((&shell, &[]));
-    let err = std::process::Command::new(program).args(args).exec();
+    let mut cmd = std::process::Command::new(program);
+    set_lease_env(&mut cmd, lease.as_ref());
+    let err = cmd.args(args).exec();
     eprintln!("bpftoken: cannot run {}: {err}", program.to_string_lossy());
     ExitCode::from(EXIT_CANNOT_RUN)
 }
@@ -395,6 +496,8 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Query => query(&socket),
+        Command::Leases => leases(&socket),
+        Command::Revoke { id } => revoke(&socket, id),
         Command::Inspect { fd } => inspect(fd),
         Command::UsernsHolder => match namespaces::hold_userns() {
             Ok(()) => ExitCode::SUCCESS,
@@ -414,12 +517,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { sets, fd_only, explain, command } => match request(&sets) {
-            Ok(r) => run(&socket, &r, fd_only, explain, &command),
+        Command::Run { sets, fd_only, explain, lease, command } => match request(&sets) {
+            Ok(r) => run(&socket, &r, lease.ttl, fd_only, explain, &command),
             Err(code) => code,
         },
-        Command::Unshare { sets, command } => match request(&sets) {
-            Ok(r) => unshare(&socket, &r, &command),
+        Command::Unshare { sets, lease, command } => match request(&sets) {
+            Ok(r) => unshare(&socket, &r, lease.ttl, &command),
             Err(code) => code,
         },
     }

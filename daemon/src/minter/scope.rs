@@ -102,15 +102,25 @@ impl Scope {
     /// Mint one token from this scope (the warm path). The token comes
     /// from our own child and our own bpffs fd, so a cheap check suffices
     /// here; [`Scope::create`] checks the first token's masks in full.
-    pub fn mint(&self, stack: &mut MintStack) -> Result<sys::MintedToken, MintError> {
-        let mut tokens = self.mint_batch(stack, 1)?;
+    pub fn mint(
+        &self,
+        stack: &mut MintStack,
+        tracker: Option<&dyn sys::TaskTracker>,
+    ) -> Result<sys::MintedToken, MintError> {
+        let mut tokens = self.mint_batch(stack, 1, tracker)?;
         tokens.pop().ok_or(MintError::NotToken { got: "nothing".into() })
     }
 
-    /// Up to `count` tokens from one mint child (at least one).
-    pub fn mint_batch(&self, stack: &mut MintStack, count: usize) -> Result<Vec<sys::MintedToken>, MintError> {
-        let tokens =
-            sys::mint_tokens_in(stack, self.userns.as_fd(), self.bpffs_root.as_fd(), count).map_err(|(step, e)| {
+    /// Up to `count` tokens from one mint child (at least one); with a
+    /// `tracker`, each carries its enforcer serial.
+    pub fn mint_batch(
+        &self,
+        stack: &mut MintStack,
+        count: usize,
+        tracker: Option<&dyn sys::TaskTracker>,
+    ) -> Result<Vec<sys::MintedToken>, MintError> {
+        let tokens = sys::mint_tokens_in(stack, self.userns.as_fd(), self.bpffs_root.as_fd(), count, tracker).map_err(
+            |(step, e)| {
                 let step = match step {
                     sys::MintStep::Clone => Step::Clone,
                     sys::MintStep::SetNs => Step::SetNs,
@@ -118,7 +128,8 @@ impl Scope {
                     sys::MintStep::Timeout => Step::MintTimeout,
                 };
                 MintError::syscall(step, &e)
-            })?;
+            },
+        )?;
         for token in &tokens {
             let st = rustix::fs::fstatfs(token.as_fd()).map_err(|e| MintError::from((Step::CheckToken, e)))?;
             let magic = st.f_type.cast_unsigned();

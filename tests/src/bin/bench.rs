@@ -197,7 +197,7 @@ fn cold_inproc(n: usize) {
         let t0 = Instant::now();
         let scope = Scope::create(key, None).expect("create scope");
         let t1 = Instant::now();
-        let token = scope.mint(&mut stack).expect("mint");
+        let token = scope.mint(&mut stack, None).expect("mint");
         let t2 = Instant::now();
         drop(token);
         drop(scope);
@@ -222,7 +222,7 @@ fn warm_inproc(n: usize) {
     )
     .expect("create scope");
     let mut stack = bpftokend::sys::MintStack::default();
-    let stats = time_loop(n, || drop(scope.mint(&mut stack).expect("mint")));
+    let stats = time_loop(n, || drop(scope.mint(&mut stack, None).expect("mint")));
     stats.emit();
 }
 

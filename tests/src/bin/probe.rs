@@ -15,6 +15,11 @@
 //! bpftoken-probe hold SOCKET COUNT SECONDS     hold COUNT idle connections open
 //! bpftoken-probe churn SOCKET COUNT            connect and close COUNT times
 //! bpftoken-probe close-at SOCKET               a mint frame cut at every offset, then one unread answer
+//! bpftoken-probe wait FILE                    wait until FILE exists
+//! bpftoken-probe wait-try FILE ITEM...         try ITEMs, wait until FILE exists, try them again
+//! bpftoken-probe time-map COUNT FILE          median ns of COUNT array map creates with the token;
+//!                                             wait until FILE exists, measure again
+//! bpftoken-probe time-mint SOCKET COUNT       median ns of COUNT mints on one connection
 //! bpftoken-probe hijack SECONDS                ptrace/read/setns every other process of its uid
 //! bpftoken-probe term-all SECONDS              kill(-1, SIGTERM) in a loop
 //! bpftoken-probe signal-root SECONDS           SIGSTOP/SIGTERM every root process it may signal
@@ -135,8 +140,67 @@ fn new_fds(before: &[String]) -> Vec<(String, &'static str, bool)> {
         .collect()
 }
 
+/// Wait until `file` exists (60 s at most).
+fn wait_for_file(file: &str) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::path::Path::new(file).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{file} did not appear within 60 s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Median of `count` timings of `f`, in nanoseconds.
+fn median_ns(count: usize, mut f: impl FnMut() -> Result<(), String>) -> Result<u128, String> {
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let start = std::time::Instant::now();
+        f()?;
+        times.push(start.elapsed().as_nanos());
+    }
+    times.sort_unstable();
+    Ok(times[times.len() / 2])
+}
+
 fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
+        Some("wait") => wait_for_file(args.get(1).ok_or("wait FILE")?),
+        Some("wait-try") => {
+            let file = args.get(1).ok_or("wait-try FILE ITEM...")?;
+            let token = token_from_env()?;
+            println!("lease {}", std::env::var("BPFTOKEN_LEASE").unwrap_or_else(|_| "-".into()));
+            try_items(Some(token.as_fd()), &args[2..])?;
+            println!("waiting");
+            // The reader sees the lines above before we block.
+            std::io::Write::flush(&mut std::io::stdout()).map_err(|e| e.to_string())?;
+            wait_for_file(file)?;
+            try_items(Some(token.as_fd()), &args[2..])
+        }
+        Some("time-map") => {
+            let count: usize = args.get(1).and_then(|c| c.parse().ok()).ok_or("time-map COUNT FILE")?;
+            let file = args.get(2).ok_or("time-map COUNT FILE")?;
+            let token = token_from_env()?;
+            let array = bpftoken::delegation::parse_name(Kind::Map, "array").map_err(|e| e.to_string())?;
+            let create =
+                || sys::map_create(array.trailing_zeros(), Some(token.as_fd())).map(drop).map_err(|e| e.to_string());
+            println!("median_ns {}", median_ns(count, create)?);
+            std::io::Write::flush(&mut std::io::stdout()).map_err(|e| e.to_string())?;
+            wait_for_file(file)?;
+            println!("median_ns {}", median_ns(count, create)?);
+            Ok(())
+        }
+        Some("time-mint") => {
+            let path = std::path::PathBuf::from(args.get(1).ok_or("time-mint SOCKET COUNT")?);
+            let count: usize = args.get(2).and_then(|c| c.parse().ok()).ok_or("time-mint SOCKET COUNT")?;
+            let mut client = Client::connect_to(&path).map_err(|e| e.to_string())?;
+            // The first builds the scope (cold); the rest are warm.
+            client.mint(&MintRequest::default()).map_err(|e| e.to_string())?;
+            let mint = || client.mint(&MintRequest::default()).map(drop).map_err(|e| e.to_string());
+            println!("median_ns {}", median_ns(count, mint)?);
+            Ok(())
+        }
         Some("try") => {
             if args.get(1).map(String::as_str) == Some("--no-token") {
                 try_items(None, &args[2..])

@@ -25,11 +25,11 @@
 //! Needs the users `bpftk-alice` (in the scenarios' policy) and
 //! `bpftk-eve` (not in it).
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// The policy the scenarios run under.
@@ -247,6 +247,213 @@ fn lines(s: &str) -> Vec<&str> {
     s.lines().collect()
 }
 
+/// A command that holds a token, reports, and waits for a file before it
+/// goes on (`bpftoken-probe wait-try`, `wait`, `time-map`).
+struct Holder {
+    child: Child,
+    out: BufReader<ChildStdout>,
+    /// What it printed up to the line it was waited for.
+    before: Vec<String>,
+}
+
+impl Holder {
+    /// Start `bpftoken --socket S ARGS...` as `user` and read its output up
+    /// to a line starting with `until` (or the end).
+    fn start(bins: &Path, socket: &Path, user: &User, args: &[&str], until: &str) -> Result<Holder, String> {
+        let mut c = as_user(user, &bins.join("bpftoken"));
+        c.arg("--socket").arg(socket).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = c.spawn().map_err(|e| format!("cannot start bpftoken: {e}"))?;
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let mut h = Holder { child, out: BufReader::new(out), before: Vec::new() };
+        loop {
+            let mut line = String::new();
+            match h.out.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = line.trim_end().to_owned();
+                    let done = line.starts_with(until);
+                    h.before.push(line);
+                    if done {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(h)
+    }
+
+    /// The lease id it printed (`lease N`).
+    fn lease(&self) -> Option<&str> {
+        self.before.iter().find_map(|l| l.strip_prefix("lease ")).filter(|l| *l != "-")
+    }
+
+    /// The rest of its output and whether it exited 0.
+    fn finish(mut self) -> (bool, Vec<String>) {
+        let mut rest = String::new();
+        let _ = self.out.read_to_string(&mut rest);
+        let ok = wait_deadline(&mut self.child, Instant::now() + STEP_TIMEOUT).is_some_and(|s| s.success());
+        (ok, rest.lines().map(str::to_owned).collect())
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `bpftokend revoke --socket S ARGS...` as root.
+fn bpftokend_revoke(bins: &Path, socket: &Path, args: &[&str]) -> Ran {
+    let mut c = Command::new(bins.join("bpftokend"));
+    c.arg("revoke").arg("--socket").arg(socket).args(args);
+    run(c)
+}
+
+/// Create `file`, which the holders wait for.
+fn release(file: &Path) -> Result<(), String> {
+    std::fs::write(file, b"").map_err(|e| format!("cannot create {}: {e}", file.display()))
+}
+
+/// Leases: expiry, revocation by lease and by uid, and a libbpf-mode scope
+/// revoked with the tokens its client created itself. Where the daemon
+/// cannot enforce, each says so with its typed refusal (unsupported).
+fn lease_scenarios(
+    args: &Args,
+    bins: &Path,
+    dir: &Path,
+    socket: &Path,
+    enforcing: bool,
+    report: &mut Report,
+) -> Result<(), String> {
+    let alice = user(ALLOWED_USER)?;
+    let probe = bins.join("bpftoken-probe");
+    let probe = probe.to_str().ok_or("non-UTF-8 binary path")?;
+    if !enforcing {
+        // A ttl asked for is refused, never silently dropped.
+        let o = bpftoken(bins, socket, &alice, &["run", "--fd-only", "--ttl", "2", "--", "true"]);
+        let ok = o.code() == Some(1) && o.stderr.trim_end().ends_with("(not_enforceable)");
+        report.result("expiry", if ok { Outcome::Unsupported } else { Outcome::Fail }, o.stderr.trim());
+        let o = bpftokend_revoke(bins, socket, &["--all"]);
+        let ok = o.code() == Some(1) && o.stderr.trim_end().ends_with("(revocation_unavailable)");
+        for capability in ["revoke-lease", "revoke-uid", "revoke-libbpf-scope"] {
+            report.result(capability, if ok { Outcome::Unsupported } else { Outcome::Fail }, o.stderr.trim());
+        }
+        return Ok(());
+    }
+
+    // expiry: a 2 s lease works at once and is refused after 3 s.
+    let script = format!("{probe} try map:array; sleep 3; {probe} try map:array");
+    let o = bpftoken(bins, socket, &alice, &["run", "--fd-only", "--ttl", "2", "--", "/bin/sh", "-c", &script]);
+    let ok = o.code() == Some(0) && lines(&o.stdout) == ["map:array ok", "map:array EPERM"];
+    let detail = if ok { "ttl 2 s: map:array ok, after 3 s EPERM".to_owned() } else { o.describe() };
+    report.result("expiry", if ok { Outcome::Pass } else { Outcome::Fail }, &detail);
+
+    // revoke-lease: two leases of one uid; revoking one stops it at once,
+    // the other keeps working.
+    let go = dir.join("go-lease");
+    let go_s = go.to_str().ok_or("non-UTF-8 path")?;
+    let hold = |go: &str| {
+        Holder::start(bins, socket, &alice, &["run", "--fd-only", "--", probe, "wait-try", go, "map:array"], "waiting")
+    };
+    let (a, b) = (hold(go_s)?, hold(go_s)?);
+    let revoked = a.lease().map(|id| bpftokend_revoke(bins, socket, &["--lease", id]));
+    release(&go)?;
+    let (a_lease, b_lease) = (a.lease().unwrap_or("?").to_owned(), b.lease().unwrap_or("?").to_owned());
+    let (a_before, b_before) = (a.before.clone(), b.before.clone());
+    let ((a_ok, a_after), (b_ok, b_after)) = (a.finish(), b.finish());
+    // One audit event for the revocation, naming the lease.
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    let events =
+        log.lines().filter(|l| l.contains("decision=\"revoked\"") && l.contains(&format!(" lease={a_lease} "))).count();
+    let ok = events == 1
+        && a_before.contains(&"map:array ok".to_owned())
+        && b_before.contains(&"map:array ok".to_owned())
+        && revoked.as_ref().is_some_and(|r| {
+            r.code() == Some(0) && r.stdout.starts_with(&format!("revoked lease {a_lease} (uid {}, owner)", alice.uid))
+        })
+        && a_ok
+        && b_ok
+        && a_after == ["map:array EPERM"]
+        && b_after == ["map:array ok"];
+    let detail = format!(
+        "lease {a_lease}: {} / revoked ({events} audit event): {} / {}; sibling lease {b_lease}: {} / {}",
+        a_before.join(", "),
+        revoked.as_ref().map_or("-".to_owned(), |r| r.stdout.trim().to_owned() + &r.stderr),
+        a_after.join(", "),
+        b_before.join(", "),
+        b_after.join(", ")
+    );
+    report.result("revoke-lease", if ok { Outcome::Pass } else { Outcome::Fail }, &detail);
+
+    // revoke-uid: every lease of the uid, at once.
+    let go = dir.join("go-uid");
+    let go_s = go.to_str().ok_or("non-UTF-8 path")?;
+    let (a, b) = (hold(go_s)?, hold(go_s)?);
+    let revoked = bpftokend_revoke(bins, socket, &["--uid", &alice.uid.to_string()]);
+    release(&go)?;
+    let (a_before, b_before) = (a.before.clone(), b.before.clone());
+    let ((a_ok, a_after), (b_ok, b_after)) = (a.finish(), b.finish());
+    let ok = a_before.contains(&"map:array ok".to_owned())
+        && b_before.contains(&"map:array ok".to_owned())
+        && revoked.code() == Some(0)
+        && revoked.stdout.lines().count() == 2
+        && a_ok
+        && b_ok
+        && a_after == ["map:array EPERM"]
+        && b_after == ["map:array EPERM"];
+    let detail = format!(
+        "before: {} | {}; revoke --uid: {}{}; after: {} | {}",
+        a_before.join(", "),
+        b_before.join(", "),
+        revoked.stdout.trim(),
+        revoked.stderr.trim(),
+        a_after.join(", "),
+        b_after.join(", ")
+    );
+    report.result("revoke-uid", if ok { Outcome::Pass } else { Outcome::Fail }, &detail);
+
+    // revoke-libbpf-scope: libbpf mode; bpftool creates its own tokens
+    // from the bpffs. After the lease is revoked those fail too.
+    let (Some(bpftool), Some(obj)) = (&args.bpftool, &args.bpf_obj) else {
+        report.result("revoke-libbpf-scope", Outcome::Fail, "no --bpftool and --bpf-obj given");
+        return Ok(());
+    };
+    let go = dir.join("go-scope");
+    let go_s = go.to_str().ok_or("non-UTF-8 path")?;
+    // bpftool's prog load goes through libbpf's bpf_object, which creates
+    // its own token from LIBBPF_BPF_TOKEN_PATH (`map create` would not).
+    let create = |name: &str| {
+        format!("{bpftool} prog load {obj} $BPFTOKEN_PIN_DIR/{name} && echo {name} ok || echo {name} failed")
+    };
+    let script = format!(
+        "echo lease $BPFTOKEN_LEASE; {}; echo waiting; {probe} wait {go_s}; {} 2>/dev/null; {probe} try map:array",
+        create("p1"),
+        create("p2")
+    );
+    let h = Holder::start(bins, socket, &alice, &["run", "--", "/bin/sh", "-c", &script], "waiting")?;
+    let lease = h.lease().unwrap_or("?").to_owned();
+    let revoked = bpftokend_revoke(bins, socket, &["--lease", &lease]);
+    release(&go)?;
+    let before = h.before.clone();
+    let (_, after) = h.finish();
+    let ok = before.contains(&"p1 ok".to_owned())
+        && revoked.code() == Some(0)
+        && revoked.stdout.starts_with(&format!("revoked lease {lease} (uid {}, libbpf)", alice.uid))
+        && after == ["p2 failed", "map:array EPERM"];
+    let detail = format!(
+        "lease {lease}: {} / {}{} / {}",
+        before.join(", "),
+        revoked.stdout.trim(),
+        revoked.stderr.trim(),
+        after.join(", ")
+    );
+    report.result("revoke-libbpf-scope", if ok { Outcome::Pass } else { Outcome::Fail }, &detail);
+    Ok(())
+}
+
 #[derive(Debug, Default)]
 struct Args {
     bins: Option<PathBuf>,
@@ -320,6 +527,11 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
             "inspect",
             "token-info",
             "libbpf-mode",
+            "expiry",
+            "revoke-lease",
+            "revoke-uid",
+            "revoke-libbpf-scope",
+            "cost",
         ] {
             report.result(capability, outcome, &why);
         }
@@ -395,6 +607,7 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
         _ => (Outcome::Fail, format!("bpftoken query: {}", o.describe())),
     };
     report.result("enforcer", outcome, &detail);
+    let enforcing = outcome == Outcome::Pass;
 
     // inspect: the token's masks as the kernel holds them; token-info:
     // whether the kernel told them through BPF_OBJ_GET_INFO_BY_FD (6.17+)
@@ -445,10 +658,63 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
         _ => report.result("libbpf-mode", Outcome::Fail, "no --bpftool and --bpf-obj given"),
     }
 
+    lease_scenarios(args, bins, dir, &socket, enforcing, report)?;
+
+    // cost: the median of a token-using bpf() call (an array map created
+    // and closed) with the enforcer attached and, the same token, after
+    // the daemon (and with it the enforcer) has stopped; and of a warm
+    // mint. Only where the enforcer runs: elsewhere there is nothing to
+    // compare.
+    let timed = if enforcing {
+        let mint = run({
+            let mut c = as_user(&alice, Path::new(probe));
+            c.arg("time-mint").arg(&socket).arg("200");
+            c
+        });
+        let go = dir.join("go-cost");
+        let go_s = go.to_str().ok_or("non-UTF-8 path")?;
+        let h = Holder::start(
+            bins,
+            &socket,
+            &alice,
+            &["run", "--fd-only", "--maps", "array", "--", probe, "time-map", "2000", go_s],
+            "median_ns",
+        );
+        Some((mint, h, go))
+    } else {
+        report.result("cost", Outcome::Unsupported, "needs the enforcer to compare with and without it");
+        None
+    };
+
     let pid = rustix::process::Pid::from_child(&daemon.child);
     let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     if wait_deadline(&mut daemon.child, Instant::now() + STEP_TIMEOUT).is_none() {
         report.result("daemon-stop", Outcome::Fail, "bpftokend did not stop on SIGTERM");
+    }
+    if let Some((mint, h, go)) = timed {
+        let h = h?;
+        // Let the daemon's exit settle before measuring again.
+        std::thread::sleep(Duration::from_secs(1));
+        release(&go)?;
+        let with = h.before.first().and_then(|l| l.strip_prefix("median_ns ")).map(str::to_owned);
+        let (_, after) = h.finish();
+        let without = after.first().and_then(|l| l.strip_prefix("median_ns ")).map(str::to_owned);
+        let warm = mint.stdout.lines().find_map(|l| l.strip_prefix("median_ns ")).map(str::to_owned);
+        match (with, without, warm) {
+            (Some(with), Some(without), Some(warm)) => report.result(
+                "cost",
+                Outcome::Pass,
+                &format!(
+                    "BPF_MAP_CREATE(array)+close with a token, median of 2000: {with} ns with the enforcer, \
+                     {without} ns without; warm mint, median of 200: {warm} ns"
+                ),
+            ),
+            (with, without, warm) => report.result(
+                "cost",
+                Outcome::Fail,
+                &format!("with {with:?}, without {without:?}, mint {warm:?}: {}", mint.describe()),
+            ),
+        }
     }
 
     // live-limit: with the enforcer counting, a user holding as many live

@@ -1,0 +1,400 @@
+//! Leases: every grant is one. A lease has an id (unique, never reused
+//! while the daemon runs), an owner uid, a scope (the inode of the token's
+//! user namespace), a mode, when it was created and when it expires.
+//!
+//! Where the enforcer runs, each lease has one entry in its `deadlines`
+//! map, written before the grant leaves the daemon: the token's own serial
+//! (owner and container mode), or the whole scope (serial 0: libbpf mode
+//! and delegated mounts, whose clients create more tokens themselves).
+//! The entry holds the expiry (CLOCK_BOOTTIME) or "none"; revoking sets it
+//! to 0, and from then on the kernel refuses every use of those tokens.
+//! The kernel side removes the entry when the token or the scope is freed;
+//! the daemon then forgets the lease. Without the enforcer, leases are
+//! listed as `not_enforced`: nothing stops their tokens.
+//!
+//! The table is bounded ([`MAX_LEASES`], the size of the enforcer's map).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bpftoken_proto::{LeaseInfo, LeaseMode, LeaseState, Refusal, RefusalCode, RevokeTarget};
+
+use crate::enforcer::{Enforcer, LeaseKey, NO_DEADLINE, REVOKED};
+
+/// Most leases the daemon tracks (and entries in the enforcer's map).
+pub const MAX_LEASES: usize = 65536;
+
+/// One lease.
+#[derive(Debug, Clone)]
+struct Lease {
+    id: u64,
+    uid: u32,
+    scope: u64,
+    mode: LeaseMode,
+    created: SystemTime,
+    expires: Option<SystemTime>,
+    /// CLOCK_BOOTTIME nanoseconds of the expiry, as the kernel compares.
+    deadline: Option<u64>,
+    serial: Option<u64>,
+    whole_scope: bool,
+    /// The enforcer entry; `None` when leases are not enforced here.
+    key: Option<LeaseKey>,
+    revoked: bool,
+}
+
+/// What a new lease is for.
+#[derive(Debug, Clone, Copy)]
+pub struct NewLease {
+    pub uid: u32,
+    pub scope: u64,
+    pub mode: LeaseMode,
+    /// The token's serial, if the enforcer told it.
+    pub serial: Option<u64>,
+    /// Covers every token of the scope rather than the one serial.
+    pub whole_scope: bool,
+    pub ttl: Option<Duration>,
+}
+
+/// Why a lease could not be started; the grant is then not handed out.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("the enforcer did not record the new token's serial, so it could not revoke it; not handing it out")]
+    NoSerial,
+    #[error("scope {scope} (a user namespace) already has a lease covering all of its tokens (lease {other}); revoke it or let it end first")]
+    ScopeLeased { scope: u64, other: u64 },
+    #[error("the daemon already tracks {MAX_LEASES} live leases; revoke some or wait for tokens to be closed")]
+    Full,
+    #[error("cannot write the lease into the enforcer's map: {0}")]
+    Map(std::io::Error),
+}
+
+/// The daemon's lease table.
+#[derive(Debug, Default)]
+pub struct LeaseTable {
+    inner: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// The last id handed out (ids start at 1).
+    last_id: u64,
+    leases: BTreeMap<u64, Lease>,
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Lease {
+    fn state(&self, now_boot: u64) -> LeaseState {
+        if self.revoked {
+            LeaseState::Revoked
+        } else if self.key.is_none() {
+            LeaseState::NotEnforced
+        } else if self.deadline.is_some_and(|d| now_boot >= d) {
+            LeaseState::Expired
+        } else {
+            LeaseState::Active
+        }
+    }
+
+    fn info(&self, now_boot: u64) -> LeaseInfo {
+        LeaseInfo {
+            id: self.id,
+            uid: self.uid,
+            scope: self.scope,
+            mode: self.mode,
+            created: unix_secs(self.created),
+            expires: self.expires.map(unix_secs),
+            serial: self.serial,
+            whole_scope: self.whole_scope,
+            state: self.state(now_boot),
+        }
+    }
+}
+
+/// The enforcer entry a lease needs: its serial, or serial 0 for the scope.
+fn key_of(new: &NewLease) -> Result<LeaseKey, LeaseError> {
+    // Inode numbers of namespaces are 32-bit in the kernel (ns.inum).
+    let scope =
+        u32::try_from(new.scope).map_err(|_| LeaseError::Map(std::io::Error::from_raw_os_error(libc::ERANGE)))?;
+    if new.whole_scope {
+        return Ok(LeaseKey { scope, serial: 0 });
+    }
+    match new.serial {
+        Some(serial) => Ok(LeaseKey { scope, serial }),
+        None => Err(LeaseError::NoSerial),
+    }
+}
+
+impl LeaseTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start a lease for a grant about to be handed out. With the
+    /// enforcer, its entry goes into the kernel now, with the expiry.
+    pub fn start(&self, enforcer: Option<&Enforcer>, new: NewLease) -> Result<LeaseInfo, LeaseError> {
+        let now_boot = crate::sys::boottime_ns();
+        let created = SystemTime::now();
+        let deadline = new.ttl.map(|t| now_boot.saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)));
+        let mut table = self.lock();
+        if table.leases.len() >= MAX_LEASES {
+            sweep_locked(&mut table, enforcer);
+        }
+        if table.leases.len() >= MAX_LEASES {
+            // Unenforced leases are informational only: drop the oldest.
+            let oldest = table.leases.values().find(|l| l.key.is_none()).map(|l| l.id);
+            match oldest {
+                Some(id) => {
+                    table.leases.remove(&id);
+                }
+                None => return Err(LeaseError::Full),
+            }
+        }
+        let key = match enforcer {
+            None => None,
+            Some(e) => {
+                let key = key_of(&new)?;
+                match e.start_lease(key, deadline.unwrap_or(NO_DEADLINE)) {
+                    Ok(()) => Some(key),
+                    Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+                        let other = table.leases.values().find(|l| l.key == Some(key)).map_or(0, |l| l.id);
+                        return Err(LeaseError::ScopeLeased { scope: new.scope, other });
+                    }
+                    Err(err) if err.raw_os_error() == Some(libc::E2BIG) => return Err(LeaseError::Full),
+                    Err(err) => return Err(LeaseError::Map(err)),
+                }
+            }
+        };
+        table.last_id += 1;
+        let lease = Lease {
+            id: table.last_id,
+            uid: new.uid,
+            scope: new.scope,
+            mode: new.mode,
+            created,
+            expires: new.ttl.map(|t| created + t),
+            deadline,
+            serial: new.serial,
+            whole_scope: new.whole_scope,
+            key,
+            revoked: false,
+        };
+        let info = lease.info(now_boot);
+        table.leases.insert(lease.id, lease);
+        Ok(info)
+    }
+
+    /// Undo [`LeaseTable::start`] for a grant the client never took.
+    pub fn cancel(&self, enforcer: Option<&Enforcer>, id: u64) {
+        let mut table = self.lock();
+        if let Some(lease) = table.leases.remove(&id) {
+            if let (Some(e), Some(key)) = (enforcer, lease.key) {
+                if let Err(err) = e.end_lease(key) {
+                    tracing::warn!(lease = id, "cannot remove the entry of a lease never handed out: {err}");
+                }
+            }
+        }
+    }
+
+    /// Forget leases whose tokens (or scope) the kernel has freed.
+    pub fn sweep(&self, enforcer: Option<&Enforcer>) -> usize {
+        sweep_locked(&mut self.lock(), enforcer)
+    }
+
+    /// Leases of `uid` (all with `None`), oldest first.
+    pub fn list(&self, enforcer: Option<&Enforcer>, uid: Option<u32>) -> Vec<LeaseInfo> {
+        let mut table = self.lock();
+        sweep_locked(&mut table, enforcer);
+        let now = crate::sys::boottime_ns();
+        table.leases.values().filter(|l| uid.is_none_or(|u| l.uid == u)).map(|l| l.info(now)).collect()
+    }
+
+    /// Revoke what `target` names on behalf of `requester` (a uid; 0 may
+    /// revoke anyone's). The kernel refuses the tokens from now on.
+    pub fn revoke(
+        &self,
+        enforcer: Result<&Enforcer, String>,
+        requester: u32,
+        target: RevokeTarget,
+    ) -> Result<Vec<LeaseInfo>, Refusal> {
+        let mut table = self.lock();
+        // A lease whose tokens are gone is not there to revoke.
+        sweep_locked(&mut table, enforcer.as_ref().ok().copied());
+        let ids: Vec<u64> = match target {
+            RevokeTarget::Lease(id) => {
+                let Some(lease) = table.leases.get(&id) else {
+                    return Err(Refusal::new(
+                        RefusalCode::UnknownLease,
+                        format!("no lease {id}: it never existed, or its tokens are gone and it was forgotten"),
+                    ));
+                };
+                if requester != 0 && lease.uid != requester {
+                    return Err(Refusal::new(
+                        RefusalCode::NotYourLease,
+                        format!(
+                            "lease {id} belongs to uid {}, not to you (uid {requester}); only root may revoke it",
+                            lease.uid
+                        ),
+                    ));
+                }
+                vec![id]
+            }
+            RevokeTarget::Uid(uid) => {
+                if requester != 0 && uid != requester {
+                    return Err(Refusal::new(
+                        RefusalCode::NotYourLease,
+                        format!("uid {requester} may revoke only its own leases, not those of uid {uid}"),
+                    ));
+                }
+                table.leases.values().filter(|l| l.uid == uid).map(|l| l.id).collect()
+            }
+            RevokeTarget::All => {
+                if requester != 0 {
+                    return Err(Refusal::new(
+                        RefusalCode::NotYourLease,
+                        format!("only root may revoke every lease; uid {requester} may revoke its own"),
+                    ));
+                }
+                table.leases.keys().copied().collect()
+            }
+        };
+        let enforcer = enforcer.map_err(|why| {
+            Refusal::new(
+                RefusalCode::RevocationUnavailable,
+                format!("cannot revoke: enforcement is unavailable: {why}; tokens already handed out keep working"),
+            )
+        })?;
+        let now = crate::sys::boottime_ns();
+        let mut revoked = Vec::new();
+        for id in ids {
+            let Some(lease) = table.leases.get_mut(&id) else { continue };
+            if let Some(key) = lease.key {
+                match enforcer.set_deadline(key, REVOKED) {
+                    // Its token or scope was already freed: nothing is left
+                    // to use, and the entry is not recreated.
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(Refusal::new(
+                            RefusalCode::RevocationUnavailable,
+                            format!("cannot revoke lease {id}: writing the enforcer's map failed: {e}"),
+                        ))
+                    }
+                }
+            }
+            // A lease minted before the enforcer ran has no entry; there is
+            // none today (the enforcer is loaded at start or never).
+            lease.revoked = true;
+            revoked.push(lease.info(now));
+        }
+        Ok(revoked)
+    }
+}
+
+fn sweep_locked(table: &mut Table, enforcer: Option<&Enforcer>) -> usize {
+    let before = table.leases.len();
+    match enforcer {
+        Some(e) => table.leases.retain(|_, l| match l.key {
+            // Gone from the map: the kernel freed its token or scope.
+            Some(key) => !matches!(e.deadline(key), Ok(None)),
+            None => true,
+        }),
+        // Nothing tells when an unenforced lease's token is closed; forget
+        // it once it has expired (listing it longer says nothing).
+        None => {
+            let now = SystemTime::now();
+            table.leases.retain(|_, l| l.expires.is_none_or(|t| t > now));
+        }
+    }
+    before - table.leases.len()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The table without the enforcer (the kernel side is tested in the
+    //! VM): ids, listing, and who may revoke what, in that order.
+    use super::*;
+
+    fn new(uid: u32, ttl: Option<u64>) -> NewLease {
+        NewLease {
+            uid,
+            scope: 4026531837,
+            mode: LeaseMode::Owner,
+            serial: None,
+            whole_scope: false,
+            ttl: ttl.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn ids_are_unique_and_leases_are_listed_per_uid() {
+        let t = LeaseTable::default();
+        let a = t.start(None, new(1000, None)).unwrap();
+        let b = t.start(None, new(1001, Some(60))).unwrap();
+        let c = t.start(None, new(1000, None)).unwrap();
+        assert_eq!((a.id, b.id, c.id), (1, 2, 3));
+        assert_eq!(a.state, LeaseState::NotEnforced);
+        assert_eq!(a.expires, None);
+        assert_eq!(b.expires, Some(b.created + 60));
+        let ids = |l: Vec<LeaseInfo>| l.into_iter().map(|l| l.id).collect::<Vec<_>>();
+        assert_eq!(ids(t.list(None, Some(1000))), [1, 3]);
+        assert_eq!(ids(t.list(None, None)), [1, 2, 3]);
+        // A cancelled grant is gone, and its id is not reused.
+        t.cancel(None, 3);
+        assert_eq!(t.start(None, new(1000, None)).unwrap().id, 4);
+        assert_eq!(ids(t.list(None, Some(1000))), [1, 4]);
+    }
+
+    #[test]
+    fn revocation_checks_the_lease_then_the_caller_then_the_enforcer() {
+        let t = LeaseTable::default();
+        t.start(None, new(1000, None)).unwrap();
+        let why = || Err("no BPF LSM".to_owned());
+        let refusal = |r: Result<Vec<LeaseInfo>, Refusal>| r.unwrap_err();
+        let r = refusal(t.revoke(why(), 1000, RevokeTarget::Lease(7)));
+        assert_eq!(r.code, RefusalCode::UnknownLease);
+        assert_eq!(r.message, "no lease 7: it never existed, or its tokens are gone and it was forgotten");
+        let r = refusal(t.revoke(why(), 1001, RevokeTarget::Lease(1)));
+        assert_eq!(r.code, RefusalCode::NotYourLease);
+        assert_eq!(r.message, "lease 1 belongs to uid 1000, not to you (uid 1001); only root may revoke it");
+        let r = refusal(t.revoke(why(), 1001, RevokeTarget::Uid(1000)));
+        assert_eq!(r.message, "uid 1001 may revoke only its own leases, not those of uid 1000");
+        let r = refusal(t.revoke(why(), 1001, RevokeTarget::All));
+        assert_eq!(r.message, "only root may revoke every lease; uid 1001 may revoke its own");
+        for (who, target) in [(1000, RevokeTarget::Lease(1)), (0, RevokeTarget::Uid(1000)), (0, RevokeTarget::All)] {
+            let r = refusal(t.revoke(why(), who, target));
+            assert_eq!(r.code, RefusalCode::RevocationUnavailable);
+            assert_eq!(
+                r.message,
+                "cannot revoke: enforcement is unavailable: no BPF LSM; tokens already handed out keep working"
+            );
+        }
+        // Nothing was marked revoked.
+        assert_eq!(t.list(None, None)[0].state, LeaseState::NotEnforced);
+    }
+
+    #[test]
+    fn unenforced_leases_are_forgotten_once_expired_and_the_oldest_makes_room() {
+        let t = LeaseTable::default();
+        t.start(None, new(1000, Some(0))).unwrap();
+        t.start(None, new(1000, None)).unwrap();
+        assert_eq!(t.sweep(None), 1);
+        {
+            let mut table = t.lock();
+            for id in 100..100 + MAX_LEASES as u64 - 1 {
+                let mut l = table.leases[&2].clone();
+                l.id = id;
+                table.leases.insert(id, l);
+            }
+            assert_eq!(table.leases.len(), MAX_LEASES);
+            table.last_id = 100 + MAX_LEASES as u64 - 2;
+        }
+        let next = t.start(None, new(1000, None)).unwrap();
+        let all = t.list(None, None);
+        assert_eq!(all.len(), MAX_LEASES);
+        assert_eq!(all[0].id, 100, "lease 2, the oldest, made room");
+        assert_eq!(all.last().map(|l| l.id), Some(next.id));
+    }
+}
