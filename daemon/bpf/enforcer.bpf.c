@@ -14,7 +14,9 @@
  * - bpf_token_cmd and bpf_token_capable refuse (-EPERM) every use of a
  *   token whose serial, or whose whole scope, the daemon has put in the
  *   `deadlines` map with a deadline that has passed (0: revoked now;
- *   NO_DEADLINE: a lease without expiry, not revoked).
+ *   NO_DEADLINE: a lease without expiry, not revoked), or with a binding
+ *   the current task does not meet (another uid, or outside the cgroup
+ *   subtree the lease was minted for).
  * - fentry on free_user_ns (the kernel's deferred free of a user
  *   namespace) removes the whole-scope entry and the counts of a scope that
  *   no longer exists, before its inode number can be reused, so an entry
@@ -122,15 +124,29 @@ struct {
 /* A lease that neither expires nor is revoked (yet). */
 #define NO_DEADLINE (~0ULL)
 
+/* lease_entry.bind: who may use the lease's tokens. */
+#define BIND_UID 1	/* only tasks whose (real, init-namespace) uid is bind_uid */
+#define BIND_CGROUP 2	/* only tasks in the cgroup v2 subtree bind_cgroup_id at bind_cgroup_level */
+
+struct lease_entry {
+	/* CLOCK_BOOTTIME nanoseconds; 0: revoked now; NO_DEADLINE: none. */
+	__u64 deadline;
+	__u64 bind_cgroup_id;
+	__u32 bind_uid;
+	__u32 bind_cgroup_level;
+	__u32 bind;
+	__u32 pad;
+};
+
 /* One entry per lease, written by the daemon only: (scope, serial) ->
- * deadline in CLOCK_BOOTTIME nanoseconds; 0 means revoked now. Removed
- * here when the token (serial) or the scope (serial 0) is freed. */
+ * deadline and binding. Removed here when the token (serial) or the
+ * scope (serial 0) is freed. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct revoke_key);
-	__type(value, __u64);
+	__type(value, struct lease_entry);
 } deadlines SEC(".maps");
 
 static __always_inline __u32 scope_of(const struct bpf_token *token)
@@ -138,14 +154,23 @@ static __always_inline __u32 scope_of(const struct bpf_token *token)
 	return BPF_CORE_READ(token, userns, ns.inum);
 }
 
+/* Whether the lease entry of (scope, serial), if any, refuses the current
+ * task: its deadline has passed, or the task is not the one it is bound to. */
 static __always_inline int lapsed(__u32 scope, __u64 serial)
 {
 	struct revoke_key key = { .scope = scope, .serial = serial };
-	__u64 *deadline = bpf_map_lookup_elem(&deadlines, &key);
+	struct lease_entry *e = bpf_map_lookup_elem(&deadlines, &key);
 
-	if (!deadline || *deadline == NO_DEADLINE)
+	if (!e)
 		return 0;
-	return *deadline == 0 || bpf_ktime_get_boot_ns() >= *deadline;
+	if (e->deadline != NO_DEADLINE && (e->deadline == 0 || bpf_ktime_get_boot_ns() >= e->deadline))
+		return 1;
+	if ((e->bind & BIND_UID) && (__u32)bpf_get_current_uid_gid() != e->bind_uid)
+		return 1;
+	if ((e->bind & BIND_CGROUP) &&
+	    bpf_get_current_ancestor_cgroup_id(e->bind_cgroup_level) != e->bind_cgroup_id)
+		return 1;
+	return 0;
 }
 
 static __always_inline int check(const struct bpf_token *token)

@@ -57,9 +57,11 @@ fn cgroup(peer: &PeerIdentity) -> String {
 /// uid), `libbpf` (token plus its scope), `container` (a token in the
 /// peer's own user namespace) or `delegated_mount` (a bpffs for a
 /// namespace the peer owns).
-/// `enforced` is `None` when no matching rule sets a `ttl`, else whether
-/// the ttl is enforced (`enforced=false`: minted anyway, because the policy
-/// says `require_enforcement = false`).
+/// `enforced` is `None` when no matching rule sets a `ttl`,
+/// `max_live_tokens` or `bind`, else whether they are enforced
+/// (`enforced=false`: minted anyway, because the policy says
+/// `require_enforcement = false`). `bound_uid` and `bound_cgroup` name the
+/// lease's binding (`-`: none).
 pub fn granted(
     peer: &PeerIdentity,
     rules: &[String],
@@ -90,6 +92,8 @@ pub fn granted(
         lease_scope = lease.scope,
         lease_serial = lease.serial.map_or_else(|| "-".to_owned(), |s| s.to_string()),
         lease_expires = lease.expires.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+        bound_uid = lease.bound_uid.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+        bound_cgroup = %lease.bound_cgroup.as_ref().map_or_else(|| "-".to_owned(), |c| format!("{c:?}")),
         "granted {mode} to uid {} (lease {})", peer.creds.uid, lease.id
     );
 }

@@ -83,6 +83,45 @@ impl LeaseKey {
     }
 }
 
+/// Who may use a lease's tokens, besides "until the deadline".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Binding {
+    /// Only tasks whose real uid (in the initial user namespace) is this.
+    pub uid: Option<u32>,
+    /// Only tasks inside this cgroup v2 subtree.
+    pub cgroup: Option<CgroupId>,
+}
+
+/// A cgroup v2 directory as the kernel names it: its id (the inode number
+/// of its directory) and its depth (the root is level 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupId {
+    pub id: u64,
+    pub level: u32,
+}
+
+/// `lease_entry.bind` bits (`BIND_UID`, `BIND_CGROUP` in the C source).
+const BIND_UID: u32 = 1;
+const BIND_CGROUP: u32 = 2;
+
+/// One `deadlines` value (`struct lease_entry`): the deadline and binding.
+fn entry_bytes(deadline: u64, bind: Binding) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b[..8].copy_from_slice(&deadline.to_ne_bytes());
+    let mut flags = 0;
+    if let Some(uid) = bind.uid {
+        flags |= BIND_UID;
+        b[16..20].copy_from_slice(&uid.to_ne_bytes());
+    }
+    if let Some(cg) = bind.cgroup {
+        flags |= BIND_CGROUP;
+        b[8..16].copy_from_slice(&cg.id.to_ne_bytes());
+        b[20..24].copy_from_slice(&cg.level.to_ne_bytes());
+    }
+    b[24..28].copy_from_slice(&flags.to_ne_bytes());
+    b
+}
+
 /// Tokens a scope has seen since the enforcer was loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ScopeCount {
@@ -122,17 +161,18 @@ impl Enforcer {
     }
 
     /// Start a lease: its entry with `deadline` (CLOCK_BOOTTIME ns, or
-    /// [`NO_DEADLINE`]). Called while the daemon holds the token or the
-    /// scope, so the entry cannot name something already freed.
-    pub fn start_lease(&self, key: LeaseKey, deadline: u64) -> io::Result<()> {
-        self.deadlines.update(&key.bytes(), &deadline.to_ne_bytes(), BPF_NOEXIST)
+    /// [`NO_DEADLINE`]) and binding. Called while the daemon holds the
+    /// token or the scope, so the entry cannot name something already freed.
+    pub fn start_lease(&self, key: LeaseKey, deadline: u64, bind: Binding) -> io::Result<()> {
+        self.deadlines.update(&key.bytes(), &entry_bytes(deadline, bind), BPF_NOEXIST)
     }
 
-    /// Set the deadline of a live lease entry; `Ok(false)` when the entry
-    /// is gone (its token or scope was freed), which is never recreated:
-    /// the scope's inode may already belong to another namespace.
-    pub fn set_deadline(&self, key: LeaseKey, deadline: u64) -> io::Result<bool> {
-        match self.deadlines.update(&key.bytes(), &deadline.to_ne_bytes(), BPF_EXIST) {
+    /// Set the deadline of a live lease entry (keeping its binding);
+    /// `Ok(false)` when the entry is gone (its token or scope was freed),
+    /// which is never recreated: the scope's inode may already belong to
+    /// another namespace.
+    pub fn set_deadline(&self, key: LeaseKey, deadline: u64, bind: Binding) -> io::Result<bool> {
+        match self.deadlines.update(&key.bytes(), &entry_bytes(deadline, bind), BPF_EXIST) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
@@ -142,7 +182,7 @@ impl Enforcer {
     /// Whether the entry of a lease still exists (its token or scope is
     /// alive), with its deadline.
     pub fn deadline(&self, key: LeaseKey) -> io::Result<Option<u64>> {
-        Ok(self.deadlines.lookup(&key.bytes())?.and_then(|v| v.try_into().ok()).map(u64::from_ne_bytes))
+        Ok(self.deadlines.lookup(&key.bytes())?.and_then(|v| v.get(..8)?.try_into().ok()).map(u64::from_ne_bytes))
     }
 
     /// Remove a lease's entry (a grant the client never took).

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bpftoken_proto::{LeaseInfo, LeaseMode, LeaseState, Refusal, RefusalCode, RevokeTarget};
 
-use crate::enforcer::{Enforcer, LeaseKey, NO_DEADLINE, REVOKED};
+use crate::enforcer::{Binding, Enforcer, LeaseKey, NO_DEADLINE, REVOKED};
 
 /// Most leases the daemon tracks (and entries in the enforcer's map).
 pub const MAX_LEASES: usize = 65536;
@@ -41,10 +41,11 @@ struct Lease {
     /// The enforcer entry; `None` when leases are not enforced here.
     key: Option<LeaseKey>,
     revoked: bool,
+    bind: NewBinding,
 }
 
 /// What a new lease is for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct NewLease {
     pub uid: u32,
     pub scope: u64,
@@ -54,6 +55,15 @@ pub struct NewLease {
     /// Covers every token of the scope rather than the one serial.
     pub whole_scope: bool,
     pub ttl: Option<Duration>,
+    pub bind: NewBinding,
+}
+
+/// Who may use a lease's tokens: the kernel's [`Binding`] and, for
+/// listings, the cgroup path it names.
+#[derive(Debug, Clone, Default)]
+pub struct NewBinding {
+    pub kernel: Binding,
+    pub cgroup_path: Option<String>,
 }
 
 /// Why a lease could not be started; the grant is then not handed out.
@@ -110,6 +120,8 @@ impl Lease {
             serial: self.serial,
             whole_scope: self.whole_scope,
             state: self.state(now_boot),
+            bound_uid: self.bind.kernel.uid,
+            bound_cgroup: self.bind.cgroup_path.clone(),
         }
     }
 }
@@ -136,6 +148,7 @@ impl LeaseTable {
     /// Start a lease for a grant about to be handed out. With the
     /// enforcer, its entry goes into the kernel now, with the expiry.
     pub fn start(&self, enforcer: Option<&Enforcer>, new: NewLease) -> Result<LeaseInfo, LeaseError> {
+        let bind = new.bind.clone();
         let now_boot = crate::sys::boottime_ns();
         let created = SystemTime::now();
         let deadline = new.ttl.map(|t| now_boot.saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)));
@@ -157,7 +170,7 @@ impl LeaseTable {
             None => None,
             Some(e) => {
                 let key = key_of(&new)?;
-                match e.start_lease(key, deadline.unwrap_or(NO_DEADLINE)) {
+                match e.start_lease(key, deadline.unwrap_or(NO_DEADLINE), bind.kernel) {
                     Ok(()) => Some(key),
                     Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
                         let other = table.leases.values().find(|l| l.key == Some(key)).map_or(0, |l| l.id);
@@ -181,6 +194,7 @@ impl LeaseTable {
             whole_scope: new.whole_scope,
             key,
             revoked: false,
+            bind,
         };
         let info = lease.info(now_boot);
         table.leases.insert(lease.id, lease);
@@ -272,7 +286,7 @@ impl LeaseTable {
         for id in ids {
             let Some(lease) = table.leases.get_mut(&id) else { continue };
             if let Some(key) = lease.key {
-                match enforcer.set_deadline(key, REVOKED) {
+                match enforcer.set_deadline(key, REVOKED, lease.bind.kernel) {
                     // Its token or scope was already freed: nothing is left
                     // to use, and the entry is not recreated.
                     Ok(_) => {}
@@ -325,6 +339,7 @@ mod tests {
             serial: None,
             whole_scope: false,
             ttl: ttl.map(Duration::from_secs),
+            bind: NewBinding::default(),
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod cgroup;
 pub mod enforcer;
 pub mod explain;
 pub mod lease;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bpftoken_policy::{Decision, LiveLimit, Policy, RateLimit, Ttl};
+use bpftoken_policy::{Binding, Decision, LiveLimit, Policy, RateLimit, Ttl};
 use bpftoken_proto::codec::{self, CodecError};
 use bpftoken_proto::message::{FdRole, RequestBody};
 use bpftoken_proto::{
@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use crate::audit;
 use crate::cache::ScopeCache;
 use crate::enforcer::{Enforcer, Unavailable};
-use crate::lease::{LeaseTable, NewLease};
+use crate::lease::{LeaseTable, NewBinding, NewLease};
 use crate::live::{Admitted, LiveError, LiveTokens};
 use crate::minter::link::MinterLink;
 use crate::minter::{MintError, Scope, ScopeKey, ScopeOwner};
@@ -556,7 +556,9 @@ async fn handle_query(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream,
         Some(r) => Some(r),
         None => match policy.decide(&peer.creds, &MintRequest::default()) {
             Decision::Refuse { code, message, .. } => Some(Refusal::new(code, message)),
-            Decision::Grant { ttl, .. } => lease_refusal(daemon, &policy, ttl.as_ref(), None).err(),
+            Decision::Grant { ttl, bind, .. } => lease_refusal(daemon, &policy, ttl.as_ref(), None)
+                .err()
+                .or_else(|| binding(daemon, &policy, peer, &bind).err()),
         },
     };
     let explanation = Explanation {
@@ -693,9 +695,17 @@ async fn decide<'a>(
             audit::refused(peer, &rules, code, &message);
             Err(write_response(stream, &refusal(code, message), &[]).await.is_ok())
         }
-        Decision::Grant { delegation, rules, limits, ttl, live_limit } => {
+        Decision::Grant { delegation, rules, limits, ttl, live_limit, bind } => {
             let enforced = match lease_refusal(daemon, &policy, ttl.as_ref(), asked.ttl) {
                 Ok(enforced) => enforced,
+                Err(r) => {
+                    daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    audit::refused(peer, &rules, r.code, &r.message);
+                    return Err(write_response(stream, &Response::Refused(r), &[]).await.is_ok());
+                }
+            };
+            let (bind, bind_enforced) = match binding(daemon, &policy, peer, &bind) {
+                Ok(b) => b,
                 Err(r) => {
                     daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
                     audit::refused(peer, &rules, r.code, &r.message);
@@ -710,11 +720,12 @@ async fn decide<'a>(
                     return Err(write_response(stream, &Response::Refused(r), &[]).await.is_ok());
                 }
             };
-            // Not enforced if either limit is not.
-            let enforced = match (enforced, live_enforced) {
+            // Not enforced if any limit is not.
+            let both = |x: Option<bool>, y: Option<bool>| match (x, y) {
                 (None, e) | (e, None) => e,
                 (Some(a), Some(b)) => Some(a && b),
             };
+            let enforced = both(both(enforced, live_enforced), bind_enforced);
             if let Err(message) = daemon.rates.admit(peer.creds.uid, &limits) {
                 daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
                 audit::refused(peer, &rules, RefusalCode::RateLimited, &message);
@@ -726,7 +737,7 @@ async fn decide<'a>(
                 (a, b) => a.or(b),
             };
             let ttl = secs.map(|s| Duration::from_secs(u64::from(s)));
-            Ok(Grant { delegation, rules, enforced, ttl, _admitted: admitted })
+            Ok(Grant { delegation, rules, enforced, ttl, bind, _admitted: admitted })
         }
     }
 }
@@ -783,6 +794,8 @@ struct Grant<'a> {
     /// How long the lease lasts: the shortest matching `ttl`, or less if
     /// the request asked for less.
     ttl: Option<Duration>,
+    /// Who may use the tokens (policy `bind`).
+    bind: NewBinding,
     /// Counted against `max_live_tokens` until dropped (after delivery).
     _admitted: Option<Admitted<'a>>,
 }
@@ -828,6 +841,57 @@ fn lease_refusal(
     ))
 }
 
+/// The binding a grant carries (policy `bind`) and whether it is enforced
+/// (`None` without one), or the refusal: where the enforcer cannot bind
+/// the tokens, `require_enforcement` decides, as for `ttl`.
+fn binding(
+    daemon: &Daemon,
+    policy: &Policy,
+    peer: &PeerIdentity,
+    bind: &Binding,
+) -> Result<(NewBinding, Option<bool>), Refusal> {
+    if bind.is_empty() {
+        return Ok((NewBinding::default(), None));
+    }
+    let mut out = NewBinding::default();
+    if bind.uid.is_some() {
+        out.kernel.uid = Some(peer.creds.uid);
+    }
+    if bind.cgroup.is_some() {
+        out.cgroup_path = peer.creds.cgroup.clone();
+    }
+    let why = match &daemon.enforcer {
+        Err(why) => format!("enforcement is unavailable: {why}"),
+        Ok(_) if bind.cgroup.is_none() => return Ok((out, Some(true))),
+        Ok(_) => match crate::cgroup::id_of(peer.creds.cgroup.as_deref()) {
+            Ok(id) => {
+                out.kernel.cgroup = Some(id);
+                return Ok((out, Some(true)));
+            }
+            Err(e) => e.to_string(),
+        },
+    };
+    if !policy.require_enforcement() {
+        return Ok((out, Some(false)));
+    }
+    let mut what = Vec::new();
+    if let Some(rule) = &bind.uid {
+        what.push(format!("to their owner uid (rule \"{rule}\")"));
+    }
+    if let Some(rule) = &bind.cgroup {
+        what.push(format!("to the cgroup they are minted from (rule \"{rule}\")"));
+    }
+    Err(Refusal::new(
+        RefusalCode::NotEnforceable,
+        format!(
+            "binding tokens {} (bind) cannot be enforced by this daemon: {why}; {} requires enforcement \
+             (require_enforcement = true)",
+            what.join(" and "),
+            policy.path().display()
+        ),
+    ))
+}
+
 /// Decide, mint, deliver. False if the client is gone.
 async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, asked: &Asked, mode: Mode) -> bool {
     let grant = match decide(daemon, peer, stream, asked).await {
@@ -867,6 +931,7 @@ async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, 
         serial: token.serial(),
         whole_scope: mode == Mode::Scope,
         ttl: grant.ttl,
+        bind: grant.bind.clone(),
     };
     let lease = match start_lease(daemon, peer, stream, &rules, new).await {
         Ok(lease) => lease,
@@ -961,6 +1026,7 @@ async fn handle_delegate(
         serial: None,
         whole_scope: true,
         ttl: grant.ttl,
+        bind: grant.bind.clone(),
     };
     let lease = match start_lease(daemon, peer, stream, &rules, new).await {
         Ok(lease) => lease,

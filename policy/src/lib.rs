@@ -126,6 +126,32 @@ pub struct Rule {
     /// Tokens minted under this rule stop working after this many seconds
     /// (at most [`MAX_TTL_SECS`]); needs the daemon's enforcer.
     pub ttl: Option<u32>,
+    /// `bind`: who may use tokens minted under this rule.
+    pub bind: Bind,
+}
+
+/// A rule's `bind`: tokens work only for their owner uid, and/or only
+/// inside the cgroup v2 subtree the caller minted from. Needs the
+/// daemon's enforcer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bind {
+    pub uid: bool,
+    pub cgroup: bool,
+}
+
+/// The bindings that apply to a grant, each with the (first) matching
+/// allow rule that asks for it: one token carries every rule's powers,
+/// so every rule's binding holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Binding {
+    pub uid: Option<String>,
+    pub cgroup: Option<String>,
+}
+
+impl Binding {
+    pub fn is_empty(&self) -> bool {
+        self.uid.is_none() && self.cgroup.is_none()
+    }
 }
 
 /// The lease length that applies to a grant: the shortest `ttl` of the
@@ -188,6 +214,8 @@ pub enum Decision {
         ttl: Option<Ttl>,
         /// The strictest `max_live_tokens` of the matching rules.
         live_limit: Option<LiveLimit>,
+        /// Every binding a matching allow rule asks for.
+        bind: Binding,
     },
     Refuse {
         code: RefusalCode,
@@ -212,6 +240,8 @@ pub struct Effective {
     pub ttl: Option<Ttl>,
     /// The smallest `max_live_tokens` of the matching allow rules.
     pub live_limit: Option<LiveLimit>,
+    /// The bindings of the matching allow rules.
+    pub bind: Binding,
 }
 
 /// `cgroup` is `prefix` or below it, comparing whole path components.
@@ -288,6 +318,12 @@ impl Policy {
                     eff.live_limit = Some(LiveLimit { rule: r.label.clone(), max });
                 }
             }
+            if r.bind.uid && eff.bind.uid.is_none() {
+                eff.bind.uid = Some(r.label.clone());
+            }
+            if r.bind.cgroup && eff.bind.cgroup.is_none() {
+                eff.bind.cgroup = Some(r.label.clone());
+            }
         }
         let mut denied = Delegation::NONE;
         for r in self.deny.iter().filter(|r| r.matcher.matches(peer)) {
@@ -361,6 +397,7 @@ impl Policy {
             limits: eff.limits,
             ttl: eff.ttl,
             live_limit: eff.live_limit,
+            bind: eff.bind,
         }
     }
 }

@@ -10,7 +10,7 @@ use toml::Spanned;
 use crate::btf::KernelNames;
 use crate::error::{Location, PolicyError};
 use crate::{
-    Effect, IdRange, IdSet, Matcher, Policy, Rule, MAX_LIVE_TOKENS, MAX_POLICY_ID, MAX_TTL_SECS, OVERFLOW_ID,
+    Bind, Effect, IdRange, IdSet, Matcher, Policy, Rule, MAX_LIVE_TOKENS, MAX_POLICY_ID, MAX_TTL_SECS, OVERFLOW_ID,
     SENTINEL_IDS,
 };
 
@@ -71,6 +71,7 @@ struct RawRule {
     mints_per_minute: Option<Spanned<i64>>,
     max_live_tokens: Option<Spanned<i64>>,
     ttl: Option<Spanned<i64>>,
+    bind: Option<Spanned<Vec<Spanned<String>>>>,
     cmds: Option<Vec<Spanned<String>>>,
     maps: Option<Vec<Spanned<String>>>,
     progs: Option<Vec<Spanned<String>>>,
@@ -429,6 +430,32 @@ fn rule(
             })?)
         }
     };
+    let bind = match &r.bind {
+        None => Bind::default(),
+        Some(_) if effect == Effect::Deny => {
+            return Err(ctx.err(span, "`bind` restricts who may use an allow rule's tokens; a deny rule grants nothing"))
+        }
+        Some(list) if list.get_ref().is_empty() => {
+            return Err(
+                ctx.err(list.span(), "an empty `bind` binds nothing; give \"uid\", \"cgroup\" or both, or remove it")
+            )
+        }
+        Some(list) => {
+            let mut bind = Bind::default();
+            for item in list.get_ref() {
+                match item.get_ref().as_str() {
+                    "uid" => bind.uid = true,
+                    "cgroup" => bind.cgroup = true,
+                    other => {
+                        return Err(
+                            ctx.err(item.span(), format!("unknown binding \"{other}\" (valid: \"uid\", \"cgroup\")"))
+                        )
+                    }
+                }
+            }
+            bind
+        }
+    };
     if everyone && effect == Effect::Allow {
         let broad: Vec<&str> =
             Kind::ALL.iter().filter(|k| grant.get(**k) == delegation::ANY).map(|k| k.key()).collect();
@@ -459,5 +486,6 @@ fn rule(
         mints_per_minute,
         max_live_tokens,
         ttl,
+        bind,
     })
 }

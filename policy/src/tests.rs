@@ -191,7 +191,7 @@ fn unknown_key_is_refused() {
         err("[[allow]]\nusers = [\"alice\"]\nmap = [\"hash\"]\n"),
         "/etc/bpftokend/policy.toml:3:1: unknown field `map`, expected one of `name`, `everyone`, `users`, \
          `groups`, `uids`, `gids`, `uid_ranges`, `gid_ranges`, `executables`, `cgroups`, `userns_owners`, \
-         `mints_per_minute`, `max_live_tokens`, `ttl`, `cmds`, `maps`, `progs`, `attachs`"
+         `mints_per_minute`, `max_live_tokens`, `ttl`, `bind`, `cmds`, `maps`, `progs`, `attachs`"
     );
     assert!(err("[[alow]]\nuids = [1]\n").starts_with("/etc/bpftokend/policy.toml:1:3: unknown field `alow`"));
 }
@@ -688,6 +688,7 @@ fn arb_rule() -> impl Strategy<Value = Rule> {
             mints_per_minute: None,
             max_live_tokens: None,
             ttl: None,
+            bind: Bind::default(),
         })
 }
 
@@ -832,4 +833,45 @@ fn ttl_errors_are_located() {
         err("require_enforcement = \"yes\"\n[[allow]]\nuids = [1]\ncmds = [\"any\"]\n"),
         "/etc/bpftokend/policy.toml:1:23: invalid type: string \"yes\", expected a boolean"
     );
+}
+
+#[test]
+fn bind_takes_uid_and_cgroup_and_every_matching_rule_binds() {
+    let p = parse("[[allow]]\nuids = [1000]\ncmds = [\"map_create\"]\n").unwrap();
+    assert_eq!(p.rules()[0].bind, Bind::default());
+    let p = parse(
+        "[[allow]]\nname = \"u\"\nuids = [1000]\nbind = [\"uid\"]\ncmds = [\"map_create\"]\n\
+         [[allow]]\nname = \"both\"\nuids = [1000]\nbind = [\"cgroup\", \"uid\"]\nmaps = [\"array\"]\n\
+         [[allow]]\nname = \"other\"\nuids = [1001]\nbind = [\"cgroup\"]\nmaps = [\"array\"]\n",
+    )
+    .unwrap();
+    assert_eq!(p.rules()[0].bind, Bind { uid: true, cgroup: false });
+    assert_eq!(p.rules()[1].bind, Bind { uid: true, cgroup: true });
+    let alice = Peer { uid: 1000, gid: 1000, ..Peer::default() };
+    let want = Binding { uid: Some("u".into()), cgroup: Some("both".into()) };
+    assert_eq!(p.effective(&alice).bind, want);
+    match p.decide(&alice, &MintRequest::default()) {
+        Decision::Grant { bind, .. } => assert_eq!(bind, want),
+        other => panic!("{other:?}"),
+    }
+    let bob = Peer { uid: 1001, gid: 1001, ..Peer::default() };
+    assert_eq!(p.effective(&bob).bind, Binding { uid: None, cgroup: Some("other".into()) });
+}
+
+#[test]
+fn bind_errors_are_located() {
+    assert_eq!(
+        err("[[allow]]\nuids = [1]\nbind = [\"uid\", \"cgrup\"]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:3:16: unknown binding \"cgrup\" (valid: \"uid\", \"cgroup\")"
+    );
+    assert_eq!(
+        err("[[allow]]\nuids = [1]\nbind = []\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:3:8: an empty `bind` binds nothing; give \"uid\", \"cgroup\" or both, or remove it"
+    );
+    assert_eq!(
+        err("[[deny]]\nuids = [1]\nbind = [\"uid\"]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:1:1: `bind` restricts who may use an allow rule's tokens; a deny rule grants nothing"
+    );
+    assert!(err("[[allow]]\nuids = [1]\nbind = \"uid\"\ncmds = [\"any\"]\n")
+        .starts_with("/etc/bpftokend/policy.toml:3:8: invalid type: string \"uid\", expected a sequence"));
 }

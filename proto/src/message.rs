@@ -171,6 +171,12 @@ pub struct LeaseInfo {
     /// mounts), not one serial.
     pub whole_scope: bool,
     pub state: LeaseState,
+    /// Only tasks with this (real, initial-namespace) uid may use the
+    /// lease's tokens (policy `bind = ["uid"]`).
+    pub bound_uid: Option<u32>,
+    /// Only tasks in this cgroup v2 subtree may use them (`bind =
+    /// ["cgroup"]`): the caller's cgroup when it minted.
+    pub bound_cgroup: Option<String>,
 }
 
 /// What the caller asks for. `None` for a set means "everything my policy

@@ -150,3 +150,80 @@ fn max_live_tokens_follows_require_enforcement_where_tokens_cannot_be_counted() 
     assert_eq!(granted.len(), 3, "{log}");
     assert!(granted.iter().all(|l| l.contains(" enforced=\"false\" ")), "{log}");
 }
+
+const BIND_POLICY: &str = r#"
+[[allow]]
+name = "own-uid"
+users = ["bpftk-alice"]
+cmds = ["map_create"]
+maps = ["array"]
+bind = ["uid"]
+
+[[allow]]
+name = "own-cgroup"
+users = ["bpftk-alice"]
+cmds = ["map_create"]
+bind = ["cgroup"]
+"#;
+
+/// `bind` needs the enforcer: where it cannot run, `require_enforcement`
+/// decides, as for `ttl`. (The binding itself is tested in the VM,
+/// capabilities `bind-uid` and `bind-cgroup`.)
+#[test]
+fn bind_follows_require_enforcement_where_it_cannot_be_enforced() {
+    let Some(env) = setup("bind_follows_require_enforcement_where_it_cannot_be_enforced") else { return };
+    let d = TestDaemon::start(&env, BIND_POLICY, &[]);
+    let state = d.enforcement();
+    let alice = user(ALICE);
+    let Some(reason) = state.strip_prefix("unavailable: ") else {
+        eprintln!("enforcement runs here ({state}): the VM scenarios bind-uid and bind-cgroup cover it");
+        return;
+    };
+    let message = format!(
+        "binding tokens to their owner uid (rule \"own-uid\") and to the cgroup they are minted from (rule \
+         \"own-cgroup\") (bind) cannot be enforced by this daemon: enforcement is unavailable: {reason}; {} \
+         requires enforcement (require_enforcement = true)",
+        d.policy.display()
+    );
+    let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(stderr(&o), format!("bpftoken: refused: {message} (not_enforceable)\n"));
+    let log = d.wait_for_log("code=\"not_enforceable\"");
+    assert_eq!(log.lines().filter(|l| l.contains("decision=\"refused\"")).count(), 1, "{log}");
+    // query says the same without minting.
+    let o = d.bpftoken(&env, &alice, &["query"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).ends_with(&format!("a request now would be refused: {message} (not_enforceable)\n")));
+
+    // require_enforcement = false: minted, marked not enforced, and the
+    // lease still says what it was meant to be bound to.
+    let d = TestDaemon::start(&env, &format!("require_enforcement = false\n{BIND_POLICY}"), &[]);
+    let probe = env.bin("bpftoken-probe");
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let go = d.dir.join("go");
+    let mut c = as_user(&alice, env.bin("bpftoken"));
+    c.arg("--socket").arg(&d.socket).args(["run", "--fd-only", "--"]).arg(&probe).arg("wait-try").arg(&go);
+    c.arg("map:array").stdout(std::process::Stdio::piped());
+    let mut holder = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    while lines.last().is_none_or(|l: &String| l != "waiting") {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "{lines:?}");
+        lines.push(line.trim_end().to_owned());
+    }
+    assert_eq!(lines[1..], ["map:array ok", "waiting"]);
+    let log = d.wait_for_log("decision=\"granted\"");
+    let line = log.lines().find(|l| l.contains("decision=\"granted\"")).unwrap_or_default();
+    // The test runs the client in its own cgroup (it inherits ours).
+    let cgroup = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    assert!(line.contains(" enforced=\"false\" "), "{line}");
+    assert!(line.contains(&format!(" bound_uid=\"{}\" ", alice.uid)), "{line}");
+    assert!(line.contains(&format!(" bound_cgroup={cgroup:?}")), "{line}");
+    let o = d.bpftoken(&env, &alice, &["leases"]);
+    let out = stdout(&o);
+    let row = out.lines().nth(1).unwrap_or_default();
+    assert!(row.ends_with(&format!("  not_enforced  never         uid {}, cgroup {cgroup}", alice.uid)), "{out}");
+    std::fs::write(&go, b"").unwrap();
+    assert!(holder.wait().unwrap().success());
+}

@@ -87,7 +87,7 @@ fn every_grant_is_a_lease_its_owner_and_root_can_list() {
     let b = Holder::start(&env, &d, &bob, &go);
     assert_eq!(a.lines, ["lease 1", "map:array ok", "waiting"]);
     assert_eq!(b.lines, ["lease 2", "map:array ok", "waiting"]);
-    let header = " LEASE     UID  MODE                  SCOPE  COVERS          STATE         EXPIRES";
+    let header = " LEASE     UID  MODE                  SCOPE  COVERS          STATE         EXPIRES       BOUND TO";
     // Each user sees their own; the scope is the token's user namespace.
     let fields = |o: &std::process::Output| -> Vec<Vec<String>> {
         assert!(o.status.success(), "{}", stderr(o));
@@ -101,8 +101,8 @@ fn every_grant_is_a_lease_its_owner_and_root_can_list() {
     let row: Vec<&str> = rows[0].iter().map(String::as_str).collect();
     let alice_uid = alice.uid.to_string();
     assert_eq!(
-        [row[0], row[1], row[2], row[4], row[5], row[6]],
-        ["1", &alice_uid, "owner", "token", "not_enforced", "never"]
+        [row[0], row[1], row[2], row[4], row[5], row[6], row[7]],
+        ["1", &alice_uid, "owner", "token", "not_enforced", "never", "-"]
     );
     assert!(row[3].parse::<u64>().is_ok_and(|s| s > 0), "{row:?}");
     let rows = fields(&d.bpftoken(&env, &bob, &["leases"]));

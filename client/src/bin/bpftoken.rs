@@ -287,8 +287,8 @@ fn inherit(fd: BorrowedFd<'_>) -> Result<(), ExitCode> {
 fn lease_lines(leases: &[bpftoken::LeaseInfo]) -> Vec<String> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mut out = vec![format!(
-        "{:>6}  {:>6}  {:<15}  {:>10}  {:<14}  {:<12}  EXPIRES",
-        "LEASE", "UID", "MODE", "SCOPE", "COVERS", "STATE"
+        "{:>6}  {:>6}  {:<15}  {:>10}  {:<14}  {:<12}  {:<12}  BOUND TO",
+        "LEASE", "UID", "MODE", "SCOPE", "COVERS", "STATE", "EXPIRES"
     )];
     for l in leases {
         let covers = match (l.whole_scope, l.serial) {
@@ -301,8 +301,16 @@ fn lease_lines(leases: &[bpftoken::LeaseInfo]) -> Vec<String> {
             Some(t) if t > now => format!("in {} s", t - now),
             Some(t) => format!("{} s ago", now - t),
         };
+        let mut bound = Vec::new();
+        if let Some(uid) = l.bound_uid {
+            bound.push(format!("uid {uid}"));
+        }
+        if let Some(cgroup) = &l.bound_cgroup {
+            bound.push(format!("cgroup {cgroup}"));
+        }
+        let bound = if bound.is_empty() { "-".to_owned() } else { bound.join(", ") };
         out.push(format!(
-            "{:>6}  {:>6}  {:<15}  {:>10}  {:<14}  {:<12}  {expires}",
+            "{:>6}  {:>6}  {:<15}  {:>10}  {:<14}  {:<12}  {expires:<12}  {bound}",
             l.id,
             l.uid,
             l.mode.as_str(),
