@@ -43,6 +43,8 @@ fn expected(version: (u32, u32)) -> BTreeMap<&'static str, &'static str> {
         ("revoke-lease", "unsupported"),
         ("revoke-uid", "unsupported"),
         ("revoke-libbpf-scope", "unsupported"),
+        ("bind-uid", "unsupported"),
+        ("bind-cgroup", "unsupported"),
         ("cost", "unsupported"),
     ])
 }

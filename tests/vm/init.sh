@@ -8,6 +8,7 @@
 /bin/busybox mount -t devtmpfs dev /dev
 /bin/busybox mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 /bin/busybox mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+/bin/busybox mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 /bin/busybox mount -t tmpfs -o mode=1777 tmp /tmp
 export PATH=/bin:/opt/bpftoken
 echo; echo "INFO lsm $(cat /sys/kernel/security/lsm 2>/dev/null)"

@@ -17,6 +17,9 @@
 //! bpftoken-probe close-at SOCKET               a mint frame cut at every offset, then one unread answer
 //! bpftoken-probe wait FILE                    wait until FILE exists
 //! bpftoken-probe wait-try FILE ITEM...         try ITEMs, wait until FILE exists, try them again
+//! bpftoken-probe try-as-euid UID ITEM...       (root) take effective uid UID, keeping real uid 0,
+//!                                             which drops every effective capability; try ITEMs
+//!                                             with $BPF_TOKEN_FD
 //! bpftoken-probe time-map COUNT FILE          median ns of COUNT array map creates with the token;
 //!                                             wait until FILE exists, measure again
 //! bpftoken-probe time-mint SOCKET COUNT       median ns of COUNT mints on one connection
@@ -176,6 +179,16 @@ fn run(args: &[String]) -> Result<(), String> {
             // The reader sees the lines above before we block.
             std::io::Write::flush(&mut std::io::stdout()).map_err(|e| e.to_string())?;
             wait_for_file(file)?;
+            try_items(Some(token.as_fd()), &args[2..])
+        }
+        Some("try-as-euid") => {
+            let uid: u32 = args.get(1).and_then(|u| u.parse().ok()).ok_or("try-as-euid UID ITEM...")?;
+            let token = token_from_env()?;
+            // One thread: the thread's ids are the process's. Real and
+            // saved uid stay; the kernel clears the effective capabilities
+            // when the effective uid leaves 0.
+            rustix::thread::set_thread_res_uid(None, Some(rustix::process::Uid::from_raw(uid)), None)
+                .map_err(|e| format!("setresuid(-1, {uid}, -1): {e}"))?;
             try_items(Some(token.as_fd()), &args[2..])
         }
         Some("time-map") => {
