@@ -86,6 +86,8 @@ pub fn errno_of(e: &bpftoken_client::Error) -> i32 {
             | RefusalCode::NotEnforceable
             | RefusalCode::NotYourLease
             | RefusalCode::RevocationUnavailable
+            | RefusalCode::LearningNotAllowed
+            | RefusalCode::LearningUnavailable
             | RefusalCode::Unknown(_) => libc::EPERM,
             RefusalCode::UnknownLease => libc::ENOENT,
             RefusalCode::EmptyGrant => libc::EINVAL,

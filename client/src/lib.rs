@@ -36,6 +36,33 @@ pub use bpftoken_proto::{
     RevokeTarget,
 };
 
+/// Who a learned rule names: a user by name, or a uid without one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleUser {
+    Name(String),
+    Uid(u32),
+}
+
+/// The minimal `[[allow]]` rule for `user` that grants exactly `used`
+/// (what a learning lease recorded): one line per non-empty set, kernel
+/// names in enum order; TOML, ready for the daemon's policy.
+pub fn learned_rule(user: &RuleUser, used: &Delegation) -> String {
+    let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut out = String::from("[[allow]]\n");
+    match user {
+        RuleUser::Name(name) => out.push_str(&format!("users = [{}]\n", quote(name))),
+        RuleUser::Uid(uid) => out.push_str(&format!("uids = [{uid}]\n")),
+    }
+    for kind in Kind::ALL {
+        let names = delegation::names(kind, used.get(kind));
+        if !names.is_empty() {
+            let list: Vec<String> = names.iter().map(|n| quote(n)).collect();
+            out.push_str(&format!("{} = [{}]\n", kind.key(), list.join(", ")));
+        }
+    }
+    out
+}
+
 /// Where the daemon listens unless `BPFTOKEN_SOCKET` says otherwise.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/bpftokend/socket";
 
@@ -244,6 +271,33 @@ impl Client {
         }
     }
 
+    /// A learning lease (`bpftoken learn`): a libbpf-mode grant, in a scope
+    /// of its own, under the caller's `learn = true` rules; the daemon's
+    /// enforcer records what its tokens are used for until
+    /// [`Client::learned`].
+    pub fn learn(&mut self, request: &MintRequest) -> Result<ScopeGrant, Error> {
+        let roles = [FdRole::Token, FdRole::UserNamespace, FdRole::Bpffs];
+        let (m, lease, mut fds) = self.minted(RequestBody::Learn(*request), None, &roles)?;
+        if lease.is_none() {
+            return Err(Error::Protocol("the daemon answered a learning request without its lease".into()));
+        }
+        let bpffs = fds.remove(2);
+        let userns = fds.remove(1);
+        Ok(ScopeGrant { token: Token { fd: fds.remove(0), granted: m.granted, rules: m.rules, lease }, userns, bpffs })
+    }
+
+    /// End learning lease `id`: its tokens stop working, and the answer
+    /// says what they were used for (commands, map, program and attach
+    /// types, as token masks).
+    pub fn learned(&mut self, id: u64) -> Result<(LeaseInfo, Delegation), Error> {
+        self.send(RequestBody::Learned(id), None)?;
+        match self.read_plain()? {
+            Response::Learned { lease, used } => Ok((lease, used)),
+            Response::Refused(r) => Err(Error::Refused(r)),
+            _ => Err(Error::Protocol("the daemon answered a learning result with something else".into())),
+        }
+    }
+
     /// A response that must carry no fds.
     fn read_plain(&mut self) -> Result<Response, Error> {
         let (response, fds) = self.read_response()?;
@@ -385,5 +439,26 @@ impl Client {
         let mut payload = vec![0u8; len];
         self.stream.read_exact(&mut payload)?;
         Ok((codec::decode_response(&payload)?, fds))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learned_rule_names_each_used_set_in_enum_order() {
+        let used = Delegation { cmds: (1 << 18) | (1 << 5) | 1, maps: 1 << 2, progs: 1 << 1, attachs: 1 };
+        assert_eq!(
+            learned_rule(&RuleUser::Name("bpftk-alice".into()), &used),
+            "[[allow]]\nusers = [\"bpftk-alice\"]\ncmds = [\"map_create\", \"prog_load\", \"btf_load\"]\n\
+             maps = [\"array\"]\nprogs = [\"socket_filter\"]\nattachs = [\"cgroup_inet_ingress\"]\n"
+        );
+        let only_cmds = Delegation { cmds: 1 << 18, ..Delegation::NONE };
+        assert_eq!(learned_rule(&RuleUser::Uid(1234), &only_cmds), "[[allow]]\nuids = [1234]\ncmds = [\"btf_load\"]\n");
+        assert_eq!(
+            learned_rule(&RuleUser::Name("a\"b".into()), &Delegation::NONE),
+            "[[allow]]\nusers = [\"a\\\"b\"]\n"
+        );
     }
 }

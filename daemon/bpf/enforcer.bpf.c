@@ -58,6 +58,16 @@ struct bpf_token {
 	struct user_namespace *userns;
 } __attribute__((preserve_access_index));
 
+struct bpf_map;
+
+struct bpf_prog_aux {
+	struct bpf_token *token;
+} __attribute__((preserve_access_index));
+
+struct bpf_prog {
+	struct bpf_prog_aux *aux;
+} __attribute__((preserve_access_index));
+
 /* Shared with daemon/src/enforcer.rs: keep the layouts in step. */
 
 /* Most tokens one task records (the daemon mints at most 8 per child). */
@@ -148,6 +158,32 @@ struct {
 	__type(key, struct revoke_key);
 	__type(value, struct lease_entry);
 } deadlines SEC(".maps");
+
+/* Learning (`bpftoken learn`): what the tokens of a learning lease's
+ * scope were used for, as bit masks over the kernel's enums (the token's
+ * delegate_* layout). The daemon creates the entry (all zero) when it
+ * grants the learning lease and reads and deletes it when the lease ends;
+ * only scopes with an entry are recorded. */
+struct learned {
+	__u64 cmds;
+	__u64 maps;
+	__u64 progs;
+	__u64 attachs;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct learned);
+} learning SEC(".maps");
+
+static __always_inline void learn_bit(__u64 *mask, __u32 bit)
+{
+	if (bit < 64)
+		__sync_fetch_and_or(mask, 1ULL << bit);
+}
 
 static __always_inline __u32 scope_of(const struct bpf_token *token)
 {
@@ -269,15 +305,65 @@ int BPF_PROG(userns_free, struct work_struct *work)
 	key.scope = scope;
 	bpf_map_delete_elem(&deadlines, &key);
 	bpf_map_delete_elem(&scopes, &scope);
+	bpf_map_delete_elem(&learning, &scope);
 	return 0;
 }
 
 SEC("lsm/bpf_token_cmd")
 int BPF_PROG(token_cmd, const struct bpf_token *token, enum bpf_cmd cmd, int ret)
 {
+	struct learned *l;
+	__u32 scope;
+
 	if (ret)
 		return ret;
-	return check(token);
+	ret = check(token);
+	if (ret)
+		return ret;
+	scope = scope_of(token);
+	l = bpf_map_lookup_elem(&learning, &scope);
+	if (l)
+		learn_bit(&l->cmds, cmd);
+	return 0;
+}
+
+/* The kernel calls these after it has accepted the token for the command
+ * (and, for programs, for the program and attach type); without a token,
+ * or with one that does not cover the call, there is none. Later kernels
+ * add arguments after `token`; they are not read. */
+SEC("lsm/bpf_map_create")
+int BPF_PROG(learn_map, struct bpf_map *map, union bpf_attr *attr, struct bpf_token *token)
+{
+	struct learned *l;
+	__u32 scope;
+
+	if (!token)
+		return 0;
+	scope = scope_of(token);
+	l = bpf_map_lookup_elem(&learning, &scope);
+	if (l)
+		learn_bit(&l->maps, attr->map_type);
+	return 0;
+}
+
+SEC("lsm/bpf_prog_load")
+int BPF_PROG(learn_prog, struct bpf_prog *prog, union bpf_attr *attr)
+{
+	/* bpf_prog_load() moves the token into prog->aux before this hook,
+	 * so its `token` argument is always NULL: read the program's. */
+	struct bpf_token *token = BPF_CORE_READ(prog, aux, token);
+	struct learned *l;
+	__u32 scope;
+
+	if (!token)
+		return 0;
+	scope = scope_of(token);
+	l = bpf_map_lookup_elem(&learning, &scope);
+	if (l) {
+		learn_bit(&l->progs, attr->prog_type);
+		learn_bit(&l->attachs, attr->expected_attach_type);
+	}
+	return 0;
 }
 
 SEC("lsm/bpf_token_capable")

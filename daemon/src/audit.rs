@@ -119,6 +119,25 @@ pub fn revoked(peer: &PeerIdentity, lease: &LeaseInfo) {
     );
 }
 
+/// A learning lease ended; `used` is what its tokens were used for.
+pub fn learned(peer: &PeerIdentity, lease: &LeaseInfo, used: &Delegation) {
+    if !admit() {
+        return;
+    }
+    tracing::info!(
+        target: "bpftokend::audit",
+        decision = "learned",
+        peer_uid = peer.creds.uid,
+        peer_pid = peer.pid,
+        exe = %exe(peer),
+        lease = lease.id,
+        lease_uid = lease.uid,
+        lease_scope = lease.scope,
+        used = %used,
+        "learning lease {} of uid {} ended: used {used}", lease.id, lease.uid
+    );
+}
+
 /// A request was refused.
 pub fn refused(peer: &PeerIdentity, rules: &[String], code: RefusalCode, reason: &str) {
     if !admit() {

@@ -12,7 +12,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use bpftoken_proto::Enforcement;
+use bpftoken_proto::{Delegation, Enforcement};
 
 use crate::sys::bpf::{self, LoadError, MapFd};
 
@@ -20,7 +20,7 @@ use crate::sys::bpf::{self, LoadError, MapFd};
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
 
 /// The maps the daemon uses, in this order.
-const MAPS: [&str; 3] = ["scopes", "task_serials", "deadlines"];
+const MAPS: [&str; 4] = ["scopes", "task_serials", "deadlines", "learning"];
 
 /// A `deadlines` value: a lease that neither expires nor is revoked (the
 /// entry still says "this token or scope is alive and leased").
@@ -63,6 +63,7 @@ pub struct Enforcer {
     scopes: MapFd,
     task_serials: MapFd,
     deadlines: MapFd,
+    learning: MapFd,
 }
 
 /// What a lease entry in `deadlines` covers: one token, or every token of
@@ -157,7 +158,8 @@ impl Enforcer {
         let scopes = next("scopes")?;
         let task_serials = next("task_serials")?;
         let deadlines = next("deadlines")?;
-        Ok(Enforcer { links: attached.links, scopes, task_serials, deadlines })
+        let learning = next("learning")?;
+        Ok(Enforcer { links: attached.links, scopes, task_serials, deadlines, learning })
     }
 
     /// Start a lease: its entry with `deadline` (CLOCK_BOOTTIME ns, or
@@ -188,6 +190,29 @@ impl Enforcer {
     /// Remove a lease's entry (a grant the client never took).
     pub fn end_lease(&self, key: LeaseKey) -> io::Result<()> {
         self.deadlines.delete(&key.bytes()).map(|_| ())
+    }
+
+    /// Start recording what the tokens of scope `inum` are used for
+    /// (`bpftoken learn`): an empty `learning` entry, which the kernel side
+    /// fills in. Called while the daemon holds the scope.
+    pub fn start_learning(&self, inum: u32) -> io::Result<()> {
+        self.learning.update(&inum.to_ne_bytes(), &[0u8; 32], BPF_NOEXIST)
+    }
+
+    /// What the tokens of scope `inum` were used for since
+    /// [`Enforcer::start_learning`]: the commands, map types, program types
+    /// and attach types, as token masks; `None` when nothing is being
+    /// learned there (never started, ended, or the scope was freed).
+    pub fn learned(&self, inum: u32) -> io::Result<Option<Delegation>> {
+        Ok(self.learning.lookup(&inum.to_ne_bytes())?.map(|v| {
+            let word = |i: usize| v.get(i..i + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes);
+            Delegation { cmds: word(0), maps: word(8), progs: word(16), attachs: word(24) }
+        }))
+    }
+
+    /// Stop recording for scope `inum`.
+    pub fn end_learning(&self, inum: u32) -> io::Result<()> {
+        self.learning.delete(&inum.to_ne_bytes()).map(|_| ())
     }
 
     /// The attached programs, by name.

@@ -82,6 +82,9 @@ pub struct Daemon {
     pub leases: LeaseTable,
     /// Live tokens per uid, for `max_live_tokens`.
     live: LiveTokens,
+    /// Learning leases (`bpftoken learn`) not yet ended: lease id -> (owner
+    /// uid, scope inode), whose `learning` entry the enforcer fills in.
+    learning: Mutex<HashMap<u64, (u32, u32)>>,
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +174,7 @@ impl Daemon {
             enforcer,
             leases: LeaseTable::default(),
             live: LiveTokens::default(),
+            learning: Mutex::new(HashMap::new()),
         }
     }
 
@@ -510,7 +514,7 @@ async fn handle_connection(daemon: Arc<Daemon>, mut stream: UnixStream, mut shut
             continue;
         }
         let mut fds = frame.fds;
-        let plain = |request| Asked { request, ttl: None, leased: false };
+        let plain = |request| Asked { request, ttl: None, leased: false, learn: false };
         let ok = match request.body {
             RequestBody::Mint(req) => handle_mint(&daemon, &peer, &stream, &plain(req), Mode::Token).await,
             RequestBody::MintScope(req) => handle_mint(&daemon, &peer, &stream, &plain(req), Mode::Scope).await,
@@ -519,7 +523,7 @@ async fn handle_connection(daemon: Arc<Daemon>, mut stream: UnixStream, mut shut
                 None => false,
             },
             RequestBody::MintLease(LeaseRequest { mode, request, ttl }) => {
-                let asked = Asked { request, ttl, leased: true };
+                let asked = Asked { request, ttl, leased: true, learn: false };
                 match (ttl, mode) {
                     (Some(t), _) if !(1..=bpftoken_policy::MAX_TTL_SECS).contains(&t) => {
                         let msg = format!(
@@ -540,6 +544,18 @@ async fn handle_connection(daemon: Arc<Daemon>, mut stream: UnixStream, mut shut
             RequestBody::QueryEnforcement => handle_query(&daemon, &peer, &stream, true).await,
             RequestBody::Leases => handle_leases(&daemon, &peer, &stream).await,
             RequestBody::Revoke(target) => handle_revoke(&daemon, &peer, &stream, target).await,
+            RequestBody::Learn(request) => {
+                let asked = Asked { request, ttl: None, leased: true, learn: true };
+                if peer.userns != PeerUserns::Ours {
+                    let msg = "learn from outside a container (in the daemon's user namespace): a learning lease \
+                               needs a scope of its own"
+                        .to_owned();
+                    reject(&daemon, &peer, &stream, RefusalCode::UnsupportedPeer, msg).await
+                } else {
+                    handle_mint(&daemon, &peer, &stream, &asked, Mode::Scope).await
+                }
+            }
+            RequestBody::Learned(id) => handle_learned(&daemon, &peer, &stream, id).await,
         };
         if !ok {
             return;
@@ -613,6 +629,8 @@ fn request_name(body: &RequestBody) -> &'static str {
         RequestBody::MintLease(_) => "mint-lease",
         RequestBody::Leases => "leases",
         RequestBody::Revoke(_) => "revoke",
+        RequestBody::Learn(_) => "learn",
+        RequestBody::Learned(_) => "learned",
     }
 }
 
@@ -623,6 +641,9 @@ struct Asked {
     request: MintRequest,
     ttl: Option<u32>,
     leased: bool,
+    /// A learning lease (`bpftoken learn`): decided under the `learn =
+    /// true` rules only, and needs the enforcer.
+    learn: bool,
 }
 
 /// The caller's leases (root: all of them).
@@ -688,7 +709,8 @@ async fn decide<'a>(
         return Err(write_response(stream, &Response::Refused(r), &[]).await.is_ok());
     }
     let policy = daemon.policy();
-    match policy.decide(&peer.creds, req) {
+    let decision = if asked.learn { policy.decide_learning(&peer.creds, req) } else { policy.decide(&peer.creds, req) };
+    match decision {
         Decision::Refuse { code, message, rules } => {
             let (code, message) = policy_refusal(peer, code, message);
             daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -696,6 +718,19 @@ async fn decide<'a>(
             Err(write_response(stream, &refusal(code, message), &[]).await.is_ok())
         }
         Decision::Grant { delegation, rules, limits, ttl, live_limit, bind } => {
+            if let (true, Err(why)) = (asked.learn, &daemon.enforcer) {
+                // Whatever require_enforcement says: without the enforcer
+                // nothing records what CMD uses.
+                let message = format!(
+                    "learning needs the enforcer, which records what the command uses: enforcement is \
+                     unavailable: {why}"
+                );
+                daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+                audit::refused(peer, &rules, RefusalCode::LearningUnavailable, &message);
+                return Err(write_response(stream, &refusal(RefusalCode::LearningUnavailable, message), &[])
+                    .await
+                    .is_ok());
+            }
             let enforced = match lease_refusal(daemon, &policy, ttl.as_ref(), asked.ttl) {
                 Ok(enforced) => enforced,
                 Err(r) => {
@@ -737,7 +772,7 @@ async fn decide<'a>(
                 (a, b) => a.or(b),
             };
             let ttl = secs.map(|s| Duration::from_secs(u64::from(s)));
-            Ok(Grant { delegation, rules, enforced, ttl, bind, _admitted: admitted })
+            Ok(Grant { delegation, rules, enforced, ttl, bind, learn: asked.learn, _admitted: admitted })
         }
     }
 }
@@ -796,6 +831,8 @@ struct Grant<'a> {
     ttl: Option<Duration>,
     /// Who may use the tokens (policy `bind`).
     bind: NewBinding,
+    /// A learning lease.
+    learn: bool,
     /// Counted against `max_live_tokens` until dropped (after delivery).
     _admitted: Option<Admitted<'a>>,
 }
@@ -937,6 +974,12 @@ async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, 
         Ok(lease) => lease,
         Err(alive) => return alive,
     };
+    if grant.learn {
+        if let Err(e) = start_learning(daemon, &lease) {
+            daemon.leases.cancel(daemon.enforcer(), lease.id);
+            return reject(daemon, peer, stream, RefusalCode::MintFailed, format!("minting failed: {e}")).await;
+        }
+    }
     let (roles, fds) = match mode {
         Mode::Token => (vec![FdRole::Token], vec![token.as_fd()]),
         Mode::Scope => (
@@ -1081,10 +1124,14 @@ fn delivered_or_audit(
     match delivered {
         Ok(()) => {
             daemon.stats.minted.fetch_add(1, Ordering::Relaxed);
-            audit::granted(peer, &grant.rules, &grant.delegation, cold, lease.mode.as_str(), grant.enforced, lease);
+            let mode = if grant.learn { "learn" } else { lease.mode.as_str() };
+            audit::granted(peer, &grant.rules, &grant.delegation, cold, mode, grant.enforced, lease);
             true
         }
         Err(e) => {
+            if grant.learn {
+                end_learning(daemon, lease.id);
+            }
             daemon.leases.cancel(daemon.enforcer(), lease.id);
             daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
             audit::refused(
@@ -1096,4 +1143,81 @@ fn delivered_or_audit(
             false
         }
     }
+}
+
+/// Record what the tokens of a new learning lease's scope are used for.
+fn start_learning(daemon: &Daemon, lease: &LeaseInfo) -> Result<(), String> {
+    let enforcer = daemon.enforcer().ok_or("learning needs the enforcer")?;
+    let scope = u32::try_from(lease.scope).map_err(|_| format!("scope {} is not a namespace inode", lease.scope))?;
+    let mut learning = daemon.learning.lock().unwrap_or_else(|p| p.into_inner());
+    // Forget learning leases whose scope was freed (the kernel side
+    // removed their entry): their inode may be the one reused now.
+    learning.retain(|_, (_, s)| matches!(enforcer.learned(*s), Ok(Some(_))));
+    enforcer.start_learning(scope).map_err(|e| format!("cannot start learning in the enforcer's map: {e}"))?;
+    learning.insert(lease.id, (lease.uid, scope));
+    Ok(())
+}
+
+/// Stop recording for learning lease `id` (if it is one).
+fn end_learning(daemon: &Daemon, id: u64) {
+    let entry = daemon.learning.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    if let (Some((_, scope)), Some(enforcer)) = (entry, daemon.enforcer()) {
+        if let Err(e) = enforcer.end_learning(scope) {
+            tracing::warn!(lease = id, "cannot remove a learning entry: {e}");
+        }
+    }
+}
+
+/// End learning lease `id` (revoke it) and answer what its tokens were
+/// used for; one audit event, `learned` or `refused`.
+async fn handle_learned(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, id: u64) -> bool {
+    let me = peer.creds.uid;
+    let enforcer = match &daemon.enforcer {
+        Ok(e) => e,
+        Err(why) => {
+            let msg = format!("learning needs the enforcer: enforcement is unavailable: {why}");
+            return reject(daemon, peer, stream, RefusalCode::LearningUnavailable, msg).await;
+        }
+    };
+    let entry = daemon.learning.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied();
+    let scope = match entry {
+        None => {
+            let msg = format!("no learning lease {id}: it never existed, has ended, or is not a learning lease");
+            return reject(daemon, peer, stream, RefusalCode::UnknownLease, msg).await;
+        }
+        Some((owner, _)) if me != 0 && owner != me => {
+            let msg =
+                format!("learning lease {id} belongs to uid {owner}, not to you (uid {me}); only root may end it");
+            return reject(daemon, peer, stream, RefusalCode::NotYourLease, msg).await;
+        }
+        Some((_, scope)) => scope,
+    };
+    // Revoke first: nothing more is recorded once its tokens are refused.
+    let lease = match daemon.leases.revoke(Ok(enforcer), me, RevokeTarget::Lease(id)) {
+        Ok(mut revoked) if revoked.len() == 1 => revoked.remove(0),
+        Ok(_) => {
+            end_learning(daemon, id);
+            let msg = format!("learning lease {id} is gone (its scope was freed)");
+            return reject(daemon, peer, stream, RefusalCode::UnknownLease, msg).await;
+        }
+        Err(r) => {
+            end_learning(daemon, id);
+            return reject(daemon, peer, stream, r.code, r.message).await;
+        }
+    };
+    let used = enforcer.learned(scope);
+    end_learning(daemon, id);
+    let used = match used {
+        Ok(Some(used)) => used,
+        Ok(None) => {
+            let msg = format!("learning lease {id} recorded nothing: its scope was freed before it ended");
+            return reject(daemon, peer, stream, RefusalCode::UnknownLease, msg).await;
+        }
+        Err(e) => {
+            let msg = format!("cannot read what learning lease {id} recorded: {e}");
+            return reject(daemon, peer, stream, RefusalCode::MintFailed, msg).await;
+        }
+    };
+    audit::learned(peer, &lease, &used);
+    write_response(stream, &Response::Learned { lease, used }, &[]).await.is_ok()
 }

@@ -128,6 +128,9 @@ pub struct Rule {
     pub ttl: Option<u32>,
     /// `bind`: who may use tokens minted under this rule.
     pub bind: Bind,
+    /// `learn = true`: matching users may run `bpftoken learn` under this
+    /// rule's grant (needs the daemon's enforcer).
+    pub learn: bool,
 }
 
 /// A rule's `bind`: tokens work only for their owner uid, and/or only
@@ -399,6 +402,30 @@ impl Policy {
             live_limit: eff.live_limit,
             bind: eff.bind,
         }
+    }
+}
+
+impl Policy {
+    /// Decide a learning request (`bpftoken learn`): as [`Policy::decide`],
+    /// but only the matching allow rules with `learn = true` grant (deny
+    /// rules still remove). A caller some rule allows, but none lets learn,
+    /// is refused `learning_not_allowed`.
+    pub fn decide_learning(&self, peer: &Peer, request: &MintRequest) -> Decision {
+        let learning = Policy { allow: self.allow.iter().filter(|r| r.learn).cloned().collect(), ..self.clone() };
+        let eff = self.effective(peer);
+        if !eff.allowed_by.is_empty() && learning.effective(peer).allowed_by.is_empty() {
+            return Decision::Refuse {
+                code: RefusalCode::LearningNotAllowed,
+                message: format!(
+                    "no rule in {} lets uid {} learn (matching rules: {}); an allow rule needs `learn = true`",
+                    self.path.display(),
+                    peer.uid,
+                    eff.allowed_by.join(", ")
+                ),
+                rules: eff.allowed_by.iter().chain(&eff.denied_by).cloned().collect(),
+            };
+        }
+        learning.decide(peer, request)
     }
 }
 

@@ -72,6 +72,7 @@ struct RawRule {
     max_live_tokens: Option<Spanned<i64>>,
     ttl: Option<Spanned<i64>>,
     bind: Option<Spanned<Vec<Spanned<String>>>>,
+    learn: Option<Spanned<bool>>,
     cmds: Option<Vec<Spanned<String>>>,
     maps: Option<Vec<Spanned<String>>>,
     progs: Option<Vec<Spanned<String>>>,
@@ -456,6 +457,15 @@ fn rule(
             bind
         }
     };
+    let learn = match &r.learn {
+        None => false,
+        Some(_) if effect == Effect::Deny => {
+            return Err(
+                ctx.err(span, "`learn` lets users learn under an allow rule's grant; a deny rule grants nothing")
+            )
+        }
+        Some(b) => *b.get_ref(),
+    };
     if everyone && effect == Effect::Allow {
         let broad: Vec<&str> =
             Kind::ALL.iter().filter(|k| grant.get(**k) == delegation::ANY).map(|k| k.key()).collect();
@@ -487,5 +497,6 @@ fn rule(
         max_live_tokens,
         ttl,
         bind,
+        learn,
     })
 }

@@ -191,7 +191,7 @@ fn unknown_key_is_refused() {
         err("[[allow]]\nusers = [\"alice\"]\nmap = [\"hash\"]\n"),
         "/etc/bpftokend/policy.toml:3:1: unknown field `map`, expected one of `name`, `everyone`, `users`, \
          `groups`, `uids`, `gids`, `uid_ranges`, `gid_ranges`, `executables`, `cgroups`, `userns_owners`, \
-         `mints_per_minute`, `max_live_tokens`, `ttl`, `bind`, `cmds`, `maps`, `progs`, `attachs`"
+         `mints_per_minute`, `max_live_tokens`, `ttl`, `bind`, `learn`, `cmds`, `maps`, `progs`, `attachs`"
     );
     assert!(err("[[alow]]\nuids = [1]\n").starts_with("/etc/bpftokend/policy.toml:1:3: unknown field `alow`"));
 }
@@ -689,6 +689,7 @@ fn arb_rule() -> impl Strategy<Value = Rule> {
             max_live_tokens: None,
             ttl: None,
             bind: Bind::default(),
+            learn: false,
         })
 }
 
@@ -874,4 +875,51 @@ fn bind_errors_are_located() {
     );
     assert!(err("[[allow]]\nuids = [1]\nbind = \"uid\"\ncmds = [\"any\"]\n")
         .starts_with("/etc/bpftokend/policy.toml:3:8: invalid type: string \"uid\", expected a sequence"));
+}
+
+#[test]
+fn learn_is_per_allow_rule_and_only_learn_rules_grant_a_learning_lease() {
+    let p = parse(
+        "[[allow]]\nname = \"plain\"\nuids = [1000, 1001]\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n\
+         [[allow]]\nname = \"learner\"\nuids = [1000]\nlearn = true\ncmds = [\"any\"]\nmaps = [\"any\"]\n",
+    )
+    .unwrap();
+    assert!(!p.rules()[0].learn);
+    assert!(p.rules()[1].learn);
+    let alice = Peer { uid: 1000, gid: 1000, ..Peer::default() };
+    match p.decide_learning(&alice, &MintRequest::default()) {
+        Decision::Grant { delegation, rules, .. } => {
+            assert_eq!(rules, vec!["learner".to_owned()]);
+            assert_eq!(delegation.maps, delegation::ANY);
+        }
+        other => panic!("{other:?}"),
+    }
+    let bob = Peer { uid: 1001, gid: 1001, ..Peer::default() };
+    assert_eq!(
+        p.decide_learning(&bob, &MintRequest::default()),
+        Decision::Refuse {
+            code: RefusalCode::LearningNotAllowed,
+            message: "no rule in /etc/bpftokend/policy.toml lets uid 1001 learn (matching rules: plain); \
+                      an allow rule needs `learn = true`"
+                .into(),
+            rules: vec!["plain".into()],
+        }
+    );
+    let eve = Peer { uid: 1002, gid: 1002, ..Peer::default() };
+    match p.decide_learning(&eve, &MintRequest::default()) {
+        Decision::Refuse { code, .. } => assert_eq!(code, RefusalCode::NotInPolicy),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn learn_errors_are_located() {
+    assert_eq!(
+        err("[[deny]]\nuids = [1]\nlearn = true\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:1:1: `learn` lets users learn under an allow rule's grant; a deny rule grants nothing"
+    );
+    assert_eq!(
+        err("[[allow]]\nuids = [1]\nlearn = \"yes\"\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:3:9: invalid type: string \"yes\", expected a boolean"
+    );
 }

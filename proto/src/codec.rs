@@ -155,6 +155,8 @@ mod tests {
             RequestBody::Revoke(RevokeTarget::Lease(7)),
             RequestBody::Revoke(RevokeTarget::Uid(1000)),
             RequestBody::Revoke(RevokeTarget::All),
+            RequestBody::Learn(MintRequest::default()),
+            RequestBody::Learned(3),
         ] {
             let req = Request::new(body);
             let bytes = encode_request(&req).unwrap();
@@ -168,6 +170,12 @@ mod tests {
         assert_eq!(delegate.fds_expected(), 1);
         assert_eq!(RefusalCode::from(15), RefusalCode::UnknownLease);
         assert_eq!(RefusalCode::from(17).as_str(), "revocation_unavailable");
+        assert_eq!(RefusalCode::from(18).as_str(), "learning_not_allowed");
+        assert_eq!(RefusalCode::from(19).as_str(), "learning_unavailable");
+        // Appended after Revoke (index 7), so every older variant keeps its number.
+        assert_eq!(first(RequestBody::Revoke(RevokeTarget::All)), 7);
+        assert_eq!(first(RequestBody::Learn(MintRequest::default())), 8);
+        assert_eq!(first(RequestBody::Learned(3)), 9);
     }
 
     #[test]

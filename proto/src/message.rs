@@ -58,6 +58,13 @@ pub enum RequestBody {
     /// End leases at once; answered with [`Response::Revoked`]. A caller
     /// may revoke its own leases, uid 0 anyone's.
     Revoke(RevokeTarget),
+    /// A learning lease (`bpftoken learn`): a libbpf-mode grant in a scope
+    /// of its own under the caller's `learn = true` rules, whose tokens'
+    /// uses the enforcer records; answered with [`Response::Leased`].
+    Learn(MintRequest),
+    /// End a learning lease and say what its tokens were used for;
+    /// answered with [`Response::Learned`].
+    Learned(u64),
 }
 
 impl RequestBody {
@@ -225,6 +232,13 @@ pub enum Response {
     Leases(Vec<LeaseInfo>),
     /// The answer to [`RequestBody::Revoke`]: the leases now revoked.
     Revoked(Vec<LeaseInfo>),
+    /// The answer to [`RequestBody::Learned`]: the lease (now ended) and
+    /// the commands, map, program and attach types its tokens were used
+    /// for, as token masks.
+    Learned {
+        lease: LeaseInfo,
+        used: Delegation,
+    },
 }
 
 /// Whether the daemon's BPF LSM enforcer runs, which leases (`ttl`) need.
@@ -372,6 +386,10 @@ refusal_codes! {
     NotYourLease = 16, "not_your_lease";
     /// Revocation needs the enforcer, which does not run here.
     RevocationUnavailable = 17, "revocation_unavailable";
+    /// No matching allow rule sets `learn = true` for the caller.
+    LearningNotAllowed = 18, "learning_not_allowed";
+    /// Learning needs the enforcer, which does not run here.
+    LearningUnavailable = 19, "learning_unavailable";
     /// Minting failed inside the daemon or the kernel.
     MintFailed = 20, "mint_failed";
 }

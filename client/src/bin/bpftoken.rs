@@ -1,4 +1,4 @@
-//! `bpftoken run|unshare|query|inspect|leases|revoke`: get and use BPF
+//! `bpftoken run|unshare|learn|query|inspect|leases|revoke`: get and use BPF
 //! tokens from bpftokend.
 
 use std::ffi::OsString;
@@ -64,6 +64,20 @@ enum Command {
         #[arg(last = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
+    /// Learn the minimal policy rule for CMD: run it in libbpf mode with
+    /// the full grant of your `learn = true` rules, under a learning lease
+    /// whose uses the daemon's enforcer records, then print the `[[allow]]`
+    /// rule that grants exactly the commands, map, program and attach types
+    /// CMD used, and end the lease.
+    ///
+    /// Needs the daemon's enforcer. Exit status: CMD's own (the rule is
+    /// printed either way); 1 if refused, 69 if the daemon is unreachable,
+    /// 76 on a protocol error, 127 if CMD cannot run.
+    Learn {
+        /// The command and its arguments.
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
     /// Show what the policy grants you right now, and which rules say so.
     /// Mints nothing.
     Query,
@@ -88,6 +102,14 @@ enum Command {
     /// Write the bpftoken(1) man page into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
+    /// Internal (bpftoken learn): enter the user namespace open as fd
+    /// USERNS and run CMD there.
+    #[command(hide = true, name = "learn-exec")]
+    LearnExec {
+        userns: i32,
+        #[arg(required = true, last = true)]
+        command: Vec<OsString>,
+    },
     /// Internal (bpftoken unshare): hold a new user namespace until stdin closes.
     #[command(hide = true, name = "userns-holder")]
     UsernsHolder,
@@ -493,6 +515,95 @@ fn unshare(socket: &Path, request: &MintRequest, ttl: Option<u32>, command: &[Os
     ExitCode::from(EXIT_CANNOT_RUN)
 }
 
+/// The caller's user name (from /etc/passwd), else its uid.
+fn rule_user() -> bpftoken::RuleUser {
+    let uid = rustix::process::getuid().as_raw();
+    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|passwd| {
+        passwd.lines().find_map(|line| {
+            let mut f = line.split(':');
+            let name = f.next()?;
+            (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+        })
+    });
+    name.map_or(bpftoken::RuleUser::Uid(uid), bpftoken::RuleUser::Name)
+}
+
+/// `bpftoken learn`: a learning lease, CMD in libbpf mode in a child
+/// (`learn-exec`, which enters the scope's user namespace, so that we stay
+/// outside and ask the daemon again as ourselves), then the rule.
+fn learn(socket: &Path, command: &[OsString]) -> ExitCode {
+    let grant = match Client::connect_to(socket).and_then(|mut c| c.learn(&MintRequest::default())) {
+        Ok(g) => g,
+        Err(e) => return report(socket, &e),
+    };
+    let Some(lease) = grant.token.lease().cloned() else {
+        eprintln!("bpftoken: the daemon answered without a lease");
+        return ExitCode::from(EXIT_PROTOCOL);
+    };
+    for fd in [grant.userns.as_fd(), grant.bpffs.as_fd(), grant.token.as_fd()] {
+        if let Err(code) = inherit(fd) {
+            return code;
+        }
+    }
+    let path = format!("/proc/self/fd/{}", grant.bpffs.as_raw_fd());
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg("learn-exec")
+        .arg(grant.userns.as_raw_fd().to_string())
+        .arg("--")
+        .args(command)
+        .env("LIBBPF_BPF_TOKEN_PATH", &path)
+        .env("BPFTOKEN_PIN_DIR", &path)
+        .env("BPF_TOKEN_FD", grant.token.as_fd().as_raw_fd().to_string());
+    set_lease_env(&mut cmd, Some(&lease));
+    let status = match cmd.status() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bpftoken: cannot run {}: {e}", command[0].to_string_lossy());
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+    };
+    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    // The scope stays alive (we hold it) until the daemon has answered.
+    let learned = Client::connect_to(socket).and_then(|mut c| c.learned(lease.id));
+    drop(grant);
+    let used = match learned {
+        Ok((_, used)) => used,
+        Err(e) => return report(socket, &e),
+    };
+    print!("{}", bpftoken::learned_rule(&rule_user(), &used));
+    if code != 0 {
+        eprintln!(
+            "bpftoken: the command exited with status {code}; the rule covers what it used until then (lease {} \
+             ended)",
+            lease.id
+        );
+    }
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// `bpftoken learn-exec USERNS -- CMD`: enter USERNS (an inherited fd),
+/// close it, and become CMD.
+fn learn_exec(userns: i32, command: &[OsString]) -> ExitCode {
+    // Opened again through /proc (taking the raw fd would need unsafe);
+    // the inherited fd stays open in CMD, as `run` leaves its fds to CMD.
+    let ns = match std::fs::File::open(format!("/proc/self/fd/{userns}")) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("bpftoken: cannot open the scope's user namespace (fd {userns}): {e}");
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+    };
+    if let Err(e) = namespaces::enter_userns(ns.as_fd()) {
+        eprintln!("bpftoken: {e}");
+        return ExitCode::from(EXIT_CANNOT_RUN);
+    }
+    drop(ns);
+    let (program, args) = command.split_first().expect("clap requires a command");
+    let err = std::process::Command::new(program).args(args).exec();
+    eprintln!("bpftoken: cannot run {}: {err}", program.to_string_lossy());
+    ExitCode::from(EXIT_CANNOT_RUN)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli.socket.clone().unwrap_or_else(bpftoken::socket_path);
@@ -507,6 +618,8 @@ fn main() -> ExitCode {
         Command::Leases => leases(&socket),
         Command::Revoke { id } => revoke(&socket, id),
         Command::Inspect { fd } => inspect(fd),
+        Command::Learn { command } => learn(&socket, &command),
+        Command::LearnExec { userns, command } => learn_exec(userns, &command),
         Command::UsernsHolder => match namespaces::hold_userns() {
             Ok(()) => ExitCode::SUCCESS,
             Err(_) => ExitCode::FAILURE,
