@@ -46,6 +46,8 @@ fn expected(version: (u32, u32)) -> BTreeMap<&'static str, &'static str> {
         ("bind-uid", "unsupported"),
         ("bind-cgroup", "unsupported"),
         ("cost", "unsupported"),
+        // Learning needs the enforcer: refused `learning_unavailable` here.
+        ("learn", "unsupported"),
     ])
 }
 

@@ -75,6 +75,29 @@ cgroups = ["/bpftk-bind-cg"]
 cmds = ["map_create"]
 bind = ["cgroup"]
 "#;
+/// The policy of the learn scenario: alice may learn under a full grant.
+const LEARN_POLICY: &str = r#"
+[[allow]]
+name = "alice-learns"
+users = ["bpftk-alice"]
+cmds = ["any"]
+maps = ["any"]
+progs = ["any"]
+attachs = ["any"]
+learn = true
+"#;
+/// What `bpftoken learn` must print for `bpftool prog load` of the socket
+/// filter object (one array map, one socket filter): the commands, map,
+/// program and attach types bpftool and its libbpf used with the token,
+/// nothing else. libbpf's feature probes count: one of them loads a
+/// `kprobe` program with the token (measured: Debian 13's bpftool 7.5).
+const LEARNED_RULE: &str = "[[allow]]
+users = [\"bpftk-alice\"]
+cmds = [\"map_create\", \"prog_load\", \"btf_load\"]
+maps = [\"array\"]
+progs = [\"socket_filter\", \"kprobe\"]
+attachs = [\"cgroup_inet_ingress\"]
+";
 const ALLOWED_USER: &str = "bpftk-alice";
 const OTHER_USER: &str = "bpftk-eve";
 
@@ -558,6 +581,7 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
             "bind-uid",
             "bind-cgroup",
             "cost",
+            "learn",
         ] {
             report.result(capability, outcome, &why);
         }
@@ -685,6 +709,8 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
     }
 
     lease_scenarios(args, bins, dir, &socket, enforcing, report)?;
+    let (outcome, detail) = learn(args, bins, dir, &alice);
+    report.result("learn", outcome, &detail);
     bind_scenarios(bins, dir, &alice, enforcing, report);
 
     // cost: the median of a token-using bpf() call (an array map created
@@ -1111,4 +1137,78 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// learn: `bpftoken learn` of `bpftool prog load` prints exactly
+/// [`LEARNED_RULE`]; a daemon whose whole policy is that rule lets the same
+/// load succeed, and refuses a map type (hash) and program types
+/// (tracepoint, xdp) it did not use.
+/// Without the enforcer, learning is refused `learning_unavailable`.
+fn learn(args: &Args, bins: &Path, dir: &Path, alice: &User) -> (Outcome, String) {
+    let Start::Listening(mut daemon) = start_daemon_with(bins, dir, "-learn", LEARN_POLICY) else {
+        return (Outcome::Fail, "the learning daemon did not start".to_owned());
+    };
+    let socket = daemon.socket.clone();
+    let stop = |daemon: &mut Daemon| {
+        let pid = rustix::process::Pid::from_child(&daemon.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = wait_deadline(&mut daemon.child, Instant::now() + STEP_TIMEOUT);
+    };
+    let (Some(bpftool), Some(obj)) = (&args.bpftool, &args.bpf_obj) else {
+        // Without bpftool only the refusal can be checked.
+        let o = bpftoken(bins, &socket, alice, &["learn", "--", "/bin/true"]);
+        stop(&mut daemon);
+        return if o.code() == Some(1) && o.stderr.trim_end().ends_with("(learning_unavailable)") {
+            (Outcome::Unsupported, o.stderr.trim().to_owned())
+        } else {
+            (Outcome::Fail, format!("no --bpftool and --bpf-obj given; bpftoken learn: {}", o.describe()))
+        };
+    };
+    let load = format!("{bpftool} prog load {obj} $BPFTOKEN_PIN_DIR/p");
+    let learned = bpftoken(bins, &socket, alice, &["learn", "--", "/bin/sh", "-c", &load]);
+    stop(&mut daemon);
+    if learned.code() == Some(1) && learned.stderr.trim_end().ends_with("(learning_unavailable)") {
+        return (Outcome::Unsupported, learned.stderr.trim().to_owned());
+    }
+    if learned.code() != Some(0) || learned.stdout != LEARNED_RULE {
+        return (Outcome::Fail, format!("bpftoken learn: {}", learned.describe()));
+    }
+    // The same load under exactly the learned rule, and nothing more.
+    let Start::Listening(mut daemon) = start_daemon_with(bins, dir, "-learned", &learned.stdout) else {
+        return (Outcome::Fail, "a daemon with the learned rule as its policy did not start".to_owned());
+    };
+    let socket = daemon.socket.clone();
+    let again = bpftoken(bins, &socket, alice, &["run", "--", "/bin/sh", "-c", &load]);
+    let probe = bins.join("bpftoken-probe");
+    let probe = probe.to_str().unwrap_or_default();
+    let more = bpftoken(
+        bins,
+        &socket,
+        alice,
+        &[
+            "run",
+            "--fd-only",
+            "--",
+            probe,
+            "try",
+            "map:array",
+            "map:hash",
+            "prog:socket_filter",
+            "prog:tracepoint",
+            "prog:xdp",
+        ],
+    );
+    stop(&mut daemon);
+    let want = ["map:array ok", "map:hash EPERM", "prog:socket_filter ok", "prog:tracepoint EPERM", "prog:xdp EPERM"];
+    if again.code() != Some(0) {
+        return (Outcome::Fail, format!("bpftool under the learned rule: {}", again.describe()));
+    }
+    if more.code() != Some(0) || lines(&more.stdout) != want {
+        return (Outcome::Fail, format!("under the learned rule: {}", more.describe()));
+    }
+    (
+        Outcome::Pass,
+        "learned the exact rule for bpftool prog load; under it alone the load succeeds; hash, tracepoint, xdp EPERM"
+            .to_owned(),
+    )
 }
