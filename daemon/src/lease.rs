@@ -218,6 +218,14 @@ impl LeaseTable {
         sweep_locked(&mut self.lock(), enforcer)
     }
 
+    /// Leases the kernel enforces (an entry in the enforcer's map) whose
+    /// tokens or scope are still alive.
+    pub fn enforced(&self, enforcer: &Enforcer) -> usize {
+        let mut table = self.lock();
+        sweep_locked(&mut table, Some(enforcer));
+        table.leases.values().filter(|l| l.key.is_some()).count()
+    }
+
     /// Leases of `uid` (all with `None`), oldest first.
     pub fn list(&self, enforcer: Option<&Enforcer>, uid: Option<u32>) -> Vec<LeaseInfo> {
         let mut table = self.lock();

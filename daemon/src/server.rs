@@ -198,6 +198,11 @@ impl Daemon {
         self.enforcer().map(|e| e as &dyn TaskTracker)
     }
 
+    /// Enforced leases still alive (0 without the enforcer).
+    pub fn enforced_leases(&self) -> usize {
+        self.enforcer.as_ref().map_or(0, |e| self.leases.enforced(e))
+    }
+
     /// Whether leases can be enforced here, as the wire reports it.
     pub fn enforcement(&self) -> Enforcement {
         crate::enforcer::state(&self.enforcer)
@@ -304,6 +309,14 @@ pub async fn serve(
             // and starts us again on the next connection.
             _ = async { tokio::time::sleep_until(idle_deadline.unwrap_or_else(tokio::time::Instant::now)).await },
                 if idle_deadline.is_some() && tasks.is_empty() => {
+                // The enforcer's programs live as long as we do: exiting
+                // would let expired, revoked or bound tokens work again.
+                let enforced = daemon.enforced_leases();
+                if enforced > 0 {
+                    tracing::info!(enforced, "idle, but staying: enforced leases are alive");
+                    idle_since = tokio::time::Instant::now();
+                    continue;
+                }
                 tracing::info!("idle for {} s: exiting until the next connection", exit_idle.unwrap_or_default().as_secs());
                 break;
             }
