@@ -58,12 +58,23 @@ fn unescape(s: &str) -> String {
     out
 }
 
+/// The cgroup2 mount (root, mount point), read from mountinfo once found:
+/// every cgroup-bound mint needs it, and it does not move while we run.
+fn cgroup2() -> Result<(String, String), CgroupError> {
+    static FOUND: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    if let Some(found) = FOUND.get() {
+        return Ok(found.clone());
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
+    let found = cgroup2_mount(&mountinfo).ok_or(CgroupError::NoMount)?;
+    Ok(FOUND.get_or_init(|| found).clone())
+}
+
 /// The id and level of the cgroup v2 directory `path` (as in
 /// `/proc/PID/cgroup`'s `0::` line, e.g. `/user.slice/x.scope`).
 pub fn id_of(path: Option<&str>) -> Result<CgroupId, CgroupError> {
     let path = path.ok_or(CgroupError::Unknown)?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
-    let (root, mount) = cgroup2_mount(&mountinfo).ok_or(CgroupError::NoMount)?;
+    let (root, mount) = cgroup2()?;
     let below =
         relative(path, &root).ok_or_else(|| CgroupError::OutsideMount { path: path.to_owned(), root: root.clone() })?;
     let dir = PathBuf::from(&mount).join(below.trim_start_matches('/'));

@@ -388,49 +388,39 @@ fn rule(
             ctx.err(span, format!("rule \"{label}\" {verb} nothing: give `cmds`, `maps`, `progs` or `attachs`"))
         );
     }
-    let mints_per_minute = match &r.mints_per_minute {
-        None => None,
-        Some(_) if effect == Effect::Deny => {
-            return Err(ctx.err(span, "`mints_per_minute` limits an allow rule; a deny rule grants nothing to limit"))
-        }
-        Some(n) => {
-            Some(u32::try_from(*n.get_ref()).ok().filter(|n| *n > 0).ok_or_else(|| {
-                ctx.err(n.span(), format!("mints_per_minute must be at least 1, not {}", n.get_ref()))
-            })?)
-        }
-    };
-    let max_live_tokens = match &r.max_live_tokens {
-        None => None,
-        Some(_) if effect == Effect::Deny => {
-            return Err(ctx.err(span, "`max_live_tokens` limits an allow rule; a deny rule grants nothing to limit"))
-        }
-        Some(n) => {
-            Some(u32::try_from(*n.get_ref()).ok().filter(|n| (1..=MAX_LIVE_TOKENS).contains(n)).ok_or_else(|| {
-                ctx.err(
-                    n.span(),
-                    format!("max_live_tokens must be between 1 and {MAX_LIVE_TOKENS}, not {}", n.get_ref()),
-                )
-            })?)
+    // Numeric limits of allow rules: a deny rule grants nothing to limit.
+    let limit = |value: &Option<Spanned<i64>>,
+                 deny: &str,
+                 range: std::ops::RangeInclusive<u32>,
+                 out_of_range: &dyn Fn(i64) -> String| {
+        match value {
+            None => Ok(None),
+            Some(_) if effect == Effect::Deny => Err(ctx.err(span.clone(), deny)),
+            Some(n) => u32::try_from(*n.get_ref())
+                .ok()
+                .filter(|v| range.contains(v))
+                .map(Some)
+                .ok_or_else(|| ctx.err(n.span(), out_of_range(*n.get_ref()))),
         }
     };
-    let ttl = match &r.ttl {
-        None => None,
-        Some(_) if effect == Effect::Deny => {
-            return Err(ctx.err(span, "`ttl` limits how long an allow rule's tokens work; a deny rule grants nothing"))
-        }
-        Some(n) => {
-            Some(u32::try_from(*n.get_ref()).ok().filter(|n| (1..=MAX_TTL_SECS).contains(n)).ok_or_else(|| {
-                ctx.err(
-                    n.span(),
-                    format!(
-                        "ttl must be between 1 and {MAX_TTL_SECS} seconds (7 days), not {}; \
-                         longer access is a new mint",
-                        n.get_ref()
-                    ),
-                )
-            })?)
-        }
-    };
+    let mints_per_minute = limit(
+        &r.mints_per_minute,
+        "`mints_per_minute` limits an allow rule; a deny rule grants nothing to limit",
+        1..=u32::MAX,
+        &|n| format!("mints_per_minute must be at least 1, not {n}"),
+    )?;
+    let max_live_tokens = limit(
+        &r.max_live_tokens,
+        "`max_live_tokens` limits an allow rule; a deny rule grants nothing to limit",
+        1..=MAX_LIVE_TOKENS,
+        &|n| format!("max_live_tokens must be between 1 and {MAX_LIVE_TOKENS}, not {n}"),
+    )?;
+    let ttl = limit(
+        &r.ttl,
+        "`ttl` limits how long an allow rule's tokens work; a deny rule grants nothing",
+        1..=MAX_TTL_SECS,
+        &|n| format!("ttl must be between 1 and {MAX_TTL_SECS} seconds (7 days), not {n}; longer access is a new mint"),
+    )?;
     let bind = match &r.bind {
         None => Bind::default(),
         Some(_) if effect == Effect::Deny => {
