@@ -19,6 +19,8 @@ pub const BPFFS_PATH: &str = "/sys/fs/bpf";
 pub enum NamespaceError {
     #[error("cannot enter the token's user namespace: {0}")]
     Enter(std::io::Error),
+    #[error("cannot take the scope's user namespace (fd {fd}): {source}")]
+    Inherited { fd: i32, source: std::io::Error },
     #[error("cannot create a user namespace: {0} (is kernel.unprivileged_userns_clone or a user-namespace quota in the way?)")]
     CreateUser(std::io::Error),
     #[error("cannot create a mount namespace: {0}")]
@@ -42,6 +44,14 @@ pub fn is_current_userns(ns: BorrowedFd<'_>) -> std::io::Result<bool> {
 pub fn enter_userns(ns: BorrowedFd<'_>) -> Result<(), NamespaceError> {
     rustix::thread::move_into_link_name_space(ns, Some(LinkNameSpaceType::User))
         .map_err(|e| NamespaceError::Enter(e.into()))
+}
+
+/// Enter the user namespace open as fd number `fd`, inherited from our
+/// parent (`bpftoken learn`), and close that fd: the command we become
+/// inherits the token and the bpffs, not the namespace.
+pub fn enter_inherited_userns(fd: i32) -> Result<(), NamespaceError> {
+    let ns = sys::adopt_inherited_fd(fd).map_err(|source| NamespaceError::Inherited { fd, source })?;
+    enter_userns(ns.as_fd())
 }
 
 /// A user namespace owned by this uid, created by a child process so that

@@ -73,6 +73,22 @@ pub fn token_create_from_bad_fd() -> Option<i32> {
     None
 }
 
+/// Take ownership of fd number `fd`, which our parent left open for us and
+/// named on the command line, so that dropping it closes it. Refuses the
+/// standard streams and a number that is not open. Call it once per fd,
+/// before anything else could own that number.
+pub fn adopt_inherited_fd(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    if fd <= 2 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: borrowed only for this call, which checks that it is open.
+    rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(fd) })?;
+    // SAFETY: the fd is open, was inherited for us to own, and nothing
+    // else in this process owns that number (the caller's contract).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// `unshare(CLONE_NEWUSER)` or `unshare(CLONE_NEWNS)`. Safe: neither flag
 /// touches the fd table, which is what makes `unshare` unsafe in general.
 pub fn unshare(ns: Namespace) -> io::Result<()> {

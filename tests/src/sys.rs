@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_TOKEN_CREATE: libc::c_long = 36;
 const BPF_F_TOKEN_FD: u32 = 1 << 16;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u8]) -> io::Result<OwnedFd> {
@@ -71,6 +72,16 @@ pub fn prog_load(prog_type: u32, token: Option<BorrowedFd<'_>>) -> io::Result<Ow
         put_u32(&mut a, 144, token_raw(token)); // prog_token_fd
     }
     bpf(BPF_PROG_LOAD, &mut a)
+}
+
+/// BPF_TOKEN_CREATE from the bpffs open as `bpffs` (a directory fd of
+/// its root): a token of that bpffs's user namespace, which the caller
+/// must be in.
+pub fn token_create(bpffs: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut a = [0u8; 8];
+    put_u32(&mut a, 0, 0); // flags
+    put_u32(&mut a, 4, u32::try_from(bpffs.as_raw_fd()).unwrap_or(u32::MAX)); // bpffs_fd
+    bpf(BPF_TOKEN_CREATE, &mut a)
 }
 
 /// Adopt an fd number inherited from the parent (BPF_TOKEN_FD).

@@ -48,6 +48,14 @@ fn expected(version: (u32, u32)) -> BTreeMap<&'static str, &'static str> {
         ("cost", "unsupported"),
         // Learning needs the enforcer: refused `learning_unavailable` here.
         ("learn", "unsupported"),
+        // Scopes the client creates tokens from (delegated mounts, libbpf
+        // mode): revocation refused `revocation_unavailable`, binding
+        // refused `not_enforceable`; learning `learning_unavailable`.
+        ("revoke-unshare-scope", "unsupported"),
+        ("bind-libbpf", "unsupported"),
+        ("bind-unshare", "unsupported"),
+        ("learned-refusals", "unsupported"),
+        ("learn-fds", "unsupported"),
     ])
 }
 

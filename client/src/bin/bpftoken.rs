@@ -582,22 +582,13 @@ fn learn(socket: &Path, command: &[OsString]) -> ExitCode {
 }
 
 /// `bpftoken learn-exec USERNS -- CMD`: enter USERNS (an inherited fd),
-/// close it, and become CMD.
+/// close it, and become CMD, which inherits the token and the bpffs root
+/// only (as `run` leaves them to CMD in libbpf mode).
 fn learn_exec(userns: i32, command: &[OsString]) -> ExitCode {
-    // Opened again through /proc (taking the raw fd would need unsafe);
-    // the inherited fd stays open in CMD, as `run` leaves its fds to CMD.
-    let ns = match std::fs::File::open(format!("/proc/self/fd/{userns}")) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("bpftoken: cannot open the scope's user namespace (fd {userns}): {e}");
-            return ExitCode::from(EXIT_CANNOT_RUN);
-        }
-    };
-    if let Err(e) = namespaces::enter_userns(ns.as_fd()) {
+    if let Err(e) = namespaces::enter_inherited_userns(userns) {
         eprintln!("bpftoken: {e}");
         return ExitCode::from(EXIT_CANNOT_RUN);
     }
-    drop(ns);
     let (program, args) = command.split_first().expect("clap requires a command");
     let err = std::process::Command::new(program).args(args).exec();
     eprintln!("bpftoken: cannot run {}: {err}", program.to_string_lossy());

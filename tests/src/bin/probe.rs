@@ -17,6 +17,13 @@
 //! bpftoken-probe close-at SOCKET               a mint frame cut at every offset, then one unread answer
 //! bpftoken-probe wait FILE                    wait until FILE exists
 //! bpftoken-probe wait-try FILE ITEM...         try ITEMs, wait until FILE exists, try them again
+//! bpftoken-probe bpffs-wait-try DIR FILE ITEM...  create a token from the bpffs at DIR (- for
+//!                                             $BPFTOKEN_PIN_DIR), print its fd, try ITEMs, wait until
+//!                                             FILE exists, try them with it again and with a fresh token
+//!                                             from DIR (`fresh ITEM ...`)
+//! bpftoken-probe fds                          list this process's open fds: number and kind
+//!                                             (token, userns, bpffs, other)
+//! bpftoken-probe learned SOCKET ID             send a Learned request for lease ID; print the answer
 //! bpftoken-probe try-as-euid UID ITEM...       (root) take effective uid UID, keeping real uid 0,
 //!                                             which drops every effective capability; try ITEMs
 //!                                             with $BPF_TOKEN_FD
@@ -57,6 +64,11 @@ fn errno_name(e: &std::io::Error) -> String {
 type BpfCall = fn(u32, Option<BorrowedFd<'_>>) -> std::io::Result<OwnedFd>;
 
 fn try_items(token: Option<BorrowedFd<'_>>, items: &[String]) -> Result<(), String> {
+    try_items_as(token, items, "")
+}
+
+/// [`try_items`], each line starting with `prefix`.
+fn try_items_as(token: Option<BorrowedFd<'_>>, items: &[String], prefix: &str) -> Result<(), String> {
     for item in items {
         let (kind, name) = item.split_once(':').ok_or_else(|| format!("bad item {item:?}"))?;
         let (kind, call): (Kind, BpfCall) = match kind {
@@ -67,8 +79,8 @@ fn try_items(token: Option<BorrowedFd<'_>>, items: &[String]) -> Result<(), Stri
         let bit = bpftoken::delegation::parse_name(kind, name).map_err(|e| e.to_string())?;
         let result = call(bit.trailing_zeros(), token);
         match result {
-            Ok(_) => println!("{item} ok"),
-            Err(e) => println!("{item} {}", errno_name(&e)),
+            Ok(_) => println!("{prefix}{item} ok"),
+            Err(e) => println!("{prefix}{item} {}", errno_name(&e)),
         }
     }
     Ok(())
@@ -143,6 +155,16 @@ fn new_fds(before: &[String]) -> Vec<(String, &'static str, bool)> {
         .collect()
 }
 
+/// A token created from the bpffs at `dir` (its root directory).
+fn token_from_bpffs(dir: &str) -> std::io::Result<OwnedFd> {
+    let root = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    sys::token_create(root.as_fd())
+}
+
 /// Wait until `file` exists (60 s at most).
 fn wait_for_file(file: &str) -> Result<(), String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -180,6 +202,45 @@ fn run(args: &[String]) -> Result<(), String> {
             std::io::Write::flush(&mut std::io::stdout()).map_err(|e| e.to_string())?;
             wait_for_file(file)?;
             try_items(Some(token.as_fd()), &args[2..])
+        }
+        Some("bpffs-wait-try") => {
+            const USAGE: &str = "bpffs-wait-try DIR FILE ITEM...";
+            let dir = match args.get(1).map(String::as_str).ok_or(USAGE)? {
+                "-" => std::env::var("BPFTOKEN_PIN_DIR").map_err(|_| "BPFTOKEN_PIN_DIR is not set")?,
+                d => d.to_owned(),
+            };
+            let file = args.get(2).ok_or(USAGE)?;
+            println!("lease {}", std::env::var("BPFTOKEN_LEASE").unwrap_or_else(|_| "-".into()));
+            let token = token_from_bpffs(&dir).map_err(|e| format!("token from {dir}: {e}"))?;
+            println!("token {}", std::os::fd::AsRawFd::as_raw_fd(&token));
+            try_items(Some(token.as_fd()), &args[3..])?;
+            println!("waiting");
+            std::io::Write::flush(&mut std::io::stdout()).map_err(|e| e.to_string())?;
+            wait_for_file(file)?;
+            try_items(Some(token.as_fd()), &args[3..])?;
+            match token_from_bpffs(&dir) {
+                Ok(fresh) => try_items_as(Some(fresh.as_fd()), &args[3..], "fresh "),
+                Err(e) => {
+                    println!("fresh token {}", errno_name(&e));
+                    Ok(())
+                }
+            }
+        }
+        Some("fds") => {
+            for (fd, kind, _) in new_fds(&[]) {
+                println!("fd {fd} {kind}");
+            }
+            Ok(())
+        }
+        Some("learned") => {
+            let path = std::path::PathBuf::from(args.get(1).ok_or("learned SOCKET ID")?);
+            let id: u64 = args.get(2).and_then(|c| c.parse().ok()).ok_or("learned SOCKET ID")?;
+            let mut client = Client::connect_to(&path).map_err(|e| e.to_string())?;
+            match client.learned(id) {
+                Ok((lease, used)) => println!("learned lease {} used {used}", lease.id),
+                Err(e) => println!("{e}"),
+            }
+            Ok(())
         }
         Some("try-as-euid") => {
             let uid: u32 = args.get(1).and_then(|u| u.parse().ok()).ok_or("try-as-euid UID ITEM...")?;

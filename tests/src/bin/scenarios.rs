@@ -582,7 +582,10 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
             "bind-cgroup",
             "cost",
             "learn",
-        ] {
+        ]
+        .into_iter()
+        .chain(SCOPE_CAPABILITIES)
+        {
             report.result(capability, outcome, &why);
         }
         return Ok(());
@@ -712,6 +715,7 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
     let (outcome, detail) = learn(args, bins, dir, &alice);
     report.result("learn", outcome, &detail);
     bind_scenarios(bins, dir, &alice, enforcing, report);
+    scope_scenarios(args, bins, dir, &socket, &alice, enforcing, report);
 
     // cost: the median of a token-using bpf() call (an array map created
     // and closed) with the enforcer attached and, the same token, after
@@ -800,13 +804,21 @@ struct Gated {
 
 impl Gated {
     fn start(bins: &Path, socket: &Path, user: &User, cgroup: &Path, go: &Path) -> Result<Gated, String> {
-        let script = format!(
-            "read go; exec {} --socket {} run --fd-only -- {} wait-try {} map:array",
+        let command = format!(
+            "{} --socket {} run --fd-only -- {} wait-try {} map:array",
             bins.join("bpftoken").display(),
             socket.display(),
             bins.join("bpftoken-probe").display(),
             go.display()
         );
+        Gated::start_command(user, cgroup, &command)
+    }
+
+    /// `command` (a shell command line that prints `waiting` once it holds
+    /// what it needs) as `user`, exec'd from a shell root has moved into
+    /// `cgroup`.
+    fn start_command(user: &User, cgroup: &Path, command: &str) -> Result<Gated, String> {
+        let script = format!("read go; exec {command}");
         let mut c = as_user(user, Path::new("/bin/sh"));
         c.args(["-c", &script]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
         let mut child = c.spawn().map_err(|e| format!("cannot start sh: {e}"))?;
@@ -1211,4 +1223,347 @@ fn learn(args: &Args, bins: &Path, dir: &Path, alice: &User) -> (Outcome, String
         "learned the exact rule for bpftool prog load; under it alone the load succeeds; hash, tracepoint, xdp EPERM"
             .to_owned(),
     )
+}
+
+/// The capabilities of [`scope_scenarios`].
+const SCOPE_CAPABILITIES: [&str; 5] =
+    ["revoke-unshare-scope", "bind-libbpf", "bind-unshare", "learned-refusals", "learn-fds"];
+
+/// Scopes whose tokens the client creates itself (libbpf mode and
+/// `bpftoken unshare`'s delegated mounts): revocation and binding reach
+/// every token of the scope, fresh ones included; and the refusals of the
+/// `Learned` request, and the fds CMD of `bpftoken learn` sees. Where the
+/// daemon cannot enforce, each says so with its typed refusal.
+fn scope_scenarios(
+    args: &Args,
+    bins: &Path,
+    dir: &Path,
+    socket: &Path,
+    alice: &User,
+    enforcing: bool,
+    report: &mut Report,
+) {
+    let (outcome, detail) = revoke_unshare_scope(args, bins, dir, socket, alice, enforcing);
+    report.result("revoke-unshare-scope", outcome, &detail);
+    for (name, unshare) in [("bind-libbpf", false), ("bind-unshare", true)] {
+        let (outcome, detail) = bind_scope(bins, dir, alice, enforcing, unshare);
+        report.result(name, outcome, &detail);
+    }
+    let (outcome, detail) = learned_refusals(bins, dir, alice, enforcing);
+    report.result("learned-refusals", outcome, &detail);
+    let (outcome, detail) = learn_fds(bins, dir, alice, enforcing);
+    report.result("learn-fds", outcome, &detail);
+}
+
+/// A daemon with `policy`, stopped (SIGTERM) when dropped.
+struct Stopping(Daemon);
+
+impl Stopping {
+    fn start(bins: &Path, dir: &Path, tag: &str, policy: &str) -> Result<Stopping, String> {
+        match start_daemon_with(bins, dir, tag, policy) {
+            Start::Listening(d) => Ok(Stopping(d)),
+            Start::Refused(log) | Start::Failed(log) => Err(format!("the daemon ({tag}) did not start: {log}")),
+        }
+    }
+}
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        let pid = rustix::process::Pid::from_child(&self.0.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = wait_deadline(&mut self.0.child, Instant::now() + STEP_TIMEOUT);
+    }
+}
+
+fn judged(result: Result<(Outcome, String), String>) -> (Outcome, String) {
+    result.unwrap_or_else(|e| (Outcome::Fail, e))
+}
+
+/// A copy of fd `n` of process `pid` (pidfd_getfd), inheritable.
+fn take_fd(pid: u32, n: i32) -> Result<std::os::fd::OwnedFd, String> {
+    let raw = rustix::process::Pid::from_raw(pid as i32).ok_or("pid 0")?;
+    let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+        .map_err(|e| format!("pidfd_open({pid}): {e}"))?;
+    let fd = rustix::process::pidfd_getfd(&pidfd, n, rustix::process::PidfdGetfdFlags::empty())
+        .map_err(|e| format!("pidfd_getfd({pid}, {n}): {e}"))?;
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
+    Ok(fd)
+}
+
+/// The token fd number `bpftoken-probe bpffs-wait-try` printed.
+fn token_number(before: &[String]) -> Result<i32, String> {
+    before
+        .iter()
+        .find_map(|l| l.strip_prefix("token ")?.parse().ok())
+        .ok_or_else(|| format!("the probe printed no token: {}", before.join(", ")))
+}
+
+/// The bpftoken arguments of a scope grant whose CMD is
+/// `bpftoken-probe bpffs-wait-try DIR GO map:array`: libbpf mode (`run`,
+/// the bpffs in BPFTOKEN_PIN_DIR) or a delegated mount (`unshare`, the
+/// bpffs at /sys/fs/bpf).
+fn scope_args(bins: &Path, go: &Path, unshare: bool) -> Vec<String> {
+    let (mode, dir) = if unshare { ("unshare", "/sys/fs/bpf") } else { ("run", "-") };
+    let probe = bins.join("bpftoken-probe").display().to_string();
+    [mode, "--", &probe, "bpffs-wait-try", dir, &go.display().to_string(), "map:array"]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect()
+}
+
+/// revoke-unshare-scope: `bpftoken unshare`; bpftool and the probe create
+/// their own tokens from the delegated bpffs at /sys/fs/bpf. After the
+/// owner's `bpftoken revoke ID` the token held fails, and so do tokens
+/// created afresh from the same mount (the probe's and bpftool's).
+fn revoke_unshare_scope(
+    args: &Args,
+    bins: &Path,
+    dir: &Path,
+    socket: &Path,
+    alice: &User,
+    enforcing: bool,
+) -> (Outcome, String) {
+    judged((|| {
+        let (Some(bpftool), Some(obj)) = (&args.bpftool, &args.bpf_obj) else {
+            return Err("no --bpftool and --bpf-obj given".to_owned());
+        };
+        let go = dir.join("go-unshare-scope");
+        let probe = bins.join("bpftoken-probe");
+        let load = |name: &str| {
+            format!("{bpftool} prog load {obj} /sys/fs/bpf/{name} 2>/dev/null && echo {name} ok || echo {name} failed")
+        };
+        let script = format!(
+            "{}; {} bpffs-wait-try /sys/fs/bpf {} map:array; {}",
+            load("p1"),
+            probe.display(),
+            go.display(),
+            load("p2")
+        );
+        let h = Holder::start(bins, socket, alice, &["unshare", "--", "/bin/sh", "-c", &script], "waiting")?;
+        let lease = h.lease().unwrap_or("?").to_owned();
+        let revoked = bpftoken(bins, socket, alice, &["revoke", &lease]);
+        release(&go)?;
+        let before = h.before.clone();
+        let (exited, after) = h.finish();
+        let detail = format!(
+            "lease {lease}: {} / bpftoken revoke: {}{} / {}",
+            before.join(", "),
+            revoked.stdout.trim(),
+            revoked.stderr.trim(),
+            after.join(", ")
+        );
+        let held = before.contains(&"p1 ok".to_owned()) && before.ends_with(&["map:array ok".into(), "waiting".into()]);
+        if !enforcing {
+            // Nothing revoked: everything keeps working, and the owner is
+            // told so.
+            let ok = held
+                && revoked.code() == Some(1)
+                && revoked.stderr.trim_end().ends_with("(revocation_unavailable)")
+                && after == ["map:array ok", "fresh map:array ok", "p2 ok"];
+            return Ok((if ok { Outcome::Unsupported } else { Outcome::Fail }, detail));
+        }
+        let ok = held
+            && exited
+            && revoked.code() == Some(0)
+            && revoked.stdout
+                == format!("revoked lease {lease} (uid {}, delegated_mount): its tokens no longer work\n", alice.uid)
+            && after == ["map:array EPERM", "fresh map:array EPERM", "p2 failed"];
+        Ok((if ok { Outcome::Pass } else { Outcome::Fail }, detail))
+    })())
+}
+
+/// bind-libbpf / bind-unshare: a daemon with [`BIND_POLICY`]. In libbpf
+/// mode (`unshare` false) or on a delegated mount, alice's probe creates
+/// a token from the scope's bpffs. From /bpftk-bind-uid the grant is
+/// bound to her uid: root without capabilities of its own (real uid 0, her
+/// effective uid) gets `EPERM` with that token while an unbound sibling's
+/// works for it. From /bpftk-bind-cg/scope-a the grant is bound to that
+/// cgroup: her probe moved to a sibling gets `EPERM` with its token and
+/// with a fresh one from the same bpffs, one that stayed keeps working.
+fn bind_scope(bins: &Path, dir: &Path, alice: &User, enforcing: bool, unshare: bool) -> (Outcome, String) {
+    let mode = if unshare { "unshare" } else { "libbpf" };
+    judged((|| {
+        if !enforcing {
+            let policy = BIND_POLICY
+                .replace("cgroups = [\"/bpftk-bind-uid\"]\n", "")
+                .replace("cgroups = [\"/bpftk-bind-cg\"]\n", "");
+            let d = Stopping::start(bins, dir, &format!("-bind-{mode}-unavailable"), &policy)?;
+            let o = bpftoken(bins, &d.0.socket, alice, &[if unshare { "unshare" } else { "run" }, "--", "/bin/true"]);
+            let ok = o.code() == Some(1)
+                && o.stderr.contains(
+                    "binding tokens to their owner uid (rule \"bound-uid\") and to the cgroup they are minted from \
+                     (rule \"bound-cgroup\") (bind) cannot be enforced",
+                )
+                && o.stderr.trim_end().ends_with("(not_enforceable)");
+            return Ok((if ok { Outcome::Unsupported } else { Outcome::Fail }, o.stderr.trim().to_owned()));
+        }
+        let mnt = cgroup2_mount().ok_or("no cgroup2 mount")?;
+        let d = Stopping::start(bins, dir, &format!("-bind-{mode}"), BIND_POLICY)?;
+        let socket = d.0.socket.clone();
+        let uid_cg = mnt.join("bpftk-bind-uid");
+        let (a, b) = (mnt.join("bpftk-bind-cg/scope-a"), mnt.join("bpftk-bind-cg/scope-b"));
+        for c in [&uid_cg, &a, &b] {
+            std::fs::create_dir_all(c).map_err(|e| format!("mkdir {}: {e}", c.display()))?;
+        }
+        let go = dir.join(format!("go-bind-{mode}"));
+        let command = format!(
+            "{} --socket {} {}",
+            bins.join("bpftoken").display(),
+            socket.display(),
+            scope_args(bins, &go, unshare).join(" ")
+        );
+        let bound = Gated::start_command(alice, &uid_cg, &command)?;
+        let plain = Gated::start_command(alice, &mnt, &command)?;
+        let moved = Gated::start_command(alice, &a, &command)?;
+        let stays = Gated::start_command(alice, &a, &command)?;
+        let bound_token = take_fd(bound.pid, token_number(&bound.holder.before)?)?;
+        let plain_token = take_fd(plain.pid, token_number(&plain.holder.before)?)?;
+        let root_bound = root_try(bins, &bound_token, Some(alice.uid));
+        let root_plain = root_try(bins, &plain_token, Some(alice.uid));
+        drop((bound_token, plain_token));
+        // bpftoken exec'd the probe (after entering the namespaces).
+        std::fs::write(b.join("cgroup.procs"), moved.pid.to_string())
+            .map_err(|e| format!("move {}: {e}", moved.pid))?;
+        let leases = bpftoken(bins, &socket, alice, &["leases"]);
+        release(&go)?;
+        let befores: Vec<Vec<String>> =
+            [&bound, &plain, &moved, &stays].iter().map(|g| g.holder.before.clone()).collect();
+        let afters: Vec<(bool, Vec<String>)> = [bound, plain, moved, stays].map(|g| g.holder.finish()).into();
+        let lease_mode = if unshare { "delegated_mount" } else { "libbpf" };
+        let rows = |end: &str| {
+            leases.stdout.lines().filter(|l| l.contains(&format!(" {lease_mode} ")) && l.ends_with(end)).count()
+        };
+        let (uid_rows, cg_rows) = (rows(&format!("uid {}", alice.uid)), rows("cgroup /bpftk-bind-cg/scope-a"));
+        let works = ["map:array ok", "fresh map:array ok"];
+        let refused = ["map:array EPERM", "fresh map:array EPERM"];
+        let ok = befores.iter().all(|b| b.ends_with(&["map:array ok".to_owned(), "waiting".to_owned()]))
+            && afters.iter().all(|(exited, _)| *exited)
+            && root_bound == "map:array EPERM"
+            && root_plain == "map:array ok"
+            && afters[0].1 == works
+            && afters[1].1 == works
+            && afters[2].1 == refused
+            && afters[3].1 == works
+            && uid_rows == 1
+            && cg_rows == 2;
+        let detail = format!(
+            "uid-bound: {} then {}; root without capabilities (euid {}): bound {root_bound}, unbound sibling \
+             {root_plain}; cgroup-bound, moved to scope-b: {}; stayed: {}; {lease_mode} leases bound to the uid: \
+             {uid_rows}, to the cgroup: {cg_rows}",
+            befores[0].join(", "),
+            afters[0].1.join(", "),
+            alice.uid,
+            afters[2].1.join(", "),
+            afters[3].1.join(", ")
+        );
+        Ok((if ok { Outcome::Pass } else { Outcome::Fail }, detail))
+    })())
+}
+
+/// `bpftoken-probe learned SOCKET ID` as `user`: the answer, one line.
+fn learned_as(bins: &Path, socket: &Path, user: &User, id: &str) -> String {
+    let mut c = as_user(user, &bins.join("bpftoken-probe"));
+    c.arg("learned").arg(socket).arg(id);
+    let o = run(c);
+    if o.code() == Some(0) {
+        o.stdout.trim().to_owned()
+    } else {
+        o.describe()
+    }
+}
+
+/// learned-refusals: every refusal of a `Learned` request (what `bpftoken
+/// learn` sends when CMD has exited), with its exact text: another user's
+/// learning lease, a lease that is not a learning lease, one that never
+/// existed, and a learning lease that has already ended. Without the
+/// enforcer every `Learned` is refused `learning_unavailable`.
+fn learned_refusals(bins: &Path, dir: &Path, alice: &User, enforcing: bool) -> (Outcome, String) {
+    judged((|| {
+        let eve = user(OTHER_USER)?;
+        let d = Stopping::start(bins, dir, "-learned", LEARN_POLICY)?;
+        let socket = d.0.socket.clone();
+        if !enforcing {
+            let got = learned_as(bins, &socket, alice, "1");
+            let ok = got.starts_with("refused: learning needs the enforcer: enforcement is unavailable: ")
+                && got.ends_with(" (learning_unavailable)");
+            return Ok((if ok { Outcome::Unsupported } else { Outcome::Fail }, got));
+        }
+        let go = dir.join("go-learned");
+        let probe = bins.join("bpftoken-probe");
+        let probe = probe.to_str().ok_or("non-UTF-8 binary path")?;
+        let wait = format!("echo lease $BPFTOKEN_LEASE; echo waiting; exec {probe} wait {}", go.display());
+        let learning = Holder::start(bins, &socket, alice, &["learn", "--", "/bin/sh", "-c", &wait], "waiting")?;
+        let plain = Holder::start(
+            bins,
+            &socket,
+            alice,
+            &["run", "--fd-only", "--", probe, "wait-try", go.to_str().ok_or("non-UTF-8 path")?, "map:array"],
+            "waiting",
+        )?;
+        let (n, m) = (learning.lease().unwrap_or("?").to_owned(), plain.lease().unwrap_or("?").to_owned());
+        let others = learned_as(bins, &socket, &eve, &n);
+        let not_learning = learned_as(bins, &socket, alice, &m);
+        let never = learned_as(bins, &socket, alice, "99999");
+        release(&go)?;
+        let (learn_ok, rule) = learning.finish();
+        let _ = plain.finish();
+        let ended = learned_as(bins, &socket, alice, &n);
+        let unknown = |id: &str| {
+            format!(
+                "refused: no learning lease {id}: it never existed, has ended, or is not a learning lease \
+                 (unknown_lease)"
+            )
+        };
+        let ok = others
+            == format!(
+                "refused: learning lease {n} belongs to uid {}, not to you (uid {}); only root may end it \
+                 (not_your_lease)",
+                alice.uid, eve.uid
+            )
+            && not_learning == unknown(&m)
+            && never == unknown("99999")
+            && learn_ok
+            && rule.first().map(String::as_str) == Some("[[allow]]")
+            && ended == unknown(&n);
+        let detail = format!(
+            "another uid: {others} / not a learning lease: {not_learning} / never existed: {never} / after \
+             bpftoken learn ended it: {ended}"
+        );
+        Ok((if ok { Outcome::Pass } else { Outcome::Fail }, detail))
+    })())
+}
+
+/// learn-fds: CMD of `bpftoken learn` holds exactly what CMD of `bpftoken
+/// run` (libbpf mode) holds: the standard streams, the token and the
+/// bpffs root; no user-namespace fd.
+fn learn_fds(bins: &Path, dir: &Path, alice: &User, enforcing: bool) -> (Outcome, String) {
+    judged((|| {
+        let d = Stopping::start(bins, dir, "-learn-fds", LEARN_POLICY)?;
+        let socket = d.0.socket.clone();
+        let probe = bins.join("bpftoken-probe");
+        let probe = probe.to_str().ok_or("non-UTF-8 binary path")?;
+        let learned = bpftoken(bins, &socket, alice, &["learn", "--", probe, "fds"]);
+        if !enforcing {
+            let ok = learned.code() == Some(1) && learned.stderr.trim_end().ends_with("(learning_unavailable)");
+            return Ok((if ok { Outcome::Unsupported } else { Outcome::Fail }, learned.stderr.trim().to_owned()));
+        }
+        let ran = bpftoken(bins, &socket, alice, &["run", "--", probe, "fds"]);
+        let kinds = |o: &Ran| {
+            let mut k: Vec<String> = o
+                .stdout
+                .lines()
+                .filter_map(|l| l.strip_prefix("fd ")?.split_once(' ').map(|(_, kind)| kind.to_owned()))
+                .collect();
+            k.sort();
+            k
+        };
+        let want = ["bpffs", "other", "other", "other", "token"];
+        let ok = learned.code() == Some(0) && ran.code() == Some(0) && kinds(&learned) == want && kinds(&ran) == want;
+        let detail = format!(
+            "bpftoken learn's CMD: {}; bpftoken run's CMD: {}",
+            kinds(&learned).join(" "),
+            kinds(&ran).join(" ")
+        );
+        Ok((if ok { Outcome::Pass } else { Outcome::Fail }, detail))
+    })())
 }
