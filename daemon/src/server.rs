@@ -559,13 +559,9 @@ async fn handle_connection(daemon: Arc<Daemon>, mut stream: UnixStream, mut shut
             RequestBody::Revoke(target) => handle_revoke(&daemon, &peer, &stream, target).await,
             RequestBody::Learn(request) => {
                 let asked = Asked { request, ttl: None, leased: true, learn: true };
-                if peer.userns != PeerUserns::Ours {
-                    let msg = "learn from outside a container (in the daemon's user namespace): a learning lease \
-                               needs a scope of its own"
-                        .to_owned();
-                    reject(&daemon, &peer, &stream, RefusalCode::UnsupportedPeer, msg).await
-                } else {
-                    handle_mint(&daemon, &peer, &stream, &asked, Mode::Scope).await
+                match learning_peer_refusal(&peer) {
+                    Some(r) => reject(&daemon, &peer, &stream, r.code, r.message).await,
+                    None => handle_mint(&daemon, &peer, &stream, &asked, Mode::Scope).await,
                 }
             }
             RequestBody::Learned(id) => handle_learned(&daemon, &peer, &stream, id).await,
@@ -622,6 +618,25 @@ fn peer_refusal(peer: &PeerIdentity) -> Option<Refusal> {
         // Container mode: minted in the peer's own namespace, and only
         // rules with `userns_owners` match such a peer.
         PeerUserns::Nested { .. } => None,
+    }
+}
+
+/// Why a caller may not learn whoever it is: learning is offered only to
+/// callers in the daemon's own user namespace.
+fn learning_peer_refusal(peer: &PeerIdentity) -> Option<Refusal> {
+    match peer.userns {
+        PeerUserns::Ours => None,
+        PeerUserns::Unknown => peer_refusal(peer),
+        PeerUserns::Nested { owner_uid, .. } => Some(Refusal::new(
+            RefusalCode::UnsupportedPeer,
+            format!(
+                "learning is not offered to callers inside a user namespace: uid {} calls from one owned by uid \
+                 {owner_uid}, such as a rootless container, whose tokens all share that namespace; a learning \
+                 lease records what the tokens of a user namespace and bpffs made for it alone are used for, so \
+                 run `bpftoken learn` outside the container (in the host's user namespace)",
+                peer.creds.uid
+            ),
+        )),
     }
 }
 
