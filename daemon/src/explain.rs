@@ -4,7 +4,7 @@
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use bpftoken_policy::{Peer, Policy};
+use bpftoken_policy::{Peer, Policy, Rule};
 use bpftoken_proto::delegation::{self, Kind};
 
 /// Resolve `user` (name or uid) and `groups` (names or gids; empty means
@@ -75,6 +75,44 @@ pub fn explain(
     if let Some(ttl) = &eff.ttl {
         let _ = writeln!(out, "limit:      tokens work {} s (ttl, rule {})", ttl.secs, ttl.rule);
     }
+    let mut bound = Vec::new();
+    if let Some(rule) = &eff.bind.uid {
+        bound.push(format!("only for their owner uid (rule {rule})"));
+    }
+    if let Some(rule) = &eff.bind.cgroup {
+        bound.push(format!("only inside the cgroup they are minted from (rule {rule})"));
+    }
+    if bound.is_empty() {
+        let _ = writeln!(out, "bind:       none");
+    } else {
+        let _ = writeln!(out, "bind:       tokens work {}", bound.join(" and "));
+    }
+    // The matching allow rules, in policy order (labels are unique).
+    let rules: Vec<&Rule> =
+        eff.allowed_by.iter().filter_map(|label| policy.rules().iter().find(|r| &r.label == label)).collect();
+    let learners: Vec<&str> = rules.iter().filter(|r| r.learn).map(|r| r.label.as_str()).collect();
+    if learners.is_empty() {
+        let _ = writeln!(out, "learn:      no (no matching allow rule sets learn = true)");
+    } else {
+        let _ = writeln!(
+            out,
+            "learn:      yes: `bpftoken learn` gets the grant of {} only",
+            learners.iter().map(|l| format!("rule {l}")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    if eff.ttl.is_some() || eff.live_limit.is_some() || !bound.is_empty() {
+        let _ = writeln!(
+            out,
+            "enforcement: {}",
+            if policy.require_enforcement() {
+                "required (require_enforcement = true): without the enforcer these grants are refused \
+                 (not_enforceable)"
+            } else {
+                "not required (require_enforcement = false): without the enforcer these grants are minted \
+                 unenforced"
+            }
+        );
+    }
     for kind in Kind::ALL {
         let names = delegation::names(kind, eff.grant.get(kind));
         let _ = writeln!(
@@ -82,6 +120,25 @@ pub fn explain(
             "{:<8} {}",
             format!("{}:", kind.key()),
             if names.is_empty() { "(none)".to_owned() } else { names.join(", ") }
+        );
+    }
+    let _ = writeln!(out, "rules:");
+    for r in rules {
+        let ttl = r.ttl.map_or_else(|| "-".to_owned(), |s| format!("{s} s"));
+        let mut bind = Vec::new();
+        if r.bind.uid {
+            bind.push("uid");
+        }
+        if r.bind.cgroup {
+            bind.push("cgroup");
+        }
+        let bind = if bind.is_empty() { "-".to_owned() } else { bind.join("+") };
+        let _ = writeln!(
+            out,
+            "  {} (line {}): ttl {ttl}; bind {bind}; learn {}",
+            r.label,
+            r.line,
+            if r.learn { "yes" } else { "no" }
         );
     }
     Ok(out)

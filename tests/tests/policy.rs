@@ -257,3 +257,87 @@ fn check_policy_explains_a_grant() {
     assert!(stdout(&o).contains("no allow rule matches: every request is refused (not_in_policy)"), "{}", stdout(&o));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn check_policy_explain_shows_ttl_bind_and_learn_per_rule() {
+    let Some(env) = setup("check_policy_explain_shows_ttl_bind_and_learn_per_rule") else { return };
+    let dir = scratch_dir("explain-rules");
+    let policy = dir.join("policy.toml");
+    write_policy(
+        &policy,
+        "[[allow]]\nname = \"devs\"\ngroups = [\"bpftk-dev\"]\ncmds = [\"map_create\"]\nmaps = [\"array\", \
+         \"hash\"]\nmints_per_minute = 60\n\n[[allow]]\nname = \"bob-ci\"\nusers = [\"bpftk-bob\"]\ncmds = \
+         [\"map_create\"]\nmaps = [\"array\"]\nttl = 600\nbind = [\"uid\", \"cgroup\"]\nlearn = true\n\n[[deny]]\n\
+         name = \"no-hash\"\nusers = [\"bpftk-bob\"]\nmaps = [\"hash\"]\n",
+    );
+    let explain = |who: &str| {
+        let mut c = Command::new(env.bin("bpftokend"));
+        c.arg("check-policy").arg("--policy").arg(&policy).args(["--explain", who, "--group", DEV_GROUP]);
+        let o = output(c);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let dev = uzers::get_group_by_name(DEV_GROUP).expect("group bpftk-dev").gid();
+    let (bob, alice) = (user(BOB), user(ALICE));
+    let head =
+        format!("{}: ok, 2 allow and 1 deny rule(s); names checked against the running kernel", policy.display());
+    let out = explain(BOB);
+    assert!(out.starts_with(&head), "{out}");
+    let body = out.split_once('\n').map_or("", |(_, rest)| rest);
+    assert_eq!(
+        body,
+        format!(
+            "uid {} gid {} groups [{dev}] exe (any) cgroup (any)
+allowed by: devs, bob-ci
+denied by:  no-hash (removes cmds=[] maps=[hash] progs=[] attachs=[])
+limit:      60 mints per minute (rule devs)
+limit:      tokens work 600 s (ttl, rule bob-ci)
+bind:       tokens work only for their owner uid (rule bob-ci) and only inside the cgroup they are minted from (rule \
+             bob-ci)
+learn:      yes: `bpftoken learn` gets the grant of rule bob-ci only
+enforcement: required (require_enforcement = true): without the enforcer these grants are refused (not_enforceable)
+cmds:    map_create
+maps:    array
+progs:   (none)
+attachs: (none)
+rules:
+  devs (line 1): ttl -; bind -; learn no
+  bob-ci (line 8): ttl 600 s; bind uid+cgroup; learn yes
+",
+            bob.uid, bob.gid
+        )
+    );
+    // Alice matches only the rule without ttl, bind or learn.
+    let out = explain(ALICE);
+    let body = out.split_once('\n').map_or("", |(_, rest)| rest);
+    assert_eq!(
+        body,
+        format!(
+            "uid {} gid {} groups [{dev}] exe (any) cgroup (any)
+allowed by: devs
+limit:      60 mints per minute (rule devs)
+bind:       none
+learn:      no (no matching allow rule sets learn = true)
+cmds:    map_create
+maps:    hash, array
+progs:   (none)
+attachs: (none)
+rules:
+  devs (line 1): ttl -; bind -; learn no
+",
+            alice.uid, alice.gid
+        )
+    );
+    // Where the policy lets grants go unenforced, it says so.
+    let text = std::fs::read_to_string(&policy).unwrap();
+    write_policy(&policy, &format!("require_enforcement = false\n{text}"));
+    assert!(
+        explain(BOB).contains(
+            "\nenforcement: not required (require_enforcement = false): without the enforcer these grants are minted \
+             unenforced\n"
+        ),
+        "{}",
+        explain(BOB)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
