@@ -262,6 +262,41 @@ fn measure_floor_token(self_exe: &Path, scope: &Scope, n: usize, pin: bool) -> F
     f
 }
 
+/// The kernel's fixed cost inside every cold scope: one
+/// `fsconfig(delegate_*)`, during which the kernel scans the whole vmlinux
+/// BTF for the four enum types (`find_bpffs_btf_enums` in
+/// kernel/bpf/inode.c), whatever the value. A scope delegating all four
+/// sets pays it four times; nothing in user space can avoid it.
+fn measure_delegate_scan(n: usize, pin: bool) -> Figures {
+    // Only the fsconfig call is timed, not fsopen or close.
+    let run = move || {
+        let mut samples = Vec::with_capacity(n);
+        let start = Instant::now();
+        for _ in 0..n {
+            let fs = rustix::mount::fsopen("bpf", rustix::mount::FsOpenFlags::FSOPEN_CLOEXEC).expect("fsopen bpf");
+            let t = Instant::now();
+            rustix::mount::fsconfig_set_string(&fs, "delegate_cmds", "any").expect("fsconfig delegate_cmds");
+            samples.push(t.elapsed());
+        }
+        Stats { samples, wall: start.elapsed() }
+    };
+    let stats = if pin {
+        // In a thread of its own, so the affinity does not stick to the
+        // orchestrating thread.
+        std::thread::spawn(move || {
+            let mut cpus = rustix::thread::CpuSet::new();
+            cpus.set(0);
+            rustix::thread::sched_setaffinity(None, &cpus).expect("pin to CPU 0");
+            run()
+        })
+        .join()
+        .expect("scan thread")
+    } else {
+        run()
+    };
+    Figures { p50: stats.p(0.5), p99: stats.p(0.99), ops: stats.ops() }
+}
+
 /// `pairs` concurrent client/server process pairs, each doing `n` round
 /// trips carrying one fd. Returns the first client's latencies and the
 /// summed throughput.
@@ -370,6 +405,8 @@ fn orchestrate(n: usize) {
         row("floor: unix round trip carrying 1 fd", rtt);
         row("floor: same, 2 concurrent pairs (ops summed)", rtt2);
         row("floor: token + fd round trip", floor);
+        let scan = measure_delegate_scan(200, pin);
+        row("cold floor: fsconfig delegate_* (BTF scan)", scan);
         let d = if pin {
             // daemon and minter on CPU 0 too
             TestDaemon::start_pinned(&env, &policy)
@@ -400,6 +437,13 @@ fn orchestrate(n: usize) {
             cold1.p50
         );
         println!("  cold p50 / (token + fd round trip) p50:     {:.1}x", cold1.p50 / floor.p50);
+        // The bench policy grants all four sets, so each cold scope sets
+        // all four delegate_* options.
+        println!(
+            "  kernel BTF scans alone in a cold scope:     {:.0} us  (4 x delegate_* p50; {:.0}% of cold p50)",
+            4.0 * scan.p50,
+            100.0 * 4.0 * scan.p50 / cold1.p50
+        );
         if let Some(s) = sudo {
             println!("  sudo -n true p50 / warm p50:                {:.0}x   (target >= 50x)", s.p50 / warm1.p50);
         }
