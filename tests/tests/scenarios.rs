@@ -48,6 +48,8 @@ fn expected(version: (u32, u32)) -> BTreeMap<&'static str, &'static str> {
         ("cost", "unsupported"),
         // Learning needs the enforcer: refused `learning_unavailable` here.
         ("learn", "unsupported"),
+        // Pins outliving the daemon need the enforcer too.
+        ("survive-restart", "unsupported"),
     ])
 }
 
