@@ -22,6 +22,9 @@
  *   no longer exists, before its inode number can be reused, so an entry
  *   never outlives its scope and never hits a later, unrelated one.
  *
+ * The daemon pins the links and maps in bpffs (see daemon/src/pins.rs), so
+ * all of this outlives the daemon and a restarted daemon adopts it.
+ *
  * A scope is a user namespace, keyed by its inode number
  * (token->userns->ns.inum, the st_ino of /proc/PID/ns/user). Inode numbers
  * are reused after a namespace is freed; the free_user_ns hook removes
@@ -146,6 +149,14 @@ struct lease_entry {
 	__u32 bind_cgroup_level;
 	__u32 bind;
 	__u32 pad;
+	/* Never read here: what a daemon that adopts the pinned maps after a
+	 * restart needs to list and revoke the lease. */
+	__u64 lease_id;
+	__u64 serial;		/* the token handed out; 0: not known */
+	__u64 created;		/* Unix seconds */
+	__u64 expires;		/* Unix seconds; 0: never */
+	__u32 owner_uid;
+	__u32 mode;		/* the daemon's LeaseMode numbering */
 };
 
 /* One entry per lease, written by the daemon only: (scope, serial) ->
@@ -158,6 +169,16 @@ struct {
 	__type(key, struct revoke_key);
 	__type(value, struct lease_entry);
 } deadlines SEC(".maps");
+
+/* The last lease id the daemon handed out (index 0), written by the daemon
+ * only: kept with the pinned maps so that ids are never reused across
+ * daemon restarts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} last_lease SEC(".maps");
 
 /* Learning (`bpftoken learn`): what the tokens of a learning lease's
  * scope were used for, as bit masks over the kernel's enums (the token's

@@ -84,6 +84,30 @@ pub fn id_of(path: Option<&str>) -> Result<CgroupId, CgroupError> {
     Ok(CgroupId { id: meta.ino(), level: u32::try_from(level).unwrap_or(u32::MAX) })
 }
 
+/// The path (as [`id_of`] takes it) of the cgroup v2 directory with this
+/// id and level, found by walking the cgroup2 mount down to that level;
+/// `None` if it is gone or cannot be found. For listing leases a restarted
+/// daemon adopted.
+pub fn path_of(cg: CgroupId) -> Option<String> {
+    let (root, mount) = cgroup2().ok()?;
+    let root_level = root.split('/').filter(|c| !c.is_empty()).count();
+    let depth = usize::try_from(cg.level).ok()?.checked_sub(root_level)?;
+    let mount = PathBuf::from(mount);
+    let mut level = vec![mount.clone()];
+    for _ in 0..depth {
+        level = level
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+    }
+    let found = level.into_iter().find(|d| std::fs::metadata(d).is_ok_and(|m| m.ino() == cg.id))?;
+    let below = found.strip_prefix(&mount).ok()?.to_str()?.to_owned();
+    Some(format!("{}/{below}", root.trim_end_matches('/')))
+}
+
 /// `path` below the mount's `root` (both absolute), whole components only.
 fn relative<'a>(path: &'a str, root: &str) -> Option<&'a str> {
     let root = root.trim_end_matches('/');
@@ -120,5 +144,6 @@ mod tests {
         assert_eq!(id.level as usize, path.split('/').filter(|c| !c.is_empty()).count());
         assert!(id.id > 0);
         assert!(matches!(id_of(None), Err(CgroupError::Unknown)));
+        assert_eq!(path_of(id).as_deref(), Some(if path == "/" { "/" } else { path.as_str() }));
     }
 }

@@ -8,19 +8,30 @@
 //! ([`crate::lease`]); the kernel side removes it when the token (or the
 //! whole scope) is freed. Where it cannot be loaded the daemon runs on and
 //! says so: at start, in systemd's STATUS= and in `bpftoken query`.
+//!
+//! Its links and maps are pinned in the host bpffs ([`crate::pins`]), so
+//! enforcement outlives the daemon; a daemon of the same build that finds
+//! them adopts them instead of loading again. Where pinning fails the
+//! enforcer still runs, for the daemon's lifetime only, and says so.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
-use bpftoken_proto::{Delegation, Enforcement};
+use bpftoken_proto::{Delegation, Enforcement, LeaseMode};
 
-use crate::sys::bpf::{self, LoadError, MapFd};
+use crate::pins::{PinError, PinRoot};
+use crate::sys::bpf::{self, Attached, LoadError, MapFd};
 
 /// The enforcer object, built by `build.rs`.
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
 
-/// The maps the daemon uses, in this order.
-const MAPS: [&str; 4] = ["scopes", "task_serials", "deadlines", "learning"];
+/// libbpf's name for the object.
+const OBJECT_NAME: &str = "bpftokend_enforcer";
+
+/// The programs and maps are pinned as `link-NAME` and `map-NAME`.
+const LINK_PREFIX: &str = "link-";
+const MAP_PREFIX: &str = "map-";
 
 /// A `deadlines` value: a lease that neither expires nor is revoked (the
 /// entry still says "this token or scope is alive and leased").
@@ -29,6 +40,7 @@ pub const NO_DEADLINE: u64 = u64::MAX;
 pub const REVOKED: u64 = 0;
 
 /// `bpf_map_update_elem` flags.
+const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
 
@@ -56,7 +68,8 @@ pub enum Unavailable {
     Load(LoadError),
 }
 
-/// The enforcer, attached while this value lives.
+/// The enforcer, attached while this value lives, and after that while
+/// its pins do.
 #[derive(Debug)]
 pub struct Enforcer {
     links: Vec<(String, OwnedFd)>,
@@ -64,6 +77,33 @@ pub struct Enforcer {
     task_serials: MapFd,
     deadlines: MapFd,
     learning: MapFd,
+    last_lease: MapFd,
+    persistence: Persistence,
+    /// Held (locked) while the daemon runs, when pinned.
+    root: Option<PinRoot>,
+}
+
+/// Whether enforcement outlives the daemon.
+#[derive(Debug)]
+pub enum Persistence {
+    /// Pinned in `dir`; `adopted` when an earlier daemon pinned it.
+    Pinned { dir: PathBuf, adopted: bool },
+    /// Not pinned, for this reason: enforcement ends when the daemon stops.
+    UntilStop(PinError),
+}
+
+/// What a clean stop did with the pins.
+#[derive(Debug)]
+pub enum Released {
+    /// Nothing was pinned.
+    NotPinned,
+    /// No lease entry was left: the pins are gone, and with them (once the
+    /// daemon exits) the enforcer.
+    Removed(PathBuf),
+    /// Lease entries are left: the pins stay, the kernel keeps enforcing.
+    Kept { dir: PathBuf, leases: usize },
+    /// Removing them (or counting what is left) failed; they stay.
+    Failed { dir: PathBuf, error: io::Error },
 }
 
 /// What a lease entry in `deadlines` covers: one token, or every token of
@@ -105,22 +145,95 @@ pub struct CgroupId {
 const BIND_UID: u32 = 1;
 const BIND_CGROUP: u32 = 2;
 
-/// One `deadlines` value (`struct lease_entry`): the deadline and binding.
-fn entry_bytes(deadline: u64, bind: Binding) -> [u8; 32] {
-    let mut b = [0u8; 32];
-    b[..8].copy_from_slice(&deadline.to_ne_bytes());
-    let mut flags = 0;
-    if let Some(uid) = bind.uid {
-        flags |= BIND_UID;
-        b[16..20].copy_from_slice(&uid.to_ne_bytes());
+/// Size of a `deadlines` value (`struct lease_entry`).
+const ENTRY_SIZE: usize = 72;
+
+/// One `deadlines` value (`struct lease_entry`): what the kernel checks
+/// (deadline, binding) and what a daemon needs to list and revoke the
+/// lease after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// CLOCK_BOOTTIME ns, [`NO_DEADLINE`] or [`REVOKED`].
+    pub deadline: u64,
+    pub bind: Binding,
+    pub id: u64,
+    pub uid: u32,
+    pub mode: LeaseMode,
+    /// The token handed out, if known.
+    pub serial: Option<u64>,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds.
+    pub expires: Option<u64>,
+}
+
+/// `lease_entry.mode`: the daemon's own numbering of [`LeaseMode`].
+fn mode_code(mode: LeaseMode) -> u32 {
+    match mode {
+        LeaseMode::Owner => 0,
+        LeaseMode::Libbpf => 1,
+        LeaseMode::Container => 2,
+        LeaseMode::DelegatedMount => 3,
     }
-    if let Some(cg) = bind.cgroup {
-        flags |= BIND_CGROUP;
-        b[8..16].copy_from_slice(&cg.id.to_ne_bytes());
-        b[20..24].copy_from_slice(&cg.level.to_ne_bytes());
+}
+
+fn mode_of(code: u32) -> Option<LeaseMode> {
+    Some(match code {
+        0 => LeaseMode::Owner,
+        1 => LeaseMode::Libbpf,
+        2 => LeaseMode::Container,
+        3 => LeaseMode::DelegatedMount,
+        _ => return None,
+    })
+}
+
+impl LeaseRecord {
+    fn bytes(&self) -> [u8; ENTRY_SIZE] {
+        let mut b = [0u8; ENTRY_SIZE];
+        b[..8].copy_from_slice(&self.deadline.to_ne_bytes());
+        let mut flags = 0;
+        if let Some(uid) = self.bind.uid {
+            flags |= BIND_UID;
+            b[16..20].copy_from_slice(&uid.to_ne_bytes());
+        }
+        if let Some(cg) = self.bind.cgroup {
+            flags |= BIND_CGROUP;
+            b[8..16].copy_from_slice(&cg.id.to_ne_bytes());
+            b[20..24].copy_from_slice(&cg.level.to_ne_bytes());
+        }
+        b[24..28].copy_from_slice(&flags.to_ne_bytes());
+        b[32..40].copy_from_slice(&self.id.to_ne_bytes());
+        b[40..48].copy_from_slice(&self.serial.unwrap_or(0).to_ne_bytes());
+        b[48..56].copy_from_slice(&self.created.to_ne_bytes());
+        b[56..64].copy_from_slice(&self.expires.unwrap_or(0).to_ne_bytes());
+        b[64..68].copy_from_slice(&self.uid.to_ne_bytes());
+        b[68..72].copy_from_slice(&mode_code(self.mode).to_ne_bytes());
+        b
     }
-    b[24..28].copy_from_slice(&flags.to_ne_bytes());
-    b
+
+    /// `None` for a value of another size or an unknown mode.
+    fn decode(v: &[u8]) -> Option<LeaseRecord> {
+        if v.len() != ENTRY_SIZE {
+            return None;
+        }
+        let w8 = |i: usize| v.get(i..i + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes);
+        let w4 = |i: usize| v.get(i..i + 4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_ne_bytes);
+        let flags = w4(24);
+        let bind = Binding {
+            uid: (flags & BIND_UID != 0).then(|| w4(16)),
+            cgroup: (flags & BIND_CGROUP != 0).then(|| CgroupId { id: w8(8), level: w4(20) }),
+        };
+        Some(LeaseRecord {
+            deadline: w8(0),
+            bind,
+            id: w8(32),
+            serial: Some(w8(40)).filter(|s| *s != 0),
+            created: w8(48),
+            expires: Some(w8(56)).filter(|e| *e != 0),
+            uid: w4(64),
+            mode: mode_of(w4(68))?,
+        })
+    }
 }
 
 /// Tokens a scope has seen since the enforcer was loaded.
@@ -131,8 +244,11 @@ pub struct ScopeCount {
 }
 
 impl Enforcer {
-    /// Load and attach the enforcer, or say why it cannot run here.
-    pub fn load() -> Result<Enforcer, Unavailable> {
+    /// Adopt the enforcer an earlier daemon of this build pinned under
+    /// `pinroot`, or load and attach it and pin it there; or say why it
+    /// cannot run here. Pins of other builds are left alone (one warning
+    /// each). Where pinning is impossible it runs unpinned and says why.
+    pub fn load(pinroot: &Path) -> Result<Enforcer, Unavailable> {
         // Without `bpf` in the active list an LSM program loads and
         // attaches but never runs: check first. An unreadable list is
         // judged after the load, whose refusal says more.
@@ -146,35 +262,115 @@ impl Enforcer {
         if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             return Err(Unavailable::NoBtf);
         }
-        let attached = match bpf::load_and_attach(OBJECT, "bpftokend_enforcer", &MAPS) {
-            Ok(a) => a,
-            Err(e @ LoadError::Load(_)) if e.errno() == Some(libc::EPERM) => return Err(Unavailable::Refused),
-            Err(e) => return Err(Unavailable::Load(e)),
+        let version = crate::pins::version_of(OBJECT);
+        let root = match PinRoot::open(pinroot) {
+            Ok(root) => root,
+            Err(why) => return attach(active, Persistence::UntilStop(why)),
         };
-        // Dropping `attached` detaches the programs again.
-        active.map_err(Unavailable::LsmList)?;
-        let mut maps = attached.maps.into_iter();
-        let mut next = |name| maps.next().ok_or(Unavailable::Load(LoadError::NoMap(name)));
-        let scopes = next("scopes")?;
-        let task_serials = next("task_serials")?;
-        let deadlines = next("deadlines")?;
-        let learning = next("learning")?;
-        Ok(Enforcer { links: attached.links, scopes, task_serials, deadlines, learning })
+        root.remove_stale();
+        for other in root.others(&version) {
+            tracing::warn!(
+                "{} holds the pinned enforcer of another bpftokend build (this one is {version}): its leases stay \
+                 enforced until their deadlines or until their tokens are closed, but this daemon cannot list or \
+                 revoke them; `rm -r {}` removes it and ends them at once",
+                other.display(),
+                other.display()
+            );
+        }
+        let dir = root.set_dir(&version);
+        if dir.exists() {
+            return match adopt(&dir) {
+                Ok(mut e) => {
+                    active.map_err(Unavailable::LsmList)?;
+                    e.root = Some(root);
+                    Ok(e)
+                }
+                Err(why) => attach(active, Persistence::UntilStop(why)),
+            };
+        }
+        let mut e = match attach(active, Persistence::Pinned { dir: dir.clone(), adopted: false }) {
+            Ok(e) => e,
+            Err(why) => {
+                // Leave no empty root behind where nothing can be pinned.
+                let _ = std::fs::remove_dir(root.path());
+                return Err(why);
+            }
+        };
+        match publish(&root, &version, &e) {
+            Ok(_) => e.root = Some(root),
+            Err(why) => e.persistence = Persistence::UntilStop(why),
+        }
+        Ok(e)
     }
 
-    /// Start a lease: its entry with `deadline` (CLOCK_BOOTTIME ns, or
-    /// [`NO_DEADLINE`]) and binding. Called while the daemon holds the
-    /// token or the scope, so the entry cannot name something already freed.
-    pub fn start_lease(&self, key: LeaseKey, deadline: u64, bind: Binding) -> io::Result<()> {
-        self.deadlines.update(&key.bytes(), &entry_bytes(deadline, bind), BPF_NOEXIST)
+    /// Whether enforcement outlives the daemon.
+    pub fn persistence(&self) -> &Persistence {
+        &self.persistence
     }
 
-    /// Set the deadline of a live lease entry (keeping its binding);
+    /// At a clean stop: remove the pins if no lease entry is left (nothing
+    /// to enforce), else keep them for the next daemon.
+    pub fn release(&self) -> Released {
+        let Persistence::Pinned { dir, .. } = &self.persistence else { return Released::NotPinned };
+        match self.deadlines.keys() {
+            Ok(keys) if !keys.is_empty() => Released::Kept { dir: dir.clone(), leases: keys.len() },
+            Ok(_) => match std::fs::remove_dir_all(dir) {
+                Ok(()) => {
+                    // The root too, when no other build's set is there.
+                    if let Some(root) = &self.root {
+                        let _ = std::fs::remove_dir(root.path());
+                    }
+                    Released::Removed(dir.clone())
+                }
+                Err(error) => Released::Failed { dir: dir.clone(), error },
+            },
+            Err(error) => Released::Failed { dir: dir.clone(), error },
+        }
+    }
+
+    /// The last lease id handed out (0: none yet), kept in the kernel so
+    /// that ids are never reused across restarts.
+    pub fn last_lease_id(&self) -> io::Result<u64> {
+        let v = self.last_lease.lookup(&0u32.to_ne_bytes())?;
+        Ok(v.and_then(|v| v.get(..8).and_then(|b| b.try_into().ok())).map_or(0, u64::from_ne_bytes))
+    }
+
+    /// Record `id` as the last lease id handed out.
+    pub fn set_last_lease_id(&self, id: u64) -> io::Result<()> {
+        self.last_lease.update(&0u32.to_ne_bytes(), &id.to_ne_bytes(), BPF_ANY)
+    }
+
+    /// Every lease entry in the kernel (a snapshot), with its key; entries
+    /// this build cannot read are skipped.
+    pub fn leases(&self) -> io::Result<Vec<(LeaseKey, LeaseRecord)>> {
+        let mut out = Vec::new();
+        for key in self.deadlines.keys()? {
+            let Some(v) = self.deadlines.lookup(&key)? else { continue };
+            let Some(record) = LeaseRecord::decode(&v) else { continue };
+            let scope = key.get(..4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_ne_bytes);
+            let serial = key.get(8..16).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes);
+            out.push((LeaseKey { scope, serial }, record));
+        }
+        Ok(out)
+    }
+
+    /// Start a lease: its entry with the deadline (CLOCK_BOOTTIME ns, or
+    /// [`NO_DEADLINE`]), binding, and what lists it. Called while the
+    /// daemon holds the token or the scope, so the entry cannot name
+    /// something already freed.
+    pub fn start_lease(&self, key: LeaseKey, record: &LeaseRecord) -> io::Result<()> {
+        self.deadlines.update(&key.bytes(), &record.bytes(), BPF_NOEXIST)
+    }
+
+    /// Set the deadline of a live lease entry (keeping the rest);
     /// `Ok(false)` when the entry is gone (its token or scope was freed),
     /// which is never recreated: the scope's inode may already belong to
     /// another namespace.
-    pub fn set_deadline(&self, key: LeaseKey, deadline: u64, bind: Binding) -> io::Result<bool> {
-        match self.deadlines.update(&key.bytes(), &entry_bytes(deadline, bind), BPF_EXIST) {
+    pub fn set_deadline(&self, key: LeaseKey, deadline: u64) -> io::Result<bool> {
+        let Some(mut v) = self.deadlines.lookup(&key.bytes())? else { return Ok(false) };
+        let Some(head) = v.get_mut(..8) else { return Err(io::Error::from_raw_os_error(libc::EINVAL)) };
+        head.copy_from_slice(&deadline.to_ne_bytes());
+        match self.deadlines.update(&key.bytes(), &v, BPF_EXIST) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
@@ -264,10 +460,127 @@ fn decode_count(v: &[u8]) -> ScopeCount {
     ScopeCount { created: word(0), freed: word(8) }
 }
 
-/// The enforcer if it runs, else why not, as the wire reports it.
+/// The enforcer if it runs (and whether only until the daemon stops),
+/// else why not, as the wire reports it.
 pub fn state(loaded: &Result<Enforcer, Unavailable>) -> Enforcement {
     match loaded {
-        Ok(_) => Enforcement::Enforcing,
+        Ok(e) => match &e.persistence {
+            Persistence::Pinned { .. } => Enforcement::Enforcing,
+            Persistence::UntilStop(why) => Enforcement::EnforcingUntilStop(why.to_string()),
+        },
         Err(why) => Enforcement::Unavailable(why.to_string()),
+    }
+}
+
+/// Take the map `name` out of `maps`.
+fn take(maps: &mut Vec<(String, MapFd)>, name: &'static str) -> Result<MapFd, LoadError> {
+    let i = maps.iter().position(|(n, _)| n == name).ok_or(LoadError::NoMap(name))?;
+    Ok(maps.swap_remove(i).1)
+}
+
+/// An enforcer from its links and maps; the maps it does not use stay
+/// alive through the programs (and their pins).
+fn assemble(
+    links: Vec<(String, OwnedFd)>,
+    mut maps: Vec<(String, MapFd)>,
+    persistence: Persistence,
+) -> Result<Enforcer, LoadError> {
+    Ok(Enforcer {
+        links,
+        scopes: take(&mut maps, "scopes")?,
+        task_serials: take(&mut maps, "task_serials")?,
+        deadlines: take(&mut maps, "deadlines")?,
+        learning: take(&mut maps, "learning")?,
+        last_lease: take(&mut maps, "last_lease")?,
+        persistence,
+        root: None,
+    })
+}
+
+/// Load and attach a new enforcer.
+fn attach(active: io::Result<String>, persistence: Persistence) -> Result<Enforcer, Unavailable> {
+    let attached = match bpf::load_and_attach(OBJECT, OBJECT_NAME) {
+        Ok(a) => a,
+        Err(e @ LoadError::Load(_)) if e.errno() == Some(libc::EPERM) => return Err(Unavailable::Refused),
+        Err(e) => return Err(Unavailable::Load(e)),
+    };
+    // Dropping `attached` detaches the programs again.
+    active.map_err(Unavailable::LsmList)?;
+    let Attached { links, maps } = attached;
+    assemble(links, maps, persistence).map_err(Unavailable::Load)
+}
+
+/// Pin a freshly attached enforcer's links and the maps it uses (the
+/// others live as long as the programs) as `version`'s set.
+fn publish(root: &PinRoot, version: &str, e: &Enforcer) -> Result<PathBuf, PinError> {
+    let maps = [&e.scopes, &e.task_serials, &e.deadlines, &e.learning, &e.last_lease];
+    let mut pins: Vec<(String, String, BorrowedFd<'_>)> = Vec::new();
+    for (name, fd) in &e.links {
+        pins.push((format!("{LINK_PREFIX}{name}"), format!("link {name}"), fd.as_fd()));
+    }
+    for (name, map) in PINNED_MAPS.iter().zip(maps) {
+        pins.push((format!("{MAP_PREFIX}{name}"), format!("map {name}"), map.as_fd()));
+    }
+    root.publish(version, &pins)
+}
+
+/// Open the complete pin set in `dir`: every program's link and the maps
+/// the daemon uses, each map checked against this build's layout.
+fn adopt(dir: &Path) -> Result<Enforcer, PinError> {
+    let fail = |what: String, source: io::Error| PinError::Adopt { dir: dir.to_owned(), what, source };
+    let layout = bpf::layout(OBJECT, OBJECT_NAME)
+        .map_err(|e| fail("reading this build's object".to_owned(), io::Error::other(e.to_string())))?;
+    let mut links = Vec::new();
+    for name in &layout.programs {
+        let path = dir.join(format!("{LINK_PREFIX}{name}"));
+        let fd = bpf::open_pinned(&path, &["bpf-link", "bpf_link"]).map_err(|e| fail(format!("link {name}"), e))?;
+        links.push((name.clone(), fd));
+    }
+    let mut maps = Vec::new();
+    for name in PINNED_MAPS {
+        let path = dir.join(format!("{MAP_PREFIX}{name}"));
+        let map = MapFd::open_pinned(&path).map_err(|e| fail(format!("map {name}"), e))?;
+        let want = layout.maps.iter().find(|(n, _, _)| n == name).map(|(_, k, v)| (*k, *v));
+        if want != Some(map.sizes()) {
+            let e = io::Error::from_raw_os_error(libc::EINVAL);
+            return Err(fail(format!("map {name} has key and value sizes {:?}, this build {want:?}", map.sizes()), e));
+        }
+        maps.push((name.to_owned(), map));
+    }
+    let persistence = Persistence::Pinned { dir: dir.to_owned(), adopted: true };
+    assemble(links, maps, persistence).map_err(|e| fail("the pinned set".to_owned(), io::Error::other(e.to_string())))
+}
+
+/// The maps pinned with the links (the ones the daemon reads or writes),
+/// in the order [`publish`] lists them.
+const PINNED_MAPS: [&str; 5] = ["scopes", "task_serials", "deadlines", "learning", "last_lease"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_record_survives_the_map_and_keeps_the_kernel_layout() {
+        let r = LeaseRecord {
+            deadline: 123,
+            bind: Binding { uid: Some(1001), cgroup: Some(CgroupId { id: 77, level: 2 }) },
+            id: 9,
+            uid: 1001,
+            mode: LeaseMode::Libbpf,
+            serial: Some(41),
+            created: 1_700_000_000,
+            expires: Some(1_700_000_600),
+        };
+        let b = r.bytes();
+        assert_eq!(LeaseRecord::decode(&b), Some(r));
+        // What the kernel side reads (struct lease_entry's first 32 bytes).
+        assert_eq!(b[..8], 123u64.to_ne_bytes());
+        assert_eq!(b[8..16], 77u64.to_ne_bytes());
+        assert_eq!(b[16..20], 1001u32.to_ne_bytes());
+        assert_eq!(b[20..24], 2u32.to_ne_bytes());
+        assert_eq!(b[24..28], (BIND_UID | BIND_CGROUP).to_ne_bytes());
+        let plain = LeaseRecord { bind: Binding::default(), serial: None, expires: None, ..r };
+        assert_eq!(LeaseRecord::decode(&plain.bytes()), Some(plain));
+        assert_eq!(LeaseRecord::decode(&b[..32]), None, "an entry of the older layout");
     }
 }

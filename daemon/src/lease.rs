@@ -1,5 +1,5 @@
 //! Leases: every grant is one. A lease has an id (unique, never reused
-//! while the daemon runs), an owner uid, a scope (the inode of the token's
+//! while the enforcer's pins last; without them, while the daemon runs), an owner uid, a scope (the inode of the token's
 //! user namespace), a mode, when it was created and when it expires.
 //!
 //! Where the enforcer runs, each lease has one entry in its `deadlines`
@@ -12,6 +12,11 @@
 //! the daemon then forgets the lease. Without the enforcer, leases are
 //! listed as `not_enforced`: nothing stops their tokens.
 //!
+//! The entry also holds the lease's id, owner, mode, serial and times,
+//! and the last id handed out is kept in the enforcer's `last_lease` map:
+//! a daemon that adopts a pinned enforcer after a restart rebuilds this
+//! table from them ([`LeaseTable::adopt`]) and never reuses an id.
+//!
 //! The table is bounded ([`MAX_LEASES`], the size of the enforcer's map).
 
 use std::collections::BTreeMap;
@@ -20,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bpftoken_proto::{LeaseInfo, LeaseMode, LeaseState, Refusal, RefusalCode, RevokeTarget};
 
-use crate::enforcer::{Binding, Enforcer, LeaseKey, NO_DEADLINE, REVOKED};
+use crate::enforcer::{Binding, Enforcer, LeaseKey, LeaseRecord, NO_DEADLINE, REVOKED};
 
 /// Most leases the daemon tracks (and entries in the enforcer's map).
 pub const MAX_LEASES: usize = 65536;
@@ -166,11 +171,26 @@ impl LeaseTable {
                 None => return Err(LeaseError::Full),
             }
         }
+        let id = table.last_id + 1;
+        let expires = new.ttl.map(|t| created + t);
         let key = match enforcer {
             None => None,
             Some(e) => {
                 let key = key_of(&new)?;
-                match e.start_lease(key, deadline.unwrap_or(NO_DEADLINE), bind.kernel) {
+                // The id is spent first: a later daemon never reuses it.
+                e.set_last_lease_id(id).map_err(LeaseError::Map)?;
+                table.last_id = id;
+                let record = LeaseRecord {
+                    deadline: deadline.unwrap_or(NO_DEADLINE),
+                    bind: bind.kernel,
+                    id,
+                    uid: new.uid,
+                    mode: new.mode,
+                    serial: new.serial,
+                    created: unix_secs(created),
+                    expires: expires.map(unix_secs),
+                };
+                match e.start_lease(key, &record) {
                     Ok(()) => Some(key),
                     Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
                         let other = table.leases.values().find(|l| l.key == Some(key)).map_or(0, |l| l.id);
@@ -181,14 +201,14 @@ impl LeaseTable {
                 }
             }
         };
-        table.last_id += 1;
+        table.last_id = id;
         let lease = Lease {
-            id: table.last_id,
+            id,
             uid: new.uid,
             scope: new.scope,
             mode: new.mode,
             created,
-            expires: new.ttl.map(|t| created + t),
+            expires,
             deadline,
             serial: new.serial,
             whole_scope: new.whole_scope,
@@ -199,6 +219,39 @@ impl LeaseTable {
         let info = lease.info(now_boot);
         table.leases.insert(lease.id, lease);
         Ok(info)
+    }
+
+    /// Rebuild the table from the lease entries of an enforcer an earlier
+    /// daemon pinned (none for a fresh one), and go on numbering after the
+    /// last id it handed out. Returns the leases found.
+    pub fn adopt(&self, enforcer: &Enforcer) -> std::io::Result<Vec<LeaseInfo>> {
+        let last = enforcer.last_lease_id()?;
+        let now_boot = crate::sys::boottime_ns();
+        let mut table = self.lock();
+        let mut found = Vec::new();
+        for (key, r) in enforcer.leases()? {
+            let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+            let lease = Lease {
+                id: r.id,
+                uid: r.uid,
+                scope: u64::from(key.scope),
+                mode: r.mode,
+                created: at(r.created),
+                expires: r.expires.map(at),
+                // Revoked (0) and "none" are not expiries.
+                deadline: Some(r.deadline).filter(|d| *d != NO_DEADLINE && *d != REVOKED),
+                serial: r.serial.or((key.serial != 0).then_some(key.serial)),
+                whole_scope: key.serial == 0,
+                key: Some(key),
+                revoked: r.deadline == REVOKED,
+                bind: NewBinding { kernel: r.bind, cgroup_path: r.bind.cgroup.and_then(crate::cgroup::path_of) },
+            };
+            table.last_id = table.last_id.max(lease.id);
+            found.push(lease.info(now_boot));
+            table.leases.insert(lease.id, lease);
+        }
+        table.last_id = table.last_id.max(last);
+        Ok(found)
     }
 
     /// Undo [`LeaseTable::start`] for a grant the client never took.
@@ -294,7 +347,7 @@ impl LeaseTable {
         for id in ids {
             let Some(lease) = table.leases.get_mut(&id) else { continue };
             if let Some(key) = lease.key {
-                match enforcer.set_deadline(key, REVOKED, lease.bind.kernel) {
+                match enforcer.set_deadline(key, REVOKED) {
                     // Its token or scope was already freed: nothing is left
                     // to use, and the entry is not recreated.
                     Ok(_) => {}

@@ -6,7 +6,7 @@
 //! scopes are created by the [`minter`] (a separate single-threaded
 //! process) and tokens minted from them in [`cache`],
 //! decisions are logged in [`audit`], the BPF LSM program that watches
-//! token use is loaded by [`enforcer`], and every raw syscall is in [`sys`].
+//! token use is loaded by [`enforcer`] (and pinned by [`pins`]), and every raw syscall is in [`sys`].
 
 pub mod audit;
 pub mod cache;
@@ -17,6 +17,7 @@ pub mod lease;
 pub mod live;
 pub mod minter;
 pub mod peer;
+pub mod pins;
 pub mod probe;
 pub mod run;
 pub mod server;

@@ -45,6 +45,12 @@ struct Cli {
     /// activation: systemd starts the daemon again on the next one).
     #[arg(long, value_name = "SECONDS")]
     exit_idle: Option<u64>,
+    /// Directory in the host bpffs where the enforcer's programs (links)
+    /// and maps are pinned, so that leases stay enforced after the daemon
+    /// stops or crashes; created root-only (0700). A restarted daemon of
+    /// the same build adopts what it finds there.
+    #[arg(long, value_name = "DIR", default_value = bpftokend::pins::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
     /// Log format on stderr; under systemd (JOURNAL_STREAM) logs go to the
     /// journal with structured BPFTOKEN_* fields instead.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
@@ -250,6 +256,7 @@ fn main() -> ExitCode {
                     read_timeout: Duration::from_millis(cli.read_timeout_ms),
                 },
                 exit_idle: cli.exit_idle.map(Duration::from_secs),
+                pin_dir: cli.pin_dir,
             };
             match run::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@ use bpftoken_policy::PolicyError;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cache::{ScopeCache, ScopeLimits};
+use crate::enforcer::{Persistence, Released};
 use crate::minter::link::MinterLink;
 use crate::server::{self, ConnLimits, Daemon};
 use crate::socket::{self, SocketError};
@@ -21,6 +22,8 @@ pub struct Options {
     pub conns: ConnLimits,
     /// Exit after this long without connections (socket activation only).
     pub exit_idle: Option<std::time::Duration>,
+    /// Where the enforcer is pinned (a directory in the host bpffs).
+    pub pin_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,11 +69,11 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     }
     // Before any thread or child exists; the daemon runs either way and
     // says which (leases with `ttl` follow the policy's choice).
-    let enforcer = crate::enforcer::Enforcer::load();
+    let enforcer = crate::enforcer::Enforcer::load(&opts.pin_dir);
     // Said once the socket is ours: a start refused for the socket (another
     // daemon answers) prints that one line only.
     let enforcement_said = match &enforcer {
-        Ok(e) => Ok(e.programs().join(",")),
+        Ok(e) => Ok((e.programs().join(","), persistence_line(e.persistence()))),
         Err(why) => Err(why.to_string()),
     };
     let minter = MinterLink::start(PathBuf::from("/proc/self/exe")).map_err(StartError::Minter)?;
@@ -93,7 +96,13 @@ pub fn run(opts: Options) -> Result<(), StartError> {
             }
         };
         match &enforcement_said {
-            Ok(programs) => tracing::info!(programs = %programs, "enforcement: enforcing (BPF LSM attached)"),
+            Ok((programs, Ok(pinned))) => {
+                tracing::info!(programs = %programs, "enforcement: enforcing (BPF LSM attached; {pinned})")
+            }
+            Ok((programs, Err(why))) => tracing::warn!(
+                programs = %programs,
+                "enforcement: enforcing (BPF LSM attached), but enforcement ends when the daemon stops: {why}"
+            ),
             Err(why) => tracing::warn!("enforcement: unavailable: {why}"),
         }
         std_listener.set_nonblocking(true).map_err(bind_err)?;
@@ -119,6 +128,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         lease_task.abort();
         status_task.abort();
         daemon.minter.shutdown().await;
+        release_pins(&daemon);
         Ok::<_, StartError>(owned)
     });
     let owned = match bound {
@@ -133,6 +143,40 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How the enforcer's pinning went, for the start line: where it is
+/// pinned, or why enforcement ends with the daemon.
+fn persistence_line(p: &Persistence) -> Result<String, String> {
+    match p {
+        Persistence::Pinned { dir, adopted: false } => {
+            Ok(format!("pinned in {}: enforcement outlives the daemon", dir.display()))
+        }
+        Persistence::Pinned { dir, adopted: true } => {
+            Ok(format!("adopted the enforcer pinned in {} by an earlier daemon: its leases carry on", dir.display()))
+        }
+        Persistence::UntilStop(why) => Err(why.to_string()),
+    }
+}
+
+/// At a clean stop: remove the pins when no lease is left to enforce,
+/// else keep them (one line says where).
+fn release_pins(daemon: &Daemon) {
+    let Some(enforcer) = daemon.enforcer() else { return };
+    match enforcer.release() {
+        Released::NotPinned => {}
+        Released::Removed(dir) => tracing::info!(pins = %dir.display(), "no lease left: removed the enforcer's pins"),
+        Released::Kept { dir, leases } => tracing::info!(
+            pins = %dir.display(),
+            "{leases} lease(s) alive: enforcement stays in the kernel, pinned in {}; the next bpftokend adopts it \
+             (`rm -r {}` ends it)",
+            dir.display(),
+            dir.display()
+        ),
+        Released::Failed { dir, error } => {
+            tracing::warn!(pins = %dir.display(), "cannot remove the enforcer's pins, they stay: {error}")
+        }
+    }
 }
 
 /// Keep systemd's STATUS= current, and ping its watchdog if it set one.

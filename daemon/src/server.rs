@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 
 use crate::audit;
 use crate::cache::ScopeCache;
-use crate::enforcer::{Enforcer, Unavailable};
+use crate::enforcer::{Enforcer, Persistence, Unavailable};
 use crate::lease::{LeaseTable, NewBinding, NewLease};
 use crate::live::{Admitted, LiveError, LiveTokens};
 use crate::minter::link::MinterLink;
@@ -162,7 +162,7 @@ impl Daemon {
         limits: ConnLimits,
         enforcer: Result<Enforcer, Unavailable>,
     ) -> Self {
-        Daemon {
+        let daemon = Daemon {
             policy: RwLock::new(Arc::new(policy)),
             minter,
             scopes,
@@ -175,6 +175,32 @@ impl Daemon {
             leases: LeaseTable::default(),
             live: LiveTokens::default(),
             learning: Mutex::new(HashMap::new()),
+        };
+        daemon.adopt_leases();
+        daemon
+    }
+
+    /// Carry on with the leases of an enforcer an earlier daemon pinned:
+    /// the lease table, the scopes counted for `max_live_tokens`, and the
+    /// learning leases (whose `learning` entries are still being filled).
+    fn adopt_leases(&self) {
+        let Ok(enforcer) = &self.enforcer else { return };
+        match self.leases.adopt(enforcer) {
+            Ok(found) => {
+                for lease in &found {
+                    let Ok(scope) = u32::try_from(lease.scope) else { continue };
+                    self.live.remember(lease.uid, scope);
+                    let learning = lease.whole_scope && enforcer.learned(scope).is_ok_and(|l| l.is_some());
+                    if learning {
+                        self.learning.lock().unwrap_or_else(|p| p.into_inner()).insert(lease.id, (lease.uid, scope));
+                    }
+                }
+                if !found.is_empty() {
+                    let ids: Vec<String> = found.iter().map(|l| l.id.to_string()).collect();
+                    tracing::info!(leases = %ids.join(","), "adopted {} lease(s) from the pinned enforcer", found.len());
+                }
+            }
+            Err(e) => tracing::warn!("cannot read the lease entries of the pinned enforcer: {e}"),
         }
     }
 
@@ -208,15 +234,29 @@ impl Daemon {
         crate::enforcer::state(&self.enforcer)
     }
 
-    /// The enforcer state for STATUS=: with the live tokens it counts.
+    /// The enforcer state for STATUS=: with the live tokens it counts,
+    /// and, where it is not pinned, that it ends with the daemon and why.
     fn enforcement_status(&self) -> String {
         match &self.enforcer {
-            Ok(e) => match e.live_tokens() {
-                Ok(n) => format!("enforcing ({n} live tokens)"),
-                Err(err) => format!("enforcing (cannot count live tokens: {err})"),
-            },
+            Ok(e) => {
+                let live = match e.live_tokens() {
+                    Ok(n) => format!("{n} live tokens"),
+                    Err(err) => format!("cannot count live tokens: {err}"),
+                };
+                match e.persistence() {
+                    Persistence::Pinned { .. } => format!("enforcing ({live})"),
+                    Persistence::UntilStop(why) => {
+                        format!("enforcing ({live}), but enforcement ends when the daemon stops: {why}")
+                    }
+                }
+            }
             Err(why) => format!("unavailable: {why}"),
         }
+    }
+
+    /// Whether enforcement outlives the daemon (its enforcer is pinned).
+    pub fn enforcement_persists(&self) -> bool {
+        self.enforcer().is_some_and(|e| matches!(e.persistence(), Persistence::Pinned { .. }))
     }
 
     /// One line for systemd's STATUS=.
@@ -309,9 +349,12 @@ pub async fn serve(
             // and starts us again on the next connection.
             _ = async { tokio::time::sleep_until(idle_deadline.unwrap_or_else(tokio::time::Instant::now)).await },
                 if idle_deadline.is_some() && tasks.is_empty() => {
-                // The enforcer's programs live as long as we do: exiting
-                // would let expired, revoked or bound tokens work again.
-                let enforced = daemon.enforced_leases();
+                // Still needed where the enforcer is not pinned (no bpffs,
+                // or pinning failed): its programs then live as long as we
+                // do, and exiting would let expired, revoked or bound
+                // tokens work again. Pinned, they stay in the kernel and
+                // the next start adopts them, so exiting is safe.
+                let enforced = if daemon.enforcement_persists() { 0 } else { daemon.enforced_leases() };
                 if enforced > 0 {
                     tracing::info!(enforced, "idle, but staying: enforced leases are alive");
                     idle_since = tokio::time::Instant::now();

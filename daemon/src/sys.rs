@@ -709,7 +709,7 @@ pub fn boottime_ns() -> u64 {
 pub mod bpf {
     use std::ffi::{c_void, CStr, CString};
     use std::io;
-    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
     /// Why an object did not load or attach: the libbpf step and the errno.
     #[derive(Debug, thiserror::Error)]
@@ -746,11 +746,21 @@ pub mod bpf {
     }
 
     /// What a loaded, attached object leaves: its links (the programs stay
-    /// attached while these fds are open) and the maps asked for.
+    /// attached while these fds are open, or while they are pinned) and
+    /// every map of the object, by name.
     #[derive(Debug)]
     pub struct Attached {
         pub links: Vec<(String, OwnedFd)>,
-        pub maps: Vec<MapFd>,
+        pub maps: Vec<(String, MapFd)>,
+    }
+
+    /// What an object holds, read from its ELF without loading anything:
+    /// its program names and its maps with their key and value sizes.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Layout {
+        pub programs: Vec<String>,
+        /// (name, key size, value size)
+        pub maps: Vec<(String, usize, usize)>,
     }
 
     /// Closes the object on every path.
@@ -781,10 +791,8 @@ pub mod bpf {
         }
     }
 
-    /// Open `elf` (named `name` in libbpf's messages), load every program
-    /// and map into the kernel, attach every program (its section says
-    /// where), and keep the links and the maps named in `maps`.
-    pub fn load_and_attach(elf: &[u8], name: &str, maps: &[&'static str]) -> Result<Attached, LoadError> {
+    /// Open `elf` (named `name` in libbpf's messages) without loading it.
+    fn open(elf: &[u8], name: &str) -> Result<Object, LoadError> {
         quiet_libbpf();
         let cname = CString::new(name).map_err(|_| LoadError::Open(io::Error::from_raw_os_error(libc::EINVAL)))?;
         let opts = libbpf_sys::bpf_object_open_opts {
@@ -800,25 +808,71 @@ pub mod bpf {
         if raw.is_null() {
             return Err(LoadError::Open(io::Error::last_os_error()));
         }
-        let obj = Object(raw);
+        Ok(Object(raw))
+    }
+
+    /// The programs of an open object, with their names.
+    fn programs(obj: &Object) -> Vec<(*mut libbpf_sys::bpf_program, String)> {
+        let mut out = Vec::new();
+        let mut prog: *mut libbpf_sys::bpf_program = std::ptr::null_mut();
+        loop {
+            // SAFETY: `obj.0` is live; `prog` is null or a program of it.
+            prog = unsafe { libbpf_sys::bpf_object__next_program(obj.0, prog) };
+            if prog.is_null() {
+                return out;
+            }
+            // SAFETY: `prog` is a program of the live object.
+            let name_ptr = unsafe { libbpf_sys::bpf_program__name(prog) };
+            // SAFETY: libbpf returns a NUL-terminated name it owns, alive
+            // as long as the object.
+            out.push((prog, unsafe { CStr::from_ptr(name_ptr) }.to_string_lossy().into_owned()));
+        }
+    }
+
+    /// The maps of an open object: pointer, name, key and value size.
+    fn maps(obj: &Object) -> Vec<(*mut libbpf_sys::bpf_map, String, usize, usize)> {
+        let mut out = Vec::new();
+        let mut map: *mut libbpf_sys::bpf_map = std::ptr::null_mut();
+        loop {
+            // SAFETY: `obj.0` is live; `map` is null or a map of it.
+            map = unsafe { libbpf_sys::bpf_object__next_map(obj.0, map) };
+            if map.is_null() {
+                return out;
+            }
+            // SAFETY: `map` is a map of the live object.
+            let name_ptr = unsafe { libbpf_sys::bpf_map__name(map) };
+            // SAFETY: libbpf returns a NUL-terminated name it owns, alive
+            // as long as the object.
+            let name = unsafe { CStr::from_ptr(name_ptr) }.to_string_lossy().into_owned();
+            // SAFETY: as above.
+            let key_size = unsafe { libbpf_sys::bpf_map__key_size(map) };
+            // SAFETY: as above.
+            let value_size = unsafe { libbpf_sys::bpf_map__value_size(map) };
+            out.push((map, name, key_size as usize, value_size as usize));
+        }
+    }
+
+    /// The programs and maps `elf` declares (nothing is loaded).
+    pub fn layout(elf: &[u8], name: &str) -> Result<Layout, LoadError> {
+        let obj = open(elf, name)?;
+        Ok(Layout {
+            programs: programs(&obj).into_iter().map(|(_, n)| n).collect(),
+            maps: maps(&obj).into_iter().map(|(_, n, k, v)| (n, k, v)).collect(),
+        })
+    }
+
+    /// Open `elf` (named `name` in libbpf's messages), load every program
+    /// and map into the kernel, attach every program (its section says
+    /// where), and keep the links and the maps.
+    pub fn load_and_attach(elf: &[u8], name: &str) -> Result<Attached, LoadError> {
+        let obj = open(elf, name)?;
         // SAFETY: `obj.0` is a live object.
         let ret = unsafe { libbpf_sys::bpf_object__load(obj.0) };
         if ret < 0 {
             return Err(LoadError::Load(io::Error::from_raw_os_error(-ret)));
         }
         let mut links = Vec::new();
-        let mut prog: *mut libbpf_sys::bpf_program = std::ptr::null_mut();
-        loop {
-            // SAFETY: `obj.0` is live; `prog` is null or a program of it.
-            prog = unsafe { libbpf_sys::bpf_object__next_program(obj.0, prog) };
-            if prog.is_null() {
-                break;
-            }
-            // SAFETY: `prog` is a program of the live object.
-            let name_ptr = unsafe { libbpf_sys::bpf_program__name(prog) };
-            // SAFETY: libbpf returns a NUL-terminated name it owns, alive
-            // as long as the object.
-            let pname = unsafe { CStr::from_ptr(name_ptr) }.to_string_lossy().into_owned();
+        for (prog, pname) in programs(&obj) {
             // SAFETY: `prog` is a loaded program of the live object.
             let link = unsafe { libbpf_sys::bpf_program__attach(prog) };
             if link.is_null() {
@@ -833,26 +887,71 @@ pub mod bpf {
             unsafe { libbpf_sys::bpf_link__destroy(link) };
             links.push((pname, fd?));
         }
-        let mut out = Vec::with_capacity(maps.len());
-        for name in maps {
-            let cname = CString::new(*name).map_err(|_| LoadError::NoMap(name))?;
-            // SAFETY: `obj.0` is live and `cname` NUL-terminated.
-            let map = unsafe { libbpf_sys::bpf_object__find_map_by_name(obj.0, cname.as_ptr()) };
-            if map.is_null() {
-                return Err(LoadError::NoMap(name));
-            }
+        let mut out = Vec::new();
+        for (map, name, key_size, value_size) in maps(&obj) {
             // SAFETY: `map` is a map of the live, loaded object.
             let fd = unsafe { libbpf_sys::bpf_map__fd(map) };
-            // SAFETY: as above.
-            let key_size = unsafe { libbpf_sys::bpf_map__key_size(map) };
-            // SAFETY: as above.
-            let value_size = unsafe { libbpf_sys::bpf_map__value_size(map) };
-            out.push(MapFd { fd: dup(fd)?, key_size: key_size as usize, value_size: value_size as usize });
+            out.push((name, MapFd { fd: dup(fd)?, key_size, value_size }));
         }
         Ok(Attached { links, maps: out })
     }
 
+    fn path_cstr(path: &std::path::Path) -> io::Result<CString> {
+        use std::os::unix::ffi::OsStrExt;
+        CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    /// Pin a BPF object (map, program or link) at `path` in a bpffs
+    /// (`BPF_OBJ_PIN`): it then lives until the pin is removed.
+    pub fn pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+        let cpath = path_cstr(path)?;
+        // SAFETY: `fd` is open and `cpath` NUL-terminated for the call.
+        let ret = unsafe { libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), cpath.as_ptr()) };
+        if ret < 0 {
+            return Err(io::Error::from_raw_os_error(-ret));
+        }
+        Ok(())
+    }
+
+    /// Open the BPF object pinned at `path` (`BPF_OBJ_GET`), checking that
+    /// it is one of `kinds` (as `/proc/self/fd` names it: `bpf-map`; a link
+    /// is `bpf_link` when created but `bpf-link` when opened from a pin).
+    pub fn open_pinned(path: &std::path::Path, kinds: &[&str]) -> io::Result<OwnedFd> {
+        let cpath = path_cstr(path)?;
+        // SAFETY: `cpath` is NUL-terminated for the call.
+        let ret = unsafe { libbpf_sys::bpf_obj_get(cpath.as_ptr()) };
+        if ret < 0 {
+            return Err(io::Error::from_raw_os_error(-ret));
+        }
+        // SAFETY: the kernel installed a new fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(ret) };
+        let kind = super::fd_kind(fd.as_fd())?;
+        if !kinds.iter().any(|k| kind.strip_prefix("anon_inode:") == Some(k)) {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        Ok(fd)
+    }
+
     impl MapFd {
+        /// The map pinned at `path`, with the sizes the kernel reports.
+        pub fn open_pinned(path: &std::path::Path) -> io::Result<MapFd> {
+            let fd = open_pinned(path, &["bpf-map"])?;
+            let mut info = libbpf_sys::bpf_map_info::default();
+            let mut len = u32::try_from(std::mem::size_of::<libbpf_sys::bpf_map_info>()).unwrap_or(0);
+            // SAFETY: `info` is valid for writes of `len` bytes, which the
+            // kernel does not exceed (it updates `len`).
+            let ret = unsafe { libbpf_sys::bpf_map_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+            if ret < 0 {
+                return Err(io::Error::from_raw_os_error(-ret));
+            }
+            Ok(MapFd { fd, key_size: info.key_size as usize, value_size: info.value_size as usize })
+        }
+
+        /// The key and value sizes.
+        pub fn sizes(&self) -> (usize, usize) {
+            (self.key_size, self.value_size)
+        }
+
         fn check(&self, key: &[u8], value: usize) -> io::Result<()> {
             if key.len() != self.key_size || value != self.value_size {
                 return Err(io::Error::from_raw_os_error(libc::EINVAL));

@@ -248,6 +248,13 @@ pub enum Enforcement {
     Enforcing,
     /// Not running here, with the reason in one sentence.
     Unavailable(String),
+    /// Loaded and attached, but only for the daemon's lifetime: its
+    /// programs and maps could not be pinned in the host bpffs (the reason
+    /// in one sentence), so when the daemon stops expired and revoked
+    /// tokens work again. Appended (protocol version 1 still): a client
+    /// older than this variant cannot decode it and reports a malformed
+    /// answer, which it only meets where pinning failed.
+    EnforcingUntilStop(String),
 }
 
 impl fmt::Display for Enforcement {
@@ -255,6 +262,9 @@ impl fmt::Display for Enforcement {
         match self {
             Enforcement::Enforcing => f.write_str("enforcing"),
             Enforcement::Unavailable(why) => write!(f, "unavailable: {why}"),
+            Enforcement::EnforcingUntilStop(why) => {
+                write!(f, "enforcing, but enforcement ends when the daemon stops: {why}")
+            }
         }
     }
 }

@@ -32,6 +32,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "scenarios/restart.rs"]
+mod restart;
+
 /// The policy the scenarios run under.
 const POLICY: &str = r#"
 [[allow]]
@@ -253,6 +256,8 @@ fn start_daemon_with(bins: &Path, dir: &Path, tag: &str, policy_text: &str) -> S
         .arg(&socket)
         .arg("--policy")
         .arg(&policy)
+        .arg("--pin-dir")
+        .arg(restart::pin_dir(tag))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
@@ -582,6 +587,7 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
             "bind-cgroup",
             "cost",
             "learn",
+            "survive-restart",
         ]
         .into_iter()
         .chain(SCOPE_CAPABILITIES)
@@ -748,6 +754,9 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
     if wait_deadline(&mut daemon.child, Instant::now() + STEP_TIMEOUT).is_none() {
         report.result("daemon-stop", Outcome::Fail, "bpftokend did not stop on SIGTERM");
     }
+    // Its holder's lease keeps the enforcer pinned: removing the pins
+    // detaches it, for the measurement without it.
+    restart::remove_pins(&restart::pin_dir(""));
     if let Some((mint, h, go)) = timed {
         let h = h?;
         // Let the daemon's exit settle before measuring again.
@@ -778,6 +787,7 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
     // tokens as `max_live_tokens` is refused until one is closed.
     let (outcome, detail) = live_limit(bins, dir, &alice);
     report.result("live-limit", outcome, &detail);
+    restart::survive_restart(bins, dir, report);
     Ok(())
 }
 
