@@ -145,11 +145,11 @@ awk -v results="$work/results" -v kernels="$work/kernels" '
     { for (i = 2; i <= NF; i++) want[$1, cap[i - 1]] = $i }
     END {
         printf "\nKernel matrix (pass / fail / unsupported = kernel lacks it, said clearly; MISMATCH = differs from tests/vm/expected.txt)\n\n"
-        printf "%-18s", "capability"
+        printf "%-22s", "capability"
         for (k = 1; k <= nk; k++) printf "  %-36s", suite[k] " " rel[suite[k]]
         printf "\n"
         for (c = 1; c <= nc; c++) {
-            printf "%-18s", cap[c]
+            printf "%-22s", cap[c]
             for (k = 1; k <= nk; k++) {
                 s = suite[k]; g = got[s, cap[c]]; w = want[s, cap[c]]
                 if (g == "") g = "missing"
@@ -160,7 +160,7 @@ awk -v results="$work/results" -v kernels="$work/kernels" '
             }
             printf "\n"
         }
-        printf "%-18s", "boot wall time"
+        printf "%-22s", "boot wall time"
         for (k = 1; k <= nk; k++) printf "  %-36s", secs[suite[k]] " s"
         printf "\n"
         exit bad
