@@ -969,8 +969,8 @@ async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, 
     };
     let scope_ino = match owner {
         ScopeOwner::Userns { ino, .. } => ino,
-        ScopeOwner::Uid { .. } => match rustix::fs::fstat(&scope.userns) {
-            Ok(st) => st.st_ino,
+        ScopeOwner::Uid { .. } => match scope.userns_ino() {
+            Ok(ino) => ino,
             Err(e) => return mint_failed(daemon, peer, stream, &rules, &MintError::BadTarget(e.to_string())).await,
         },
     };
