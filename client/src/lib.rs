@@ -72,6 +72,9 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// Most fds a response may carry.
 const MAX_FDS: usize = 4;
 
+/// The first read of a response asks for this much: a grant fits.
+const FIRST_READ: usize = 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No daemon answers on the socket.
@@ -408,16 +411,17 @@ impl Client {
     }
 
     fn read_response(&mut self) -> Result<(Response, Vec<OwnedFd>), Error> {
-        // The fds ride on the first bytes of the frame: read the header
-        // with recvmsg, the rest with plain reads.
-        let mut header = [0u8; FRAME_HEADER_LEN];
+        // The fds ride on the first bytes of the frame, which the daemon
+        // sends with one sendmsg: one recvmsg usually takes the whole frame
+        // and its fds; the rest, if any, comes with plain reads.
+        let mut first = [0u8; FIRST_READ];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let msg = rustix::net::recvmsg(
             &self.stream,
-            &mut [IoSliceMut::new(&mut header)],
+            &mut [IoSliceMut::new(&mut first)],
             &mut control,
-            RecvFlags::CMSG_CLOEXEC | RecvFlags::WAITALL,
+            RecvFlags::CMSG_CLOEXEC,
         )
         .map_err(std::io::Error::from)?;
         let mut fds = Vec::new();
@@ -432,13 +436,33 @@ impl Client {
         if msg.bytes == 0 {
             return Err(Error::Protocol("the daemon closed the connection without answering".into()));
         }
-        if msg.bytes < FRAME_HEADER_LEN {
-            self.stream.read_exact(&mut header[msg.bytes..])?;
+        let mut got = msg.bytes;
+        if got < FRAME_HEADER_LEN {
+            self.stream.read_exact(&mut first[got..FRAME_HEADER_LEN])?;
+            got = FRAME_HEADER_LEN;
         }
-        let len = codec::payload_len(header)?;
-        let mut payload = vec![0u8; len];
-        self.stream.read_exact(&mut payload)?;
-        Ok((codec::decode_response(&payload)?, fds))
+        let (header, rest) = first.split_at_mut(FRAME_HEADER_LEN);
+        let mut prefix = [0u8; FRAME_HEADER_LEN];
+        prefix.copy_from_slice(header);
+        let len = codec::payload_len(prefix)?;
+        let got = got - FRAME_HEADER_LEN;
+        if got > len {
+            // One request is answered at a time, with one frame.
+            return Err(Error::Protocol(format!("the daemon sent {} bytes beyond its answer", got - len)));
+        }
+        let response = match rest.get_mut(..len) {
+            Some(payload) => {
+                self.stream.read_exact(&mut payload[got..])?;
+                codec::decode_response(payload)?
+            }
+            None => {
+                let mut payload = vec![0u8; len];
+                payload[..got].copy_from_slice(&rest[..got]);
+                self.stream.read_exact(&mut payload[got..])?;
+                codec::decode_response(&payload)?
+            }
+        };
+        Ok((response, fds))
     }
 }
 

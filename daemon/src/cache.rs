@@ -67,6 +67,12 @@ struct Entry {
 pub struct ScopeCache {
     limits: ScopeLimits,
     map: Mutex<HashMap<ScopeKey, Entry>>,
+    /// Held while a batch is made: a request that finds no spare while
+    /// another request's batch is being made waits for that batch and takes
+    /// one of its spares, instead of making a batch of its own whose spares
+    /// would not fit and be closed unused. (Mint children run one at a time
+    /// anyway, see [`crate::sys::mint_tokens_in`].)
+    refill: Mutex<()>,
 }
 
 thread_local! {
@@ -76,7 +82,7 @@ thread_local! {
 
 impl ScopeCache {
     pub fn new(limits: ScopeLimits) -> Self {
-        ScopeCache { limits, map: Mutex::new(HashMap::new()) }
+        ScopeCache { limits, map: Mutex::new(HashMap::new()), refill: Mutex::new(()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ScopeKey, Entry>> {
@@ -102,14 +108,20 @@ impl ScopeCache {
         key: &ScopeKey,
         tracker: Option<&dyn TaskTracker>,
     ) -> Option<Result<(MintedToken, Arc<Scope>), MintError>> {
-        let scope = {
+        let take = || {
             let mut map = self.lock();
             let entry = map.get_mut(key)?;
             entry.last_used = Instant::now();
-            if let Some(token) = entry.spare.pop() {
-                return Some(Ok((token, entry.scope.clone())));
-            }
-            entry.scope.clone()
+            Some(entry.spare.pop().map(|token| (token, entry.scope.clone())).ok_or_else(|| entry.scope.clone()))
+        };
+        if let Ok(spare) = take()? {
+            return Some(Ok(spare));
+        }
+        let _refill = self.refill.lock().unwrap_or_else(|p| p.into_inner());
+        // Another request's batch may have made spares while we waited.
+        let scope = match take()? {
+            Ok(spare) => return Some(Ok(spare)),
+            Err(scope) => scope,
         };
         let batch = 1 + self.limits.spares.min(MAX_SPARES);
         let result = STACK.with(|stack| scope.mint_batch(&mut stack.borrow_mut(), batch, tracker));

@@ -77,7 +77,10 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         Err(why) => Err(why.to_string()),
     };
     let minter = MinterLink::start(PathBuf::from("/proc/self/exe")).map_err(StartError::Minter)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(StartError::Runtime)?;
+    // One thread serves every connection: a warm mint is a few syscalls,
+    // and handing requests between worker threads (or mint children to a
+    // blocking thread) cost more CPU per mint than it saved (bench.rs).
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;
     let daemon = Arc::new(Daemon::new(policy, minter, ScopeCache::new(opts.scopes), conns, enforcer));
     let bound = runtime.block_on(async {
         // Signal handlers first: once the socket exists, a client (or a

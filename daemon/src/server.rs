@@ -19,7 +19,7 @@ use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
     SendFlags,
 };
-use tokio::io::{AsyncReadExt, Interest};
+use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -403,11 +403,29 @@ struct Frame {
     fds_truncated: bool,
 }
 
-/// The first read of a frame, with recvmsg: fds ride on the frame's first
-/// bytes. Later reads are plain, and the kernel closes any fds on them.
-async fn recv_first(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> std::io::Result<(usize, bool)> {
-    stream
-        .async_io(Interest::READABLE, || {
+/// The first read of a frame asks for this much: any request but a huge
+/// one fits, so a frame usually takes one `recvmsg`.
+const FIRST_READ: usize = 256;
+
+/// What one `recvmsg` brought.
+struct Received {
+    bytes: usize,
+    fds: Vec<OwnedFd>,
+    truncated: bool,
+}
+
+/// One `recvmsg` into `buf` (fds closed on exec, at most
+/// [`MAX_REQUEST_FDS`]; the kernel closes any beyond). When it drains the
+/// socket (a short read that carried no fds: the kernel stops early only
+/// after a message with fds), tokio's readiness is cleared as by EAGAIN,
+/// from the state seen before the read, so the next read waits for epoll
+/// instead of failing with EAGAIN first; data that came after the read
+/// sets readiness again.
+async fn recv_some(stream: &UnixStream, buf: &mut [u8]) -> std::io::Result<Received> {
+    loop {
+        stream.readable().await?;
+        let mut got = None;
+        let tried = stream.try_io(Interest::READABLE, || {
             let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_REQUEST_FDS))];
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let msg = rustix::net::recvmsg(
@@ -417,52 +435,162 @@ async fn recv_first(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>)
                 RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
             )
             .map_err(std::io::Error::from)?;
+            let mut fds = Vec::new();
             for m in control.drain() {
                 if let RecvAncillaryMessage::ScmRights(rights) = m {
                     fds.extend(rights);
                 }
             }
-            Ok((msg.bytes, msg.flags.contains(ReturnFlags::CTRUNC)))
-        })
-        .await
+            let drained = msg.bytes > 0 && msg.bytes < buf.len() && fds.is_empty();
+            got = Some(Received { bytes: msg.bytes, fds, truncated: msg.flags.contains(ReturnFlags::CTRUNC) });
+            if drained {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        match (tried, got) {
+            (_, Some(got)) => return Ok(got),
+            (Err(e), None) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            (Err(e), None) => return Err(e),
+            (Ok(()), None) => unreachable!("a successful read sets its result"),
+        }
+    }
+}
+
+/// A connection's bytes read but not yet handed out as frames. Fds ride
+/// on a frame's first bytes: those of a frame's first read are kept (for
+/// the frame that read ended in: the kernel ends a read with the message
+/// that carried fds), those of its later reads are closed. A frame's
+/// later reads ask for exactly its missing bytes, so only a first read can
+/// take bytes of the next frame (a client that sends several requests
+/// before reading the answers).
+#[derive(Default)]
+struct Inbox {
+    buf: Vec<u8>,
+    /// Bytes of `buf` read and not yet handed out.
+    len: usize,
+    /// Fds of a first read that ended beyond the frame it began: they
+    /// belong to the frame that holds byte `.0 - 1`.
+    later: Option<(usize, Vec<OwnedFd>, bool)>,
+}
+
+impl Inbox {
+    /// Bytes of the frame at the front, once its header is in (checked
+    /// against the cap before any payload room is allocated).
+    fn frame_len(&self) -> Option<Result<usize, CodecError>> {
+        let header = self.buf.get(..FRAME_HEADER_LEN.min(self.len))?.first_chunk::<FRAME_HEADER_LEN>()?;
+        Some(codec::payload_len(*header).map(|len| FRAME_HEADER_LEN + len))
+    }
+
+    /// The fds of an earlier read that belong to the frame at the front,
+    /// of `total` bytes if its header is in.
+    fn later_fds(&mut self, total: Option<usize>) -> Option<(Vec<OwnedFd>, bool)> {
+        match (&self.later, total) {
+            (Some((end, _, _)), Some(total)) if *end > total => None,
+            _ => self.later.take().map(|(_, fds, truncated)| (fds, truncated)),
+        }
+    }
+
+    /// Take the frame at the front (`total` bytes, all in) with `fds`.
+    fn take(&mut self, total: usize, fds: Vec<OwnedFd>, truncated: bool) -> Frame {
+        let payload = self.buf[FRAME_HEADER_LEN..total].to_vec();
+        self.buf.copy_within(total..self.len, 0);
+        self.len -= total;
+        // Fds that belong to a later frame (`later_fds` took this one's).
+        self.later = self.later.take().map(|(end, f, t)| (end - total, f, t));
+        if self.buf.len() > FIRST_READ && self.len <= FIRST_READ {
+            // A big frame's room goes with it.
+            self.buf.truncate(FIRST_READ);
+            self.buf.shrink_to_fit();
+        }
+        Frame { payload, fds, fds_truncated: truncated }
+    }
 }
 
 /// Read one frame; `Ok(None)` at a clean end (EOF between frames, or
 /// shutdown while idle).
 async fn read_frame(
-    stream: &mut UnixStream,
+    stream: &UnixStream,
+    inbox: &mut Inbox,
     read_timeout: Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<Frame>, ReadError> {
-    let mut header = [0u8; FRAME_HEADER_LEN];
+    if inbox.buf.len() < FIRST_READ {
+        inbox.buf.resize(FIRST_READ, 0);
+    }
     let mut fds = Vec::new();
-    let first = tokio::select! {
-        r = tokio::time::timeout(read_timeout, recv_first(stream, &mut header, &mut fds)) => r,
-        _ = shutdown.changed() => return Ok(None),
-    };
-    let (got, fds_truncated) = match first {
-        Err(_) => return Err(ReadError::Timeout),
-        Ok(Ok((0, _))) => return Ok(None),
-        Ok(Ok(n)) => n,
-        Ok(Err(_)) => return Err(ReadError::Io),
-    };
-    let deadline = tokio::time::Instant::now() + read_timeout;
-    let rest = async {
-        stream.read_exact(&mut header[got..]).await?;
-        let len = match codec::payload_len(header) {
-            Ok(len) => len,
-            Err(e) => return Ok(Err(e)),
+    let mut truncated = false;
+    let mut deadline = None;
+    loop {
+        let total = match inbox.frame_len() {
+            Some(Err(e)) => return Err(ReadError::Codec(e)),
+            Some(Ok(total)) if inbox.len >= total => {
+                if let Some((more, t)) = inbox.later_fds(Some(total)) {
+                    fds.extend(more);
+                    truncated |= t;
+                }
+                return Ok(Some(inbox.take(total, fds, truncated)));
+            }
+            Some(Ok(total)) => Some(total),
+            None => None,
         };
-        // Allocated only after the length passed the cap.
-        let mut payload = vec![0u8; len];
-        stream.read_exact(&mut payload).await?;
-        Ok::<_, std::io::Error>(Ok(payload))
-    };
-    match tokio::time::timeout_at(deadline, rest).await {
-        Err(_) => Err(ReadError::Timeout),
-        Ok(Err(_)) => Err(ReadError::Io),
-        Ok(Ok(Err(e))) => Err(ReadError::Codec(e)),
-        Ok(Ok(Ok(payload))) => Ok(Some(Frame { payload, fds, fds_truncated })),
+        // Fds an earlier read brought for this frame.
+        if let Some((more, t)) = inbox.later_fds(total) {
+            fds.extend(more);
+            truncated |= t;
+        }
+        // A frame's first read: nothing of it is in yet.
+        let first = inbox.len == 0;
+        let want = match total {
+            // Exactly the missing bytes (allocated only once the length
+            // passed the cap).
+            Some(total) => {
+                if inbox.buf.len() < total {
+                    inbox.buf.resize(total, 0);
+                }
+                total
+            }
+            None => inbox.buf.len(),
+        };
+        let start = inbox.len;
+        let read = recv_some(stream, &mut inbox.buf[start..want]);
+        let got = if first && deadline.is_none() {
+            // Idle between requests: a shutdown ends the connection.
+            tokio::select! {
+                r = tokio::time::timeout(read_timeout, read) => r,
+                _ = shutdown.changed() => return Ok(None),
+            }
+        } else {
+            let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + read_timeout);
+            tokio::time::timeout_at(at, read).await
+        };
+        let got = match got {
+            Err(_) => return Err(ReadError::Timeout),
+            Ok(Err(_)) => return Err(ReadError::Io),
+            Ok(Ok(got)) => got,
+        };
+        if got.bytes == 0 {
+            // EOF: clean between frames only.
+            return if first { Ok(None) } else { Err(ReadError::Io) };
+        }
+        deadline.get_or_insert_with(|| tokio::time::Instant::now() + read_timeout);
+        inbox.len += got.bytes;
+        if start < FRAME_HEADER_LEN && (!got.fds.is_empty() || got.truncated) {
+            // A read that began in the header: its fds are this frame's,
+            // unless the read went on into a later frame.
+            match inbox.frame_len() {
+                Some(Ok(total)) if inbox.len > total => inbox.later = Some((inbox.len, got.fds, got.truncated)),
+                _ => {
+                    fds.extend(got.fds);
+                    truncated |= got.truncated;
+                }
+            }
+        }
+        // Fds of a later read close here, as the kernel closed them when
+        // the rest of a frame was read with plain reads. So a frame keeps
+        // the fds of at most its header's reads (four, each with what one
+        // control buffer holds) and one earlier read's.
     }
 }
 
@@ -505,7 +633,7 @@ fn refusal(code: RefusalCode, message: impl Into<String>) -> Response {
     Response::Refused(Refusal::new(code, message))
 }
 
-async fn handle_connection(daemon: Arc<Daemon>, mut stream: UnixStream, mut shutdown: watch::Receiver<bool>) {
+async fn handle_connection(daemon: Arc<Daemon>, stream: UnixStream, mut shutdown: watch::Receiver<bool>) {
     let peer = match peer::identify(stream.as_fd()) {
         Ok(p) => p,
         Err(e) => {
@@ -522,9 +650,10 @@ async fn handle_connection(daemon: Arc<Daemon>, mut stream: UnixStream, mut shut
             return;
         }
     };
+    let mut inbox = Inbox::default();
     loop {
         let read_timeout = daemon.limits.read_timeout;
-        let frame = match read_frame(&mut stream, read_timeout, &mut shutdown).await {
+        let frame = match read_frame(&stream, &mut inbox, read_timeout, &mut shutdown).await {
             Ok(Some(f)) => f,
             Ok(None) | Err(ReadError::Io) => return,
             Err(ReadError::Timeout) => {
@@ -1027,8 +1156,8 @@ async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, 
     };
     let scope_ino = match owner {
         ScopeOwner::Userns { ino, .. } => ino,
-        ScopeOwner::Uid { .. } => match rustix::fs::fstat(&scope.userns) {
-            Ok(st) => st.st_ino,
+        ScopeOwner::Uid { .. } => match scope.userns_ino() {
+            Ok(ino) => ino,
             Err(e) => return mint_failed(daemon, peer, stream, &rules, &MintError::BadTarget(e.to_string())).await,
         },
     };

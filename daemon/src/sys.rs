@@ -369,8 +369,11 @@ pub fn mint_tokens_in(
     static NEXT_ID: AtomicU64 = AtomicU64::new(0);
     start_watchdog();
     // Mints are serialised: while this lock is held, every token fd in our
-    // table is registered, so a leaked one can be told apart (see below).
-    let mut live = LIVE_TOKENS.lock().unwrap_or_else(|p| p.into_inner());
+    // table is registered or made by this mint's child, so a leaked one can
+    // be told apart (see below). Tokens are registered and closed under
+    // LIVE_TOKENS alone, which is held only briefly: closing a token never
+    // waits for a mint child.
+    let _mint = MINT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let args = MintChild {
         userns: userns.as_raw_fd(),
         bpffs: bpffs.as_raw_fd(),
@@ -436,7 +439,7 @@ pub fn mint_tokens_in(
         // namespace): do not trust the outcome, and close any token the
         // kernel installed before the child could record it.
         drop(tokens);
-        let leaked = close_unregistered_tokens(&live);
+        let leaked = close_unregistered_tokens(&LIVE_TOKENS.lock().unwrap_or_else(|p| p.into_inner()));
         if leaked > 0 {
             tracing::warn!(leaked, "closed a token left behind by a killed mint child");
         }
@@ -449,6 +452,7 @@ pub fn mint_tokens_in(
             _ => (MintStep::Clone, io::Error::other(format!("mint child ended with status {status:#x}"))),
         });
     }
+    let mut live = LIVE_TOKENS.lock().unwrap_or_else(|p| p.into_inner());
     Ok(tokens
         .into_iter()
         .enumerate()
@@ -459,8 +463,11 @@ pub fn mint_tokens_in(
         .collect())
 }
 
-/// Token fds this process holds right now. Its lock also serialises
-/// [`mint_token_in`].
+/// Serialises [`mint_tokens_in`]: one mint child at a time.
+static MINT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Token fds this process holds right now (registered under this lock
+/// when minted, removed under it when closed).
 static LIVE_TOKENS: std::sync::Mutex<std::collections::BTreeSet<RawFd>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
@@ -502,7 +509,9 @@ impl Drop for MintedToken {
 }
 
 /// Close every BPF token fd of this process that is not registered.
-/// Called with the registry locked (no mint can be in progress).
+/// Called with both locks held: no other mint child runs and no token is
+/// half-way through being closed, so an unregistered token is one the
+/// killed child made.
 fn close_unregistered_tokens(live: &std::collections::BTreeSet<RawFd>) -> usize {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return 0 };
     let mut closed = 0;

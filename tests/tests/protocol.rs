@@ -197,3 +197,40 @@ fn fds_sent_to_the_daemon_are_closed() {
     }
     assert_eq!(after, before, "150 fds sent to the daemon must not stay open in it");
 }
+
+/// Requests sent back to back, before any answer is read, are answered in
+/// order, each with the fds sent on its own first bytes: however the
+/// daemon's reads happen to cut the stream, a second request's fds never
+/// count as the first one's.
+#[test]
+fn back_to_back_requests_keep_their_own_fds() {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::io::IoSlice;
+    use std::mem::MaybeUninit;
+    use std::os::fd::AsFd;
+    let Some(env) = setup("back_to_back_requests_keep_their_own_fds") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let null = std::fs::File::open("/dev/null").unwrap();
+    for round in 0..50 {
+        let mut s = connect(&d);
+        // Three plain requests in one write, then one carrying an fd.
+        let three: Vec<u8> = (0..3).flat_map(|_| mint_frame()).collect();
+        s.write_all(&three).unwrap();
+        let fds = [null.as_fd()];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(&s, &[IoSlice::new(&mint_frame())], &mut control, SendFlags::empty()).unwrap();
+        // Root is in no rule: the plain ones are refused by the policy...
+        for i in 0..3 {
+            let (code, msg) = refusal(read_response(&mut s));
+            assert_eq!(code, RefusalCode::NotInPolicy, "round {round}, request {i}: {msg}");
+        }
+        // ...and the last one for its fd.
+        let (code, msg) = refusal(read_response(&mut s));
+        assert_eq!(
+            (code, msg.as_str()),
+            (RefusalCode::Malformed, "a mint request carries 0 fd(s), this one carried 1")
+        );
+    }
+}

@@ -205,7 +205,7 @@ async fn exchange(
             let mount = fds.remove(2);
             let bpffs_root = fds.remove(1);
             let userns = fds.remove(0);
-            Ok(Scope { key, userns, bpffs_root, mount })
+            Ok(Scope::new(key, userns, bpffs_root, mount))
         }
         MinterReply::Failed { error, .. } => Err(error),
     })

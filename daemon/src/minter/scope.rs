@@ -27,6 +27,7 @@
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bpftoken_proto::delegation::{Delegation, Kind};
@@ -89,14 +90,31 @@ pub struct Scope {
     /// dissolve the mount, which can then no longer be attached anywhere:
     /// a delegated mount is handed out as this fd.
     pub mount: OwnedFd,
+    /// The inode of `userns`, read once: it cannot change while the scope
+    /// holds the namespace open.
+    userns_ino: OnceLock<u64>,
 }
 
 impl Scope {
+    /// A scope of these fds.
+    pub fn new(key: ScopeKey, userns: OwnedFd, bpffs_root: OwnedFd, mount: OwnedFd) -> Scope {
+        Scope { key, userns, bpffs_root, mount, userns_ino: OnceLock::new() }
+    }
+
+    /// The inode of the scope's user namespace (its nsfs inode; a lease's
+    /// `scope`), from one `fstat` per scope.
+    pub fn userns_ino(&self) -> std::io::Result<u64> {
+        if let Some(ino) = self.userns_ino.get() {
+            return Ok(*ino);
+        }
+        let ino = rustix::fs::fstat(&self.userns)?.st_ino;
+        Ok(*self.userns_ino.get_or_init(|| ino))
+    }
+
     /// The inode of the scope's user namespace: how the enforcer names
     /// the scope (`token->userns->ns.inum`).
     pub fn inum(&self) -> std::io::Result<u32> {
-        let st = rustix::fs::fstat(&self.userns)?;
-        u32::try_from(st.st_ino).map_err(|_| std::io::Error::other("user namespace inode above 2^32"))
+        u32::try_from(self.userns_ino()?).map_err(|_| std::io::Error::other("user namespace inode above 2^32"))
     }
 
     /// Mint one token from this scope (the warm path). The token comes
@@ -464,14 +482,14 @@ fn drive_helper(sock: BorrowedFd<'_>, pid: Pid, key: ScopeKey) -> Result<Scope, 
 
     let fs = recv_fs_context(sock, uid)?;
     let (bpffs_root, mount) = configure_bpffs(fs.as_fd(), &key.delegation)?;
-    Ok(Scope { key, userns, bpffs_root, mount })
+    Ok(Scope::new(key, userns, bpffs_root, mount))
 }
 
 /// Container mode: the helper enters `ns` itself and sends the context.
 fn drive_helper_in(sock: BorrowedFd<'_>, key: ScopeKey, ns: OwnedFd) -> Result<Scope, MintError> {
     let fs = recv_fs_context(sock, key.owner_uid())?;
     let (bpffs_root, mount) = configure_bpffs(fs.as_fd(), &key.delegation)?;
-    Ok(Scope { key, userns: ns, bpffs_root, mount })
+    Ok(Scope::new(key, ns, bpffs_root, mount))
 }
 
 /// The helper's last message: a bpf filesystem context, checked.

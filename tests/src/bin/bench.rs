@@ -13,6 +13,19 @@
 //! all unpinned and pinned to CPU 0 (this VM's cross-CPU wakeups dominate
 //! otherwise). Internal modes (`floor-token`, `rtt-server`, `rtt-client`,
 //! `client`) are the processes it starts.
+//!
+//! The fd round trip and the warm mint are measured alike, so their ratio
+//! compares like with like: each client closes the fd it receives (the
+//! token, or the floor's /dev/null), reads the answer with one `recvmsg`,
+//! and counts from the end of its warm-up; throughput with two clients is
+//! the sum of each client's own rate (n / its timed wall) on both sides.
+//! What remains different is inherent: the mint's token is new each time
+//! (created by the daemon, freed by the client's close), the floor's fd is
+//! one open file; the floor's server blocks in `read` on one connection,
+//! the daemon waits in epoll for all of them. `cpu/op` is the CPU time per
+//! request of each side (client threads while timed; the server or daemon
+//! over every request it answered, warm-ups included), a figure the other
+//! load on the machine disturbs less than wall-clock rates.
 
 // Benchmark arithmetic on sample counts and fd numbers: all small.
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
@@ -35,6 +48,8 @@ use rustix::net::{RecvAncillaryBuffer, RecvFlags, SendAncillaryBuffer, SendAncil
 struct Stats {
     samples: Vec<Duration>,
     wall: Duration,
+    /// CPU time of the measuring thread(s) over the timed loop.
+    cpu: Duration,
 }
 
 impl Stats {
@@ -49,38 +64,68 @@ impl Stats {
         self.samples.len() as f64 / self.wall.as_secs_f64()
     }
 
+    fn cpu_per_op(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.samples.len() as f64
+    }
+
     /// One machine-readable line for the parent.
     fn emit(&self) {
-        println!("RESULT {:.3} {:.3} {:.1} {}", self.p(0.5), self.p(0.99), self.ops(), self.samples.len());
+        self.emit_ops(self.ops());
+    }
+
+    fn emit_ops(&self, ops: f64) {
+        println!(
+            "RESULT {:.3} {:.3} {:.1} {} {:.3}",
+            self.p(0.5),
+            self.p(0.99),
+            ops,
+            self.samples.len(),
+            self.cpu_per_op()
+        );
     }
 }
 
-/// (p50 us, p99 us, ops/s) parsed from a child's RESULT line.
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// (p50 us, p99 us, ops/s) parsed from a child's RESULT line, and CPU
+/// per request: the client's, and the server's (or daemon's) when known.
 #[derive(Clone, Copy)]
 struct Figures {
     p50: f64,
     p99: f64,
     ops: f64,
+    client_cpu: f64,
+    server_cpu: Option<f64>,
 }
 
 fn parse_result(out: &str) -> Option<Figures> {
     let line = out.lines().find(|l| l.starts_with("RESULT "))?;
     let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    Some(Figures { p50: *v.first()?, p99: *v.get(1)?, ops: *v.get(2)? })
+    Some(Figures { p50: *v.first()?, p99: *v.get(1)?, ops: *v.get(2)?, client_cpu: *v.get(4)?, server_cpu: None })
+}
+
+/// Untimed requests before each timed loop.
+fn warm_up(n: usize) -> usize {
+    n / 20 + 5
 }
 
 fn time_loop(n: usize, mut f: impl FnMut()) -> Stats {
-    for _ in 0..n / 20 + 5 {
-        f(); // warm-up
+    for _ in 0..warm_up(n) {
+        f();
     }
     let mut samples = Vec::with_capacity(n);
+    let cpu = thread_cpu();
     let start = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
         f();
         samples.push(t.elapsed());
     }
-    Stats { samples, wall: start.elapsed() }
+    Stats { samples, wall: start.elapsed(), cpu: thread_cpu() - cpu }
 }
 
 // ---- child modes ----
@@ -101,7 +146,9 @@ fn rtt_server(fd: i32) {
     let payload = std::fs::File::open("/dev/null").expect("/dev/null");
     let mut req = [0u8; 64];
     let resp = [b'R'; 64];
+    let mut served = 0u64;
     while (&sock).read_exact(&mut req).is_ok() {
+        served += 1;
         let fds = [payload.as_fd()];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = SendAncillaryBuffer::new(&mut space);
@@ -110,6 +157,7 @@ fn rtt_server(fd: i32) {
             break;
         }
     }
+    println!("SERVED {served} {:.0}", thread_cpu().as_secs_f64() * 1e9);
 }
 
 fn rtt_client(fd: i32, n: usize, start_at_ms: u128) {
@@ -154,7 +202,6 @@ fn wait_until(ms: u128) {
 /// `cold` asks for a different map mask each time, so every mint needs a
 /// new scope.
 fn client(socket: &Path, n: usize, clients: usize, cold: bool) {
-    let start = Instant::now();
     let threads: Vec<_> = (0..clients)
         .map(|t| {
             let socket = socket.to_owned();
@@ -171,16 +218,19 @@ fn client(socket: &Path, n: usize, clients: usize, cold: bool) {
                     };
                     drop(c.mint(&req).expect("mint"));
                 };
-                time_loop(n, &mut one).samples
+                time_loop(n, &mut one)
             })
         })
         .collect();
-    let samples: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().expect("client thread")).collect();
-    // Throughput over the whole run, warm-ups included in neither count.
-    let wall = start.elapsed();
-    let total: Duration = samples.iter().sum();
-    let wall = wall.min(total + Duration::from_millis(1));
-    Stats { samples, wall }.emit();
+    let runs: Vec<Stats> = threads.into_iter().map(|t| t.join().expect("client thread")).collect();
+    // Summed rates of the clients, as for the floor's concurrent pairs.
+    let ops = runs.iter().map(Stats::ops).sum();
+    let stats = Stats {
+        samples: runs.iter().flat_map(|r| r.samples.iter().copied()).collect(),
+        wall: runs.iter().map(|r| r.wall).max().unwrap_or_default(),
+        cpu: runs.iter().map(|r| r.cpu).sum(),
+    };
+    stats.emit_ops(ops);
 }
 
 /// The minter's cold path alone, in this (single-threaded) process:
@@ -207,7 +257,7 @@ fn cold_inproc(n: usize) {
         drop_t.push(t3 - t2);
     }
     for (name, v) in [("create", create), ("first mint", mint), ("drop", drop_t)] {
-        let st = Stats { samples: v, wall: Duration::from_secs(1) };
+        let st = Stats { samples: v, wall: Duration::from_secs(1), cpu: Duration::ZERO };
         println!("{name:<12} p50 {:8.2} us  p99 {:8.2} us", st.p(0.5), st.p(0.99));
     }
 }
@@ -224,6 +274,17 @@ fn warm_inproc(n: usize) {
     let mut stack = bpftokend::sys::MintStack::default();
     let stats = time_loop(n, || drop(scope.mint(&mut stack, None).expect("mint")));
     stats.emit();
+}
+
+/// CPU time of every thread of process `pid` so far (schedstat, ns).
+fn process_cpu(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Duration::ZERO };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()))
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 // ---- orchestration (root) ----
@@ -306,13 +367,14 @@ fn measure_rtt(self_exe: &Path, n: usize, pairs: usize, pin: bool) -> Figures {
     let mut children = Vec::new();
     for _ in 0..pairs {
         let (a, b) = UnixStream::pair().expect("socketpair");
+        // (`a` is the server's end.)
         // Each child inherits exactly its own end (spawned one at a time,
         // from this thread only), so the server sees EOF when its client
         // is done.
         rustix::io::fcntl_setfd(a.as_fd(), rustix::io::FdFlags::empty()).expect("clear cloexec");
         let mut server = pinned(pin, self_exe);
         server.args(["rtt-server", &a.as_raw_fd().to_string()]);
-        let server = server.spawn().expect("rtt server");
+        let server = server.stdout(Stdio::piped()).spawn().expect("rtt server");
         drop(a);
         rustix::io::fcntl_setfd(b.as_fd(), rustix::io::FdFlags::empty()).expect("clear cloexec");
         let mut client = pinned(pin, self_exe);
@@ -322,14 +384,22 @@ fn measure_rtt(self_exe: &Path, n: usize, pairs: usize, pin: bool) -> Figures {
         children.push((server, client));
     }
     let mut results = Vec::new();
+    let (mut served, mut server_ns) = (0.0, 0.0);
     for (mut server, mut client) in children {
         let mut out = String::new();
         client.stdout.take().expect("stdout").read_to_string(&mut out).expect("read");
         client.wait().expect("rtt client");
+        let mut said = String::new();
+        server.stdout.take().expect("stdout").read_to_string(&mut said).expect("read");
         server.wait().expect("rtt server");
+        let v: Vec<f64> = said.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        served += v.first().copied().unwrap_or(0.0);
+        server_ns += v.get(1).copied().unwrap_or(0.0);
         results.push(parse_result(&out).expect("rtt result"));
     }
-    Figures { ops: results.iter().map(|f| f.ops).sum(), ..results[0] }
+    let client_cpu = results.iter().map(|f| f.client_cpu).sum::<f64>() / results.len() as f64;
+    let server_cpu = (served > 0.0).then(|| server_ns / 1e3 / served);
+    Figures { ops: results.iter().map(|f| f.ops).sum(), client_cpu, server_cpu, ..results[0] }
 }
 
 fn measure_daemon(
@@ -357,7 +427,12 @@ fn measure_daemon(
         &clients.to_string(),
         if cold { "cold" } else { "warm" },
     ]);
-    run_child(c)
+    let before = process_cpu(d.pid());
+    let f = run_child(c);
+    let daemon = process_cpu(d.pid()) - before;
+    // Every request the daemon answered, warm-ups included.
+    let answered = (clients * (n + warm_up(n))) as f64;
+    Figures { server_cpu: Some(daemon.as_secs_f64() * 1e6 / answered), ..f }
 }
 
 fn measure_sudo(n: usize) -> Option<Figures> {
@@ -366,11 +441,18 @@ fn measure_sudo(n: usize) -> Option<Figures> {
         let s = Command::new(sudo).args(["-n", "true"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
         assert!(s.is_ok_and(|s| s.success()), "sudo -n true failed");
     });
-    Some(Figures { p50: stats.p(0.5), p99: stats.p(0.99), ops: stats.ops() })
+    Some(Figures {
+        p50: stats.p(0.5),
+        p99: stats.p(0.99),
+        ops: stats.ops(),
+        client_cpu: stats.cpu_per_op(),
+        server_cpu: None,
+    })
 }
 
 fn row(name: &str, f: Figures) {
-    println!("{name:<44} {:>9.2} {:>9.2} {:>10.0}", f.p50, f.p99, f.ops);
+    let server = f.server_cpu.map_or_else(|| "-".to_owned(), |s| format!("{s:.1}"));
+    println!("{name:<44} {:>9.2} {:>9.2} {:>10.0} {:>8.1} {:>8}", f.p50, f.p99, f.ops, f.client_cpu, server);
 }
 
 fn orchestrate(n: usize) {
@@ -393,14 +475,20 @@ fn orchestrate(n: usize) {
         kernel.trim(),
         std::thread::available_parallelism().map_or(0, |p| p.get())
     );
-    println!("{:<44} {:>9} {:>9} {:>10}", "", "p50 us", "p99 us", "ops/s");
+    println!("{:<44} {:>9} {:>9} {:>10} {:>17}", "", "p50 us", "p99 us", "ops/s", "cpu/op us cli srv");
     for pin in [false, true] {
         let tag = if pin { "pinned to CPU 0" } else { "unpinned" };
         println!("--- {tag}");
         let token = measure_floor_token(&self_exe, &scope, n * 4, pin);
         let rtt = measure_rtt(&self_exe, n * 4, 1, pin);
         let rtt2 = measure_rtt(&self_exe, n * 4, 2, pin);
-        let floor = Figures { p50: token.p50 + rtt.p50, p99: token.p99 + rtt.p99, ops: 1e6 / (token.p50 + rtt.p50) };
+        let floor = Figures {
+            p50: token.p50 + rtt.p50,
+            p99: token.p99 + rtt.p99,
+            ops: 1e6 / (token.p50 + rtt.p50),
+            client_cpu: token.client_cpu + rtt.client_cpu,
+            server_cpu: rtt.server_cpu,
+        };
         row("floor: BPF_TOKEN_CREATE + close", token);
         row("floor: unix round trip carrying 1 fd", rtt);
         row("floor: same, 2 concurrent pairs (ops summed)", rtt2);
@@ -431,6 +519,14 @@ fn orchestrate(n: usize) {
         println!(
             "  2 clients warm / 2 fd round-trip pairs:     {:.0}%    (target >= 80%)",
             100.0 * warm2.ops / rtt2.ops
+        );
+        let total_cpu = |f: Figures| f.client_cpu + f.server_cpu.unwrap_or(0.0);
+        println!(
+            "  CPU per request, 2 clients (client+server): mint {:.1} us, fd round trip {:.1} us, token create+close \
+             {:.1} us",
+            total_cpu(warm2),
+            total_cpu(rtt2),
+            token.client_cpu
         );
         println!(
             "  cold p50:                                   {:.0} us  (target <= 500 us on the reference machine)",
