@@ -333,13 +333,14 @@ fn measure_delegate_scan(n: usize, pin: bool) -> Figures {
     let run = move || {
         let mut samples = Vec::with_capacity(n);
         let start = Instant::now();
+        let cpu = thread_cpu();
         for _ in 0..n {
             let fs = rustix::mount::fsopen("bpf", rustix::mount::FsOpenFlags::FSOPEN_CLOEXEC).expect("fsopen bpf");
             let t = Instant::now();
             rustix::mount::fsconfig_set_string(&fs, "delegate_cmds", "any").expect("fsconfig delegate_cmds");
             samples.push(t.elapsed());
         }
-        Stats { samples, wall: start.elapsed() }
+        Stats { samples, wall: start.elapsed(), cpu: thread_cpu() - cpu }
     };
     let stats = if pin {
         // In a thread of its own, so the affinity does not stick to the
@@ -355,7 +356,13 @@ fn measure_delegate_scan(n: usize, pin: bool) -> Figures {
     } else {
         run()
     };
-    Figures { p50: stats.p(0.5), p99: stats.p(0.99), ops: stats.ops() }
+    Figures {
+        p50: stats.p(0.5),
+        p99: stats.p(0.99),
+        ops: stats.ops(),
+        client_cpu: stats.cpu.as_secs_f64() * 1e6 / n as f64,
+        server_cpu: None,
+    }
 }
 
 /// `pairs` concurrent client/server process pairs, each doing `n` round
