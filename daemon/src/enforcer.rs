@@ -135,7 +135,7 @@ pub struct Binding {
 
 /// A cgroup v2 directory as the kernel names it: its id (the inode number
 /// of its directory) and its depth (the root is level 0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CgroupId {
     pub id: u64,
     pub level: u32,
@@ -158,6 +158,10 @@ pub struct LeaseRecord {
     pub bind: Binding,
     pub id: u64,
     pub uid: u32,
+    /// The uid whose `max_live_tokens` the scope's tokens count against:
+    /// the scope's owner (for a rootless container's caller, the
+    /// namespace's owner, not the caller).
+    pub scope_uid: u32,
     pub mode: LeaseMode,
     /// The token handed out, if known.
     pub serial: Option<u64>,
@@ -202,6 +206,7 @@ impl LeaseRecord {
             b[20..24].copy_from_slice(&cg.level.to_ne_bytes());
         }
         b[24..28].copy_from_slice(&flags.to_ne_bytes());
+        b[28..32].copy_from_slice(&self.scope_uid.to_ne_bytes());
         b[32..40].copy_from_slice(&self.id.to_ne_bytes());
         b[40..48].copy_from_slice(&self.serial.unwrap_or(0).to_ne_bytes());
         b[48..56].copy_from_slice(&self.created.to_ne_bytes());
@@ -231,9 +236,61 @@ impl LeaseRecord {
             created: w8(48),
             expires: Some(w8(56)).filter(|e| *e != 0),
             uid: w4(64),
+            scope_uid: w4(28),
             mode: mode_of(w4(68))?,
         })
     }
+}
+
+/// The daemon's encoding of `lease_entry` (mode codes, bind flags, where
+/// each field goes). Bump it with any change to [`LeaseRecord::bytes`]
+/// that keeps the object the same; the pin directory's name covers it
+/// (with [`record_samples`]), so a daemon never adopts entries written in
+/// another encoding.
+const RECORD_FORMAT: u32 = 2;
+
+/// [`RECORD_FORMAT`] and sample records of every mode and binding as
+/// [`LeaseRecord::bytes`] encodes them: hashed into the pin directory's
+/// name, so that even a change nobody bumped [`RECORD_FORMAT`] for moves
+/// the set.
+fn record_samples() -> Vec<u8> {
+    let mut out = RECORD_FORMAT.to_ne_bytes().to_vec();
+    let modes = [LeaseMode::Owner, LeaseMode::Libbpf, LeaseMode::Container, LeaseMode::DelegatedMount];
+    let binds = [
+        Binding::default(),
+        Binding { uid: Some(1), cgroup: None },
+        Binding { uid: None, cgroup: Some(CgroupId { id: 2, level: 3 }) },
+    ];
+    for (i, mode) in modes.into_iter().enumerate() {
+        for bind in binds {
+            let r = LeaseRecord {
+                deadline: 4,
+                bind,
+                id: 5,
+                uid: 6,
+                scope_uid: 7,
+                mode,
+                serial: Some(8),
+                created: 9,
+                expires: Some(10 + i as u64),
+            };
+            out.extend_from_slice(&r.bytes());
+        }
+    }
+    out
+}
+
+/// The name of this build's pin directory.
+pub fn version() -> String {
+    crate::pins::version_of(&[OBJECT, &record_samples()])
+}
+
+/// The lease entries in the kernel, as [`Enforcer::leases`] read them.
+#[derive(Debug, Default)]
+pub struct LeaseEntries {
+    pub entries: Vec<(LeaseKey, LeaseRecord)>,
+    /// Entries this build cannot decode (skipped).
+    pub undecodable: usize,
 }
 
 /// Tokens a scope has seen since the enforcer was loaded.
@@ -262,7 +319,7 @@ impl Enforcer {
         if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             return Err(Unavailable::NoBtf);
         }
-        let version = crate::pins::version_of(OBJECT);
+        let version = version();
         let root = match PinRoot::open(pinroot) {
             Ok(root) => root,
             Err(why) => return attach(active, Persistence::UntilStop(why)),
@@ -341,15 +398,18 @@ impl Enforcer {
     }
 
     /// Every lease entry in the kernel (a snapshot), with its key; entries
-    /// this build cannot read are skipped.
-    pub fn leases(&self) -> io::Result<Vec<(LeaseKey, LeaseRecord)>> {
-        let mut out = Vec::new();
+    /// this build cannot read are skipped and counted.
+    pub fn leases(&self) -> io::Result<LeaseEntries> {
+        let mut out = LeaseEntries::default();
         for key in self.deadlines.keys()? {
             let Some(v) = self.deadlines.lookup(&key)? else { continue };
-            let Some(record) = LeaseRecord::decode(&v) else { continue };
+            let Some(record) = LeaseRecord::decode(&v) else {
+                out.undecodable += 1;
+                continue;
+            };
             let scope = key.get(..4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_ne_bytes);
             let serial = key.get(8..16).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes);
-            out.push((LeaseKey { scope, serial }, record));
+            out.entries.push((LeaseKey { scope, serial }, record));
         }
         Ok(out)
     }
@@ -566,6 +626,7 @@ mod tests {
             bind: Binding { uid: Some(1001), cgroup: Some(CgroupId { id: 77, level: 2 }) },
             id: 9,
             uid: 1001,
+            scope_uid: 1002,
             mode: LeaseMode::Libbpf,
             serial: Some(41),
             created: 1_700_000_000,
@@ -579,8 +640,28 @@ mod tests {
         assert_eq!(b[16..20], 1001u32.to_ne_bytes());
         assert_eq!(b[20..24], 2u32.to_ne_bytes());
         assert_eq!(b[24..28], (BIND_UID | BIND_CGROUP).to_ne_bytes());
+        assert_eq!(b[28..32], 1002u32.to_ne_bytes(), "the scope's owner, in what was padding");
         let plain = LeaseRecord { bind: Binding::default(), serial: None, expires: None, ..r };
         assert_eq!(LeaseRecord::decode(&plain.bytes()), Some(plain));
         assert_eq!(LeaseRecord::decode(&b[..32]), None, "an entry of the older layout");
+    }
+
+    #[test]
+    fn the_pin_directory_name_covers_the_record_encoding() {
+        // Every mode, binding and field of the encoding shows in the samples.
+        let samples = record_samples();
+        assert_eq!(samples.len(), 4 + 12 * ENTRY_SIZE);
+        let records: Vec<LeaseRecord> =
+            samples[4..].chunks(ENTRY_SIZE).map(|c| LeaseRecord::decode(c).expect("decodable")).collect();
+        for mode in [LeaseMode::Owner, LeaseMode::Libbpf, LeaseMode::Container, LeaseMode::DelegatedMount] {
+            assert!(records.iter().any(|r| r.mode == mode && r.bind.uid.is_some()));
+            assert!(records.iter().any(|r| r.mode == mode && r.bind.cgroup.is_some()));
+        }
+        // Another encoding (here: another format number) is another set.
+        let object = b"object";
+        let mut other = samples.clone();
+        other[0] ^= 1;
+        assert_ne!(crate::pins::version_of(&[object, &samples]), crate::pins::version_of(&[object, &other]));
+        assert_ne!(version(), crate::pins::version_of(&[OBJECT]), "not the object alone");
     }
 }

@@ -185,22 +185,20 @@ impl Daemon {
     /// learning leases (whose `learning` entries are still being filled).
     fn adopt_leases(&self) {
         let Ok(enforcer) = &self.enforcer else { return };
-        match self.leases.adopt(enforcer) {
-            Ok(found) => {
-                for lease in &found {
-                    let Ok(scope) = u32::try_from(lease.scope) else { continue };
-                    self.live.remember(lease.uid, scope);
-                    let learning = lease.whole_scope && enforcer.learned(scope).is_ok_and(|l| l.is_some());
-                    if learning {
-                        self.learning.lock().unwrap_or_else(|p| p.into_inner()).insert(lease.id, (lease.uid, scope));
-                    }
-                }
-                if !found.is_empty() {
-                    let ids: Vec<String> = found.iter().map(|l| l.id.to_string()).collect();
-                    tracing::info!(leases = %ids.join(","), "adopted {} lease(s) from the pinned enforcer", found.len());
-                }
+        let found = self.leases.adopt(enforcer);
+        for adopted in &found {
+            let lease = &adopted.info;
+            let Ok(scope) = u32::try_from(lease.scope) else { continue };
+            // The scope's owner, as `remember_scope` counts it.
+            self.live.remember(adopted.scope_uid, scope);
+            let learning = lease.whole_scope && enforcer.learned(scope).is_ok_and(|l| l.is_some());
+            if learning {
+                self.learning.lock().unwrap_or_else(|p| p.into_inner()).insert(lease.id, (lease.uid, scope));
             }
-            Err(e) => tracing::warn!("cannot read the lease entries of the pinned enforcer: {e}"),
+        }
+        if !found.is_empty() {
+            let ids: Vec<String> = found.iter().map(|l| l.info.id.to_string()).collect();
+            tracing::info!(leases = %ids.join(","), "adopted {} lease(s) from the pinned enforcer", found.len());
         }
     }
 
@@ -1034,6 +1032,7 @@ async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, 
     };
     let new = NewLease {
         uid: peer.creds.uid,
+        scope_uid: scope.key.owner_uid(),
         scope: scope_ino,
         mode: lease_mode,
         serial: token.serial(),
@@ -1135,6 +1134,7 @@ async fn handle_delegate(
     // processes create them from the bpffs themselves.
     let new = NewLease {
         uid: peer.creds.uid,
+        scope_uid: scope.key.owner_uid(),
         scope: ino,
         mode: LeaseMode::DelegatedMount,
         serial: None,
