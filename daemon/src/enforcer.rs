@@ -18,8 +18,9 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use bpftoken_proto::{Delegation, Enforcement, LeaseMode};
+use bpftoken_proto::{Delegation, Enforcement, LeaseMode, OtherBuild};
 
+use crate::others::{OtherSets, Whose};
 use crate::pins::{PinError, PinRoot};
 use crate::sys::bpf::{self, Attached, LoadError, MapFd};
 
@@ -81,6 +82,8 @@ pub struct Enforcer {
     persistence: Persistence,
     /// Held (locked) while the daemon runs, when pinned.
     root: Option<PinRoot>,
+    /// Pinned sets of other builds with leases, found at start.
+    others: std::sync::Mutex<OtherSets>,
 }
 
 /// Whether enforcement outlives the daemon.
@@ -146,7 +149,11 @@ const BIND_UID: u32 = 1;
 const BIND_CGROUP: u32 = 2;
 
 /// Size of a `deadlines` value (`struct lease_entry`).
-const ENTRY_SIZE: usize = 72;
+pub(crate) const ENTRY_SIZE: usize = 72;
+/// Size of a `deadlines` key (`struct revoke_key`).
+pub(crate) const ENTRY_KEY_SIZE: usize = 16;
+/// Where `lease_entry.owner_uid` is.
+pub(crate) const ENTRY_OWNER_UID_AT: usize = 64;
 
 /// One `deadlines` value (`struct lease_entry`): what the kernel checks
 /// (deadline, binding) and what a daemon needs to list and revoke the
@@ -211,7 +218,7 @@ impl LeaseRecord {
         b[40..48].copy_from_slice(&self.serial.unwrap_or(0).to_ne_bytes());
         b[48..56].copy_from_slice(&self.created.to_ne_bytes());
         b[56..64].copy_from_slice(&self.expires.unwrap_or(0).to_ne_bytes());
-        b[64..68].copy_from_slice(&self.uid.to_ne_bytes());
+        b[ENTRY_OWNER_UID_AT..ENTRY_OWNER_UID_AT + 4].copy_from_slice(&self.uid.to_ne_bytes());
         b[68..72].copy_from_slice(&mode_code(self.mode).to_ne_bytes());
         b
     }
@@ -235,7 +242,7 @@ impl LeaseRecord {
             serial: Some(w8(40)).filter(|s| *s != 0),
             created: w8(48),
             expires: Some(w8(56)).filter(|e| *e != 0),
-            uid: w4(64),
+            uid: w4(ENTRY_OWNER_UID_AT),
             scope_uid: w4(28),
             mode: mode_of(w4(68))?,
         })
@@ -325,25 +332,19 @@ impl Enforcer {
             Err(why) => return attach(active, Persistence::UntilStop(why)),
         };
         root.remove_stale();
-        for other in root.others(&version) {
-            tracing::warn!(
-                "{} holds the pinned enforcer of another bpftokend build (this one is {version}): its leases stay \
-                 enforced until their deadlines or until their tokens are closed, but this daemon cannot list or \
-                 revoke them; `rm -r {}` removes it and ends them at once",
-                other.display(),
-                other.display()
-            );
-        }
+        let others = OtherSets::open(root.others(&version), &version);
         let dir = root.set_dir(&version);
         if dir.exists() {
-            return match adopt(&dir) {
+            let mut e = match adopt(&dir) {
                 Ok(mut e) => {
                     active.map_err(Unavailable::LsmList)?;
                     e.root = Some(root);
-                    Ok(e)
+                    e
                 }
-                Err(why) => attach(active, Persistence::UntilStop(why)),
+                Err(why) => attach(active, Persistence::UntilStop(why))?,
             };
+            e.others = others.into();
+            return Ok(e);
         }
         let mut e = match attach(active, Persistence::Pinned { dir: dir.clone(), adopted: false }) {
             Ok(e) => e,
@@ -357,7 +358,29 @@ impl Enforcer {
             Ok(_) => e.root = Some(root),
             Err(why) => e.persistence = Persistence::UntilStop(why),
         }
+        e.others = others.into();
         Ok(e)
+    }
+
+    fn others(&self) -> std::sync::MutexGuard<'_, OtherSets> {
+        self.others.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The leases of other builds' pinned enforcers (none without such
+    /// sets), after removing those with no entry left.
+    pub fn other_builds(&self) -> Vec<OtherBuild> {
+        let mut others = self.others();
+        if others.is_empty() {
+            return Vec::new();
+        }
+        others.prune();
+        others.report()
+    }
+
+    /// Revoke the leases of other builds' pinned enforcers that `whose`
+    /// names, where their layout is known; what was done in each set.
+    pub fn revoke_other_builds(&self, whose: Whose) -> Vec<OtherBuild> {
+        self.others().revoke(whose)
     }
 
     /// Whether enforcement outlives the daemon.
@@ -554,6 +577,7 @@ fn assemble(
         last_lease: take(&mut maps, "last_lease")?,
         persistence,
         root: None,
+        others: Default::default(),
     })
 }
 

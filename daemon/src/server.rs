@@ -241,11 +241,17 @@ impl Daemon {
                     Ok(n) => format!("{n} live tokens"),
                     Err(err) => format!("cannot count live tokens: {err}"),
                 };
-                match e.persistence() {
+                let state = match e.persistence() {
                     Persistence::Pinned { .. } => format!("enforcing ({live})"),
                     Persistence::UntilStop(why) => {
                         format!("enforcing ({live}), but enforcement ends when the daemon stops: {why}")
                     }
+                };
+                let others: Vec<String> = e.other_builds().iter().map(ToString::to_string).collect();
+                if others.is_empty() {
+                    state
+                } else {
+                    format!("{state}; {}", others.join("; "))
                 }
             }
             Err(why) => format!("unavailable: {why}"),
@@ -636,7 +642,11 @@ async fn handle_query(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream,
         refusal,
     };
     tracing::debug!(peer_uid = peer.creds.uid, "answered a policy query");
-    let response = if enforcement {
+    let other_builds = if enforcement { daemon.enforcer().map(Enforcer::other_builds) } else { None };
+    let other_builds = other_builds.unwrap_or_default();
+    let response = if enforcement && !other_builds.is_empty() {
+        Response::ExplainedEnforcementWithOtherBuilds { explanation, enforcement: daemon.enforcement(), other_builds }
+    } else if enforcement {
         Response::ExplainedEnforcement { explanation, enforcement: daemon.enforcement() }
     } else {
         Response::Explained(explanation)
@@ -731,10 +741,31 @@ async fn handle_revoke(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream
             for lease in &revoked {
                 audit::revoked(peer, lease);
             }
-            write_response(stream, &Response::Revoked(revoked), &[]).await.is_ok()
+            let other_builds = revoke_other_builds(daemon, peer, target);
+            let response = if other_builds.is_empty() {
+                Response::Revoked(revoked)
+            } else {
+                Response::RevokedWithOtherBuilds { revoked, other_builds }
+            };
+            write_response(stream, &response, &[]).await.is_ok()
         }
         Err(r) => reject(daemon, peer, stream, r.code, r.message).await,
     }
+}
+
+/// A uid's or every lease in the pinned enforcers of other builds (the
+/// caller may revoke `target`: checked already).
+fn revoke_other_builds(daemon: &Daemon, peer: &PeerIdentity, target: RevokeTarget) -> Vec<bpftoken_proto::OtherBuild> {
+    let whose = match target {
+        RevokeTarget::Uid(uid) => crate::others::Whose::Uid(uid),
+        RevokeTarget::All => crate::others::Whose::All,
+        RevokeTarget::Lease(_) => return Vec::new(),
+    };
+    let done = daemon.enforcer().map(|e| e.revoke_other_builds(whose)).unwrap_or_default();
+    for set in &done {
+        tracing::info!(target: "bpftokend::audit", decision = "revoked", peer_uid = peer.creds.uid, "{set}");
+    }
+    done
 }
 
 /// What a mint hands out besides the token.
