@@ -84,6 +84,24 @@ pub struct Enforcer {
     root: Option<PinRoot>,
     /// Pinned sets of other builds with leases, found at start.
     others: std::sync::Mutex<OtherSets>,
+    /// The pin directory as found when pinned or adopted: (device, inode).
+    pinned_as: Option<(u64, u64)>,
+}
+
+/// The (device, inode) of directory `dir`.
+fn identity(dir: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir)?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// Whether `dir` is still the directory found as `was`; else why not.
+fn still_there(dir: &Path, was: Option<(u64, u64)>) -> Result<(), String> {
+    match (identity(dir), was) {
+        (Ok(now), Some(was)) if now == was => Ok(()),
+        (Ok(_), _) => Err(format!("{} is another directory than the one pinned", dir.display())),
+        (Err(e), _) => Err(format!("{}: {e}", dir.display())),
+    }
 }
 
 /// Whether enforcement outlives the daemon.
@@ -339,6 +357,7 @@ impl Enforcer {
                 Ok(mut e) => {
                     active.map_err(Unavailable::LsmList)?;
                     e.root = Some(root);
+                    e.pinned_as = identity(&dir).ok();
                     e
                 }
                 Err(why) => attach(active, Persistence::UntilStop(why))?,
@@ -355,7 +374,10 @@ impl Enforcer {
             }
         };
         match publish(&root, &version, &e) {
-            Ok(_) => e.root = Some(root),
+            Ok(dir) => {
+                e.pinned_as = identity(&dir).ok();
+                e.root = Some(root);
+            }
             Err(why) => e.persistence = Persistence::UntilStop(why),
         }
         e.others = others.into();
@@ -386,6 +408,23 @@ impl Enforcer {
     /// Whether enforcement outlives the daemon.
     pub fn persistence(&self) -> &Persistence {
         &self.persistence
+    }
+
+    /// Whether enforcement outlives the daemon now: pinned, and the pin
+    /// directory is still the one pinned (nobody removed or replaced it;
+    /// else its programs detach when the daemon exits). Logs why not.
+    pub fn pins_intact(&self) -> bool {
+        let Persistence::Pinned { dir, .. } = &self.persistence else { return false };
+        match still_there(dir, self.pinned_as) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(
+                    pins = %dir.display(),
+                    "the enforcer's pins are gone ({why}): enforcement now ends when this daemon stops"
+                );
+                false
+            }
+        }
     }
 
     /// At a clean stop: remove the pins if no lease entry is left (nothing
@@ -578,6 +617,7 @@ fn assemble(
         persistence,
         root: None,
         others: Default::default(),
+        pinned_as: None,
     })
 }
 
@@ -687,5 +727,22 @@ mod tests {
         other[0] ^= 1;
         assert_ne!(crate::pins::version_of(&[object, &samples]), crate::pins::version_of(&[object, &other]));
         assert_ne!(version(), crate::pins::version_of(&[OBJECT]), "not the object alone");
+    }
+
+    #[test]
+    fn a_pin_directory_removed_or_replaced_is_noticed() {
+        let base = std::env::temp_dir().join(format!("bpftokend-still-{}", std::process::id()));
+        let dir = base.join("enforcer-1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let was = identity(&dir).ok();
+        assert_eq!(still_there(&dir, was), Ok(()));
+        // Replaced: the old directory still exists elsewhere, so its inode
+        // cannot be the new one's.
+        std::fs::rename(&dir, base.join("old")).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        assert_eq!(still_there(&dir, was), Err(format!("{} is another directory than the one pinned", dir.display())));
+        std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(still_there(&dir, was), Err(format!("{}: No such file or directory (os error 2)", dir.display())));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -258,9 +258,10 @@ impl Daemon {
         }
     }
 
-    /// Whether enforcement outlives the daemon (its enforcer is pinned).
+    /// Whether enforcement outlives the daemon (its enforcer is pinned,
+    /// and the pin directory is still the one pinned).
     pub fn enforcement_persists(&self) -> bool {
-        self.enforcer().is_some_and(|e| matches!(e.persistence(), Persistence::Pinned { .. }))
+        self.enforcer().is_some_and(Enforcer::pins_intact)
     }
 
     /// One line for systemd's STATUS=.
@@ -356,8 +357,9 @@ pub async fn serve(
                 // Still needed where the enforcer is not pinned (no bpffs,
                 // or pinning failed): its programs then live as long as we
                 // do, and exiting would let expired, revoked or bound
-                // tokens work again. Pinned, they stay in the kernel and
-                // the next start adopts them, so exiting is safe.
+                // tokens work again. Pinned (and the pin directory still
+                // the one pinned), they stay in the kernel and the next
+                // start adopts them, so exiting is safe.
                 let enforced = if daemon.enforcement_persists() { 0 } else { daemon.enforced_leases() };
                 if enforced > 0 {
                     tracing::info!(enforced, "idle, but staying: enforced leases are alive");
