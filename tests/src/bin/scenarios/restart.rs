@@ -216,6 +216,7 @@ fn run(bins: &Path, dir: &Path) -> Result<(Outcome, String), String> {
     let next_id: Option<u64> = next.stdout.trim().parse().ok();
     let control = control(bins, dir, &alice);
     let upgrade = upgrade(bins, dir, &alice);
+    let unbound = unbound(bins, dir);
     let ok = before.iter().all(|b| b == "map:array ok")
         && revoked.code() == Some(0)
         && killed
@@ -233,12 +234,13 @@ fn run(bins: &Path, dir: &Path) -> Result<(Outcome, String), String> {
         && stopped
         && after_stop.is_none()
         && control.as_ref().is_ok_and(|c| c.0)
-        && upgrade.as_ref().is_ok_and(|c| c.0);
+        && upgrade.as_ref().is_ok_and(|c| c.0)
+        && unbound.as_ref().is_ok_and(|c| c.0);
     let detail = format!(
         "leases R {r_id} (revoked), K {k_id}, T {t_id} (ttl {ttl} s): {}; pinned {left:?}; SIGKILL; no daemon: R {}, K \
          {}, T {}; after the ttl: T {}; restarted daemon: {second_state}, adopted: {adopted}, lists K as {:?}; revoke --lease {k_id}: \
          {}{}; then R, K, T: {}; next lease id {:?}; clean stop with no lease: pins left {:?}; control without pins: {}; \
-         upgrade: {}",
+         upgrade: {}; a start that cannot bind its socket: {}",
         before.join(", "),
         crashed[0],
         crashed[1],
@@ -255,6 +257,10 @@ fn run(bins: &Path, dir: &Path) -> Result<(Outcome, String), String> {
             Err(e) => e.clone(),
         },
         match &upgrade {
+            Ok((_, d)) => d.clone(),
+            Err(e) => e.clone(),
+        },
+        match &unbound {
             Ok((_, d)) => d.clone(),
             Err(e) => e.clone(),
         }
@@ -356,4 +362,27 @@ fn upgrade(bins: &Path, dir: &Path, alice: &User) -> Result<(bool, String), Stri
             after.join("")
         ),
     ))
+}
+
+/// A daemon that pins a fresh enforcer and then cannot bind its socket
+/// exits 1 and leaves no pin set behind. `Ok((as expected, detail))`.
+fn unbound(bins: &Path, dir: &Path) -> Result<(bool, String), String> {
+    let pins = pin_dir("-unbound");
+    let policy = dir.join("policy-unbound.toml");
+    std::fs::write(&policy, POLICY)
+        .and_then(|()| std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o644)))
+        .map_err(|e| format!("cannot write {}: {e}", policy.display()))?;
+    let out = Command::new(bins.join("bpftokend"))
+        .args(["--socket", "/proc/version/socket", "--policy"])
+        .arg(&policy)
+        .arg("--pin-dir")
+        .arg(&pins)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot start bpftokend: {e}"))?;
+    let left = pin_sets(&pins);
+    remove_pins(&pins);
+    let said_pinned = String::from_utf8_lossy(&out.stderr).contains("removed the enforcer's pins");
+    let ok = out.status.code() == Some(1) && left.is_empty() && said_pinned;
+    Ok((ok, format!("exit {:?}, pins left {left:?}, released: {said_pinned}", out.status.code())))
 }
