@@ -32,8 +32,8 @@ use rustix::net::{
 
 pub use bpftoken_proto::delegation::{self, Delegation, Kind};
 pub use bpftoken_proto::{
-    Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseState, MintMode, MintRequest, Refusal, RefusalCode,
-    RevokeTarget,
+    Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseState, MintMode, MintRequest, OtherBuild, OtherLeases,
+    Refusal, RefusalCode, RevokeTarget,
 };
 
 /// Who a learned rule names: a user by name, or a uid without one.
@@ -266,9 +266,17 @@ impl Client {
     /// Revoke leases (the caller's own; uid 0: anyone's). Their tokens
     /// stop working at once; returns the leases revoked.
     pub fn revoke(&mut self, target: RevokeTarget) -> Result<Vec<LeaseInfo>, Error> {
+        self.revoke_reporting(target).map(|(revoked, _)| revoked)
+    }
+
+    /// [`Client::revoke`], and what the revocation did in the pinned
+    /// enforcers of other bpftokend builds (left by an upgrade), which a
+    /// uid's or every lease reaches.
+    pub fn revoke_reporting(&mut self, target: RevokeTarget) -> Result<(Vec<LeaseInfo>, Vec<OtherBuild>), Error> {
         self.send(RequestBody::Revoke(target), None)?;
         match self.read_plain()? {
-            Response::Revoked(l) => Ok(l),
+            Response::Revoked(l) => Ok((l, Vec::new())),
+            Response::RevokedWithOtherBuilds { revoked, other_builds } => Ok((revoked, other_builds)),
             Response::Refused(r) => Err(Error::Refused(r)),
             _ => Err(Error::Protocol("the daemon answered a revocation with something else".into())),
         }
@@ -369,16 +377,30 @@ impl Client {
     /// [`Client::query`], and whether the daemon enforces leases (`ttl`)
     /// on this kernel: `None` from a daemon too old to say.
     pub fn query_enforcement(&mut self) -> Result<(Explanation, Option<Enforcement>), Error> {
+        self.query_enforcement_reporting().map(|(e, enforcement, _)| (e, enforcement))
+    }
+
+    /// [`Client::query_enforcement`], and the leases of the pinned
+    /// enforcers of other bpftokend builds (left by an upgrade).
+    #[allow(clippy::type_complexity)]
+    pub fn query_enforcement_reporting(
+        &mut self,
+    ) -> Result<(Explanation, Option<Enforcement>, Vec<OtherBuild>), Error> {
         self.send(RequestBody::QueryEnforcement, None)?;
         let (response, fds) = self.read_response()?;
         if !fds.is_empty() {
             return Err(Error::Protocol(format!("the daemon sent {} fds with an explanation", fds.len())));
         }
         match response {
-            Response::ExplainedEnforcement { explanation, enforcement } => Ok((explanation, Some(enforcement))),
+            Response::ExplainedEnforcement { explanation, enforcement } => {
+                Ok((explanation, Some(enforcement), Vec::new()))
+            }
+            Response::ExplainedEnforcementWithOtherBuilds { explanation, enforcement, other_builds } => {
+                Ok((explanation, Some(enforcement), other_builds))
+            }
             // An older daemon does not know the request; the connection
             // stays usable, so ask the old way.
-            Response::Refused(r) if r.code == RefusalCode::Malformed => Ok((self.query()?, None)),
+            Response::Refused(r) if r.code == RefusalCode::Malformed => Ok((self.query()?, None, Vec::new())),
             Response::Refused(r) => Err(Error::Refused(r)),
             _ => Err(Error::Protocol("the daemon answered a query with something else".into())),
         }

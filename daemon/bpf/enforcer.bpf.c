@@ -148,7 +148,8 @@ struct lease_entry {
 	__u32 bind_uid;
 	__u32 bind_cgroup_level;
 	__u32 bind;
-	__u32 pad;
+	__u32 scope_uid;	/* never read here: uid owning the scope (the user
+			 * namespace's owner), whose max_live_tokens it counts for */
 	/* Never read here: what a daemon that adopts the pinned maps after a
 	 * restart needs to list and revoke the lease. */
 	__u64 lease_id;

@@ -18,8 +18,9 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use bpftoken_proto::{Delegation, Enforcement, LeaseMode};
+use bpftoken_proto::{Delegation, Enforcement, LeaseMode, OtherBuild};
 
+use crate::others::{OtherSets, Whose};
 use crate::pins::{PinError, PinRoot};
 use crate::sys::bpf::{self, Attached, LoadError, MapFd};
 
@@ -81,6 +82,26 @@ pub struct Enforcer {
     persistence: Persistence,
     /// Held (locked) while the daemon runs, when pinned.
     root: Option<PinRoot>,
+    /// Pinned sets of other builds with leases, found at start.
+    others: std::sync::Mutex<OtherSets>,
+    /// The pin directory as found when pinned or adopted: (device, inode).
+    pinned_as: Option<(u64, u64)>,
+}
+
+/// The (device, inode) of directory `dir`.
+fn identity(dir: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir)?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// Whether `dir` is still the directory found as `was`; else why not.
+fn still_there(dir: &Path, was: Option<(u64, u64)>) -> Result<(), String> {
+    match (identity(dir), was) {
+        (Ok(now), Some(was)) if now == was => Ok(()),
+        (Ok(_), _) => Err(format!("{} is another directory than the one pinned", dir.display())),
+        (Err(e), _) => Err(format!("{}: {e}", dir.display())),
+    }
 }
 
 /// Whether enforcement outlives the daemon.
@@ -135,7 +156,7 @@ pub struct Binding {
 
 /// A cgroup v2 directory as the kernel names it: its id (the inode number
 /// of its directory) and its depth (the root is level 0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CgroupId {
     pub id: u64,
     pub level: u32,
@@ -146,7 +167,11 @@ const BIND_UID: u32 = 1;
 const BIND_CGROUP: u32 = 2;
 
 /// Size of a `deadlines` value (`struct lease_entry`).
-const ENTRY_SIZE: usize = 72;
+pub(crate) const ENTRY_SIZE: usize = 72;
+/// Size of a `deadlines` key (`struct revoke_key`).
+pub(crate) const ENTRY_KEY_SIZE: usize = 16;
+/// Where `lease_entry.owner_uid` is.
+pub(crate) const ENTRY_OWNER_UID_AT: usize = 64;
 
 /// One `deadlines` value (`struct lease_entry`): what the kernel checks
 /// (deadline, binding) and what a daemon needs to list and revoke the
@@ -158,6 +183,10 @@ pub struct LeaseRecord {
     pub bind: Binding,
     pub id: u64,
     pub uid: u32,
+    /// The uid whose `max_live_tokens` the scope's tokens count against:
+    /// the scope's owner (for a rootless container's caller, the
+    /// namespace's owner, not the caller).
+    pub scope_uid: u32,
     pub mode: LeaseMode,
     /// The token handed out, if known.
     pub serial: Option<u64>,
@@ -202,11 +231,12 @@ impl LeaseRecord {
             b[20..24].copy_from_slice(&cg.level.to_ne_bytes());
         }
         b[24..28].copy_from_slice(&flags.to_ne_bytes());
+        b[28..32].copy_from_slice(&self.scope_uid.to_ne_bytes());
         b[32..40].copy_from_slice(&self.id.to_ne_bytes());
         b[40..48].copy_from_slice(&self.serial.unwrap_or(0).to_ne_bytes());
         b[48..56].copy_from_slice(&self.created.to_ne_bytes());
         b[56..64].copy_from_slice(&self.expires.unwrap_or(0).to_ne_bytes());
-        b[64..68].copy_from_slice(&self.uid.to_ne_bytes());
+        b[ENTRY_OWNER_UID_AT..ENTRY_OWNER_UID_AT + 4].copy_from_slice(&self.uid.to_ne_bytes());
         b[68..72].copy_from_slice(&mode_code(self.mode).to_ne_bytes());
         b
     }
@@ -230,10 +260,62 @@ impl LeaseRecord {
             serial: Some(w8(40)).filter(|s| *s != 0),
             created: w8(48),
             expires: Some(w8(56)).filter(|e| *e != 0),
-            uid: w4(64),
+            uid: w4(ENTRY_OWNER_UID_AT),
+            scope_uid: w4(28),
             mode: mode_of(w4(68))?,
         })
     }
+}
+
+/// The daemon's encoding of `lease_entry` (mode codes, bind flags, where
+/// each field goes). Bump it with any change to [`LeaseRecord::bytes`]
+/// that keeps the object the same; the pin directory's name covers it
+/// (with [`record_samples`]), so a daemon never adopts entries written in
+/// another encoding.
+const RECORD_FORMAT: u32 = 2;
+
+/// [`RECORD_FORMAT`] and sample records of every mode and binding as
+/// [`LeaseRecord::bytes`] encodes them: hashed into the pin directory's
+/// name, so that even a change nobody bumped [`RECORD_FORMAT`] for moves
+/// the set.
+fn record_samples() -> Vec<u8> {
+    let mut out = RECORD_FORMAT.to_ne_bytes().to_vec();
+    let modes = [LeaseMode::Owner, LeaseMode::Libbpf, LeaseMode::Container, LeaseMode::DelegatedMount];
+    let binds = [
+        Binding::default(),
+        Binding { uid: Some(1), cgroup: None },
+        Binding { uid: None, cgroup: Some(CgroupId { id: 2, level: 3 }) },
+    ];
+    for (i, mode) in modes.into_iter().enumerate() {
+        for bind in binds {
+            let r = LeaseRecord {
+                deadline: 4,
+                bind,
+                id: 5,
+                uid: 6,
+                scope_uid: 7,
+                mode,
+                serial: Some(8),
+                created: 9,
+                expires: Some(10 + i as u64),
+            };
+            out.extend_from_slice(&r.bytes());
+        }
+    }
+    out
+}
+
+/// The name of this build's pin directory.
+pub fn version() -> String {
+    crate::pins::version_of(&[OBJECT, &record_samples()])
+}
+
+/// The lease entries in the kernel, as [`Enforcer::leases`] read them.
+#[derive(Debug, Default)]
+pub struct LeaseEntries {
+    pub entries: Vec<(LeaseKey, LeaseRecord)>,
+    /// Entries this build cannot decode (skipped).
+    pub undecodable: usize,
 }
 
 /// Tokens a scope has seen since the enforcer was loaded.
@@ -262,31 +344,26 @@ impl Enforcer {
         if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             return Err(Unavailable::NoBtf);
         }
-        let version = crate::pins::version_of(OBJECT);
+        let version = version();
         let root = match PinRoot::open(pinroot) {
             Ok(root) => root,
             Err(why) => return attach(active, Persistence::UntilStop(why)),
         };
         root.remove_stale();
-        for other in root.others(&version) {
-            tracing::warn!(
-                "{} holds the pinned enforcer of another bpftokend build (this one is {version}): its leases stay \
-                 enforced until their deadlines or until their tokens are closed, but this daemon cannot list or \
-                 revoke them; `rm -r {}` removes it and ends them at once",
-                other.display(),
-                other.display()
-            );
-        }
+        let others = OtherSets::open(root.others(&version), &version);
         let dir = root.set_dir(&version);
         if dir.exists() {
-            return match adopt(&dir) {
+            let mut e = match adopt(&dir) {
                 Ok(mut e) => {
                     active.map_err(Unavailable::LsmList)?;
                     e.root = Some(root);
-                    Ok(e)
+                    e.pinned_as = identity(&dir).ok();
+                    e
                 }
-                Err(why) => attach(active, Persistence::UntilStop(why)),
+                Err(why) => attach(active, Persistence::UntilStop(why))?,
             };
+            e.others = others.into();
+            return Ok(e);
         }
         let mut e = match attach(active, Persistence::Pinned { dir: dir.clone(), adopted: false }) {
             Ok(e) => e,
@@ -297,15 +374,57 @@ impl Enforcer {
             }
         };
         match publish(&root, &version, &e) {
-            Ok(_) => e.root = Some(root),
+            Ok(dir) => {
+                e.pinned_as = identity(&dir).ok();
+                e.root = Some(root);
+            }
             Err(why) => e.persistence = Persistence::UntilStop(why),
         }
+        e.others = others.into();
         Ok(e)
+    }
+
+    fn others(&self) -> std::sync::MutexGuard<'_, OtherSets> {
+        self.others.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The leases of other builds' pinned enforcers (none without such
+    /// sets), after removing those with no entry left.
+    pub fn other_builds(&self) -> Vec<OtherBuild> {
+        let mut others = self.others();
+        if others.is_empty() {
+            return Vec::new();
+        }
+        others.prune();
+        others.report()
+    }
+
+    /// Revoke the leases of other builds' pinned enforcers that `whose`
+    /// names, where their layout is known; what was done in each set.
+    pub fn revoke_other_builds(&self, whose: Whose) -> Vec<OtherBuild> {
+        self.others().revoke(whose)
     }
 
     /// Whether enforcement outlives the daemon.
     pub fn persistence(&self) -> &Persistence {
         &self.persistence
+    }
+
+    /// Whether enforcement outlives the daemon now: pinned, and the pin
+    /// directory is still the one pinned (nobody removed or replaced it;
+    /// else its programs detach when the daemon exits). Logs why not.
+    pub fn pins_intact(&self) -> bool {
+        let Persistence::Pinned { dir, .. } = &self.persistence else { return false };
+        match still_there(dir, self.pinned_as) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(
+                    pins = %dir.display(),
+                    "the enforcer's pins are gone ({why}): enforcement now ends when this daemon stops"
+                );
+                false
+            }
+        }
     }
 
     /// At a clean stop: remove the pins if no lease entry is left (nothing
@@ -341,15 +460,18 @@ impl Enforcer {
     }
 
     /// Every lease entry in the kernel (a snapshot), with its key; entries
-    /// this build cannot read are skipped.
-    pub fn leases(&self) -> io::Result<Vec<(LeaseKey, LeaseRecord)>> {
-        let mut out = Vec::new();
+    /// this build cannot read are skipped and counted.
+    pub fn leases(&self) -> io::Result<LeaseEntries> {
+        let mut out = LeaseEntries::default();
         for key in self.deadlines.keys()? {
             let Some(v) = self.deadlines.lookup(&key)? else { continue };
-            let Some(record) = LeaseRecord::decode(&v) else { continue };
+            let Some(record) = LeaseRecord::decode(&v) else {
+                out.undecodable += 1;
+                continue;
+            };
             let scope = key.get(..4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_ne_bytes);
             let serial = key.get(8..16).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes);
-            out.push((LeaseKey { scope, serial }, record));
+            out.entries.push((LeaseKey { scope, serial }, record));
         }
         Ok(out)
     }
@@ -494,6 +616,8 @@ fn assemble(
         last_lease: take(&mut maps, "last_lease")?,
         persistence,
         root: None,
+        others: Default::default(),
+        pinned_as: None,
     })
 }
 
@@ -566,6 +690,7 @@ mod tests {
             bind: Binding { uid: Some(1001), cgroup: Some(CgroupId { id: 77, level: 2 }) },
             id: 9,
             uid: 1001,
+            scope_uid: 1002,
             mode: LeaseMode::Libbpf,
             serial: Some(41),
             created: 1_700_000_000,
@@ -579,8 +704,45 @@ mod tests {
         assert_eq!(b[16..20], 1001u32.to_ne_bytes());
         assert_eq!(b[20..24], 2u32.to_ne_bytes());
         assert_eq!(b[24..28], (BIND_UID | BIND_CGROUP).to_ne_bytes());
+        assert_eq!(b[28..32], 1002u32.to_ne_bytes(), "the scope's owner, in what was padding");
         let plain = LeaseRecord { bind: Binding::default(), serial: None, expires: None, ..r };
         assert_eq!(LeaseRecord::decode(&plain.bytes()), Some(plain));
         assert_eq!(LeaseRecord::decode(&b[..32]), None, "an entry of the older layout");
+    }
+
+    #[test]
+    fn the_pin_directory_name_covers_the_record_encoding() {
+        // Every mode, binding and field of the encoding shows in the samples.
+        let samples = record_samples();
+        assert_eq!(samples.len(), 4 + 12 * ENTRY_SIZE);
+        let records: Vec<LeaseRecord> =
+            samples[4..].chunks(ENTRY_SIZE).map(|c| LeaseRecord::decode(c).expect("decodable")).collect();
+        for mode in [LeaseMode::Owner, LeaseMode::Libbpf, LeaseMode::Container, LeaseMode::DelegatedMount] {
+            assert!(records.iter().any(|r| r.mode == mode && r.bind.uid.is_some()));
+            assert!(records.iter().any(|r| r.mode == mode && r.bind.cgroup.is_some()));
+        }
+        // Another encoding (here: another format number) is another set.
+        let object = b"object";
+        let mut other = samples.clone();
+        other[0] ^= 1;
+        assert_ne!(crate::pins::version_of(&[object, &samples]), crate::pins::version_of(&[object, &other]));
+        assert_ne!(version(), crate::pins::version_of(&[OBJECT]), "not the object alone");
+    }
+
+    #[test]
+    fn a_pin_directory_removed_or_replaced_is_noticed() {
+        let base = std::env::temp_dir().join(format!("bpftokend-still-{}", std::process::id()));
+        let dir = base.join("enforcer-1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let was = identity(&dir).ok();
+        assert_eq!(still_there(&dir, was), Ok(()));
+        // Replaced: the old directory still exists elsewhere, so its inode
+        // cannot be the new one's.
+        std::fs::rename(&dir, base.join("old")).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        assert_eq!(still_there(&dir, was), Err(format!("{} is another directory than the one pinned", dir.display())));
+        std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(still_there(&dir, was), Err(format!("{}: No such file or directory (os error 2)", dir.display())));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -87,9 +87,8 @@ pub fn explain(
     } else {
         let _ = writeln!(out, "bind:       tokens work {}", bound.join(" and "));
     }
-    // The matching allow rules, in policy order (labels are unique).
-    let rules: Vec<&Rule> =
-        eff.allowed_by.iter().filter_map(|label| policy.rules().iter().find(|r| &r.label == label)).collect();
+    // The matching allow rules, in policy order, by index.
+    let rules: Vec<&Rule> = eff.allowed_rules.iter().filter_map(|&i| policy.rules().get(i)).collect();
     let learners: Vec<&str> = rules.iter().filter(|r| r.learn).map(|r| r.label.as_str()).collect();
     if learners.is_empty() {
         let _ = writeln!(out, "learn:      no (no matching allow rule sets learn = true)");

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bpftoken_proto::{LeaseInfo, LeaseMode, LeaseState, Refusal, RefusalCode, RevokeTarget};
 
-use crate::enforcer::{Binding, Enforcer, LeaseKey, LeaseRecord, NO_DEADLINE, REVOKED};
+use crate::enforcer::{Binding, CgroupId, Enforcer, LeaseEntries, LeaseKey, LeaseRecord, NO_DEADLINE, REVOKED};
 
 /// Most leases the daemon tracks (and entries in the enforcer's map).
 pub const MAX_LEASES: usize = 65536;
@@ -53,6 +53,10 @@ struct Lease {
 #[derive(Debug, Clone)]
 pub struct NewLease {
     pub uid: u32,
+    /// The scope's owner, whose `max_live_tokens` its tokens count for
+    /// (`ScopeKey::owner_uid`): recorded so that a daemon that adopts the
+    /// lease counts them for the same uid.
+    pub scope_uid: u32,
     pub scope: u64,
     pub mode: LeaseMode,
     /// The token's serial, if the enforcer told it.
@@ -82,6 +86,35 @@ pub enum LeaseError {
     Full,
     #[error("cannot write the lease into the enforcer's map: {0}")]
     Map(std::io::Error),
+    #[error("no lease id is known to be unused: {0}; enforced grants are refused until it can be read")]
+    UnsafeIds(String),
+}
+
+/// Where [`LeaseTable::adopt`] reads a pinned enforcer's leases: the
+/// enforcer (a fake in tests).
+pub trait LeaseStore {
+    /// The last lease id handed out, as pinned.
+    fn last_lease_id(&self) -> std::io::Result<u64>;
+    /// Every lease entry.
+    fn leases(&self) -> std::io::Result<LeaseEntries>;
+}
+
+impl LeaseStore for Enforcer {
+    fn last_lease_id(&self) -> std::io::Result<u64> {
+        Enforcer::last_lease_id(self)
+    }
+
+    fn leases(&self) -> std::io::Result<LeaseEntries> {
+        Enforcer::leases(self)
+    }
+}
+
+/// A lease a restarted daemon adopted.
+#[derive(Debug, Clone)]
+pub struct Adopted {
+    pub info: LeaseInfo,
+    /// Whose `max_live_tokens` its scope's tokens count for.
+    pub scope_uid: u32,
 }
 
 /// The daemon's lease table.
@@ -94,6 +127,10 @@ pub struct LeaseTable {
 struct Table {
     /// The last id handed out (ids start at 1).
     last_id: u64,
+    /// Set when the pinned last id could not be read at adoption: ids
+    /// from `last_id` on may already have been handed out, so no enforced
+    /// lease starts until it is read (why, for the refusal).
+    ids_unknown: Option<String>,
     leases: BTreeMap<u64, Lease>,
 }
 
@@ -171,6 +208,9 @@ impl LeaseTable {
                 None => return Err(LeaseError::Full),
             }
         }
+        if let Some(e) = enforcer {
+            ids_known_locked(&mut table, e)?;
+        }
         let id = table.last_id + 1;
         let expires = new.ttl.map(|t| created + t);
         let key = match enforcer {
@@ -185,6 +225,7 @@ impl LeaseTable {
                     bind: bind.kernel,
                     id,
                     uid: new.uid,
+                    scope_uid: new.scope_uid,
                     mode: new.mode,
                     serial: new.serial,
                     created: unix_secs(created),
@@ -223,14 +264,54 @@ impl LeaseTable {
 
     /// Rebuild the table from the lease entries of an enforcer an earlier
     /// daemon pinned (none for a fresh one), and go on numbering after the
-    /// last id it handed out. Returns the leases found.
-    pub fn adopt(&self, enforcer: &Enforcer) -> std::io::Result<Vec<LeaseInfo>> {
-        let last = enforcer.last_lease_id()?;
-        let now_boot = crate::sys::boottime_ns();
+    /// last id it handed out. Returns the leases found; what could not be
+    /// read is logged.
+    ///
+    /// The pinned last id is applied first, so that whatever fails later
+    /// no id handed out from now on collides with one handed out before
+    /// (every entry's id is at most that value: [`LeaseTable::start`]
+    /// writes it first). If it cannot be read, enforced leases are refused
+    /// until it can ([`LeaseError::UnsafeIds`]), and it is never lowered.
+    pub fn adopt(&self, store: &dyn LeaseStore) -> Vec<Adopted> {
         let mut table = self.lock();
-        let mut found = Vec::new();
-        for (key, r) in enforcer.leases()? {
-            let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        match store.last_lease_id() {
+            Ok(last) => table.last_id = table.last_id.max(last),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read the last lease id of the pinned enforcer: {e}; enforced grants are refused until \
+                     it can be read"
+                );
+                table.ids_unknown = Some(format!("cannot read the last lease id of the pinned enforcer: {e}"));
+            }
+        }
+        let entries = match store.leases() {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read the lease entries of the pinned enforcer: {e}; they stay enforced in the kernel, \
+                     but this daemon cannot list or revoke them"
+                );
+                return Vec::new();
+            }
+        };
+        if entries.undecodable > 0 {
+            tracing::warn!(
+                skipped = entries.undecodable,
+                "{} lease entr{} of the pinned enforcer cannot be decoded: they stay enforced in the kernel, but this \
+                 daemon cannot list or revoke them",
+                entries.undecodable,
+                if entries.undecodable == 1 { "y" } else { "ies" }
+            );
+        }
+        let now_boot = crate::sys::boottime_ns();
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        // Walking the cgroup tree is slow: once per cgroup, not per lease.
+        let mut cgroups: std::collections::HashMap<CgroupId, Option<String>> = Default::default();
+        let mut adopted = Vec::new();
+        let mut twice = Vec::new();
+        for (key, r) in entries.entries {
+            let cgroup_path =
+                r.bind.cgroup.and_then(|cg| cgroups.entry(cg).or_insert_with(|| crate::cgroup::path_of(cg)).clone());
             let lease = Lease {
                 id: r.id,
                 uid: r.uid,
@@ -244,14 +325,32 @@ impl LeaseTable {
                 whole_scope: key.serial == 0,
                 key: Some(key),
                 revoked: r.deadline == REVOKED,
-                bind: NewBinding { kernel: r.bind, cgroup_path: r.bind.cgroup.and_then(crate::cgroup::path_of) },
+                bind: NewBinding { kernel: r.bind, cgroup_path },
             };
             table.last_id = table.last_id.max(lease.id);
-            found.push(lease.info(now_boot));
+            if table.leases.contains_key(&lease.id) {
+                twice.push((lease, r.scope_uid));
+                continue;
+            }
+            adopted.push(Adopted { info: lease.info(now_boot), scope_uid: r.scope_uid });
             table.leases.insert(lease.id, lease);
         }
-        table.last_id = table.last_id.max(last);
-        Ok(found)
+        // Kept under a new id (here only), so that each can be revoked.
+        for (mut lease, scope_uid) in twice {
+            let old = lease.id;
+            table.last_id += 1;
+            lease.id = table.last_id;
+            tracing::warn!(
+                lease = old,
+                "lease id {old} appears twice in the pinned enforcer (scope {}, serial {}): listed as lease {}",
+                lease.scope,
+                lease.key.map_or(0, |k| k.serial),
+                lease.id
+            );
+            adopted.push(Adopted { info: lease.info(now_boot), scope_uid });
+            table.leases.insert(lease.id, lease);
+        }
+        adopted
     }
 
     /// Undo [`LeaseTable::start`] for a grant the client never took.
@@ -368,6 +467,21 @@ impl LeaseTable {
     }
 }
 
+/// Whether ids from `table.last_id` on are known to be unused; if the
+/// pinned last id could not be read at adoption, read it now.
+fn ids_known_locked(table: &mut Table, store: &dyn LeaseStore) -> Result<(), LeaseError> {
+    let Some(why) = &table.ids_unknown else { return Ok(()) };
+    match store.last_lease_id() {
+        Ok(last) => {
+            table.last_id = table.last_id.max(last);
+            table.ids_unknown = None;
+            tracing::info!(last, "read the last lease id of the pinned enforcer: enforced grants resume");
+            Ok(())
+        }
+        Err(_) => Err(LeaseError::UnsafeIds(why.clone())),
+    }
+}
+
 fn sweep_locked(table: &mut Table, enforcer: Option<&Enforcer>) -> usize {
     let before = table.leases.len();
     match enforcer {
@@ -395,6 +509,7 @@ mod tests {
     fn new(uid: u32, ttl: Option<u64>) -> NewLease {
         NewLease {
             uid,
+            scope_uid: uid,
             scope: 4026531837,
             mode: LeaseMode::Owner,
             serial: None,
@@ -472,5 +587,85 @@ mod tests {
         assert_eq!(all.len(), MAX_LEASES);
         assert_eq!(all[0].id, 100, "lease 2, the oldest, made room");
         assert_eq!(all.last().map(|l| l.id), Some(next.id));
+    }
+
+    /// A pinned enforcer's maps, as adoption reads them.
+    struct FakeStore {
+        last: std::cell::Cell<Option<u64>>,
+        entries: Option<Vec<(LeaseKey, LeaseRecord)>>,
+    }
+
+    impl LeaseStore for FakeStore {
+        fn last_lease_id(&self) -> std::io::Result<u64> {
+            self.last.get().ok_or_else(|| std::io::Error::from_raw_os_error(libc::EIO))
+        }
+
+        fn leases(&self) -> std::io::Result<LeaseEntries> {
+            match &self.entries {
+                Some(e) => Ok(LeaseEntries { entries: e.clone(), undecodable: 1 }),
+                None => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+            }
+        }
+    }
+
+    fn record(id: u64, uid: u32, scope_uid: u32) -> LeaseRecord {
+        LeaseRecord {
+            deadline: NO_DEADLINE,
+            bind: Binding::default(),
+            id,
+            uid,
+            scope_uid,
+            mode: LeaseMode::Container,
+            serial: Some(id),
+            created: 1,
+            expires: None,
+        }
+    }
+
+    fn key(serial: u64) -> LeaseKey {
+        LeaseKey { scope: 4026532000, serial }
+    }
+
+    #[test]
+    fn adoption_applies_the_pinned_last_id_even_when_the_entries_cannot_be_read() {
+        let t = LeaseTable::default();
+        let store = FakeStore { last: Some(10).into(), entries: None };
+        assert!(t.adopt(&store).is_empty());
+        let mut table = t.lock();
+        assert_eq!(table.last_id, 10, "the next id is above every id handed out before");
+        assert!(ids_known_locked(&mut table, &store).is_ok());
+    }
+
+    #[test]
+    fn without_the_pinned_last_id_no_enforced_lease_starts_until_it_is_read() {
+        let t = LeaseTable::default();
+        let store = FakeStore { last: None.into(), entries: Some(vec![(key(1), record(3, 1000, 1000))]) };
+        assert_eq!(t.adopt(&store).len(), 1, "the entries are adopted all the same");
+        let mut table = t.lock();
+        let err = ids_known_locked(&mut table, &store).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no lease id is known to be unused: cannot read the last lease id of the pinned enforcer: Input/output \
+             error (os error 5); enforced grants are refused until it can be read"
+        );
+        // Readable again: ids carry on above it, never below.
+        store.last.set(Some(7));
+        assert!(ids_known_locked(&mut table, &store).is_ok());
+        assert_eq!(table.last_id, 7);
+        assert!(table.ids_unknown.is_none());
+    }
+
+    #[test]
+    fn adopted_leases_keep_their_scope_owner_and_an_id_seen_twice_gets_a_new_one() {
+        let t = LeaseTable::default();
+        let entries = vec![(key(1), record(4, 100_000, 1000)), (key(2), record(4, 100_000, 1000))];
+        let store = FakeStore { last: Some(5).into(), entries: Some(entries) };
+        let adopted = t.adopt(&store);
+        let ids: Vec<(u64, u32, u32)> = adopted.iter().map(|a| (a.info.id, a.info.uid, a.scope_uid)).collect();
+        // The caller (a container's uid) owns the lease; the namespace's
+        // owner counts its tokens, as before the restart.
+        assert_eq!(ids, [(4, 100_000, 1000), (6, 100_000, 1000)]);
+        assert_eq!(t.list(None, None).len(), 2, "both can be listed and revoked");
+        assert_eq!(t.lock().last_id, 6);
     }
 }

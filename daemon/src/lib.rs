@@ -16,6 +16,7 @@ pub mod explain;
 pub mod lease;
 pub mod live;
 pub mod minter;
+pub mod others;
 pub mod peer;
 pub mod pins;
 pub mod probe;

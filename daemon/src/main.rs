@@ -193,12 +193,11 @@ fn main() -> ExitCode {
                 (_, Some(uid), _) => bpftoken::RevokeTarget::Uid(uid),
                 _ => bpftoken::RevokeTarget::All,
             };
-            match bpftoken::Client::connect_to(&socket).and_then(|mut c| c.revoke(target)) {
-                Ok(revoked) if revoked.is_empty() => {
-                    println!("no lease to revoke");
-                    ExitCode::SUCCESS
-                }
-                Ok(revoked) => {
+            match bpftoken::Client::connect_to(&socket).and_then(|mut c| c.revoke_reporting(target)) {
+                Ok((revoked, other_builds)) => {
+                    if revoked.is_empty() && other_builds.is_empty() {
+                        println!("no lease to revoke");
+                    }
                     for l in &revoked {
                         println!(
                             "revoked lease {} (uid {}, {}): its tokens no longer work",
@@ -207,7 +206,17 @@ fn main() -> ExitCode {
                             l.mode.as_str()
                         );
                     }
-                    ExitCode::SUCCESS
+                    // Pinned enforcers of other builds: revoked where this
+                    // daemon knows their layout; else how to end them.
+                    for other in &other_builds {
+                        println!("{other}");
+                    }
+                    let unrevoked = other_builds.iter().any(|o| o.leases.is_none_or(|l| l.revoked < l.total));
+                    if unrevoked {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
                 }
                 Err(e) => {
                     eprintln!("bpftokend: {e}");

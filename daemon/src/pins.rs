@@ -59,11 +59,12 @@ pub enum PinError {
 }
 
 /// The name of the directory of one enforcer build: a stable hash
-/// (FNV-1a, 64 bits) of its object bytes. A build whose maps could differ
-/// in layout never shares a directory with this one.
-pub fn version_of(object: &[u8]) -> String {
+/// (FNV-1a, 64 bits) of `parts` in order: the object bytes and the
+/// daemon's encoding of what it writes into the maps. A build whose maps
+/// or records could differ in layout never shares a directory with this one.
+pub fn version_of(parts: &[&[u8]]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in object {
+    for b in parts.iter().flat_map(|p| p.iter()) {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -196,8 +197,9 @@ mod tests {
     #[test]
     fn the_version_is_a_stable_hash_of_the_object() {
         // FNV-1a 64 test vectors: "" and "a".
-        assert_eq!(version_of(b""), "enforcer-cbf29ce484222325");
-        assert_eq!(version_of(b"a"), "enforcer-af63dc4c8601ec8c");
+        assert_eq!(version_of(&[b""]), "enforcer-cbf29ce484222325");
+        assert_eq!(version_of(&[b"a"]), "enforcer-af63dc4c8601ec8c");
+        assert_eq!(version_of(&[b"", b"a"]), "enforcer-af63dc4c8601ec8c", "the parts in a row");
     }
 
     #[test]

@@ -76,11 +76,25 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         Ok(e) => Ok((e.programs().join(","), persistence_line(e.persistence()))),
         Err(why) => Err(why.to_string()),
     };
-    let minter = MinterLink::start(PathBuf::from("/proc/self/exe")).map_err(StartError::Minter)?;
+    // A start that fails from here on releases what the enforcer pinned
+    // (a fresh set; an adopted one with leases stays).
+    let minter = match MinterLink::start(PathBuf::from("/proc/self/exe")) {
+        Ok(m) => m,
+        Err(e) => {
+            release_pins(enforcer.as_ref().ok());
+            return Err(StartError::Minter(e));
+        }
+    };
     // One thread serves every connection: a warm mint is a few syscalls,
     // and handing requests between worker threads (or mint children to a
     // blocking thread) cost more CPU per mint than it saved (bench.rs).
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            release_pins(enforcer.as_ref().ok());
+            return Err(StartError::Runtime(e));
+        }
+    };
     let daemon = Arc::new(Daemon::new(policy, minter, ScopeCache::new(opts.scopes), conns, enforcer));
     let bound = runtime.block_on(async {
         // Signal handlers first: once the socket exists, a client (or a
@@ -131,13 +145,14 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         lease_task.abort();
         status_task.abort();
         daemon.minter.shutdown().await;
-        release_pins(&daemon);
+        release_pins(daemon.enforcer());
         Ok::<_, StartError>(owned)
     });
     let owned = match bound {
         Ok(owned) => owned,
         Err(e) => {
             runtime.block_on(daemon.minter.shutdown());
+            release_pins(daemon.enforcer());
             return Err(e);
         }
     };
@@ -162,10 +177,11 @@ fn persistence_line(p: &Persistence) -> Result<String, String> {
     }
 }
 
-/// At a clean stop: remove the pins when no lease is left to enforce,
-/// else keep them (one line says where).
-fn release_pins(daemon: &Daemon) {
-    let Some(enforcer) = daemon.enforcer() else { return };
+/// At a clean stop, or a start that failed after the enforcer was pinned:
+/// remove the pins when no lease is left to enforce, else keep them (one
+/// line says where).
+fn release_pins(enforcer: Option<&crate::enforcer::Enforcer>) {
+    let Some(enforcer) = enforcer else { return };
     match enforcer.release() {
         Released::NotPinned => {}
         Released::Removed(dir) => tracing::info!(pins = %dir.display(), "no lease left: removed the enforcer's pins"),

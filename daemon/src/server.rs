@@ -185,22 +185,20 @@ impl Daemon {
     /// learning leases (whose `learning` entries are still being filled).
     fn adopt_leases(&self) {
         let Ok(enforcer) = &self.enforcer else { return };
-        match self.leases.adopt(enforcer) {
-            Ok(found) => {
-                for lease in &found {
-                    let Ok(scope) = u32::try_from(lease.scope) else { continue };
-                    self.live.remember(lease.uid, scope);
-                    let learning = lease.whole_scope && enforcer.learned(scope).is_ok_and(|l| l.is_some());
-                    if learning {
-                        self.learning.lock().unwrap_or_else(|p| p.into_inner()).insert(lease.id, (lease.uid, scope));
-                    }
-                }
-                if !found.is_empty() {
-                    let ids: Vec<String> = found.iter().map(|l| l.id.to_string()).collect();
-                    tracing::info!(leases = %ids.join(","), "adopted {} lease(s) from the pinned enforcer", found.len());
-                }
+        let found = self.leases.adopt(enforcer);
+        for adopted in &found {
+            let lease = &adopted.info;
+            let Ok(scope) = u32::try_from(lease.scope) else { continue };
+            // The scope's owner, as `remember_scope` counts it.
+            self.live.remember(adopted.scope_uid, scope);
+            let learning = lease.whole_scope && enforcer.learned(scope).is_ok_and(|l| l.is_some());
+            if learning {
+                self.learning.lock().unwrap_or_else(|p| p.into_inner()).insert(lease.id, (lease.uid, scope));
             }
-            Err(e) => tracing::warn!("cannot read the lease entries of the pinned enforcer: {e}"),
+        }
+        if !found.is_empty() {
+            let ids: Vec<String> = found.iter().map(|l| l.info.id.to_string()).collect();
+            tracing::info!(leases = %ids.join(","), "adopted {} lease(s) from the pinned enforcer", found.len());
         }
     }
 
@@ -243,20 +241,27 @@ impl Daemon {
                     Ok(n) => format!("{n} live tokens"),
                     Err(err) => format!("cannot count live tokens: {err}"),
                 };
-                match e.persistence() {
+                let state = match e.persistence() {
                     Persistence::Pinned { .. } => format!("enforcing ({live})"),
                     Persistence::UntilStop(why) => {
                         format!("enforcing ({live}), but enforcement ends when the daemon stops: {why}")
                     }
+                };
+                let others: Vec<String> = e.other_builds().iter().map(ToString::to_string).collect();
+                if others.is_empty() {
+                    state
+                } else {
+                    format!("{state}; {}", others.join("; "))
                 }
             }
             Err(why) => format!("unavailable: {why}"),
         }
     }
 
-    /// Whether enforcement outlives the daemon (its enforcer is pinned).
+    /// Whether enforcement outlives the daemon (its enforcer is pinned,
+    /// and the pin directory is still the one pinned).
     pub fn enforcement_persists(&self) -> bool {
-        self.enforcer().is_some_and(|e| matches!(e.persistence(), Persistence::Pinned { .. }))
+        self.enforcer().is_some_and(Enforcer::pins_intact)
     }
 
     /// One line for systemd's STATUS=.
@@ -352,8 +357,9 @@ pub async fn serve(
                 // Still needed where the enforcer is not pinned (no bpffs,
                 // or pinning failed): its programs then live as long as we
                 // do, and exiting would let expired, revoked or bound
-                // tokens work again. Pinned, they stay in the kernel and
-                // the next start adopts them, so exiting is safe.
+                // tokens work again. Pinned (and the pin directory still
+                // the one pinned), they stay in the kernel and the next
+                // start adopts them, so exiting is safe.
                 let enforced = if daemon.enforcement_persists() { 0 } else { daemon.enforced_leases() };
                 if enforced > 0 {
                     tracing::info!(enforced, "idle, but staying: enforced leases are alive");
@@ -767,7 +773,11 @@ async fn handle_query(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream,
         refusal,
     };
     tracing::debug!(peer_uid = peer.creds.uid, "answered a policy query");
-    let response = if enforcement {
+    let other_builds = if enforcement { daemon.enforcer().map(Enforcer::other_builds) } else { None };
+    let other_builds = other_builds.unwrap_or_default();
+    let response = if enforcement && !other_builds.is_empty() {
+        Response::ExplainedEnforcementWithOtherBuilds { explanation, enforcement: daemon.enforcement(), other_builds }
+    } else if enforcement {
         Response::ExplainedEnforcement { explanation, enforcement: daemon.enforcement() }
     } else {
         Response::Explained(explanation)
@@ -862,10 +872,31 @@ async fn handle_revoke(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream
             for lease in &revoked {
                 audit::revoked(peer, lease);
             }
-            write_response(stream, &Response::Revoked(revoked), &[]).await.is_ok()
+            let other_builds = revoke_other_builds(daemon, peer, target);
+            let response = if other_builds.is_empty() {
+                Response::Revoked(revoked)
+            } else {
+                Response::RevokedWithOtherBuilds { revoked, other_builds }
+            };
+            write_response(stream, &response, &[]).await.is_ok()
         }
         Err(r) => reject(daemon, peer, stream, r.code, r.message).await,
     }
+}
+
+/// A uid's or every lease in the pinned enforcers of other builds (the
+/// caller may revoke `target`: checked already).
+fn revoke_other_builds(daemon: &Daemon, peer: &PeerIdentity, target: RevokeTarget) -> Vec<bpftoken_proto::OtherBuild> {
+    let whose = match target {
+        RevokeTarget::Uid(uid) => crate::others::Whose::Uid(uid),
+        RevokeTarget::All => crate::others::Whose::All,
+        RevokeTarget::Lease(_) => return Vec::new(),
+    };
+    let done = daemon.enforcer().map(|e| e.revoke_other_builds(whose)).unwrap_or_default();
+    for set in &done {
+        tracing::info!(target: "bpftokend::audit", decision = "revoked", peer_uid = peer.creds.uid, "{set}");
+    }
+    done
 }
 
 /// What a mint hands out besides the token.
@@ -1163,6 +1194,7 @@ async fn handle_mint(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, 
     };
     let new = NewLease {
         uid: peer.creds.uid,
+        scope_uid: scope.key.owner_uid(),
         scope: scope_ino,
         mode: lease_mode,
         serial: token.serial(),
@@ -1264,6 +1296,7 @@ async fn handle_delegate(
     // processes create them from the bpffs themselves.
     let new = NewLease {
         uid: peer.creds.uid,
+        scope_uid: scope.key.owner_uid(),
         scope: ino,
         mode: LeaseMode::DelegatedMount,
         serial: None,

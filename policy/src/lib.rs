@@ -237,6 +237,9 @@ pub struct Effective {
     /// Items matching deny rules removed from the allow union.
     pub removed: Delegation,
     pub allowed_by: Vec<String>,
+    /// The matching allow rules, as indexes into [`Policy::rules`], in the
+    /// order of `allowed_by`.
+    pub allowed_rules: Vec<usize>,
     pub denied_by: Vec<String>,
     pub limits: Vec<RateLimit>,
     /// The shortest `ttl` of the matching allow rules.
@@ -304,9 +307,10 @@ impl Policy {
     pub fn effective(&self, peer: &Peer) -> Effective {
         let mut eff = Effective::default();
         let mut allowed = Delegation::NONE;
-        for r in self.allow.iter().filter(|r| r.matcher.matches(peer)) {
+        for (i, r) in self.allow.iter().enumerate().filter(|(_, r)| r.matcher.matches(peer)) {
             allowed = allowed.union(r.grant);
             eff.allowed_by.push(r.label.clone());
+            eff.allowed_rules.push(i);
             if let Some(n) = r.mints_per_minute {
                 eff.limits.push(RateLimit { rule: r.label.clone(), per_minute: n });
             }

@@ -239,9 +239,54 @@ impl Policy {
         for (index, spanned) in raw.deny.iter().enumerate() {
             deny.push(rule(&ctx, Effect::Deny, index, spanned, raw.acknowledge_broad_grants, &mut warnings)?);
         }
+        unique_names(&ctx, &raw, &allow, &deny)?;
         warnings.extend(ctx.warnings.take());
         Ok(Policy { path: path.to_owned(), allow, deny, warnings, require_enforcement: raw.require_enforcement })
     }
+}
+
+/// Audit events and refusals name rules by their labels, so no two rules
+/// (allow or deny) may share one, and a chosen name may not be the label
+/// of an unnamed rule (`allow[N]`, `deny[N]`). The error points at the
+/// later name and gives both lines.
+fn unique_names(ctx: &Ctx<'_>, raw: &RawPolicy, allow: &[Rule], deny: &[Rule]) -> Result<(), PolicyError> {
+    let raws = raw.allow.iter().zip(allow).chain(raw.deny.iter().zip(deny));
+    // Label -> (line, the name as written, if the rule has one).
+    let mut seen: std::collections::HashMap<&str, (usize, Option<&Spanned<String>>)> = Default::default();
+    for (spanned, rule) in raws {
+        let name = spanned.get_ref().name.as_ref();
+        let Some((line, earlier)) = seen.insert(rule.label.as_str(), (rule.line, name)) else { continue };
+        let label = &rule.label;
+        return Err(match (earlier, name) {
+            (Some(_), Some(n)) => ctx.err(
+                n.span(),
+                format!(
+                    "rule name \"{label}\" is used twice, at lines {line} and {}; audit events name rules by it, so \
+                     each name must be unique",
+                    rule.line
+                ),
+            ),
+            (Some(n), None) => ctx.err(
+                n.span(),
+                format!(
+                    "rule name \"{label}\" (line {line}) is the label of the unnamed rule at line {}; audit events \
+                     name rules by it, so choose another name",
+                    rule.line
+                ),
+            ),
+            (None, Some(n)) => ctx.err(
+                n.span(),
+                format!(
+                    "rule name \"{label}\" (line {}) is the label of the unnamed rule at line {line}; audit events \
+                     name rules by it, so choose another name",
+                    rule.line
+                ),
+            ),
+            // Generated labels differ by table and index.
+            (None, None) => continue,
+        });
+    }
+    Ok(())
 }
 
 fn resolve_ids(

@@ -923,3 +923,36 @@ fn learn_errors_are_located() {
         "/etc/bpftokend/policy.toml:3:9: invalid type: string \"yes\", expected a boolean"
     );
 }
+
+#[test]
+fn duplicate_rule_names_are_refused_with_both_lines() {
+    let rule = |name: &str| format!("[[allow]]\nname = \"{name}\"\nusers = [\"alice\"]\ncmds = [\"map_create\"]\n");
+    let text = format!("{}\n{}", rule("devs"), rule("devs"));
+    let e = parse(&text).unwrap_err();
+    assert_eq!(
+        e.render(),
+        "/etc/bpftokend/policy.toml:7:8: rule name \"devs\" is used twice, at lines 1 and 6; audit events name \
+         rules by it, so each name must be unique\n    name = \"devs\"\n           ^"
+    );
+    // Across allow and deny too: both name rules in audit events.
+    let text = format!("{}\n[[deny]]\nname = \"devs\"\nusers = [\"alice\"]\nmaps = [\"hash\"]\n", rule("devs"));
+    assert_eq!(
+        err(&text),
+        "/etc/bpftokend/policy.toml:7:8: rule name \"devs\" is used twice, at lines 1 and 6; audit events name \
+         rules by it, so each name must be unique"
+    );
+    // A chosen name equal to an unnamed rule's label, before or after it.
+    let unnamed = "[[allow]]\nusers = [\"alice\"]\ncmds = [\"map_create\"]\n";
+    assert_eq!(
+        err(&format!("{}\n{unnamed}", rule("allow[1]"))),
+        "/etc/bpftokend/policy.toml:2:8: rule name \"allow[1]\" (line 1) is the label of the unnamed rule at line 6; \
+         audit events name rules by it, so choose another name"
+    );
+    assert_eq!(
+        err(&format!("{unnamed}\n{}", rule("allow[0]"))),
+        "/etc/bpftokend/policy.toml:6:8: rule name \"allow[0]\" (line 5) is the label of the unnamed rule at line 1; \
+         audit events name rules by it, so choose another name"
+    );
+    // Unnamed rules never collide, and distinct names are fine.
+    assert!(parse(&format!("{unnamed}\n{unnamed}\n{}\n{}", rule("a"), rule("b"))).is_ok());
+}

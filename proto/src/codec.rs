@@ -187,6 +187,16 @@ mod tests {
                 fds: vec![FdRole::Token],
             }),
             Response::Refused(Refusal::new(RefusalCode::NotInPolicy, "no rule")),
+            Response::RevokedWithOtherBuilds {
+                revoked: vec![],
+                other_builds: vec![
+                    OtherBuild { dir: "/sys/fs/bpf/bpftokend/enforcer-1".into(), leases: None },
+                    OtherBuild {
+                        dir: "/sys/fs/bpf/bpftokend/enforcer-2".into(),
+                        leases: Some(OtherLeases { total: 3, revoked: 2 }),
+                    },
+                ],
+            },
         ] {
             let bytes = encode_response(&resp).unwrap();
             let (h, p) = split(&bytes);

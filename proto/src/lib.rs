@@ -15,6 +15,6 @@ pub mod message;
 pub use codec::{CodecError, FRAME_HEADER_LEN, MAX_FRAME};
 pub use delegation::{Delegation, Kind, UnknownName};
 pub use message::{
-    Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseRequest, LeaseState, MintMode, MintRequest, Minted, Refusal,
-    RefusalCode, Request, Response, RevokeTarget, PROTOCOL_VERSION,
+    Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseRequest, LeaseState, MintMode, MintRequest, Minted,
+    OtherBuild, OtherLeases, Refusal, RefusalCode, Request, Response, RevokeTarget, PROTOCOL_VERSION,
 };

@@ -239,6 +239,65 @@ pub enum Response {
         lease: LeaseInfo,
         used: Delegation,
     },
+    /// The answer to [`RequestBody::Revoke`] of a uid's or every lease
+    /// when pinned enforcers of other bpftokend builds are left (after an
+    /// upgrade): the leases now revoked, and what the revocation did in
+    /// each of those sets ([`OtherLeases`] counts the entries it matched).
+    /// Appended; sent only when such sets exist.
+    RevokedWithOtherBuilds {
+        revoked: Vec<LeaseInfo>,
+        other_builds: Vec<OtherBuild>,
+    },
+    /// The answer to [`RequestBody::QueryEnforcement`] when pinned
+    /// enforcers of other bpftokend builds are left: their leases.
+    /// Appended; sent only when such sets exist.
+    ExplainedEnforcementWithOtherBuilds {
+        explanation: Explanation,
+        enforcement: Enforcement,
+        other_builds: Vec<OtherBuild>,
+    },
+}
+
+/// The pinned enforcer of another bpftokend build (left by the daemon
+/// that ran before an upgrade), whose leases stay enforced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtherBuild {
+    /// Its pin directory; removing it (`rm -r`) ends its leases at once.
+    pub dir: String,
+    /// Its lease entries; `None` where its layout is unknown to this
+    /// daemon, which then neither reads nor revokes them.
+    pub leases: Option<OtherLeases>,
+}
+
+/// Lease entries of another build's enforcer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtherLeases {
+    /// Entries (in a revocation's answer: those it matched).
+    pub total: u64,
+    /// Of those, revoked (deadline 0): the kernel refuses their tokens.
+    pub revoked: u64,
+}
+
+impl fmt::Display for OtherBuild {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dir = &self.dir;
+        match self.leases {
+            Some(OtherLeases { total: 0, .. }) => write!(f, "no lease of another bpftokend build pinned in {dir}"),
+            Some(OtherLeases { total, revoked }) if revoked == total => {
+                write!(f, "{total} lease(s) of another bpftokend build pinned in {dir}, all revoked")
+            }
+            Some(OtherLeases { total, revoked }) => write!(
+                f,
+                "{total} lease(s) of another bpftokend build pinned in {dir}, {revoked} revoked; `rm -r {dir}` ends \
+                 them all at once"
+            ),
+            None => write!(
+                f,
+                "leases of another bpftokend build pinned in {dir}, whose layout this daemon does not know: they \
+                 cannot be revoked by it; `rm -r {dir}` ends them at once"
+            ),
+        }
+    }
 }
 
 /// Whether the daemon's BPF LSM enforcer runs, which leases (`ttl`) need.

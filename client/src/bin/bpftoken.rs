@@ -186,14 +186,17 @@ fn explanation_lines(e: &bpftoken::Explanation) -> Vec<String> {
 }
 
 fn query(socket: &Path) -> ExitCode {
-    match Client::connect_to(socket).and_then(|mut c| c.query_enforcement()) {
-        Ok((e, enforcement)) => {
+    match Client::connect_to(socket).and_then(|mut c| c.query_enforcement_reporting()) {
+        Ok((e, enforcement, other_builds)) => {
             for line in explanation_lines(&e) {
                 println!("{line}");
             }
             match enforcement {
                 Some(state) => println!("enforcement: {state}"),
                 None => println!("enforcement: unknown (the daemon is too old to say)"),
+            }
+            for other in &other_builds {
+                println!("other build: {other}");
             }
             if let Some(r) = &e.refusal {
                 println!("a request now would be refused: {r}");

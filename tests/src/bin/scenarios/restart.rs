@@ -215,6 +215,8 @@ fn run(bins: &Path, dir: &Path) -> Result<(Outcome, String), String> {
     let ids: Vec<u64> = [&r_id, &k_id, &t_id].iter().filter_map(|i| i.parse().ok()).collect();
     let next_id: Option<u64> = next.stdout.trim().parse().ok();
     let control = control(bins, dir, &alice);
+    let upgrade = upgrade(bins, dir, &alice);
+    let unbound = unbound(bins, dir);
     let ok = before.iter().all(|b| b == "map:array ok")
         && revoked.code() == Some(0)
         && killed
@@ -231,11 +233,14 @@ fn run(bins: &Path, dir: &Path) -> Result<(Outcome, String), String> {
         && next_id.is_some_and(|n| ids.iter().all(|i| n > *i))
         && stopped
         && after_stop.is_none()
-        && control.as_ref().is_ok_and(|c| c.0);
+        && control.as_ref().is_ok_and(|c| c.0)
+        && upgrade.as_ref().is_ok_and(|c| c.0)
+        && unbound.as_ref().is_ok_and(|c| c.0);
     let detail = format!(
         "leases R {r_id} (revoked), K {k_id}, T {t_id} (ttl {ttl} s): {}; pinned {left:?}; SIGKILL; no daemon: R {}, K \
          {}, T {}; after the ttl: T {}; restarted daemon: {second_state}, adopted: {adopted}, lists K as {:?}; revoke --lease {k_id}: \
-         {}{}; then R, K, T: {}; next lease id {:?}; clean stop with no lease: pins left {:?}; control without pins: {}",
+         {}{}; then R, K, T: {}; next lease id {:?}; clean stop with no lease: pins left {:?}; control without pins: {}; \
+         upgrade: {}; a start that cannot bind its socket: {}",
         before.join(", "),
         crashed[0],
         crashed[1],
@@ -248,6 +253,14 @@ fn run(bins: &Path, dir: &Path) -> Result<(Outcome, String), String> {
         next_id,
         after_stop,
         match &control {
+            Ok((_, d)) => d.clone(),
+            Err(e) => e.clone(),
+        },
+        match &upgrade {
+            Ok((_, d)) => d.clone(),
+            Err(e) => e.clone(),
+        },
+        match &unbound {
             Ok((_, d)) => d.clone(),
             Err(e) => e.clone(),
         }
@@ -283,4 +296,93 @@ fn control(bins: &Path, dir: &Path, alice: &User) -> Result<(bool, String), Stri
         && again == ["map:array ok"]
         && !pins.exists();
     Ok((ok, format!("query: {state}; revoked: {}, after SIGKILL: {}", refused.join(""), again.join(""))))
+}
+
+/// After an upgrade: the pinned set of another build (this build's, renamed
+/// after a SIGKILL) holding a live lease, and a set of an unknown layout.
+/// The new daemon reports both in `bpftoken query`; `bpftokend revoke
+/// --uid` revokes the lease in the other build's set (its token `EPERM`)
+/// and says the unknown one cannot be revoked, with its `rm -r` (exit 1);
+/// once the token is closed the other build's empty set is removed; the
+/// unknown one is left alone. `Ok((as expected, detail))`.
+fn upgrade(bins: &Path, dir: &Path, alice: &User) -> Result<(bool, String), String> {
+    let pins = pin_dir("-upgrade");
+    let mut first = spawn(bins, dir, "-upgrade1", &pins)?;
+    let gate = dir.join("go-upgrade");
+    let mut h = hold(bins, &first.socket, alice, None, &[&gate])?;
+    let held = h.before.iter().any(|l| l == "map:array ok");
+    let killed = signal(&mut first, rustix::process::Signal::KILL);
+    let sets = pin_sets(&pins);
+    let (old, unknown) = (pins.join("enforcer-0000000000000001"), pins.join("enforcer-0000000000000002"));
+    let set = sets.first().ok_or("the first daemon pinned nothing")?;
+    std::fs::rename(pins.join(set), &old).map_err(|e| format!("cannot rename the pin set: {e}"))?;
+    std::fs::create_dir(&unknown).map_err(|e| format!("mkdir {}: {e}", unknown.display()))?;
+    let mut second = spawn(bins, dir, "-upgrade2", &pins)?;
+    let query = bpftoken(bins, &second.socket, alice, &["query"]);
+    let others: Vec<String> =
+        query.stdout.lines().filter_map(|l| l.strip_prefix("other build: ")).map(str::to_owned).collect();
+    let revoked = bpftokend_revoke(bins, &second.socket, &["--uid", &alice.uid.to_string()]);
+    let after = step(&mut [&mut h], &gate)?;
+    let _ = h.finish();
+    // The old enforcer removes the entry once the token is freed; the
+    // daemon then removes the set.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && old.exists() {
+        let _ = bpftoken(bins, &second.socket, alice, &["query"]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stopped = signal(&mut second, rustix::process::Signal::TERM);
+    let left = pin_sets(&pins);
+    remove_pins(&pins);
+    let (o, u) = (old.display(), unknown.display());
+    let want_others = [
+        format!("1 lease(s) of another bpftokend build pinned in {o}, 0 revoked; `rm -r {o}` ends them all at once"),
+        format!(
+            "leases of another bpftokend build pinned in {u}, whose layout this daemon does not know: they cannot be \
+             revoked by it; `rm -r {u}` ends them at once"
+        ),
+    ];
+    let want_revoked =
+        format!("1 lease(s) of another bpftokend build pinned in {o}, all revoked\n{}\n", want_others[1]);
+    let ok = held
+        && killed
+        && others == want_others
+        && revoked.code() == Some(1)
+        && revoked.stdout == want_revoked
+        && after == ["map:array EPERM"]
+        && stopped
+        && left == ["enforcer-0000000000000002"];
+    Ok((
+        ok,
+        format!(
+            "query: {others:?}; revoke --uid: {:?} (exit {:?}); the old build's token then: {}; pins left after a \
+             clean stop: {left:?}",
+            revoked.stdout,
+            revoked.code(),
+            after.join("")
+        ),
+    ))
+}
+
+/// A daemon that pins a fresh enforcer and then cannot bind its socket
+/// exits 1 and leaves no pin set behind. `Ok((as expected, detail))`.
+fn unbound(bins: &Path, dir: &Path) -> Result<(bool, String), String> {
+    let pins = pin_dir("-unbound");
+    let policy = dir.join("policy-unbound.toml");
+    std::fs::write(&policy, POLICY)
+        .and_then(|()| std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o644)))
+        .map_err(|e| format!("cannot write {}: {e}", policy.display()))?;
+    let out = Command::new(bins.join("bpftokend"))
+        .args(["--socket", "/proc/version/socket", "--policy"])
+        .arg(&policy)
+        .arg("--pin-dir")
+        .arg(&pins)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot start bpftokend: {e}"))?;
+    let left = pin_sets(&pins);
+    remove_pins(&pins);
+    let said_pinned = String::from_utf8_lossy(&out.stderr).contains("removed the enforcer's pins");
+    let ok = out.status.code() == Some(1) && left.is_empty() && said_pinned;
+    Ok((ok, format!("exit {:?}, pins left {left:?}, released: {said_pinned}", out.status.code())))
 }
