@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bpftoken_proto::{LeaseInfo, LeaseMode, LeaseState, Refusal, RefusalCode, RevokeTarget};
 
@@ -132,7 +132,14 @@ struct Table {
     /// lease starts until it is read (why, for the refusal).
     ids_unknown: Option<String>,
     leases: BTreeMap<u64, Lease>,
+    /// When a full table was last swept to make room: at most one such
+    /// sweep (one map lookup per lease) per [`FULL_SWEEP_INTERVAL`], so a
+    /// table that stays full costs a mint O(1), not 65,536 lookups.
+    last_full_sweep: Option<Instant>,
 }
+
+/// See [`Table::last_full_sweep`].
+const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -195,8 +202,10 @@ impl LeaseTable {
         let created = SystemTime::now();
         let deadline = new.ttl.map(|t| now_boot.saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)));
         let mut table = self.lock();
-        if table.leases.len() >= MAX_LEASES {
-            sweep_locked(&mut table, enforcer);
+        if table.leases.len() >= MAX_LEASES && table.last_full_sweep.is_none_or(|t| t.elapsed() >= FULL_SWEEP_INTERVAL)
+        {
+            sweep_locked(&mut table, enforcer, |_| true);
+            table.last_full_sweep = Some(Instant::now());
         }
         if table.leases.len() >= MAX_LEASES {
             // Unenforced leases are informational only: drop the oldest.
@@ -367,21 +376,23 @@ impl LeaseTable {
 
     /// Forget leases whose tokens (or scope) the kernel has freed.
     pub fn sweep(&self, enforcer: Option<&Enforcer>) -> usize {
-        sweep_locked(&mut self.lock(), enforcer)
+        sweep_locked(&mut self.lock(), enforcer, |_| true)
     }
 
     /// Leases the kernel enforces (an entry in the enforcer's map) whose
     /// tokens or scope are still alive.
     pub fn enforced(&self, enforcer: &Enforcer) -> usize {
         let mut table = self.lock();
-        sweep_locked(&mut table, Some(enforcer));
+        sweep_locked(&mut table, Some(enforcer), |_| true);
         table.leases.values().filter(|l| l.key.is_some()).count()
     }
 
     /// Leases of `uid` (all with `None`), oldest first.
     pub fn list(&self, enforcer: Option<&Enforcer>, uid: Option<u32>) -> Vec<LeaseInfo> {
         let mut table = self.lock();
-        sweep_locked(&mut table, enforcer);
+        // Only the leases listed: a user's listing costs lookups in
+        // proportion to what it shows, not to the whole table.
+        sweep_locked(&mut table, enforcer, |l| uid.is_none_or(|u| l.uid == u));
         let now = crate::sys::boottime_ns();
         table.leases.values().filter(|l| uid.is_none_or(|u| l.uid == u)).map(|l| l.info(now)).collect()
     }
@@ -395,8 +406,14 @@ impl LeaseTable {
         target: RevokeTarget,
     ) -> Result<Vec<LeaseInfo>, Refusal> {
         let mut table = self.lock();
-        // A lease whose tokens are gone is not there to revoke.
-        sweep_locked(&mut table, enforcer.as_ref().ok().copied());
+        // A lease whose tokens are gone is not there to revoke. Only the
+        // targeted leases are checked.
+        let targeted = |l: &Lease| match target {
+            RevokeTarget::Lease(id) => l.id == id,
+            RevokeTarget::Uid(uid) => l.uid == uid,
+            RevokeTarget::All => true,
+        };
+        sweep_locked(&mut table, enforcer.as_ref().ok().copied(), targeted);
         let ids: Vec<u64> = match target {
             RevokeTarget::Lease(id) => {
                 let Some(lease) = table.leases.get(&id) else {
@@ -482,19 +499,24 @@ fn ids_known_locked(table: &mut Table, store: &dyn LeaseStore) -> Result<(), Lea
     }
 }
 
-fn sweep_locked(table: &mut Table, enforcer: Option<&Enforcer>) -> usize {
+/// Forget the leases `which` selects whose tokens are gone; the others
+/// are kept unchecked.
+fn sweep_locked(table: &mut Table, enforcer: Option<&Enforcer>, which: impl Fn(&Lease) -> bool) -> usize {
     let before = table.leases.len();
     match enforcer {
-        Some(e) => table.leases.retain(|_, l| match l.key {
-            // Gone from the map: the kernel freed its token or scope.
-            Some(key) => !matches!(e.deadline(key), Ok(None)),
-            None => true,
+        Some(e) => table.leases.retain(|_, l| {
+            !which(l)
+                || match l.key {
+                    // Gone from the map: the kernel freed its token or scope.
+                    Some(key) => !matches!(e.deadline(key), Ok(None)),
+                    None => true,
+                }
         }),
         // Nothing tells when an unenforced lease's token is closed; forget
         // it once it has expired (listing it longer says nothing).
         None => {
             let now = SystemTime::now();
-            table.leases.retain(|_, l| l.expires.is_none_or(|t| t > now));
+            table.leases.retain(|_, l| !which(l) || l.expires.is_none_or(|t| t > now));
         }
     }
     before - table.leases.len()
@@ -587,6 +609,35 @@ mod tests {
         assert_eq!(all.len(), MAX_LEASES);
         assert_eq!(all[0].id, 100, "lease 2, the oldest, made room");
         assert_eq!(all.last().map(|l| l.id), Some(next.id));
+    }
+
+    #[test]
+    fn a_full_table_is_swept_at_most_once_a_second() {
+        let t = LeaseTable::default();
+        t.start(None, new(1000, None)).unwrap();
+        let past = SystemTime::now() - Duration::from_secs(1);
+        {
+            let mut table = t.lock();
+            for id in 2..=MAX_LEASES as u64 {
+                let mut l = table.leases[&1].clone();
+                l.id = id;
+                // Every other lease has expired: a sweep forgets it.
+                if id % 2 == 0 {
+                    l.expires = Some(past);
+                }
+                table.leases.insert(id, l);
+            }
+            table.last_id = MAX_LEASES as u64;
+            table.last_full_sweep = Some(Instant::now());
+        }
+        // Swept a moment ago: the oldest makes room, nothing else goes.
+        t.start(None, new(1000, None)).unwrap();
+        assert_eq!(t.lock().leases.len(), MAX_LEASES);
+        assert!(!t.lock().leases.contains_key(&1));
+        // A second later the next start sweeps the expired half.
+        t.lock().last_full_sweep = Some(Instant::now() - FULL_SWEEP_INTERVAL);
+        t.start(None, new(1000, None)).unwrap();
+        assert_eq!(t.lock().leases.len(), MAX_LEASES / 2 + 1);
     }
 
     /// A pinned enforcer's maps, as adoption reads them.
