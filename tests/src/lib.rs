@@ -245,6 +245,20 @@ impl TestDaemon {
         panic!("daemon log never said {needle:?}:\n{}", self.log_text());
     }
 
+    /// Wait until the daemon's log holds `n` lines containing `needle`
+    /// (a grant's audit event is written after its answer is sent, so a
+    /// client may exit before its line exists).
+    pub fn wait_for_log_lines(&self, needle: &str, n: usize) -> String {
+        for _ in 0..200 {
+            let log = self.log_text();
+            if log.lines().filter(|l| l.contains(needle)).count() >= n {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("daemon log never had {n} lines saying {needle:?}:\n{}", self.log_text());
+    }
+
     /// What the daemon's start line says about its BPF LSM enforcer:
     /// `enforcing` or `unavailable: REASON` (as `bpftoken query` and
     /// STATUS= report it).

@@ -145,7 +145,7 @@ fn max_live_tokens_follows_require_enforcement_where_tokens_cannot_be_counted() 
         let o = d.bpftoken(&env, &alice, &["run", "--fd-only", "--", "true"]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    let log = d.wait_for_log("decision=\"granted\"");
+    let log = d.wait_for_log_lines("decision=\"granted\"", 3);
     let granted: Vec<&str> = log.lines().filter(|l| l.contains("decision=\"granted\"")).collect();
     assert_eq!(granted.len(), 3, "{log}");
     assert!(granted.iter().all(|l| l.contains(" enforced=\"false\" ")), "{log}");
