@@ -237,7 +237,6 @@ fn client(socket: &Path, n: usize, clients: usize, cold: bool) {
 /// create a scope, mint its first token, drop both.
 fn cold_inproc(n: usize) {
     let alice = user(ALICE);
-    let mut stack = bpftokend::sys::MintStack::default();
     let (mut create, mut mint, mut drop_t) = (Vec::new(), Vec::new(), Vec::new());
     for i in 1..=n as u64 {
         let key = ScopeKey {
@@ -247,7 +246,7 @@ fn cold_inproc(n: usize) {
         let t0 = Instant::now();
         let scope = Scope::create(key, None).expect("create scope");
         let t1 = Instant::now();
-        let token = scope.mint(&mut stack, None).expect("mint");
+        let token = scope.mint_blocking(None).expect("mint");
         let t2 = Instant::now();
         drop(token);
         drop(scope);
@@ -271,8 +270,7 @@ fn warm_inproc(n: usize) {
         None,
     )
     .expect("create scope");
-    let mut stack = bpftokend::sys::MintStack::default();
-    let stats = time_loop(n, || drop(scope.mint(&mut stack, None).expect("mint")));
+    let stats = time_loop(n, || drop(scope.mint_blocking(None).expect("mint")));
     stats.emit();
 }
 
