@@ -397,7 +397,7 @@ extern "C" fn mint_child_main(arg: *mut c_void) -> libc::c_int {
     status
 }
 
-/// Where [`mint_token_in`] failed.
+/// Where [`mint_tokens_in`] failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MintStep {
     Clone,
@@ -746,7 +746,7 @@ pub fn mint_tokens_blocking(
     child.collect(exit, userns, tracker)
 }
 
-/// A token minted by [`mint_tokens_in`].
+/// A token minted by [`mint_tokens_in`]; it closes when dropped.
 #[derive(Debug)]
 pub struct MintedToken {
     fd: OwnedFd,

@@ -262,8 +262,10 @@ fn cold_inproc(n: usize) {
 }
 
 /// The warm mint alone (clone child, setns, BPF_TOKEN_CREATE, checks),
-/// in this process.
-fn warm_inproc(n: usize) {
+/// in this process, holding `extra_fds` more open fds (socket pairs, as a
+/// daemon's connections): a mint child starts with a copy of the fd table.
+fn warm_inproc(n: usize, extra_fds: usize) {
+    let _held: Vec<_> = (0..extra_fds / 2).map(|_| std::os::unix::net::UnixStream::pair().expect("socketpair")).collect();
     let alice = user(ALICE);
     let scope = Scope::create(
         ScopeKey { owner: ScopeOwner::Uid { uid: alice.uid, gid: alice.gid }, delegation: Delegation::ANY },
@@ -561,7 +563,7 @@ fn main() {
         Some("rtt-server") => rtt_server(num(1) as i32),
         Some("rtt-client") => rtt_client(num(1) as i32, num(2), num(3) as u128),
         Some("cold-inproc") => cold_inproc(num(1)),
-        Some("warm-inproc") => warm_inproc(num(1)),
+        Some("warm-inproc") => warm_inproc(num(1), args.get(2).map_or(0, |_| num(2))),
         Some("client") => client(Path::new(&args[1]), num(2), num(3), args.get(4).map(String::as_str) == Some("cold")),
         Some(n) => orchestrate(n.parse().expect("usage: bpftoken-bench [ITERATIONS]")),
         None => orchestrate(5000),
