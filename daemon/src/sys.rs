@@ -511,10 +511,21 @@ impl MintChild {
         // child holds the only one.
         drop(theirs);
         drop(_clone);
-        if pid < 0 || pidfd < 0 {
-            // No child was created (a pid without a pidfd cannot happen).
+        if pid < 0 {
+            // No child was created.
             release_mem(mem);
             return Err((MintStep::Clone, clone_error));
+        }
+        if pidfd < 0 {
+            // Cannot happen (CLONE_PIDFD succeeds or clone fails). Kill and
+            // reap the child by pid (unreaped, so still ours), and never
+            // reuse its memory.
+            let pid = rustix::process::Pid::from_raw(pid);
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            }
+            return Err((MintStep::Clone, io::Error::other("clone returned no pidfd")));
         }
         // SAFETY: CLONE_PIDFD installed a new fd that nothing else owns.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };

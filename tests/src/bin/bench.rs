@@ -265,7 +265,8 @@ fn cold_inproc(n: usize) {
 /// in this process, holding `extra_fds` more open fds (socket pairs, as a
 /// daemon's connections): a mint child starts with a copy of the fd table.
 fn warm_inproc(n: usize, extra_fds: usize) {
-    let _held: Vec<_> = (0..extra_fds / 2).map(|_| std::os::unix::net::UnixStream::pair().expect("socketpair")).collect();
+    let _held: Vec<_> =
+        (0..extra_fds / 2).map(|_| std::os::unix::net::UnixStream::pair().expect("socketpair")).collect();
     let alice = user(ALICE);
     let scope = Scope::create(
         ScopeKey { owner: ScopeOwner::Uid { uid: alice.uid, gid: alice.gid }, delegation: Delegation::ANY },

@@ -579,12 +579,15 @@ fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         Some("stop-mint-child") => {
-            // Catch a mint child as it is made (the newest pid on the
-            // machine, from ns_last_pid) and SIGSTOP it: only a root process
-            // in a user namespace this user owns accepts the signal. Prints
-            // its pid and leaves it stopped.
-            let secs: u64 = args.get(1).and_then(|c| c.parse().ok()).ok_or("stop-mint-child SECONDS")?;
+            // Catch a mint child of the daemon DAEMON_PID as it is made (the
+            // newest pid on the machine, from ns_last_pid) and SIGSTOP it:
+            // only a root process in a user namespace this user owns accepts
+            // the signal. Prints its pid and leaves it stopped.
+            let usage = "stop-mint-child DAEMON_PID SECONDS";
+            let daemon: u32 = args.get(1).and_then(|c| c.parse().ok()).ok_or(usage)?;
+            let secs: u64 = args.get(2).and_then(|c| c.parse().ok()).ok_or(usage)?;
             sys::ignore_signal(libc::SIGTERM).map_err(|e| e.to_string())?;
+            let parent = format!("PPid:\t{daemon}");
             let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
             let me = std::process::id();
             while std::time::Instant::now() < end {
@@ -597,8 +600,11 @@ fn run(args: &[String]) -> Result<(), String> {
                 };
                 let Some(pid) = rustix::process::Pid::from_raw(pid) else { continue };
                 let status = || std::fs::read_to_string(format!("/proc/{}/status", pid.as_raw_nonzero()));
-                // Root processes only: never stop our own client.
-                if !status().is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t"))) {
+                // Root children of that daemon only: never our own client,
+                // nor another daemon's child.
+                if !status()
+                    .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")) && s.lines().any(|l| l == parent))
+                {
                     continue;
                 }
                 if rustix::process::kill_process(pid, rustix::process::Signal::STOP).is_ok() {
