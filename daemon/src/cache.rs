@@ -1,14 +1,18 @@
 //! Warm scopes: the daemon keeps the scopes the minter created and mints
 //! tokens from them without another process hop.
 //!
-//! A warm mint is a `clone(CLONE_VM|CLONE_FILES|CLONE_VFORK)` child of the
-//! calling worker thread that `setns()`es into the scope's user namespace
-//! and calls `BPF_TOKEN_CREATE` ([`crate::sys::mint_token_in`]). The child
-//! is its own thread group (no CLONE_THREAD) with its own fs_struct (no
-//! CLONE_FS), which is what `setns(CLONE_NEWUSER)` requires; it runs only
-//! raw syscalls on a stack no other thread uses, so sharing the daemon's
-//! memory while other workers run is safe. The token lands in the daemon's
-//! fd table; nothing is left in the client's namespace.
+//! A warm mint is a `clone(CLONE_VM|CLONE_PIDFD)` child of the daemon that
+//! `setns()`es into the scope's user namespace, calls `BPF_TOKEN_CREATE`
+//! and sends the tokens back over a socket pair
+//! ([`crate::sys::mint_tokens_in`]). The child is its own thread group (no
+//! CLONE_THREAD) with its own fs_struct (no CLONE_FS), which is what
+//! `setns(CLONE_NEWUSER)` requires, and its own fd table (no CLONE_FILES),
+//! so a child killed half-way takes its tokens with it; it runs only raw
+//! syscalls on a stack nobody else uses, so sharing the daemon's memory
+//! while the daemon runs is safe. The daemon awaits the child without
+//! blocking its thread: a child the client holds stopped delays only the
+//! requests waiting for that scope's batch, until its deadline. Nothing is
+//! left in the client's namespace.
 //!
 //! A warm mint that finds no spare token makes a batch of
 //! 1 + [`ScopeLimits::spares`] in one child (one clone, one setns, then only
@@ -23,14 +27,13 @@
 //! total, and idle scopes are dropped. Dropping a scope only closes the
 //! daemon's fds; tokens handed out keep their namespace alive themselves.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::minter::{verify_token_masks, MintError, Scope, ScopeKey};
-use crate::sys::{MintStack, MintedToken, TaskTracker};
+use crate::sys::{MintedToken, TaskTracker};
 
 /// Bounds on the scope cache.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +63,12 @@ struct Entry {
     last_used: Instant,
     /// Tokens of this scope minted ahead, up to `ScopeLimits::spares`.
     spare: Vec<MintedToken>,
+    /// Held while a batch is made for this scope: a request that finds no
+    /// spare while another request's batch is being made waits for that
+    /// batch and takes one of its spares, instead of making a batch of its
+    /// own whose spares would not fit and be closed unused. Batches of
+    /// different scopes run at once.
+    refill: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The cache of warm scopes.
@@ -67,22 +76,11 @@ struct Entry {
 pub struct ScopeCache {
     limits: ScopeLimits,
     map: Mutex<HashMap<ScopeKey, Entry>>,
-    /// Held while a batch is made: a request that finds no spare while
-    /// another request's batch is being made waits for that batch and takes
-    /// one of its spares, instead of making a batch of its own whose spares
-    /// would not fit and be closed unused. (Mint children run one at a time
-    /// anyway, see [`crate::sys::mint_tokens_in`].)
-    refill: Mutex<()>,
-}
-
-thread_local! {
-    // One mint stack per worker thread: concurrent mints never share one.
-    static STACK: RefCell<MintStack> = RefCell::new(MintStack::default());
 }
 
 impl ScopeCache {
     pub fn new(limits: ScopeLimits) -> Self {
-        ScopeCache { limits, map: Mutex::new(HashMap::new()), refill: Mutex::new(()) }
+        ScopeCache { limits, map: Mutex::new(HashMap::new()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ScopeKey, Entry>> {
@@ -103,7 +101,7 @@ impl ScopeCache {
     /// With a `tracker` (the enforcer), every token of a batch carries its
     /// own serial, spares included: a spare handed out later is still the
     /// token of that serial.
-    pub fn mint_warm(
+    pub async fn mint_warm(
         &self,
         key: &ScopeKey,
         tracker: Option<&dyn TaskTracker>,
@@ -112,19 +110,26 @@ impl ScopeCache {
             let mut map = self.lock();
             let entry = map.get_mut(key)?;
             entry.last_used = Instant::now();
-            Some(entry.spare.pop().map(|token| (token, entry.scope.clone())).ok_or_else(|| entry.scope.clone()))
+            Some(
+                entry
+                    .spare
+                    .pop()
+                    .map(|token| (token, entry.scope.clone()))
+                    .ok_or_else(|| (entry.scope.clone(), entry.refill.clone())),
+            )
         };
-        if let Ok(spare) = take()? {
-            return Some(Ok(spare));
-        }
-        let _refill = self.refill.lock().unwrap_or_else(|p| p.into_inner());
+        let refill = match take()? {
+            Ok(spare) => return Some(Ok(spare)),
+            Err((_, refill)) => refill,
+        };
+        let _refill = refill.lock().await;
         // Another request's batch may have made spares while we waited.
         let scope = match take()? {
             Ok(spare) => return Some(Ok(spare)),
-            Err(scope) => scope,
+            Err((scope, _)) => scope,
         };
         let batch = 1 + self.limits.spares.min(MAX_SPARES);
-        let result = STACK.with(|stack| scope.mint_batch(&mut stack.borrow_mut(), batch, tracker));
+        let result = scope.mint_batch(batch, tracker).await;
         let mut map = self.lock();
         let ours = map.get_mut(key).filter(|e| Arc::ptr_eq(&e.scope, &scope));
         match result {
@@ -150,8 +155,8 @@ impl ScopeCache {
 
     /// Mint the first token of a scope the minter just created and check
     /// its masks in full against the scope's key.
-    pub fn mint_first(&self, scope: &Scope, tracker: Option<&dyn TaskTracker>) -> Result<MintedToken, MintError> {
-        let token = STACK.with(|stack| scope.mint(&mut stack.borrow_mut(), tracker))?;
+    pub async fn mint_first(&self, scope: &Scope, tracker: Option<&dyn TaskTracker>) -> Result<MintedToken, MintError> {
+        let token = scope.mint(tracker).await?;
         verify_token_masks(token.as_fd(), &scope.key.delegation)?;
         Ok(token)
     }
@@ -173,7 +178,7 @@ impl ScopeCache {
         while map.len() >= self.limits.global.max(1) {
             evict_lru(&mut map, |_| true);
         }
-        map.insert(key, Entry { scope, last_used: Instant::now(), spare: Vec::new() });
+        map.insert(key, Entry { scope, last_used: Instant::now(), spare: Vec::new(), refill: Arc::default() });
     }
 
     /// For live-token counts: the spare tokens held for `uid`'s scopes

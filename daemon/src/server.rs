@@ -306,13 +306,13 @@ impl Daemon {
         exclusive: bool,
     ) -> Result<(MintedToken, Arc<Scope>, bool), MintError> {
         if !exclusive {
-            if let Some(result) = self.scopes.mint_warm(&key, self.tracker()) {
+            if let Some(result) = self.scopes.mint_warm(&key, self.tracker()).await {
                 return result.map(|(t, scope)| (t, scope, false));
             }
         }
         let scope = Arc::new(self.minter.create_scope(key, target).await?);
         self.remember_scope(&scope);
-        let token = self.scopes.mint_first(&scope, self.tracker())?;
+        let token = self.scopes.mint_first(&scope, self.tracker()).await?;
         if !exclusive {
             self.scopes.insert(scope.clone());
         }
@@ -1289,7 +1289,7 @@ async fn handle_delegate(
     // Tokens the namespace's processes create from this bpffs are the uid's.
     daemon.remember_scope(&scope);
     // One token, checked and dropped: the bpffs delegates exactly the grant.
-    if let Err(e) = daemon.scopes.mint_first(&scope, daemon.tracker()) {
+    if let Err(e) = daemon.scopes.mint_first(&scope, daemon.tracker()).await {
         return mint_failed(daemon, peer, stream, &rules, &e).await;
     }
     // The lease covers every token of the namespace: the runtime's

@@ -164,108 +164,240 @@ pub fn bpf_token_create_support() -> io::Result<TokenSupport> {
 /// Most tokens one mint child creates.
 pub const MAX_MINT_BATCH: usize = 8;
 
-/// Arguments and result shared with the short-lived mint child, which
-/// runs on its own stack in our address space (CLONE_VM). Atomics, because
-/// two tasks touch them.
+/// Longest a mint child may take before it is killed: a client may
+/// SIGSTOP a child once it is in the client's namespace.
+pub const MINT_CHILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `BPF_MAP_DELETE_ELEM` and `BPF_TOKEN_CREATE` as raw syscall arguments.
+const BPF_MAP_DELETE_ELEM_ARG: usize = 3;
+const BPF_TOKEN_CREATE_ARG: usize = 36;
+
+/// Raw system calls for the mint child: it shares our memory and our
+/// thread pointer while the thread that cloned it goes on running, so it
+/// must not write errno (the cloning thread's TLS), allocate, lock or
+/// unwind. Returns the kernel's value: negative errno on failure.
+mod raw {
+    /// # Safety
+    /// The arguments must be valid for system call `nr`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub unsafe fn syscall(nr: libc::c_long, a: [usize; 5]) -> libc::c_long {
+        let ret: libc::c_long;
+        // SAFETY: the caller passes valid arguments; `syscall` clobbers
+        // rcx and r11 (declared) and touches no stack.
+        unsafe {
+            core::arch::asm!(
+                "syscall",
+                inlateout("rax") nr => ret,
+                in("rdi") a[0], in("rsi") a[1], in("rdx") a[2], in("r10") a[3], in("r8") a[4],
+                lateout("rcx") _, lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret
+    }
+
+    /// # Safety
+    /// The arguments must be valid for system call `nr`.
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    pub unsafe fn syscall(nr: libc::c_long, a: [usize; 5]) -> libc::c_long {
+        let ret: libc::c_long;
+        // SAFETY: the caller passes valid arguments; `svc 0` returns in x0
+        // and touches no stack.
+        unsafe {
+            core::arch::asm!(
+                "svc 0",
+                in("x8") nr,
+                inlateout("x0") a[0] => ret, in("x1") a[1], in("x2") a[2], in("x3") a[3], in("x4") a[4],
+                options(nostack),
+            );
+        }
+        ret
+    }
+}
+
+/// Inputs and error report of one mint child. The child reads it through
+/// a shared reference while the daemon goes on; the daemon writes the
+/// plain fields only before the child starts and reads the atomics.
 #[derive(Debug)]
-struct MintChild {
+#[repr(C)]
+struct ChildArgs {
     userns: RawFd,
     bpffs: RawFd,
-    /// How many tokens to create (1..=MAX_MINT_BATCH).
-    count: usize,
-    /// The token fds created, in order; `made` says how many.
-    tokens: [std::sync::atomic::AtomicI32; MAX_MINT_BATCH],
-    made: std::sync::atomic::AtomicUsize,
-    /// A negated errno when a step failed.
-    error: std::sync::atomic::AtomicI32,
-    /// Which step failed: 0 none, 1 setns, 2 BPF_TOKEN_CREATE, 3 sigprocmask.
-    failed_step: std::sync::atomic::AtomicI32,
     /// The enforcer's per-task record map, or -1: the child clears its own
     /// record (left over by an earlier task with the same tid) before it
     /// creates tokens, so the record then holds exactly its serials.
     task_map: RawFd,
+    /// The child's end of the socket pair its tokens come back through.
+    sock: RawFd,
+    /// How many tokens to create (1..=MAX_MINT_BATCH).
+    count: usize,
+    /// A positive errno when a step failed.
+    error: std::sync::atomic::AtomicI32,
+    /// Which step failed: 0 none, 1 setns, 2 BPF_TOKEN_CREATE,
+    /// 3 sigprocmask, 4 close_range, 5 sendmsg.
+    failed_step: std::sync::atomic::AtomicI32,
 }
 
-/// `BPF_MAP_DELETE_ELEM`.
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+/// 16-byte words of a mint child's stack (64 KiB; the child needs a few
+/// hundred bytes; u128 keeps the top 16-byte aligned as the ABI wants).
+const STACK_WORDS: usize = 4096;
 
-/// Runs in the mint child. Only raw syscalls: no allocation, no locks, no
-/// unwinding, as it shares our memory with every other daemon thread.
+/// Everything a mint child touches in our memory. It runs while the
+/// daemon does other work (CLONE_VM without CLONE_VFORK), so this lives on
+/// the heap and is reused or freed only after the child has been reaped.
+#[repr(C)]
+struct ChildMem {
+    args: ChildArgs,
+    stack: [u128; STACK_WORDS],
+}
+
+/// Memory of reaped mint children, for the next ones (at most
+/// [`POOL_MAX`] kept).
+static POOL: std::sync::Mutex<Vec<Box<ChildMem>>> = std::sync::Mutex::new(Vec::new());
+const POOL_MAX: usize = 16;
+
+fn child_mem() -> Box<ChildMem> {
+    if let Some(mem) = POOL.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+        return mem;
+    }
+    let zeroed = Box::<ChildMem>::new_zeroed();
+    // SAFETY: all-zero bytes are a valid ChildMem: integers, atomics and
+    // an integer array.
+    unsafe { zeroed.assume_init() }
+}
+
+/// Runs in the mint child. Only raw syscalls ([`raw`]): no allocation, no
+/// locks, no unwinding, no errno, as it shares our memory with the
+/// running daemon.
 extern "C" fn mint_child_main(arg: *mut c_void) -> libc::c_int {
     use std::sync::atomic::Ordering::Release;
-    // SAFETY: `arg` points at the `MintChild` that `mint_tokens_in` keeps
-    // alive until this child has exited.
-    let args = unsafe { &*arg.cast::<MintChild>() };
-    let fail = |errno: i32, step: i32| {
-        args.error.store(-errno, Release);
+    // SAFETY: `arg` points at the `ChildArgs` that `MintChild` keeps
+    // alive, and does not mutate, until this child has been reaped.
+    let args = unsafe { &*arg.cast::<ChildArgs>() };
+    let fail = |ret: libc::c_long, step: i32| {
+        args.error.store(i32::try_from(-ret).unwrap_or(libc::EIO), Release);
         args.failed_step.store(step, Release);
         1
     };
     // Block every signal before entering the client's namespace: once in
     // it, the client may signal us (it holds CAP_KILL there), and our
     // handlers are copies of the daemon's (tokio's would report SIGTERM to
-    // the daemon). SIGKILL and SIGSTOP cannot be blocked; the watchdog
-    // covers those.
+    // the daemon). SIGKILL and SIGSTOP cannot be blocked: the daemon waits
+    // for us with a deadline and kills us at it.
     let all: u64 = !0;
     // SAFETY: rt_sigprocmask with a valid 8-byte kernel sigset.
     let ret = unsafe {
-        libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &raw const all, std::ptr::null::<u64>(), 8)
+        raw::syscall(libc::SYS_rt_sigprocmask, [libc::SIG_SETMASK as usize, (&raw const all) as usize, 0, 8, 0])
     };
     if ret != 0 {
-        return fail(errno(), 3);
+        return fail(ret, 3);
+    }
+    // Our fd table is a copy of the daemon's: keep only what we need, so
+    // that a client holding us stopped holds nothing of anybody else (no
+    // connection, no token) and an fd the daemon closes really closes.
+    let keep = [args.userns, args.bpffs, args.task_map, args.sock];
+    let mut next: u32 = 0;
+    loop {
+        let lowest = keep.iter().filter_map(|&fd| u32::try_from(fd).ok()).filter(|&fd| fd >= next).min();
+        let (last, done) = match lowest {
+            Some(fd) => (fd.checked_sub(1), false),
+            None => (Some(u32::MAX), true),
+        };
+        if let Some(last) = last.filter(|&last| last >= next) {
+            // SAFETY: close_range(2) on our own (private) fd table.
+            let ret = unsafe { raw::syscall(libc::SYS_close_range, [next as usize, last as usize, 0, 0, 0]) };
+            if ret != 0 {
+                return fail(ret, 4);
+            }
+        }
+        match lowest {
+            Some(fd) if !done && fd < u32::MAX => next = fd + 1,
+            _ => break,
+        }
     }
     if args.task_map >= 0 {
         // Still root in our own namespace here. ENOENT (no stale record)
         // is the usual answer; any other failure shows up as a record that
         // does not match the tokens made, which the parent refuses.
         // SAFETY: gettid(2) takes no arguments.
-        let tid = u32::try_from(unsafe { libc::syscall(libc::SYS_gettid) }).unwrap_or(0);
+        let tid = u32::try_from(unsafe { raw::syscall(libc::SYS_gettid, [0; 5]) }).unwrap_or(0);
         // bpf_attr for map element commands: map_fd, pad, key pointer.
         let mut attr = [0u64; 4];
         attr[0] = u64::from(args.task_map.cast_unsigned());
         attr[1] = (&raw const tid) as u64;
         // SAFETY: `attr` is a valid bpf_attr prefix for BPF_MAP_DELETE_ELEM
         // and `tid` (the key, 4 bytes) lives across the call.
-        let _ = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_DELETE_ELEM, attr.as_mut_ptr(), 32) };
+        let _ = unsafe { raw::syscall(libc::SYS_bpf, [BPF_MAP_DELETE_ELEM_ARG, attr.as_mut_ptr() as usize, 32, 0, 0]) };
     }
     // SAFETY: setns(2) on an fd value; no memory is passed.
-    let ret = unsafe { libc::syscall(libc::SYS_setns, args.userns, libc::CLONE_NEWUSER) };
+    let ret = unsafe {
+        raw::syscall(libc::SYS_setns, [args.userns.cast_unsigned() as usize, libc::CLONE_NEWUSER as usize, 0, 0, 0])
+    };
     if ret != 0 {
-        return fail(errno(), 1);
+        return fail(ret, 1);
     }
     // One setns for the whole batch: each further token costs only the
     // BPF_TOKEN_CREATE itself.
-    for (i, slot) in args.tokens.iter().enumerate().take(args.count) {
+    #[repr(C)]
+    struct Rights {
+        header: libc::cmsghdr,
+        fds: [libc::c_int; MAX_MINT_BATCH],
+    }
+    // SAFETY: all-zero bytes are a valid cmsghdr and fd array.
+    let mut rights: Rights = unsafe { std::mem::zeroed() };
+    let mut made = 0usize;
+    let mut status = 0;
+    for slot in rights.fds.iter_mut().take(args.count) {
         let mut attr = [0u32; 2];
         attr[1] = args.bpffs.cast_unsigned();
         // SAFETY: `attr` is a valid bpf_attr prefix for BPF_TOKEN_CREATE.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_TOKEN_CREATE, attr.as_mut_ptr(), 8) };
+        let fd = unsafe { raw::syscall(libc::SYS_bpf, [BPF_TOKEN_CREATE_ARG, attr.as_mut_ptr() as usize, 8, 0, 0]) };
         match i32::try_from(fd) {
             Ok(fd) if fd >= 0 => {
-                slot.store(fd, Release);
-                args.made.store(i + 1, Release);
+                *slot = fd;
+                made += 1;
             }
-            _ => return fail(errno(), 2),
+            _ => {
+                status = fail(fd, 2);
+                break;
+            }
         }
     }
-    0
+    if made == 0 {
+        return status;
+    }
+    // The tokens go back in one SCM_RIGHTS message; they live in our own
+    // fd table only, so if we are killed first they close with us.
+    let data_len = made * std::mem::size_of::<libc::c_int>();
+    let align = std::mem::size_of::<usize>();
+    let header_len = std::mem::size_of::<libc::cmsghdr>();
+    rights.header.cmsg_len = (header_len + data_len) as _;
+    rights.header.cmsg_level = libc::SOL_SOCKET;
+    rights.header.cmsg_type = libc::SCM_RIGHTS;
+    let mut byte = 0u8;
+    let mut iov = libc::iovec { iov_base: (&raw mut byte).cast::<c_void>(), iov_len: 1 };
+    // SAFETY: all-zero bytes are a valid msghdr (null pointers, lengths 0).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = (&raw mut rights).cast::<c_void>();
+    msg.msg_controllen = (header_len + data_len.div_ceil(align) * align) as _;
+    // SAFETY: `msg` points at live buffers of the lengths given.
+    let ret = unsafe {
+        raw::syscall(
+            libc::SYS_sendmsg,
+            [args.sock.cast_unsigned() as usize, (&raw const msg) as usize, libc::MSG_NOSIGNAL as usize, 0, 0],
+        )
+    };
+    if ret < 0 {
+        return fail(ret, 5);
+    }
+    status
 }
 
-/// errno of the calling thread, read without allocating (safe in the mint
-/// child, whose TLS is the cloning thread's).
-fn errno() -> i32 {
-    let location = errno_location();
-    // SAFETY: __errno_location always returns a valid pointer to this
-    // thread's errno.
-    unsafe { *location }
-}
-
-fn errno_location() -> *mut libc::c_int {
-    // SAFETY: no preconditions; returns the calling thread's errno slot.
-    unsafe { libc::__errno_location() }
-}
-
-/// Where [`mint_token_in`] failed.
+/// Where [`mint_tokens_in`] failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MintStep {
     Clone,
@@ -275,77 +407,9 @@ pub enum MintStep {
     Timeout,
 }
 
-/// Reusable stack for the mint child.
-#[derive(Debug)]
-pub struct MintStack(Box<[u128]>);
-
-impl Default for MintStack {
-    fn default() -> Self {
-        // 64 KiB: the child needs a few hundred bytes; u128 keeps the top
-        // 16-byte aligned as the x86-64 ABI wants.
-        MintStack(vec![0u128; 4096].into_boxed_slice())
-    }
-}
-
-/// Longest a mint child may take before the watchdog kills it.
-const MINT_CHILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Mint children in flight, for the watchdog: (id, start, slot the kernel
-/// writes the child's pid into). An entry is removed, under this lock,
-/// before its child is reaped; an unreaped child's pid cannot be reused,
-/// so the watchdog never signals a stranger.
-static IN_FLIGHT: std::sync::Mutex<Vec<(u64, std::time::Instant, std::sync::Arc<std::sync::atomic::AtomicI32>)>> =
-    std::sync::Mutex::new(Vec::new());
-
-/// Kills mint children that take longer than [`MINT_CHILD_TIMEOUT`]:
-/// a client may SIGSTOP a child once it is in the client's namespace, and
-/// a vfork parent cannot time out by itself.
-fn start_watchdog() {
-    static STARTED: std::sync::Once = std::sync::Once::new();
-    STARTED.call_once(|| {
-        let spawned = std::thread::Builder::new().name("mint-watchdog".into()).spawn(|| loop {
-            std::thread::sleep(MINT_CHILD_TIMEOUT / 4);
-            let in_flight = IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
-            for (_, started, slot) in in_flight.iter() {
-                let pid = rustix::process::Pid::from_raw(slot.load(std::sync::atomic::Ordering::Acquire));
-                if let Some(pid) = pid.filter(|_| started.elapsed() > MINT_CHILD_TIMEOUT) {
-                    // The child is unreaped while listed (see IN_FLIGHT).
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
-            }
-        });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start the mint watchdog thread: {e}");
-        }
-    });
-}
-
-/// Mint a token from `bpffs` inside the user namespace `userns` without a
-/// helper process: a `clone(CLONE_VM|CLONE_FILES|CLONE_VFORK)` child
-/// `setns()`es into the namespace and calls `BPF_TOKEN_CREATE`; the token
-/// lands in our fd table. We (root in the init namespace) stay where we
-/// are, and nothing runs in the client's namespace after this returns.
-///
-/// The child is its own thread group (no CLONE_THREAD) with its own
-/// fs_struct (no CLONE_FS), as `setns(CLONE_NEWUSER)` requires, so this
-/// works from a multi-threaded process; only the calling thread waits.
-/// The child blocks all signals before entering the namespace; a watchdog
-/// thread kills it if it is stopped (SIGSTOP cannot be blocked). The
-/// process must be non-dumpable ([`make_non_dumpable`]): the child shares
-/// our memory, and the client holds CAP_SYS_PTRACE in the namespace the
-/// child enters.
-pub fn mint_token_in(
-    stack: &mut MintStack,
-    userns: BorrowedFd<'_>,
-    bpffs: BorrowedFd<'_>,
-) -> Result<MintedToken, (MintStep, io::Error)> {
-    let mut tokens = mint_tokens_in(stack, userns, bpffs, 1, None)?;
-    tokens.pop().ok_or_else(|| (MintStep::TokenCreate, io::Error::other("the mint child made no token")))
-}
-
 /// Learns which serials the enforcer gave the tokens a task created
 /// ([`crate::enforcer::Enforcer`] implements it).
-pub trait TaskTracker {
+pub trait TaskTracker: Sync {
     /// The map the mint child clears its record in.
     fn task_map(&self) -> BorrowedFd<'_>;
     /// Take (read and delete) the record of task `tid`: the scope inode
@@ -353,130 +417,350 @@ pub trait TaskTracker {
     fn take_task(&self, tid: u32) -> io::Result<Option<(u32, Vec<u64>)>>;
 }
 
-/// [`mint_token_in`] for up to [`MAX_MINT_BATCH`] tokens from one child
-/// (one clone and one setns). Returns at least one token; fewer than
-/// `count` if the kernel refused a later one. With a `tracker`, each token
-/// carries the serial the enforcer gave it, when the child's record holds
-/// exactly its tokens in `userns`.
-pub fn mint_tokens_in(
-    stack: &mut MintStack,
+/// Held from `socketpair` until the child's end is closed in our table:
+/// so no mint child ever copies another one's end of its socket pair
+/// (which would keep that pair open past the other child's exit).
+static CLONE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A running mint child (see [`mint_tokens_in`]). Dropping it kills and
+/// reaps the child if it has not been reaped, so its memory is never
+/// reused while it runs and no zombie is left.
+#[derive(Debug)]
+pub struct MintChild {
+    pid: i32,
+    pidfd: OwnedFd,
+    /// Our end of the socket pair.
+    sock: OwnedFd,
+    /// The child's memory: owned here, but handed to the child as a raw
+    /// pointer, so only read through shared references while it runs.
+    mem: *mut ChildMem,
+    started: std::time::Instant,
+    reaped: std::sync::atomic::AtomicBool,
+}
+
+// SAFETY: `mem` is a heap allocation this value owns (the child only
+// reads its arguments and writes atomics); nothing is tied to a thread.
+unsafe impl Send for MintChild {}
+// SAFETY: `&MintChild` gives only reads of atomics and fds, and reads of
+// `mem` after the child has been reaped.
+unsafe impl Sync for MintChild {}
+
+impl std::fmt::Debug for ChildMem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildMem").field("args", &self.args).finish_non_exhaustive()
+    }
+}
+
+/// How a mint child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildExit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl MintChild {
+    /// Start a mint child: a `clone(CLONE_VM|CLONE_PIDFD)` child with its
+    /// own fd table (a copy of ours, which it trims at once), its own
+    /// thread group (no CLONE_THREAD) and fs_struct (no CLONE_FS), as
+    /// `setns(CLONE_NEWUSER)` requires. It enters `userns`, makes `count`
+    /// tokens from `bpffs` and sends them back over a socket pair.
+    ///
+    /// The process must be non-dumpable ([`make_non_dumpable`]): the child
+    /// shares our memory, and the client holds CAP_SYS_PTRACE in the
+    /// namespace the child enters.
+    pub fn start(
+        userns: BorrowedFd<'_>,
+        bpffs: BorrowedFd<'_>,
+        count: usize,
+        tracker: Option<&dyn TaskTracker>,
+    ) -> Result<MintChild, (MintStep, io::Error)> {
+        use rustix::net::{AddressFamily, SocketFlags, SocketType};
+        let clone_err = |e: rustix::io::Errno| (MintStep::Clone, io::Error::from(e));
+        let mem = Box::into_raw(child_mem());
+        // SAFETY: `mem` is ours alone (no child runs on it yet).
+        let m = unsafe { &mut *mem };
+        let _clone = CLONE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let pair = rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None);
+        let (ours, theirs) = match pair {
+            Ok(pair) => pair,
+            Err(e) => {
+                release_mem(mem);
+                return Err(clone_err(e));
+            }
+        };
+        m.args = ChildArgs {
+            userns: userns.as_raw_fd(),
+            bpffs: bpffs.as_raw_fd(),
+            task_map: tracker.map_or(-1, |t| t.task_map().as_raw_fd()),
+            sock: theirs.as_raw_fd(),
+            count: count.clamp(1, MAX_MINT_BATCH),
+            error: std::sync::atomic::AtomicI32::new(0),
+            failed_step: std::sync::atomic::AtomicI32::new(0),
+        };
+        let stack_top = m.stack.as_mut_ptr_range().end.cast::<c_void>();
+        let arg = (&raw mut m.args).cast::<c_void>();
+        let mut pidfd: libc::c_int = -1;
+        let flags = libc::CLONE_VM | libc::CLONE_PIDFD | libc::SIGCHLD;
+        // SAFETY: the child runs `mint_child_main` on the stack in `mem`
+        // with a pointer to the arguments in `mem`; the returned MintChild
+        // owns `mem` and frees or reuses it only after reaping the child.
+        // The kernel writes the pidfd into `pidfd` (CLONE_PIDFD).
+        let pid = unsafe { libc::clone(mint_child_main, stack_top, flags, arg, &raw mut pidfd) };
+        let clone_error = io::Error::last_os_error();
+        // Our copy of the child's end goes at once (see CLONE_LOCK): the
+        // child holds the only one.
+        drop(theirs);
+        drop(_clone);
+        if pid < 0 {
+            // No child was created.
+            release_mem(mem);
+            return Err((MintStep::Clone, clone_error));
+        }
+        if pidfd < 0 {
+            // Cannot happen (CLONE_PIDFD succeeds or clone fails). Kill and
+            // reap the child by pid (unreaped, so still ours), and never
+            // reuse its memory.
+            let pid = rustix::process::Pid::from_raw(pid);
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            }
+            return Err((MintStep::Clone, io::Error::other("clone returned no pidfd")));
+        }
+        // SAFETY: CLONE_PIDFD installed a new fd that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        Ok(MintChild { pid, pidfd, sock: ours, mem, started: std::time::Instant::now(), reaped: false.into() })
+    }
+
+    /// Reap the child if it has exited.
+    fn try_reap(&self) -> io::Result<Option<ChildExit>> {
+        use rustix::process::{WaitId, WaitIdOptions};
+        let status =
+            rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG)?;
+        Ok(status.map(|s| {
+            self.reaped.store(true, std::sync::atomic::Ordering::Relaxed);
+            match (s.exit_status(), s.terminating_signal()) {
+                (Some(code), _) => ChildExit::Code(code),
+                (None, Some(sig)) => ChildExit::Signal(sig),
+                (None, None) => ChildExit::Signal(0),
+            }
+        }))
+    }
+
+    fn kill(&self) {
+        // Unreaped, so the pidfd still names our child.
+        if let Err(e) = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL) {
+            tracing::warn!("cannot kill a mint child: {e}");
+        }
+    }
+
+    /// Wait (without blocking the thread) until the child has exited and
+    /// reap it; at the deadline, kill it first.
+    async fn wait(&self) -> io::Result<ChildExit> {
+        let deadline = tokio::time::Instant::from_std(self.started + MINT_CHILD_TIMEOUT);
+        // SAFETY: the borrowed pidfd stays open, the same fd, for as long as
+        // this AsyncFd lives (it borrows `self.pidfd`).
+        let readable = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(self.pidfd.as_fd(), tokio::io::Interest::READABLE)
+        }
+        .map_err(io::Error::from)?;
+        let mut killed = false;
+        loop {
+            if let Some(exit) = self.try_reap()? {
+                return Ok(exit);
+            }
+            let ready = if killed {
+                Ok(readable.readable().await)
+            } else {
+                tokio::time::timeout_at(deadline, readable.readable()).await
+            };
+            match ready {
+                Ok(guard) => guard?.clear_ready(),
+                Err(_elapsed) => {
+                    tracing::debug!(pid = self.pid, "a mint child missed its deadline; killing it");
+                    self.kill();
+                    killed = true;
+                }
+            }
+        }
+    }
+
+    /// [`MintChild::wait`] blocking the calling thread (for programs
+    /// without a runtime, such as the benchmark).
+    fn wait_blocking(&self) -> io::Result<ChildExit> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut killed = false;
+        loop {
+            if let Some(exit) = self.try_reap()? {
+                return Ok(exit);
+            }
+            let left = (self.started + MINT_CHILD_TIMEOUT).saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() && !killed {
+                self.kill();
+                killed = true;
+            }
+            let timeout = Timespec {
+                tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(left.subsec_nanos()),
+            };
+            let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+            match poll(&mut fds, (!killed).then_some(&timeout)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// After the child was reaped: the tokens it sent, with their serials.
+    fn collect(
+        &self,
+        exit: ChildExit,
+        userns: BorrowedFd<'_>,
+        tracker: Option<&dyn TaskTracker>,
+    ) -> Result<Vec<MintedToken>, (MintStep, io::Error)> {
+        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+        use std::sync::atomic::Ordering::Acquire;
+        let mut tokens: Vec<OwnedFd> = Vec::new();
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MINT_BATCH))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut byte = [0u8; 1];
+        let received = rustix::net::recvmsg(
+            &self.sock,
+            &mut [io::IoSliceMut::new(&mut byte)],
+            &mut control,
+            RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+        );
+        let truncated = match received {
+            Ok(msg) => {
+                for m in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(rights) = m {
+                        tokens.extend(rights);
+                    }
+                }
+                msg.flags.contains(ReturnFlags::CTRUNC) || tokens.len() > MAX_MINT_BATCH
+            }
+            // Nothing sent: the child failed (or was killed) first.
+            Err(_) => false,
+        };
+        // The child is reaped: its tid is free again, so its record goes now.
+        let serials = tracker.and_then(|t| match t.take_task(self.pid.cast_unsigned()) {
+            Ok(Some((scope, serials))) => {
+                let ino = rustix::fs::fstat(userns).map(|st| st.st_ino).ok();
+                (serials.len() == tokens.len() && ino == Some(u64::from(scope))).then_some(serials)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("cannot read the enforcer's record of a mint child: {e}");
+                None
+            }
+        });
+        // SAFETY: the child has been reaped; nothing writes `mem` any more.
+        let args = unsafe { &(*self.mem).args };
+        let (error, step) = (args.error.load(Acquire), args.failed_step.load(Acquire));
+        match exit {
+            // Killed at its deadline (or by the client, who may signal it
+            // inside its own namespace): whatever it sent closes here.
+            ChildExit::Signal(_) => return Err((MintStep::Timeout, io::Error::from_raw_os_error(libc::EINTR))),
+            _ if truncated => {
+                return Err((MintStep::TokenCreate, io::Error::other("the mint child sent a truncated message")))
+            }
+            ChildExit::Code(code) if tokens.is_empty() => {
+                return Err(match step {
+                    1 => (MintStep::SetNs, io::Error::from_raw_os_error(error)),
+                    2 => (MintStep::TokenCreate, io::Error::from_raw_os_error(error)),
+                    3..=5 => (MintStep::Clone, io::Error::from_raw_os_error(error)),
+                    _ => (MintStep::Clone, io::Error::other(format!("mint child exited with status {code}"))),
+                })
+            }
+            ChildExit::Code(_) => {}
+        }
+        Ok(tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, fd)| MintedToken { fd, serial: serials.as_ref().and_then(|s| s.get(i).copied()) })
+            .collect())
+    }
+}
+
+impl Drop for MintChild {
+    fn drop(&mut self) {
+        if !self.reaped.load(std::sync::atomic::Ordering::Relaxed) {
+            // Dropped before it was reaped (the request went away, or the
+            // wait failed): kill it and wait for it here, briefly (a killed
+            // child exits at once, stopped or not).
+            self.kill();
+            loop {
+                use rustix::process::{WaitId, WaitIdOptions};
+                match rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED) {
+                    Ok(_) => break,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => {
+                        // Its memory may still be in use: never reuse it.
+                        tracing::error!("cannot reap a mint child: {e}; leaking its stack");
+                        return;
+                    }
+                }
+            }
+        }
+        release_mem(self.mem);
+    }
+}
+
+/// Return a reaped child's memory to the pool (or free it).
+fn release_mem(mem: *mut ChildMem) {
+    // SAFETY: `mem` came from Box::into_raw in MintChild::start and no
+    // child runs on it any more (never started, or reaped).
+    let mem = unsafe { Box::from_raw(mem) };
+    let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.len() < POOL_MAX {
+        pool.push(mem);
+    }
+}
+
+/// Mint up to `count` (1..=[`MAX_MINT_BATCH`]) tokens from `bpffs` inside
+/// the user namespace `userns` without a helper process: a short clone
+/// child of ours ([`MintChild::start`]) `setns()`es into the namespace,
+/// calls `BPF_TOKEN_CREATE` and sends the tokens back. We (root in the
+/// init namespace) stay where we are, and nothing runs in the client's
+/// namespace after this returns.
+///
+/// Only this future waits for the child: the thread serves other requests
+/// meanwhile. The child blocks all signals before entering the namespace;
+/// one stopped there (SIGSTOP cannot be blocked) is killed after
+/// [`MINT_CHILD_TIMEOUT`], failing only this call. A killed child's tokens
+/// were in its own fd table, so they close with it.
+///
+/// Returns at least one token; fewer than `count` if the kernel refused a
+/// later one. With a `tracker`, each token carries the serial the
+/// enforcer gave it, when the child's record holds exactly its tokens in
+/// `userns`.
+pub async fn mint_tokens_in(
     userns: BorrowedFd<'_>,
     bpffs: BorrowedFd<'_>,
     count: usize,
     tracker: Option<&dyn TaskTracker>,
 ) -> Result<Vec<MintedToken>, (MintStep, io::Error)> {
-    use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
-    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-    start_watchdog();
-    // Mints are serialised: while this lock is held, every token fd in our
-    // table is registered or made by this mint's child, so a leaked one can
-    // be told apart (see below). Tokens are registered and closed under
-    // LIVE_TOKENS alone, which is held only briefly: closing a token never
-    // waits for a mint child.
-    let _mint = MINT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let args = MintChild {
-        userns: userns.as_raw_fd(),
-        bpffs: bpffs.as_raw_fd(),
-        count: count.clamp(1, MAX_MINT_BATCH),
-        tokens: std::array::from_fn(|_| AtomicI32::new(-1)),
-        made: AtomicUsize::new(0),
-        error: AtomicI32::new(0),
-        failed_step: AtomicI32::new(0),
-        task_map: tracker.map_or(-1, |t| t.task_map().as_raw_fd()),
-    };
-    let stack_len = stack.0.len();
-    // SAFETY: one past the end of the stack allocation (stacks grow down).
-    let stack_top = unsafe { stack.0.as_mut_ptr().add(stack_len) }.cast::<c_void>();
-    let slot = std::sync::Arc::new(AtomicI32::new(0));
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner()).push((id, std::time::Instant::now(), slot.clone()));
-    let flags = libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD;
-    // SAFETY: the child runs `mint_child_main` on `stack` (borrowed
-    // mutably here, so used by nobody else) with a pointer to `args`; both
-    // outlive the child because CLONE_VFORK suspends this thread until it
-    // exits. The kernel writes the child's pid into `slot` (an i32 that
-    // lives in the Arc) before the child runs.
-    let pid = unsafe {
-        libc::clone(mint_child_main, stack_top, flags, (&raw const args).cast_mut().cast::<c_void>(), slot.as_ptr())
-    };
-    let clone_error = io::Error::last_os_error();
-    // Deregister before reaping (see IN_FLIGHT).
-    IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _, _)| *i != id);
-    if pid < 0 {
-        return Err((MintStep::Clone, clone_error));
-    }
-    let mut status = 0;
-    // SAFETY: reaping our own child; `status` is valid for writes.
-    while unsafe { libc::waitpid(pid, &raw mut status, 0) } < 0 {
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            break;
-        }
-    }
-    let made = args.made.load(Ordering::Acquire).min(MAX_MINT_BATCH);
-    let tokens: Vec<OwnedFd> = args.tokens[..made]
-        .iter()
-        .map(|t| {
-            // SAFETY: the child created these fds in our shared fd table
-            // and nothing else refers to them.
-            unsafe { OwnedFd::from_raw_fd(t.load(Ordering::Acquire)) }
-        })
-        .collect();
-    let (error, step) = (args.error.load(Ordering::Acquire), args.failed_step.load(Ordering::Acquire));
-    // The child is reaped: its tid is free again, so its record goes now.
-    let serials = tracker.and_then(|t| match t.take_task(pid.cast_unsigned()) {
-        Ok(Some((scope, serials))) => {
-            let ino = rustix::fs::fstat(userns).map(|st| st.st_ino).ok();
-            (serials.len() == made && ino == Some(u64::from(scope))).then_some(serials)
-        }
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!("cannot read the enforcer's record of a mint child: {e}");
-            None
-        }
-    });
-    if libc::WIFSIGNALED(status) {
-        // Killed (by the client: it may signal the child inside its own
-        // namespace): do not trust the outcome, and close any token the
-        // kernel installed before the child could record it.
-        drop(tokens);
-        let leaked = close_unregistered_tokens(&LIVE_TOKENS.lock().unwrap_or_else(|p| p.into_inner()));
-        if leaked > 0 {
-            tracing::warn!(leaked, "closed a token left behind by a killed mint child");
-        }
-        return Err((MintStep::Timeout, io::Error::from_raw_os_error(libc::EINTR)));
-    }
-    if tokens.is_empty() {
-        return Err(match step {
-            1 => (MintStep::SetNs, io::Error::from_raw_os_error(-error)),
-            2 => (MintStep::TokenCreate, io::Error::from_raw_os_error(-error)),
-            _ => (MintStep::Clone, io::Error::other(format!("mint child ended with status {status:#x}"))),
-        });
-    }
-    let mut live = LIVE_TOKENS.lock().unwrap_or_else(|p| p.into_inner());
-    Ok(tokens
-        .into_iter()
-        .enumerate()
-        .map(|(i, fd)| {
-            live.insert(fd.as_raw_fd());
-            MintedToken { fd: Some(fd), serial: serials.as_ref().and_then(|s| s.get(i).copied()) }
-        })
-        .collect())
+    let child = MintChild::start(userns, bpffs, count, tracker)?;
+    let exit = child.wait().await.map_err(|e| (MintStep::Clone, e))?;
+    child.collect(exit, userns, tracker)
 }
 
-/// Serialises [`mint_tokens_in`]: one mint child at a time.
-static MINT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// [`mint_tokens_in`], blocking the calling thread until the child is done.
+pub fn mint_tokens_blocking(
+    userns: BorrowedFd<'_>,
+    bpffs: BorrowedFd<'_>,
+    count: usize,
+    tracker: Option<&dyn TaskTracker>,
+) -> Result<Vec<MintedToken>, (MintStep, io::Error)> {
+    let child = MintChild::start(userns, bpffs, count, tracker)?;
+    let exit = child.wait_blocking().map_err(|e| (MintStep::Clone, e))?;
+    child.collect(exit, userns, tracker)
+}
 
-/// Token fds this process holds right now (registered under this lock
-/// when minted, removed under it when closed).
-static LIVE_TOKENS: std::sync::Mutex<std::collections::BTreeSet<RawFd>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
-
-/// A token minted by [`mint_token_in`]. It is registered as live until
-/// dropped; it is closed under the registry lock, so a leak scan never
-/// sees its number unregistered but still open.
+/// A token minted by [`mint_tokens_in`]; it closes when dropped.
 #[derive(Debug)]
 pub struct MintedToken {
-    fd: Option<OwnedFd>,
+    fd: OwnedFd,
     /// The enforcer's serial of this token, when it runs and told us.
     serial: Option<u64>,
 }
@@ -490,47 +774,8 @@ impl MintedToken {
 
 impl AsFd for MintedToken {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        match &self.fd {
-            Some(fd) => fd.as_fd(),
-            // Only `drop` takes the fd out.
-            None => unreachable!("token used after drop"),
-        }
+        self.fd.as_fd()
     }
-}
-
-impl Drop for MintedToken {
-    fn drop(&mut self) {
-        if let Some(fd) = self.fd.take() {
-            let mut live = LIVE_TOKENS.lock().unwrap_or_else(|p| p.into_inner());
-            live.remove(&fd.as_raw_fd());
-            drop(fd);
-        }
-    }
-}
-
-/// Close every BPF token fd of this process that is not registered.
-/// Called with both locks held: no other mint child runs and no token is
-/// half-way through being closed, so an unregistered token is one the
-/// killed child made.
-fn close_unregistered_tokens(live: &std::collections::BTreeSet<RawFd>) -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return 0 };
-    let mut closed = 0;
-    for entry in dir.flatten() {
-        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else { continue };
-        if live.contains(&fd) {
-            continue;
-        }
-        let is_token = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
-            .is_ok_and(|info| info.lines().any(|l| l.starts_with("allowed_cmds:")));
-        if is_token {
-            // SAFETY: a token fd nobody registered can only be one a killed
-            // mint child created: tokens are made by mint children only,
-            // under the lock we hold, and registered on success.
-            drop(unsafe { OwnedFd::from_raw_fd(fd) });
-            closed += 1;
-        }
-    }
-    closed
 }
 
 /// Make this process non-dumpable: nobody without CAP_SYS_PTRACE in the

@@ -266,3 +266,115 @@ fn a_recycled_pid_does_not_stand_in_for_an_exited_client() {
     assert!(!line.contains("/usr/bin/sleep"), "the impostor's executable reached the decision: {line}");
     assert!(!d.log_text().contains("decision=\"granted\""), "{}", d.log_text());
 }
+
+/// Row 6: a mint child the client holds stopped delays only that client's
+/// own request. While mallory keeps her mint child SIGSTOPped, alice mints
+/// and queries at normal speed; the stopped child is then killed at its
+/// deadline, mallory's request fails with the timeout refusal, and nothing
+/// is left behind.
+#[test]
+fn a_stopped_mint_child_delays_only_its_own_client() {
+    let Some(env) = setup("a_stopped_mint_child_delays_only_its_own_client") else { return };
+    // No spares: every warm mint makes a mint child.
+    let d = TestDaemon::start(&env, POLICY, &["--spare-tokens", "0"]);
+    let (alice, mallory) = (user(ALICE), user(MALLORY));
+    let socket = d.socket.to_str().unwrap().to_owned();
+    let probe = env.bin("bpftoken-probe");
+    // Both scopes warm, so only mint children run in the namespaces. (The
+    // probe as mallory: the hijack test, which may run meanwhile, leaves
+    // processes named bpftoken* alone.)
+    let mint_once = |u: &User| {
+        let mut c = as_user(u, &probe);
+        c.args(["mint-loop", &socket, "1"]);
+        let o = output(c);
+        assert!(stdout(&o).lines().any(|l| l == "minted 1"), "{}{}", stdout(&o), stderr(&o));
+    };
+    mint_once(&alice);
+    mint_once(&mallory);
+    let pid = d.pid();
+    let minter = children(pid)[0];
+    let counts = || (fd_count(pid), token_fds(pid));
+    // Baseline once the leases of those runs are swept (every 5 s).
+    let mut before = counts();
+    let settled = Instant::now();
+    let mut stable = Instant::now();
+    while stable.elapsed() < Duration::from_millis(5500) && settled.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = counts();
+        if now != before {
+            (before, stable) = (now, Instant::now());
+        }
+    }
+    assert_eq!(before.1, 0, "no token held while idle");
+
+    // mallory mints until a mint fails, while her stopper catches one of
+    // her mint children and leaves it stopped.
+    let mut stopper = as_user(&mallory, &probe);
+    stopper.args(["stop-mint-child", &pid.to_string(), "60"]).stdout(Stdio::piped());
+    let stopper = stopper.spawn().expect("spawn stopper");
+    let mut client = as_user(&mallory, &probe);
+    client.args(["mint-loop", &socket, "10000000", "--until-error"]).stdout(Stdio::piped());
+    let client = client.spawn().expect("spawn mallory's client");
+    let mut client = client;
+    let o = stopper.wait_with_output().expect("stopper");
+    let out = stdout(&o);
+    let Some(stopped) = out.lines().find_map(|l| l.strip_prefix("stopped ")).and_then(|p| p.parse::<u32>().ok()) else {
+        let _ = client.kill();
+        let c = client.wait_with_output().expect("mallory's client");
+        panic!("no mint child stopped: {out}{}\nclient: {}{}", stderr(&o), stdout(&c), stderr(&c));
+    };
+    let caught = Instant::now();
+    let state = |p: u32| {
+        let s = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        let field = |name: &str| s.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned());
+        (field("State:").unwrap_or_default(), field("PPid:").unwrap_or_default())
+    };
+    let (st, ppid) = state(stopped);
+    assert!(st.starts_with('T'), "the caught child is stopped: {st}");
+    assert_eq!(ppid, pid.to_string(), "the caught process is a child of the daemon");
+
+    // alice: many mints and a query, all while that child stays stopped.
+    let mut c = as_user(&alice, &probe);
+    c.args(["mint-loop", &socket, "50"]);
+    let o = output(c);
+    let out = stdout(&o);
+    assert!(out.lines().any(|l| l == "minted 50"), "{out}{}", stderr(&o));
+    let o = d.bpftoken(&env, &alice, &["query"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let served = caught.elapsed();
+    let (st, ppid) = state(stopped);
+    assert!(
+        st.starts_with('T') && ppid == pid.to_string(),
+        "alice was served only after mallory's child was gone ({served:?}; state {st:?})"
+    );
+    assert!(served < Duration::from_millis(1500), "alice took {served:?}");
+
+    // mallory's own request: the timeout refusal, after the deadline.
+    let o = client.wait_with_output().expect("mallory's client");
+    let out = stdout(&o);
+    let error = out.lines().find(|l| l.starts_with("error")).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        error,
+        "error refused: minting failed: the mint child (killed or stopped by a signal) failed: \
+         Interrupted system call (os error 4) (mint_failed)",
+        "{out}"
+    );
+    assert!(caught.elapsed() >= Duration::from_millis(1500), "mallory's request ended early");
+    // Nothing left: no mint child, no fd, no token.
+    let mut after = counts();
+    for _ in 0..200 {
+        if after == (before.0 - 3, 0) && children(pid) == vec![minter] {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        after = counts();
+    }
+    // Less mallory's scope, dropped with its failed mint (3 fds: user
+    // namespace, bpffs root, mount).
+    assert_eq!(after, (before.0 - 3, 0), "(daemon fds, daemon token fds)");
+    assert_eq!(children(pid), vec![minter], "a mint child was left behind");
+    assert!(!std::path::Path::new(&format!("/proc/{stopped}")).exists() || state(stopped).1 != pid.to_string());
+    // Both still mint.
+    mint_once(&alice);
+    mint_once(&mallory);
+}

@@ -21,7 +21,7 @@
 //! ```
 //!
 //! The helper never creates the token: the minter does that itself through
-//! [`crate::sys::mint_token_in`], so nothing the client could influence
+//! [`crate::sys::mint_tokens_in`], so nothing the client could influence
 //! hands us a "token".
 
 use std::io::{IoSlice, IoSliceMut};
@@ -41,7 +41,7 @@ use rustix::net::{
 use rustix::process::{Pid, Signal, WaitOptions};
 
 use super::error::{MintError, Step};
-use crate::sys::{self, Forked, MintStack};
+use crate::sys::{self, Forked};
 
 /// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
@@ -120,34 +120,43 @@ impl Scope {
     /// Mint one token from this scope (the warm path). The token comes
     /// from our own child and our own bpffs fd, so a cheap check suffices
     /// here; [`Scope::create`] checks the first token's masks in full.
-    pub fn mint(
-        &self,
-        stack: &mut MintStack,
-        tracker: Option<&dyn sys::TaskTracker>,
-    ) -> Result<sys::MintedToken, MintError> {
-        let mut tokens = self.mint_batch(stack, 1, tracker)?;
+    pub async fn mint(&self, tracker: Option<&dyn sys::TaskTracker>) -> Result<sys::MintedToken, MintError> {
+        let mut tokens = self.mint_batch(1, tracker).await?;
+        tokens.pop().ok_or(MintError::NotToken { got: "nothing".into() })
+    }
+
+    /// [`Scope::mint`], blocking the calling thread (for programs without
+    /// a runtime).
+    pub fn mint_blocking(&self, tracker: Option<&dyn sys::TaskTracker>) -> Result<sys::MintedToken, MintError> {
+        let tokens = sys::mint_tokens_blocking(self.userns.as_fd(), self.bpffs_root.as_fd(), 1, tracker);
+        let mut tokens = Self::checked(tokens)?;
         tokens.pop().ok_or(MintError::NotToken { got: "nothing".into() })
     }
 
     /// Up to `count` tokens from one mint child (at least one); with a
-    /// `tracker`, each carries its enforcer serial.
-    pub fn mint_batch(
+    /// `tracker`, each carries its enforcer serial. Waits for the child
+    /// without blocking the thread.
+    pub async fn mint_batch(
         &self,
-        stack: &mut MintStack,
         count: usize,
         tracker: Option<&dyn sys::TaskTracker>,
     ) -> Result<Vec<sys::MintedToken>, MintError> {
-        let tokens = sys::mint_tokens_in(stack, self.userns.as_fd(), self.bpffs_root.as_fd(), count, tracker).map_err(
-            |(step, e)| {
-                let step = match step {
-                    sys::MintStep::Clone => Step::Clone,
-                    sys::MintStep::SetNs => Step::SetNs,
-                    sys::MintStep::TokenCreate => Step::TokenCreate,
-                    sys::MintStep::Timeout => Step::MintTimeout,
-                };
-                MintError::syscall(step, &e)
-            },
-        )?;
+        Self::checked(sys::mint_tokens_in(self.userns.as_fd(), self.bpffs_root.as_fd(), count, tracker).await)
+    }
+
+    /// The tokens of a mint child, each checked to be a bpffs object.
+    fn checked(
+        tokens: Result<Vec<sys::MintedToken>, (sys::MintStep, std::io::Error)>,
+    ) -> Result<Vec<sys::MintedToken>, MintError> {
+        let tokens = tokens.map_err(|(step, e)| {
+            let step = match step {
+                sys::MintStep::Clone => Step::Clone,
+                sys::MintStep::SetNs => Step::SetNs,
+                sys::MintStep::TokenCreate => Step::TokenCreate,
+                sys::MintStep::Timeout => Step::MintTimeout,
+            };
+            MintError::syscall(step, &e)
+        })?;
         for token in &tokens {
             let st = rustix::fs::fstatfs(token.as_fd()).map_err(|e| MintError::from((Step::CheckToken, e)))?;
             let magic = st.f_type.cast_unsigned();

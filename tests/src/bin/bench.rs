@@ -237,7 +237,6 @@ fn client(socket: &Path, n: usize, clients: usize, cold: bool) {
 /// create a scope, mint its first token, drop both.
 fn cold_inproc(n: usize) {
     let alice = user(ALICE);
-    let mut stack = bpftokend::sys::MintStack::default();
     let (mut create, mut mint, mut drop_t) = (Vec::new(), Vec::new(), Vec::new());
     for i in 1..=n as u64 {
         let key = ScopeKey {
@@ -247,7 +246,7 @@ fn cold_inproc(n: usize) {
         let t0 = Instant::now();
         let scope = Scope::create(key, None).expect("create scope");
         let t1 = Instant::now();
-        let token = scope.mint(&mut stack, None).expect("mint");
+        let token = scope.mint_blocking(None).expect("mint");
         let t2 = Instant::now();
         drop(token);
         drop(scope);
@@ -263,16 +262,18 @@ fn cold_inproc(n: usize) {
 }
 
 /// The warm mint alone (clone child, setns, BPF_TOKEN_CREATE, checks),
-/// in this process.
-fn warm_inproc(n: usize) {
+/// in this process, holding `extra_fds` more open fds (socket pairs, as a
+/// daemon's connections): a mint child starts with a copy of the fd table.
+fn warm_inproc(n: usize, extra_fds: usize) {
+    let _held: Vec<_> =
+        (0..extra_fds / 2).map(|_| std::os::unix::net::UnixStream::pair().expect("socketpair")).collect();
     let alice = user(ALICE);
     let scope = Scope::create(
         ScopeKey { owner: ScopeOwner::Uid { uid: alice.uid, gid: alice.gid }, delegation: Delegation::ANY },
         None,
     )
     .expect("create scope");
-    let mut stack = bpftokend::sys::MintStack::default();
-    let stats = time_loop(n, || drop(scope.mint(&mut stack, None).expect("mint")));
+    let stats = time_loop(n, || drop(scope.mint_blocking(None).expect("mint")));
     stats.emit();
 }
 
@@ -563,7 +564,7 @@ fn main() {
         Some("rtt-server") => rtt_server(num(1) as i32),
         Some("rtt-client") => rtt_client(num(1) as i32, num(2), num(3) as u128),
         Some("cold-inproc") => cold_inproc(num(1)),
-        Some("warm-inproc") => warm_inproc(num(1)),
+        Some("warm-inproc") => warm_inproc(num(1), args.get(2).map_or(0, |_| num(2))),
         Some("client") => client(Path::new(&args[1]), num(2), num(3), args.get(4).map(String::as_str) == Some("cold")),
         Some(n) => orchestrate(n.parse().expect("usage: bpftoken-bench [ITERATIONS]")),
         None => orchestrate(5000),

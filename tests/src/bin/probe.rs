@@ -303,6 +303,7 @@ fn run(args: &[String]) -> Result<(), String> {
             let path = std::path::PathBuf::from(args.get(1).ok_or("mint-loop SOCKET COUNT")?);
             let count: usize = args.get(2).and_then(|c| c.parse().ok()).ok_or("mint-loop SOCKET COUNT")?;
             let reconnect = args[3..].iter().any(|a| a == "--reconnect");
+            let until_error = args[3..].iter().any(|a| a == "--until-error");
             if args[3..].iter().any(|a| a == "--ignore-term") {
                 sys::ignore_signal(libc::SIGTERM).map_err(|e| e.to_string())?;
             }
@@ -317,7 +318,12 @@ fn run(args: &[String]) -> Result<(), String> {
                         drop(token);
                         ok += 1;
                     }
-                    Err(e) => println!("error {e}"),
+                    Err(e) => {
+                        println!("error {e}");
+                        if until_error {
+                            break;
+                        }
+                    }
                 }
             }
             println!("minted {ok}");
@@ -571,6 +577,54 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             println!("signalled {hits}");
             Ok(())
+        }
+        Some("stop-mint-child") => {
+            // Catch a mint child of the daemon DAEMON_PID as it is made (the
+            // newest pid on the machine, from ns_last_pid) and SIGSTOP it:
+            // only a root process in a user namespace this user owns accepts
+            // the signal. Prints its pid and leaves it stopped.
+            let usage = "stop-mint-child DAEMON_PID SECONDS";
+            let daemon: u32 = args.get(1).and_then(|c| c.parse().ok()).ok_or(usage)?;
+            let secs: u64 = args.get(2).and_then(|c| c.parse().ok()).ok_or(usage)?;
+            sys::ignore_signal(libc::SIGTERM).map_err(|e| e.to_string())?;
+            let parent = format!("PPid:\t{daemon}");
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            let me = std::process::id();
+            while std::time::Instant::now() < end {
+                let Some(pid) = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                    .filter(|p| p.cast_unsigned() != me)
+                else {
+                    continue;
+                };
+                let Some(pid) = rustix::process::Pid::from_raw(pid) else { continue };
+                let status = || std::fs::read_to_string(format!("/proc/{}/status", pid.as_raw_nonzero()));
+                // Root children of that daemon only: never our own client,
+                // nor another daemon's child.
+                if !status()
+                    .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")) && s.lines().any(|l| l == parent))
+                {
+                    continue;
+                }
+                if rustix::process::kill_process(pid, rustix::process::Signal::STOP).is_ok() {
+                    // Stopped, not already exiting (a zombie takes signals too).
+                    for _ in 0..1000 {
+                        let state = status().ok().and_then(|s| {
+                            s.lines().find_map(|l| l.strip_prefix("State:")).map(|v| v.trim().chars().next())
+                        });
+                        match state.flatten() {
+                            Some('T') => {
+                                println!("stopped {}", pid.as_raw_nonzero());
+                                return Ok(());
+                            }
+                            Some('R' | 'S' | 'D') => std::thread::sleep(std::time::Duration::from_micros(100)),
+                            _ => break,
+                        }
+                    }
+                }
+            }
+            Err("no mint child caught".into())
         }
         _ => Err("usage: bpftoken-probe try|send-token|recv-token|mint-loop|signal-root ...".into()),
     }
