@@ -1,6 +1,7 @@
 //! Daemon start-up, signals and shutdown.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bpftoken_policy::btf::KernelNames;
@@ -205,10 +206,18 @@ async fn report_status(daemon: Arc<Daemon>) {
     let mut tick = tokio::time::interval(period);
     // READY=1 carried the first status line.
     let mut last = daemon.status_line();
+    let mut served_at_trim = 0;
     loop {
         tick.tick().await;
         if watchdog.is_some() {
             crate::systemd::watchdog_ping();
+        }
+        // Once a burst of requests is over, its freed memory goes back
+        // (RSS returns to the baseline instead of staying at the peak).
+        let served = daemon.stats.minted.load(Ordering::Relaxed) + daemon.stats.refused.load(Ordering::Relaxed);
+        if served != served_at_trim && daemon.no_connections() {
+            crate::sys::trim_heap();
+            served_at_trim = served;
         }
         let now = daemon.status_line();
         if now != last {

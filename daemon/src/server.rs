@@ -282,6 +282,11 @@ impl Daemon {
         *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = outcome;
     }
 
+    /// Whether no client is connected.
+    pub fn no_connections(&self) -> bool {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).total == 0
+    }
+
     /// The policy in force now. A request keeps the snapshot it started
     /// with, so a reload never changes a decision half-way.
     pub fn policy(&self) -> Arc<Policy> {

@@ -51,6 +51,13 @@ fn settle_fds(pid: u32, want: usize) -> usize {
     n
 }
 
+/// What the daemon may keep after 10,000 grants: it keeps their 10,000
+/// leases, which stay listed (unenforced, without ttl, until the table is
+/// full); 4 MiB bounds that. The burst's freed memory itself goes back:
+/// without the daemon's heap trim RSS stays near the peak (about 10 MiB
+/// above the baseline here).
+const RSS_KEPT_KIB: u64 = 4 * 1024;
+
 #[test]
 fn a_thousand_connections_mint_ten_tokens_each() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -73,7 +80,17 @@ fn a_thousand_connections_mint_ten_tokens_each() {
     assert_eq!(counter(&out, "minted"), 10_000, "{out}");
 
     let fds_after = settle_fds(pid, fds_before);
-    let (rss_after, rss_peak) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
+    // The daemon returns freed heap memory within one status period (2 s)
+    // of the last connection closing.
+    let mut rss_after = status_kib(pid, "VmRSS:");
+    for _ in 0..40 {
+        if rss_after <= rss_before + RSS_KEPT_KIB {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        rss_after = status_kib(pid, "VmRSS:");
+    }
+    let rss_peak = status_kib(pid, "VmHWM:");
     let spares = token_fds(pid);
     eprintln!(
         "1000 connections x 10 mints: daemon fds other than spare tokens {fds_before} -> {fds_after}, \
@@ -81,9 +98,7 @@ fn a_thousand_connections_mint_ten_tokens_each() {
     );
     assert_eq!(fds_after, fds_before, "daemon fd count back to baseline");
     assert!(spares <= 7, "{spares} spare tokens for one scope");
-    // The allocator may keep some freed memory; a leak of 10,000 tokens'
-    // worth of state would show far above this.
-    assert!(rss_after <= rss_before + 12 * 1024, "RSS {rss_before} -> {rss_after} KiB");
+    assert!(rss_after <= rss_before + RSS_KEPT_KIB, "RSS {rss_before} -> {rss_after} KiB");
 }
 
 #[test]
