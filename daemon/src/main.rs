@@ -51,6 +51,10 @@ struct Cli {
     /// the same build adopts what it finds there.
     #[arg(long, value_name = "DIR", default_value = bpftokend::pins::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// Minter processes (they create new scopes; one client's cold
+    /// requests occupy at most one of them at a time).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=4))]
+    minters: u8,
     /// Log format on stderr; under systemd (JOURNAL_STREAM) logs go to the
     /// journal with structured BPFTOKEN_* fields instead.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
@@ -266,6 +270,7 @@ fn main() -> ExitCode {
                 },
                 exit_idle: cli.exit_idle.map(Duration::from_secs),
                 pin_dir: cli.pin_dir,
+                minters: usize::from(cli.minters),
             };
             match run::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cache::{ScopeCache, ScopeLimits};
 use crate::enforcer::{Persistence, Released};
-use crate::minter::link::MinterLink;
+use crate::minter::pool::MinterPool;
 use crate::server::{self, ConnLimits, Daemon};
 use crate::socket::{self, SocketError};
 
@@ -25,6 +25,8 @@ pub struct Options {
     pub exit_idle: Option<std::time::Duration>,
     /// Where the enforcer is pinned (a directory in the host bpffs).
     pub pin_dir: PathBuf,
+    /// Minter processes (clamped to 2..=4).
+    pub minters: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +81,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     };
     // A start that fails from here on releases what the enforcer pinned
     // (a fresh set; an adopted one with leases stays).
-    let minter = match MinterLink::start(PathBuf::from("/proc/self/exe")) {
+    let minter = match MinterPool::start(PathBuf::from("/proc/self/exe"), opts.minters) {
         Ok(m) => m,
         Err(e) => {
             release_pins(enforcer.as_ref().ok());
@@ -242,7 +244,7 @@ fn fit_to_fd_limit(mut conns: ConnLimits, scopes: &ScopeLimits) -> ConnLimits {
         }
     };
     let soft = soft.and_then(|n| usize::try_from(n).ok()).unwrap_or(usize::MAX);
-    // Reserve room for scopes, the minter link, mints in flight and logs.
+    // Reserve room for scopes, the minter links, mints in flight and logs.
     let per_scope = 3 + scopes.spares;
     let budget = soft.saturating_sub(per_scope.saturating_mul(scopes.global) + 256);
     if conns.global > budget {

@@ -29,7 +29,7 @@ use crate::cache::ScopeCache;
 use crate::enforcer::{Enforcer, Persistence, Unavailable};
 use crate::lease::{LeaseTable, NewBinding, NewLease};
 use crate::live::{Admitted, LiveError, LiveTokens};
-use crate::minter::link::MinterLink;
+use crate::minter::pool::MinterPool;
 use crate::minter::{MintError, Scope, ScopeKey, ScopeOwner};
 use crate::peer::{self, PeerIdentity, PeerUserns};
 use crate::sys::{MintedToken, TaskTracker};
@@ -69,7 +69,7 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Daemon {
     policy: RwLock<Arc<Policy>>,
-    pub minter: MinterLink,
+    pub minter: MinterPool,
     pub scopes: ScopeCache,
     rates: RateLimiter,
     pub stats: Stats,
@@ -157,7 +157,7 @@ impl Drop for ConnSlot {
 impl Daemon {
     pub fn new(
         policy: Policy,
-        minter: MinterLink,
+        minter: MinterPool,
         scopes: ScopeCache,
         limits: ConnLimits,
         enforcer: Result<Enforcer, Unavailable>,

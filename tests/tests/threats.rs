@@ -47,8 +47,9 @@ fn closing_at_every_byte_offset_leaves_nothing_behind() {
     let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let pid = d.pid();
-    let minter = children(pid)[0];
-    let counts = || (fd_count(pid), token_fds(pid), children(minter).len());
+    let minters = children(pid);
+    assert_eq!(minters.len(), 2, "the two minters: {minters:?}");
+    let counts = || (fd_count(pid), token_fds(pid), minters.iter().map(|m| children(*m).len()).sum());
     std::thread::sleep(Duration::from_millis(200));
     let before = counts();
     assert_eq!(before.1, 0, "no token held while idle");
@@ -59,7 +60,7 @@ fn closing_at_every_byte_offset_leaves_nothing_behind() {
     assert!(stdout(&o).starts_with("cuts "), "{}{}", stdout(&o), stderr(&o));
     let after = settle(counts, before);
     assert_eq!(after, before, "(daemon fds, daemon token fds, minter children)");
-    assert_eq!(children(pid), vec![minter]);
+    assert_eq!(children(pid), minters);
     // The daemon still serves.
     let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -292,7 +293,8 @@ fn a_stopped_mint_child_delays_only_its_own_client() {
     mint_once(&alice);
     mint_once(&mallory);
     let pid = d.pid();
-    let minter = children(pid)[0];
+    let minters = children(pid);
+    assert_eq!(minters.len(), 2, "the two minters: {minters:?}");
     let counts = || (fd_count(pid), token_fds(pid));
     // Baseline once the leases of those runs are swept (every 5 s).
     let mut before = counts();
@@ -363,7 +365,7 @@ fn a_stopped_mint_child_delays_only_its_own_client() {
     // Nothing left: no mint child, no fd, no token.
     let mut after = counts();
     for _ in 0..200 {
-        if after == (before.0 - 3, 0) && children(pid) == vec![minter] {
+        if after == (before.0 - 3, 0) && children(pid) == minters {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -372,9 +374,124 @@ fn a_stopped_mint_child_delays_only_its_own_client() {
     // Less mallory's scope, dropped with its failed mint (3 fds: user
     // namespace, bpffs root, mount).
     assert_eq!(after, (before.0 - 3, 0), "(daemon fds, daemon token fds)");
-    assert_eq!(children(pid), vec![minter], "a mint child was left behind");
+    assert_eq!(children(pid), minters, "a mint child was left behind");
     assert!(!std::path::Path::new(&format!("/proc/{stopped}")).exists() || state(stopped).1 != pid.to_string());
     // Both still mint.
     mint_once(&alice);
     mint_once(&mallory);
+}
+
+/// Row 6: a bpffs helper its client holds stopped delays only that
+/// client's cold mints. mallory mints new scopes while her stopper catches
+/// one of her helpers (a child of a minter, running as her) and leaves it
+/// stopped; meanwhile alice's cold mints (new scopes, so a minter) are
+/// served at once; mallory's request then gets the helper timeout refusal
+/// and nothing is left behind. With one minter driving one helper at a
+/// time, alice waited for that 2 s timeout and this test fails.
+#[test]
+fn a_stopped_helper_delays_only_its_own_client() {
+    let Some(env) = setup("a_stopped_helper_delays_only_its_own_client") else { return };
+    let policy = "[[allow]]\nusers = [\"bpftk-alice\", \"bpftk-mallory\"]\ncmds = [\"map_create\"]\nmaps = [\"any\"]\n";
+    // No spares, and idle scopes dropped soon: the daemon's fds return to
+    // what it started with.
+    let d = TestDaemon::start(&env, policy, &["--spare-tokens", "0", "--scope-idle-secs", "1"]);
+    let (alice, mallory) = (user(ALICE), user(MALLORY));
+    let socket = d.socket.to_str().unwrap().to_owned();
+    let probe = env.bin("bpftoken-probe");
+    let pid = d.pid();
+    let minters = children(pid);
+    assert_eq!(minters.len(), 2, "the two minters: {minters:?}");
+    // One cold mint each first; the baseline once their scopes and leases
+    // are dropped.
+    for u in [&alice, &mallory] {
+        let mut c = as_user(u, &probe);
+        c.args(["mint-masks", &socket, "1", "1"]);
+        let o = output(c);
+        assert!(stdout(&o).lines().any(|l| l == "minted 1"), "{}{}", stdout(&o), stderr(&o));
+    }
+    let mut before = fd_count(pid);
+    let (settled, mut stable) = (Instant::now(), Instant::now());
+    while stable.elapsed() < Duration::from_millis(5500) && settled.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = fd_count(pid);
+        if now != before {
+            (before, stable) = (now, Instant::now());
+        }
+    }
+
+    // mallory: a new scope per mint, until one fails; her stopper catches
+    // one of her helpers and leaves it stopped.
+    let mut stopper = as_user(&mallory, &probe);
+    stopper.args(["stop-helper", &pid.to_string(), "60"]).stdout(Stdio::piped());
+    let stopper = stopper.spawn().expect("spawn stopper");
+    let mut client = as_user(&mallory, &probe);
+    client.args(["mint-masks", &socket, "100000", "1000", "--until-error"]).stdout(Stdio::piped());
+    let mut client = client.spawn().expect("spawn mallory's client");
+    let o = stopper.wait_with_output().expect("stopper");
+    let out = stdout(&o);
+    let caught = out.lines().find_map(|l| l.strip_prefix("stopped ")).and_then(|l| {
+        let (helper, minter) = l.split_once(" minter ")?;
+        Some((helper.parse::<u32>().ok()?, minter.parse::<u32>().ok()?))
+    });
+    let Some((helper, minter)) = caught else {
+        let _ = client.kill();
+        let c = client.wait_with_output().expect("mallory's client");
+        panic!("no helper stopped: {out}{}\nclient: {}{}", stderr(&o), stdout(&c), stderr(&c));
+    };
+    let caught = Instant::now();
+    let state = |p: u32| {
+        let s = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        let field = |name: &str| s.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned());
+        (field("State:").unwrap_or_default(), field("PPid:").unwrap_or_default(), field("Uid:").unwrap_or_default())
+    };
+    let (st, ppid, uid) = state(helper);
+    assert!(st.starts_with('T'), "the caught helper is stopped: {st}");
+    assert_eq!(ppid, minter.to_string(), "the caught process is a child of the minter");
+    assert!(minters.contains(&minter), "{minter} is one of the daemon's minters {minters:?}");
+    assert!(uid.starts_with(&format!("{}\t", mallory.uid)), "the helper runs as mallory: {uid}");
+
+    // alice: three new scopes (cold mints), while that helper stays stopped.
+    let mut c = as_user(&alice, &probe);
+    c.args(["mint-masks", &socket, "3", "3"]);
+    let o = output(c);
+    let out = stdout(&o);
+    assert!(out.lines().any(|l| l == "minted 3"), "{out}{}", stderr(&o));
+    let served = caught.elapsed();
+    let (st, ppid, _) = state(helper);
+    assert!(
+        st.starts_with('T') && ppid == minter.to_string(),
+        "alice was served only after mallory's helper was gone ({served:?}; state {st:?})"
+    );
+    assert!(served < Duration::from_millis(1500), "alice took {served:?}");
+
+    // mallory's own request: the helper timeout refusal.
+    let o = client.wait_with_output().expect("mallory's client");
+    let out = stdout(&o);
+    let error = out.lines().find(|l| l.starts_with("error ")).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        error,
+        format!(
+            "error refused: minting failed: the bpffs helper for uid {} did not answer within 2000 ms (mint_failed)",
+            mallory.uid
+        ),
+        "{out}"
+    );
+    assert!(caught.elapsed() >= Duration::from_millis(1500), "mallory's request ended early");
+
+    // Nothing left: no helper, no minter more or less, no fd, no token.
+    let left = || {
+        let helpers: Vec<u32> = minters.iter().flat_map(|m| children(*m)).collect();
+        (fd_count(pid), token_fds(pid), children(pid), helpers)
+    };
+    let want = (before, 0, minters.clone(), Vec::new());
+    let mut now = left();
+    for _ in 0..300 {
+        if now == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        now = left();
+    }
+    assert_eq!(now, want, "(daemon fds, daemon token fds, daemon children, minter children)");
+    assert!(!std::path::Path::new(&format!("/proc/{helper}")).exists() || state(helper).1 != minter.to_string());
 }

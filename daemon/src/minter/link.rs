@@ -23,7 +23,7 @@ use crate::sys;
 
 /// Longest a scope creation may take inside the minter (a helper that
 /// stalls at every step still ends well before this).
-const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Running {
@@ -33,15 +33,17 @@ struct Running {
     async_sock: Option<AsyncFd<OwnedFd>>,
 }
 
-/// Handle on the minter process. Requests are serialised: the minter is a
+/// Handle on one minter process. Requests are serialised: the minter is a
 /// single-threaded loop, so queueing here costs nothing it would not cost
-/// there.
+/// there ([`super::pool::MinterPool`] runs several).
 #[derive(Debug)]
 pub struct MinterLink {
     exe: PathBuf,
     state: Mutex<Option<Running>>,
     /// Request ids start at 1; 0 is the minter's "not a request" answer.
     next_id: std::sync::atomic::AtomicU64,
+    /// Set (under the state lock) at shutdown: no minter starts afterwards.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl MinterLink {
@@ -49,35 +51,34 @@ impl MinterLink {
     /// the first minter is forked from a single-threaded process).
     pub fn start(exe: PathBuf) -> std::io::Result<Self> {
         let running = spawn(&exe)?;
-        Ok(MinterLink { exe, state: Mutex::new(Some(running)), next_id: std::sync::atomic::AtomicU64::new(1) })
+        Ok(MinterLink {
+            exe,
+            state: Mutex::new(Some(running)),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
-    /// Pid of the current minter, if it runs.
-    pub async fn pid(&self) -> Option<u32> {
-        self.state.lock().await.as_ref().map(|r| r.child.id())
+    /// Stop the minter outside the runtime (a start that failed later).
+    pub fn stop_now(self) {
+        stop(self.state.into_inner());
     }
 
     /// Ask the minter for a new scope. If the minter dies during the
     /// request, the caller gets an error and the next call starts a new one.
-    /// `target` is the user namespace of a [`super::ScopeOwner::Userns`] key.
-    pub async fn create_scope(&self, key: ScopeKey, target: Option<BorrowedFd<'_>>) -> Result<Scope, MintError> {
-        // The wait for the minter counts against the same deadline, so one
-        // uid's flood of cold requests cannot queue others forever.
-        let deadline = tokio::time::Instant::now() + CREATE_TIMEOUT;
+    /// `target` is the user namespace of a [`super::ScopeOwner::Userns`] key;
+    /// `deadline` bounds the wait for the minter and its answer.
+    pub async fn create_scope(
+        &self,
+        key: ScopeKey,
+        target: Option<BorrowedFd<'_>>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Scope, MintError> {
         let mut state =
             tokio::time::timeout_at(deadline, self.state.lock()).await.map_err(|_| MintError::MinterBusy)?;
         // A minter that died while idle is replaced before the request is
         // sent, so this request does not fail for it.
-        if let Some(running) = state.as_mut() {
-            if let Ok(Some(status)) = running.child.try_wait() {
-                tracing::warn!(%status, "the minter exited while idle");
-                stop(state.take());
-            }
-        }
-        if state.is_none() {
-            tracing::warn!("starting a new minter process");
-            *state = Some(spawn(&self.exe).map_err(|e| MintError::MinterUnavailable(format!("cannot start it: {e}")))?);
-        }
+        self.revive_locked(&mut state)?;
         let Some(running) = state.as_mut() else {
             return Err(MintError::MinterUnavailable("not running".into()));
         };
@@ -97,9 +98,39 @@ impl MinterLink {
         }
     }
 
-    /// Stop the minter (daemon shutdown).
+    /// If no request holds this minter: reap it if it has died, and start
+    /// a new one in place of a dead or lost one, so a dead minter neither
+    /// lingers as a zombie nor fails the next request.
+    pub fn revive_if_idle(&self) {
+        if let Ok(mut state) = self.state.try_lock() {
+            if let Err(e) = self.revive_locked(&mut state) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    fn revive_locked(&self, state: &mut Option<Running>) -> Result<(), MintError> {
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(MintError::MinterUnavailable("the daemon is stopping".into()));
+        }
+        if let Some(running) = state.as_mut() {
+            if let Ok(Some(status)) = running.child.try_wait() {
+                tracing::warn!(%status, "the minter exited while idle");
+                stop(state.take());
+            }
+        }
+        if state.is_none() {
+            tracing::warn!("starting a new minter process");
+            *state = Some(spawn(&self.exe).map_err(|e| MintError::MinterUnavailable(format!("cannot start it: {e}")))?);
+        }
+        Ok(())
+    }
+
+    /// Stop the minter (daemon shutdown); it is not restarted afterwards.
     pub async fn shutdown(&self) {
-        stop(self.state.lock().await.take());
+        let mut state = self.state.lock().await;
+        self.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop(state.take());
     }
 }
 

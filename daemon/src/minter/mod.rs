@@ -6,7 +6,9 @@
 //! trap, and the helper must become the client's uid. The daemon starts
 //! the minter by executing its own binary (`bpftokend minter --fd N`), and
 //! again whenever it has died, and talks to it over a SOCK_SEQPACKET
-//! socketpair, one request and one reply at a time. A reply to
+//! socketpair, one request and one reply at a time. It runs a few minters
+//! ([`pool`]), one owner uid's requests on at most one of them, so a
+//! client that holds its own helper stopped delays only its own requests. A reply to
 //! `CreateScope` carries three fds: the scope's user namespace, its bpffs
 //! root and the detached mount. The minter keeps nothing and mints nothing: the daemon caches
 //! scopes ([`crate::cache`]), mints tokens from them itself and checks the
@@ -14,6 +16,7 @@
 
 mod error;
 pub mod link;
+pub mod pool;
 mod scope;
 
 use std::io::{IoSlice, IoSliceMut};

@@ -7,7 +7,8 @@
 //! bpftoken-probe mint-loop SOCKET COUNT [--reconnect]
 //! bpftoken-probe mint-loop SOCKET COUNT --ignore-term
 //! bpftoken-probe storm SOCKET CONNECTIONS MINTS  hold CONNECTIONS open at once, MINTS on each
-//! bpftoken-probe mint-masks SOCKET COUNT MASKS   COUNT mints cycling through MASKS map masks
+//! bpftoken-probe mint-masks SOCKET COUNT MASKS [--until-error]
+//!                                             COUNT mints cycling through MASKS map masks
 //! bpftoken-probe fd-check SOCKET               mint once; report the fds it gained
 //! bpftoken-probe scope-fds SOCKET              libbpf-mode mint; report the fds it gained, by kind
 //! bpftoken-probe send-and-exit SOCKET         send a mint request, print our pid, exit without waiting
@@ -33,6 +34,8 @@
 //! bpftoken-probe hijack SECONDS                ptrace/read/setns every other process of its uid
 //! bpftoken-probe term-all SECONDS              kill(-1, SIGTERM) in a loop
 //! bpftoken-probe signal-root SECONDS           SIGSTOP/SIGTERM every root process it may signal
+//! bpftoken-probe stop-helper DAEMON_PID SECONDS  SIGSTOP one of our bpffs helpers (a child of a
+//!                                             minter of that daemon) that stays stopped; print its pid
 //! ```
 //!
 //! `try` prints one line per item: `map:hash ok` or `map:hash EPERM`.
@@ -389,9 +392,13 @@ fn run(args: &[String]) -> Result<(), String> {
             let path = std::path::PathBuf::from(args.get(1).ok_or("mint-masks SOCKET COUNT MASKS")?);
             let count: usize = args.get(2).and_then(|c| c.parse().ok()).ok_or("mint-masks SOCKET COUNT MASKS")?;
             let masks: usize = args.get(3).and_then(|c| c.parse().ok()).ok_or("mint-masks SOCKET COUNT MASKS")?;
+            let until_error = args.get(4).is_some_and(|a| a == "--until-error");
             let mut client = Client::connect_to(&path).map_err(|e| e.to_string())?;
             let (mut ok, mut errors) = (0usize, 0usize);
             for i in 0..count {
+                if until_error && errors > 0 {
+                    break;
+                }
                 // maps mask 1..=masks: distinct scopes, all within "any"
                 let req = MintRequest { maps: Some((i % masks) as u64 + 1), ..Default::default() };
                 match client.mint(&req) {
@@ -625,6 +632,50 @@ fn run(args: &[String]) -> Result<(), String> {
                 }
             }
             Err("no mint child caught".into())
+        }
+        Some("stop-helper") => {
+            // Catch one of our own bpffs helpers (a process of our uid whose
+            // parent is a child of DAEMON_PID, a minter) as it is made, and
+            // SIGSTOP it. A helper caught after its last step is killed by
+            // its minter at once, so keep only one still stopped a moment
+            // later: its minter is then waiting for it.
+            let usage = "stop-helper DAEMON_PID SECONDS";
+            let daemon: u32 = args.get(1).and_then(|c| c.parse().ok()).ok_or(usage)?;
+            let secs: u64 = args.get(2).and_then(|c| c.parse().ok()).ok_or(usage)?;
+            let me = std::process::id();
+            let uid = format!("Uid:\t{}\t", rustix::process::getuid().as_raw());
+            let status = |p: u32| std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            let field = |s: &str, name: &str| s.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned());
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            while std::time::Instant::now() < end {
+                let Some(pid) = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+                    .filter(|p| *p != me)
+                else {
+                    continue;
+                };
+                let s = status(pid);
+                if !s.lines().any(|l| l.starts_with(&uid)) {
+                    continue;
+                }
+                let Some(parent) = field(&s, "PPid:").and_then(|p| p.parse::<u32>().ok()) else { continue };
+                if field(&status(parent), "PPid:") != Some(daemon.to_string()) {
+                    continue;
+                }
+                let Some(target) = rustix::process::Pid::from_raw(pid.cast_signed()) else { continue };
+                if rustix::process::kill_process(target, rustix::process::Signal::STOP).is_err() {
+                    continue;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                let s = status(pid);
+                let stopped = field(&s, "State:").is_some_and(|v| v.starts_with('T'));
+                if stopped && field(&s, "PPid:") == Some(parent.to_string()) {
+                    println!("stopped {pid} minter {parent}");
+                    return Ok(());
+                }
+            }
+            Err("no helper caught".into())
         }
         _ => Err("usage: bpftoken-probe try|send-token|recv-token|mint-loop|signal-root ...".into()),
     }
