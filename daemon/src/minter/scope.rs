@@ -49,6 +49,10 @@ const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 /// How long a helper may take for each step before it is killed.
 const HELPER_STEP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a failed step waits for the helper's exit to tell whether it
+/// was killed (the helper's socket closes a moment before it is a zombie).
+const HELPER_EXIT_GRACE: Duration = Duration::from_millis(100);
+
 /// Where a scope's bpffs belongs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ScopeOwner {
@@ -198,9 +202,11 @@ impl Scope {
                     Some(ns) => drive_helper_in(ours.as_fd(), key, ns),
                 };
                 // A helper killed from outside (its client may SIGKILL it)
-                // shows up as whatever step noticed first (EPIPE, ESRCH on
-                // its maps...): say what happened instead.
-                let killed = scope.is_err() && helper.killed_by_signal();
+                // shows up as whatever step noticed first (EPIPE,
+                // ECONNRESET, ESRCH on its maps...): say what happened
+                // instead. Its socket closes before it is a zombie, so
+                // give its exit a moment to show.
+                let killed = scope.is_err() && helper.killed_by_signal(HELPER_EXIT_GRACE);
                 helper.reap();
                 match scope {
                     Err(_) if killed => Err(MintError::HelperLost { uid: key.owner_uid() }),
@@ -246,14 +252,20 @@ impl HelperGuard {
 
     /// Whether the helper has already ended by a signal (we send none
     /// before [`HelperGuard::reap`]). Reaps it if so.
-    fn killed_by_signal(&mut self) -> bool {
+    /// Whether the helper has ended by a signal, waiting up to `grace`
+    /// for it to end.
+    fn killed_by_signal(&mut self, grace: Duration) -> bool {
         let Some(pid) = self.pid else { return false };
-        match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
-            Ok(Some((_, status))) => {
-                self.pid = None;
-                status.signaled()
+        let deadline = Instant::now() + grace;
+        loop {
+            match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
+                Ok(Some((_, status))) => {
+                    self.pid = None;
+                    return status.signaled();
+                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                _ => return false,
             }
-            _ => false,
         }
     }
 
