@@ -172,6 +172,13 @@ pub(crate) const ENTRY_SIZE: usize = 72;
 pub(crate) const ENTRY_KEY_SIZE: usize = 16;
 /// Where `lease_entry.owner_uid` is.
 pub(crate) const ENTRY_OWNER_UID_AT: usize = 64;
+/// Where `lease_entry.lease_id` is.
+const ENTRY_LEASE_ID_AT: usize = 32;
+
+/// The lease id of a `deadlines` value.
+fn entry_lease_id(v: &[u8]) -> Option<u64> {
+    v.get(ENTRY_LEASE_ID_AT..ENTRY_LEASE_ID_AT + 8)?.try_into().ok().map(u64::from_ne_bytes)
+}
 
 /// One `deadlines` value (`struct lease_entry`): what the kernel checks
 /// (deadline, binding) and what a daemon needs to list and revoke the
@@ -232,7 +239,7 @@ impl LeaseRecord {
         }
         b[24..28].copy_from_slice(&flags.to_ne_bytes());
         b[28..32].copy_from_slice(&self.scope_uid.to_ne_bytes());
-        b[32..40].copy_from_slice(&self.id.to_ne_bytes());
+        b[ENTRY_LEASE_ID_AT..ENTRY_LEASE_ID_AT + 8].copy_from_slice(&self.id.to_ne_bytes());
         b[40..48].copy_from_slice(&self.serial.unwrap_or(0).to_ne_bytes());
         b[48..56].copy_from_slice(&self.created.to_ne_bytes());
         b[56..64].copy_from_slice(&self.expires.unwrap_or(0).to_ne_bytes());
@@ -256,7 +263,7 @@ impl LeaseRecord {
         Some(LeaseRecord {
             deadline: w8(0),
             bind,
-            id: w8(32),
+            id: w8(ENTRY_LEASE_ID_AT),
             serial: Some(w8(40)).filter(|s| *s != 0),
             created: w8(48),
             expires: Some(w8(56)).filter(|e| *e != 0),
@@ -410,6 +417,15 @@ impl Enforcer {
         &self.persistence
     }
 
+    /// Rename the pinned set `dir` to a `tmp-*` name in its root; the new
+    /// path.
+    fn unpublish(&self, dir: &Path) -> io::Result<PathBuf> {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let gone = dir.with_file_name(format!("tmp-{name}-{}", std::process::id()));
+        std::fs::rename(dir, &gone)?;
+        Ok(gone)
+    }
+
     /// Whether enforcement outlives the daemon now: pinned, and the pin
     /// directory is still the one pinned (nobody removed or replaced it;
     /// else its programs detach when the daemon exits). Logs why not.
@@ -431,9 +447,16 @@ impl Enforcer {
     /// to enforce), else keep them for the next daemon.
     pub fn release(&self) -> Released {
         let Persistence::Pinned { dir, .. } = &self.persistence else { return Released::NotPinned };
+        // Removed or replaced meanwhile: what is there now is not ours.
+        if let Err(why) = still_there(dir, self.pinned_as) {
+            return Released::Failed { dir: dir.clone(), error: io::Error::other(why) };
+        }
         match self.deadlines.keys() {
             Ok(keys) if !keys.is_empty() => Released::Kept { dir: dir.clone(), leases: keys.len() },
-            Ok(_) => match std::fs::remove_dir_all(dir) {
+            // Out of the set's name in one step first: a stop cut short
+            // leaves a `tmp-*` directory (removed at the next start), never
+            // a part of a set that the next daemon would fail to adopt.
+            Ok(_) => match self.unpublish(dir).and_then(std::fs::remove_dir_all) {
                 Ok(()) => {
                     // The root too, when no other build's set is there.
                     if let Some(root) = &self.root {
@@ -484,14 +507,29 @@ impl Enforcer {
         self.deadlines.update(&key.bytes(), &record.bytes(), BPF_NOEXIST)
     }
 
-    /// Set the deadline of a live lease entry (keeping the rest);
-    /// `Ok(false)` when the entry is gone (its token or scope was freed),
-    /// which is never recreated: the scope's inode may already belong to
-    /// another namespace.
-    pub fn set_deadline(&self, key: LeaseKey, deadline: u64) -> io::Result<bool> {
-        let Some(mut v) = self.deadlines.lookup(&key.bytes())? else { return Ok(false) };
+    /// The entry of lease `id` at `key`, if it is still that lease's: once
+    /// the kernel freed a lease's token or scope, a namespace made later
+    /// may get the same inode number (the kernel hands out the lowest free
+    /// one), and another lease then holds the same key.
+    fn entry_of(&self, key: LeaseKey, id: u64) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.deadlines.lookup(&key.bytes())?.filter(|v| entry_lease_id(v) == Some(id)))
+    }
+
+    /// The lease id of the entry at `key`, if there is one.
+    pub fn lease_id_at(&self, key: LeaseKey) -> io::Result<Option<u64>> {
+        Ok(self.deadlines.lookup(&key.bytes())?.as_deref().and_then(entry_lease_id))
+    }
+
+    /// Set the deadline of lease `id`'s live entry (keeping the rest);
+    /// `Ok(false)` when the entry is gone (its token or scope was freed)
+    /// or is another lease's, which is never touched.
+    pub fn set_deadline(&self, key: LeaseKey, id: u64, deadline: u64) -> io::Result<bool> {
+        let Some(mut v) = self.entry_of(key, id)? else { return Ok(false) };
         let Some(head) = v.get_mut(..8) else { return Err(io::Error::from_raw_os_error(libc::EINVAL)) };
         head.copy_from_slice(&deadline.to_ne_bytes());
+        // The daemon holds its lease table's lock, and only the daemon
+        // creates entries, so the entry cannot change owner before this
+        // write; the kernel may only delete it (ENOENT).
         match self.deadlines.update(&key.bytes(), &v, BPF_EXIST) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
@@ -499,10 +537,10 @@ impl Enforcer {
         }
     }
 
-    /// Whether the entry of a lease still exists (its token or scope is
+    /// Whether lease `id`'s entry still exists (its token or scope is
     /// alive), with its deadline.
-    pub fn deadline(&self, key: LeaseKey) -> io::Result<Option<u64>> {
-        Ok(self.deadlines.lookup(&key.bytes())?.and_then(|v| v.get(..8)?.try_into().ok()).map(u64::from_ne_bytes))
+    pub fn deadline(&self, key: LeaseKey, id: u64) -> io::Result<Option<u64>> {
+        Ok(self.entry_of(key, id)?.and_then(|v| v.get(..8)?.try_into().ok()).map(u64::from_ne_bytes))
     }
 
     /// Remove a lease's entry (a grant the client never took).

@@ -45,6 +45,9 @@ struct Lease {
     whole_scope: bool,
     /// The enforcer entry; `None` when leases are not enforced here.
     key: Option<LeaseKey>,
+    /// The lease id that entry carries: `id`, except for a lease renumbered
+    /// at adoption (its id appeared twice).
+    entry_id: u64,
     revoked: bool,
     bind: NewBinding,
 }
@@ -254,7 +257,14 @@ impl LeaseTable {
                 match e.start_lease(key, &record) {
                     Ok(()) => Some(key),
                     Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
-                        let other = table.leases.values().find(|l| l.key == Some(key)).map_or(0, |l| l.id);
+                        // The lease whose entry it is (a lease of an earlier
+                        // namespace with this inode number may still be listed).
+                        let holder = e.lease_id_at(key).ok().flatten();
+                        let other = table
+                            .leases
+                            .values()
+                            .find(|l| l.key == Some(key) && Some(l.entry_id) == holder)
+                            .map_or(0, |l| l.id);
                         return Err(LeaseError::ScopeLeased { scope: new.scope, other });
                     }
                     Err(err) if err.raw_os_error() == Some(libc::E2BIG) => return Err(LeaseError::Full),
@@ -274,6 +284,7 @@ impl LeaseTable {
             serial: new.serial,
             whole_scope: new.whole_scope,
             key,
+            entry_id: id,
             revoked: false,
             bind,
         };
@@ -347,6 +358,7 @@ impl LeaseTable {
                 serial: r.serial.or((key.serial != 0).then_some(key.serial)),
                 whole_scope: key.serial == 0,
                 key: Some(key),
+                entry_id: r.id,
                 revoked: r.deadline == REVOKED,
                 bind: NewBinding { kernel: r.bind, cgroup_path },
             };
@@ -477,7 +489,7 @@ impl LeaseTable {
         for id in ids {
             let Some(lease) = table.leases.get_mut(&id) else { continue };
             if let Some(key) = lease.key {
-                match enforcer.set_deadline(key, REVOKED) {
+                match enforcer.set_deadline(key, lease.entry_id, REVOKED) {
                     // Its token or scope was already freed: nothing is left
                     // to use, and the entry is not recreated.
                     Ok(_) => {}
@@ -522,8 +534,9 @@ fn sweep_locked(table: &mut Table, enforcer: Option<&Enforcer>, which: impl Fn(&
         Some(e) => table.leases.retain(|_, l| {
             !which(l)
                 || match l.key {
-                    // Gone from the map: the kernel freed its token or scope.
-                    Some(key) => !matches!(e.deadline(key), Ok(None)),
+                    // Gone from the map (the kernel freed its token or
+                    // scope), or the key is a later lease's now.
+                    Some(key) => !matches!(e.deadline(key, l.entry_id), Ok(None)),
                     None => true,
                 }
         }),

@@ -605,8 +605,18 @@ async fn read_frame(
     }
 }
 
+tokio::task_local! {
+    /// Whether this connection's task sent an answer that carried fds and
+    /// that its peer may not have read yet.
+    static FDS_UNREAD: std::cell::Cell<bool>;
+}
+
 /// Send one response, with `fds` attached to its first byte.
 async fn write_response(stream: &UnixStream, response: &Response, fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+    if !fds.is_empty() {
+        // (Outside a connection's task there is nothing to note.)
+        let _ = FDS_UNREAD.try_with(|unread| unread.set(true));
+    }
     let bytes = codec::encode_response(response).map_err(std::io::Error::other)?;
     let send = async {
         let mut sent = stream
@@ -644,7 +654,11 @@ fn refusal(code: RefusalCode, message: impl Into<String>) -> Response {
     Response::Refused(Refusal::new(code, message))
 }
 
-async fn handle_connection(daemon: Arc<Daemon>, stream: UnixStream, mut shutdown: watch::Receiver<bool>) {
+async fn handle_connection(daemon: Arc<Daemon>, stream: UnixStream, shutdown: watch::Receiver<bool>) {
+    FDS_UNREAD.scope(std::cell::Cell::new(false), serve_connection(daemon, stream, shutdown)).await;
+}
+
+async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream, mut shutdown: watch::Receiver<bool>) {
     let peer = match peer::identify(stream.as_fd()) {
         Ok(p) => p,
         Err(e) => {
@@ -710,6 +724,23 @@ async fn handle_connection(daemon: Arc<Daemon>, stream: UnixStream, mut shutdown
             continue;
         }
         let mut fds = frame.fds;
+        // At most one answer that may carry fds unread per connection: a
+        // client that asks for tokens without reading the answers would
+        // pile them up in its socket, kernel memory nothing else bounds.
+        // (Requests whose answers carry none may still come back to back.)
+        if answer_may_carry_fds(&request.body) && FDS_UNREAD.with(std::cell::Cell::get) {
+            if crate::sys::unread_by_peer(stream.as_fd()).map_or(true, |n| n > 0) {
+                drop(fds);
+                let msg = "the answer to an earlier request on this connection, which may carry fds, is still unread; \
+                           read it before asking for more"
+                    .to_owned();
+                if !reject(&daemon, &peer, &stream, RefusalCode::Busy, msg).await {
+                    return;
+                }
+                continue;
+            }
+            FDS_UNREAD.with(|unread| unread.set(false));
+        }
         let plain = |request| Asked { request, ttl: None, leased: false, learn: false };
         let ok = match request.body {
             RequestBody::Mint(req) => handle_mint(&daemon, &peer, &stream, &plain(req), Mode::Token).await,
@@ -832,6 +863,22 @@ async fn reject(daemon: &Daemon, peer: &PeerIdentity, stream: &UnixStream, code:
     daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
     audit::refused(peer, &[], code, &message);
     write_response(stream, &refusal(code, message), &[]).await.is_ok()
+}
+
+/// Whether the answer to `body` may carry fds (tokens, scopes, mounts).
+fn answer_may_carry_fds(body: &RequestBody) -> bool {
+    match body {
+        RequestBody::Mint(_)
+        | RequestBody::MintScope(_)
+        | RequestBody::DelegateMount(_)
+        | RequestBody::MintLease(_)
+        | RequestBody::Learn(_) => true,
+        RequestBody::Query
+        | RequestBody::QueryEnforcement
+        | RequestBody::Leases
+        | RequestBody::Revoke(_)
+        | RequestBody::Learned(_) => false,
+    }
 }
 
 fn request_name(body: &RequestBody) -> &'static str {

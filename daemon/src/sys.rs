@@ -236,7 +236,8 @@ struct ChildArgs {
     /// A positive errno when a step failed.
     error: std::sync::atomic::AtomicI32,
     /// Which step failed: 0 none, 1 setns, 2 BPF_TOKEN_CREATE,
-    /// 3 sigprocmask, 4 close_range, 5 sendmsg.
+    /// 3 sigprocmask, 4 close_range, 5 sendmsg, 6 setgroups,
+    /// 7 setresgid/setresuid, 8 prctl(PR_SET_DUMPABLE).
     failed_step: std::sync::atomic::AtomicI32,
 }
 
@@ -331,12 +332,45 @@ extern "C" fn mint_child_main(arg: *mut c_void) -> libc::c_int {
         // and `tid` (the key, 4 bytes) lives across the call.
         let _ = unsafe { raw::syscall(libc::SYS_bpf, [BPF_MAP_DELETE_ELEM_ARG, attr.as_mut_ptr() as usize, 32, 0, 0]) };
     }
+    // No supplementary group of the daemon's comes along.
+    // SAFETY: setgroups(2) with an empty list.
+    let ret = unsafe { raw::syscall(libc::SYS_setgroups, [0; 5]) };
+    if ret != 0 {
+        return fail(ret, 6);
+    }
     // SAFETY: setns(2) on an fd value; no memory is passed.
     let ret = unsafe {
         raw::syscall(libc::SYS_setns, [args.userns.cast_unsigned() as usize, libc::CLONE_NEWUSER as usize, 0, 0, 0])
     };
     if ret != 0 {
         return fail(ret, 1);
+    }
+    // Become the namespace's root, that is the uid that owns it in the
+    // init namespace, keeping every capability inside it: the kernel
+    // counts the fds we send back against the sender's uid, and once in
+    // the namespace we lack CAP_SYS_RESOURCE, so as root we would be
+    // refused (ETOOMANYREFS) whenever clients leave more fds from root
+    // unread than our RLIMIT_NOFILE. As the owner, only the owner's own
+    // fds in flight count. The scope's ids 0 are mapped (owner mode maps
+    // them; container mode checks it when the scope is made).
+    // SAFETY: setresgid(2)/setresuid(2) take plain ids.
+    let ret = unsafe { raw::syscall(libc::SYS_setresgid, [0; 5]) };
+    if ret != 0 {
+        return fail(ret, 7);
+    }
+    // SAFETY: as above.
+    let ret = unsafe { raw::syscall(libc::SYS_setresuid, [0; 5]) };
+    if ret != 0 {
+        return fail(ret, 7);
+    }
+    // setns and the uid change reset the dumpability of our (shared)
+    // memory to fs.suid_dumpable; [`MintChild::start`] refuses the value
+    // that would let the client attach (1), and this closes the window
+    // for good.
+    // SAFETY: prctl(2) with integer arguments.
+    let ret = unsafe { raw::syscall(libc::SYS_prctl, [libc::PR_SET_DUMPABLE as usize, 0, 0, 0, 0]) };
+    if ret != 0 {
+        return fail(ret, 8);
     }
     // One setns for the whole batch: each further token costs only the
     // BPF_TOKEN_CREATE itself.
@@ -400,9 +434,19 @@ extern "C" fn mint_child_main(arg: *mut c_void) -> libc::c_int {
 /// Where [`mint_tokens_in`] failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MintStep {
+    /// fs.suid_dumpable allows the client to ptrace the child (or cannot
+    /// be read); no child was started.
+    SuidDumpable,
     Clone,
+    /// The child's setup before entering the namespace: blocking signals,
+    /// closing fds, dropping supplementary groups.
+    Prepare,
     SetNs,
+    /// The child becoming the namespace's root and non-dumpable.
+    BecomeRoot,
     TokenCreate,
+    /// The child sending the tokens back.
+    SendBack,
     /// The child did not finish in time (stopped by a signal) and was killed.
     Timeout,
 }
@@ -476,6 +520,7 @@ impl MintChild {
     ) -> Result<MintChild, (MintStep, io::Error)> {
         use rustix::net::{AddressFamily, SocketFlags, SocketType};
         let clone_err = |e: rustix::io::Errno| (MintStep::Clone, io::Error::from(e));
+        ptrace_safe().map_err(|e| (MintStep::SuidDumpable, e))?;
         let mem = Box::into_raw(child_mem());
         // SAFETY: `mem` is ours alone (no child runs on it yet).
         let m = unsafe { &mut *mem };
@@ -668,7 +713,9 @@ impl MintChild {
                 return Err(match step {
                     1 => (MintStep::SetNs, io::Error::from_raw_os_error(error)),
                     2 => (MintStep::TokenCreate, io::Error::from_raw_os_error(error)),
-                    3..=5 => (MintStep::Clone, io::Error::from_raw_os_error(error)),
+                    3 | 4 | 6 => (MintStep::Prepare, io::Error::from_raw_os_error(error)),
+                    5 => (MintStep::SendBack, io::Error::from_raw_os_error(error)),
+                    7 | 8 => (MintStep::BecomeRoot, io::Error::from_raw_os_error(error)),
                     _ => (MintStep::Clone, io::Error::other(format!("mint child exited with status {code}"))),
                 })
             }
@@ -778,6 +825,29 @@ impl AsFd for MintedToken {
     }
 }
 
+/// Whether a process we start in a client's user namespace stays out of
+/// that client's reach: entering the namespace (setns) or changing uid
+/// resets the process's dumpability to `fs.suid_dumpable`, and at 1 the
+/// client, who holds CAP_SYS_PTRACE in its own namespace, may attach
+/// before the process makes itself non-dumpable again (a mint child shares
+/// the daemon's memory). 0 and 2 keep it out; anything else, or a value
+/// that cannot be read, is refused with the reason.
+pub fn ptrace_safe() -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const PATH: &str = "/proc/sys/fs/suid_dumpable";
+    // Opened once; each check is one pread.
+    static FILE: std::sync::OnceLock<io::Result<std::fs::File>> = std::sync::OnceLock::new();
+    let file = FILE.get_or_init(|| std::fs::File::open(PATH));
+    let file = file.as_ref().map_err(|e| io::Error::new(e.kind(), format!("cannot read {PATH}: {e}")))?;
+    let mut buf = [0u8; 8];
+    let n = file.read_at(&mut buf, 0).map_err(|e| io::Error::new(e.kind(), format!("cannot read {PATH}: {e}")))?;
+    let value = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).trim().to_owned();
+    match value.as_str() {
+        "0" | "2" => Ok(()),
+        _ => Err(io::Error::other(format!("fs.suid_dumpable is {value}"))),
+    }
+}
+
 /// Make this process non-dumpable: nobody without CAP_SYS_PTRACE in the
 /// init user namespace may ptrace it or read its memory, including through
 /// a mint child that has entered a client's user namespace.
@@ -823,6 +893,23 @@ pub fn close_all_fds_except(keep: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// [`close_all_fds_except`], keeping two fds.
+pub fn close_all_fds_except_two(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> io::Result<()> {
+    let (a, b) = (a.as_raw_fd().cast_unsigned(), b.as_raw_fd().cast_unsigned());
+    let (low, high) = (a.min(b), a.max(b));
+    let mut next = 0u32;
+    for keep in [low, high] {
+        if keep > next {
+            // SAFETY: close_range only closes fds; the caller owns this process.
+            cvt(unsafe { libc::syscall(libc::SYS_close_range, next, keep - 1, 0u32) })?;
+        }
+        next = keep.saturating_add(1);
+    }
+    // SAFETY: as above.
+    cvt(unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0u32) })?;
+    Ok(())
+}
+
 /// Give the heap's free memory back to the kernel: glibc's malloc keeps
 /// what a burst of connections freed, so the daemon's RSS would stay at
 /// the burst's peak.
@@ -849,6 +936,16 @@ pub fn thread_count() -> io::Result<usize> {
         .find_map(|l| l.strip_prefix("Threads:"))
         .and_then(|n| n.trim().parse().ok())
         .ok_or_else(|| io::Error::other("no Threads: line in /proc/self/status"))
+}
+
+/// Bytes we sent on a Unix stream socket that its peer has not read yet
+/// (`SIOCOUTQ`).
+pub fn unread_by_peer(sock: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer, which lives
+    // across the call.
+    cvt(i64::from(unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &raw mut queued) }))?;
+    Ok(usize::try_from(queued).unwrap_or(0))
 }
 
 /// Clear FD_CLOEXEC so the fd survives an exec (for handing the minter
@@ -1277,19 +1374,28 @@ pub mod bpf {
             }
         }
 
-        /// Every key in the map (a snapshot while it may change).
+        /// Every key in the map, once each (a snapshot while it may
+        /// change: when the key a walk stands on is deleted, the kernel
+        /// starts the walk again from the first key).
         pub fn keys(&self) -> io::Result<Vec<Vec<u8>>> {
             let mut keys: Vec<Vec<u8>> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            let mut prev: Option<Vec<u8>> = None;
             loop {
                 let mut next = vec![0u8; self.key_size];
-                let prev = keys.last().map_or(std::ptr::null(), |k| k.as_ptr().cast::<c_void>());
-                // SAFETY: `prev` is null (first key) or key_size bytes;
+                let prev_ptr = prev.as_ref().map_or(std::ptr::null(), |k| k.as_ptr().cast::<c_void>());
+                // SAFETY: `prev_ptr` is null (first key) or key_size bytes;
                 // `next` has room for key_size bytes.
                 let ret = unsafe {
-                    libbpf_sys::bpf_map_get_next_key(self.fd.as_raw_fd(), prev, next.as_mut_ptr().cast::<c_void>())
+                    libbpf_sys::bpf_map_get_next_key(self.fd.as_raw_fd(), prev_ptr, next.as_mut_ptr().cast::<c_void>())
                 };
                 match ret {
-                    0 => keys.push(next),
+                    0 => {
+                        if seen.insert(next.clone()) {
+                            keys.push(next.clone());
+                        }
+                        prev = Some(next);
+                    }
                     e if -e == libc::ENOENT => return Ok(keys),
                     e => return Err(io::Error::from_raw_os_error(-e)),
                 }

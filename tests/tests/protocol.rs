@@ -234,3 +234,23 @@ fn back_to_back_requests_keep_their_own_fds() {
         );
     }
 }
+
+/// A client that asks for tokens without reading the answers gets one
+/// token per connection at most: each further request for fds is refused
+/// until the earlier answer is read, so tokens cannot pile up unread in
+/// its socket. Other requests are still answered back to back.
+#[test]
+fn unread_tokens_do_not_pile_up_on_a_connection() {
+    let Some(env) = setup("unread_tokens_do_not_pile_up_on_a_connection") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let mut c = as_user(&user(ALICE), env.bin("bpftoken-probe"));
+    c.args(["mint-unread", d.socket.to_str().unwrap(), "3"]);
+    let o = output(c);
+    let busy = "refused busy: the answer to an earlier request on this connection, which may carry fds, is still \
+                unread; read it before asking for more";
+    assert_eq!(stdout(&o), format!("Minted\n{busy}\n{busy}\nExplained\nfds 1\n"), "{}", stderr(&o));
+    // Read answers clear the way: an ordinary client mints again and again.
+    let mut c = as_user(&user(ALICE), env.bin("bpftoken-probe"));
+    c.args(["mint-loop", d.socket.to_str().unwrap(), "20"]);
+    assert_eq!(stdout(&output(c)), "minted 20\n");
+}

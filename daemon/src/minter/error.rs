@@ -38,8 +38,14 @@ pub enum Step {
     OpenRoot,
     /// Mint child: clone().
     Clone,
+    /// Mint child: blocking signals, closing fds, dropping groups.
+    MintChildPrepare,
     /// Mint child: setns(userns).
     SetNs,
+    /// Mint child: setresuid(0) there and PR_SET_DUMPABLE 0.
+    MintChildBecomeRoot,
+    /// Mint child: sending the tokens back.
+    MintChildSend,
     /// Mint child: BPF_TOKEN_CREATE.
     TokenCreate,
     /// Mint child did not finish in time (stopped) and was killed.
@@ -70,7 +76,14 @@ impl fmt::Display for Step {
             Step::CheckMount => f.write_str("fstatfs() of the new bpffs"),
             Step::OpenRoot => f.write_str("opening the bpffs root"),
             Step::Clone => f.write_str("clone() of the mint child"),
+            Step::MintChildPrepare => {
+                f.write_str("mint child: blocking signals, closing fds and dropping supplementary groups")
+            }
             Step::SetNs => f.write_str("setns() into the scope's user namespace"),
+            Step::MintChildBecomeRoot => {
+                f.write_str("mint child: setresuid(0)/setresgid(0) in the scope's user namespace and PR_SET_DUMPABLE")
+            }
+            Step::MintChildSend => f.write_str("mint child: sending the tokens back (SCM_RIGHTS)"),
             Step::TokenCreate => f.write_str("BPF_TOKEN_CREATE"),
             Step::MintTimeout => f.write_str("the mint child (killed or stopped by a signal)"),
             Step::CheckToken => f.write_str("checking the minted fd"),
@@ -106,6 +119,11 @@ pub enum MintError {
     MinterUnavailable(String),
     #[error("the minter is busy creating scopes for other requests; retry in a moment")]
     MinterBusy,
+    #[error(
+        "{0}: a process the daemon starts in a client's user namespace could be ptraced by that client, so nothing \
+         is minted; set fs.suid_dumpable to 0 or 2 (sysctl -w fs.suid_dumpable=2)"
+    )]
+    PtraceRisk(String),
 }
 
 fn hint(step: Step, errno: i32) -> &'static str {

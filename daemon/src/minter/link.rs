@@ -134,11 +134,17 @@ impl MinterLink {
     }
 }
 
+/// Held from clearing CLOEXEC on a minter's end until the spawn is done:
+/// links have a lock each, so without this two minters started at once
+/// (from different threads) could each inherit the other's end, and one's
+/// death would then never close its socket.
+static SPAWN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn spawn(exe: &PathBuf) -> std::io::Result<Running> {
+    let _spawning = SPAWN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let (ours, theirs) =
         rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
-    // Only the minter's end survives the exec; the link holds the state
-    // lock (or runs before the runtime), so no other spawn races for it.
+    // Only the minter's end survives the exec.
     sys::clear_cloexec(theirs.as_fd())?;
     let child = Command::new(exe)
         .arg("minter")

@@ -154,9 +154,13 @@ impl Scope {
     ) -> Result<Vec<sys::MintedToken>, MintError> {
         let tokens = tokens.map_err(|(step, e)| {
             let step = match step {
+                sys::MintStep::SuidDumpable => return MintError::PtraceRisk(e.to_string()),
                 sys::MintStep::Clone => Step::Clone,
+                sys::MintStep::Prepare => Step::MintChildPrepare,
                 sys::MintStep::SetNs => Step::SetNs,
+                sys::MintStep::BecomeRoot => Step::MintChildBecomeRoot,
                 sys::MintStep::TokenCreate => Step::TokenCreate,
+                sys::MintStep::SendBack => Step::MintChildSend,
                 sys::MintStep::Timeout => Step::MintTimeout,
             };
             MintError::syscall(step, &e)
@@ -185,6 +189,8 @@ impl Scope {
                 return Err(MintError::BadTarget("no namespace came with a container-mode request".into()))
             }
         };
+        // The helper changes uid or enters a namespace the client owns.
+        sys::ptrace_safe().map_err(|e| MintError::PtraceRisk(e.to_string()))?;
         let (ours, theirs) =
             rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
                 .map_err(|e| MintError::from((Step::SocketPair, e)))?;
@@ -335,13 +341,27 @@ fn helper_main(sock: BorrowedFd<'_>, owner: ScopeOwner, target: Option<BorrowedF
     sys::exit_now(code)
 }
 
+/// After the helper's last credential change: non-dumpable (the change
+/// reset dumpability to fs.suid_dumpable; non-dumpable, the client cannot
+/// ptrace us or open our /proc files), and dying with the minter (the
+/// change also cleared the parent-death signal), checked afterwards in
+/// case the minter died already.
+fn settle_after_credentials(step: Step) -> Result<(), (Step, rustix::io::Errno)> {
+    use rustix::io::Errno;
+    use rustix::process::DumpableBehavior;
+    rustix::process::set_dumpable_behavior(DumpableBehavior::NotDumpable).map_err(|e| (step, e))?;
+    if rustix::process::dumpable_behavior().map_err(|e| (step, e))? != DumpableBehavior::NotDumpable {
+        return Err((step, Errno::PERM));
+    }
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).map_err(|e| (step, e))?;
+    if rustix::process::getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
+        return Err((step, Errno::SRCH));
+    }
+    Ok(())
+}
+
 fn helper_steps(sock: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), (Step, rustix::io::Errno)> {
     use rustix::io::Errno;
-    // Die with the minter; then make sure it has not died already.
-    rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).map_err(|e| (Step::SetIds, e))?;
-    if rustix::process::getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
-        return Err((Step::SetIds, Errno::SRCH));
-    }
     // Hold nothing of the minter's (other clients' scopes) once we are the client.
     sys::close_all_fds_except(sock).map_err(|e| (Step::SetIds, Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
     let (uid, gid) = (rustix::process::Uid::from_raw(uid), rustix::process::Gid::from_raw(gid));
@@ -349,16 +369,8 @@ fn helper_steps(sock: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), (Step, r
     rustix::thread::set_thread_groups(&[]).map_err(|e| (Step::SetIds, e))?;
     rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(|e| (Step::SetIds, e))?;
     rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(|e| (Step::SetIds, e))?;
-    // After the uid change: the kernel resets dumpability to
-    // fs.suid_dumpable on it, which may be 1. Non-dumpable, the client
-    // cannot ptrace us or open our /proc files.
-    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
-        .map_err(|e| (Step::SetIds, e))?;
-    if rustix::process::dumpable_behavior().map_err(|e| (Step::SetIds, e))?
-        != rustix::process::DumpableBehavior::NotDumpable
-    {
-        return Err((Step::SetIds, Errno::PERM));
-    }
+    settle_after_credentials(Step::SetIds)?;
+    // (Creating a user namespace we own changes neither.)
     sys::unshare_namespaces(rustix::thread::UnshareFlags::NEWUSER).map_err(|e| (Step::UnshareUser, e))?;
     rustix::net::send(sock, &[MSG_USERNS_READY], SendFlags::NOSIGNAL).map_err(|e| (Step::UnshareUser, e))?;
     let mut reply = [0u8; 1];
@@ -376,11 +388,14 @@ fn helper_steps(sock: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), (Step, r
 /// there as its root, so the bpffs (and its root directory) belongs to it.
 fn helper_steps_in(sock: BorrowedFd<'_>, ns: BorrowedFd<'_>) -> Result<(), (Step, rustix::io::Errno)> {
     use rustix::io::Errno;
-    rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).map_err(|e| (Step::SetIds, e))?;
-    if rustix::process::getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
-        return Err((Step::SetIds, Errno::SRCH));
-    }
+    // Nothing of the minter's comes into the namespace: only `sock`, and
+    // `ns` until we are in it.
+    sys::close_all_fds_except_two(sock, ns)
+        .map_err(|e| (Step::SetIds, Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
     rustix::thread::move_into_link_name_space(ns, Some(rustix::thread::LinkNameSpaceType::User))
+        .map_err(|e| (Step::EnterUserNamespace, e))?;
+    // Non-dumpable at once (setns reset it), before anything else.
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
         .map_err(|e| (Step::EnterUserNamespace, e))?;
     sys::close_all_fds_except(sock).map_err(|e| (Step::SetIds, Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
     // The namespace's root, so the bpffs root directory is owned by a uid
@@ -393,8 +408,7 @@ fn helper_steps_in(sock: BorrowedFd<'_>, ns: BorrowedFd<'_>) -> Result<(), (Step
     let (uid, gid) = (rustix::process::Uid::ROOT, rustix::process::Gid::ROOT);
     rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(|e| (Step::BecomeNamespaceRoot, e))?;
     rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(|e| (Step::BecomeNamespaceRoot, e))?;
-    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
-        .map_err(|e| (Step::SetIds, e))?;
+    settle_after_credentials(Step::BecomeNamespaceRoot)?;
     sys::unshare_namespaces(rustix::thread::UnshareFlags::NEWNS).map_err(|e| (Step::UnshareMount, e))?;
     let fs = rustix::mount::fsopen("bpf", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| (Step::FsOpen, e))?;
     send_fs_context(sock, fs.as_fd())

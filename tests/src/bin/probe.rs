@@ -441,6 +441,69 @@ fn run(args: &[String]) -> Result<(), String> {
             drop(grant);
             Ok(())
         }
+        Some("mint-unread") => {
+            // COUNT mint requests and a query in one write, nothing read for
+            // a moment (so the daemon answers them all first), then every
+            // answer: its kind (or refusal), and the fds that came.
+            use std::io::Write;
+            let usage = "mint-unread SOCKET COUNT";
+            let path = args.get(1).ok_or(usage)?;
+            let count: usize = args.get(2).and_then(|c| c.parse().ok()).ok_or(usage)?;
+            let mut sock = UnixStream::connect(path).map_err(|e| format!("{path}: {e}"))?;
+            let encode = |body| {
+                bpftoken_proto::codec::encode_request(&bpftoken_proto::Request::new(body)).map_err(|e| e.to_string())
+            };
+            let mut frames = Vec::new();
+            for _ in 0..count {
+                frames.extend(encode(bpftoken_proto::message::RequestBody::Mint(MintRequest::default()))?);
+            }
+            frames.extend(encode(bpftoken_proto::message::RequestBody::Query)?);
+            sock.write_all(&frames).map_err(|e| e.to_string())?;
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let (mut bytes, mut fds) = (Vec::new(), 0usize);
+            let mut answers = 0;
+            while answers <= count {
+                let mut buf = [0u8; 4096];
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+                let mut control = RecvAncillaryBuffer::new(&mut space);
+                let got = rustix::net::recvmsg(
+                    &sock,
+                    &mut [IoSliceMut::new(&mut buf)],
+                    &mut control,
+                    RecvFlags::CMSG_CLOEXEC,
+                )
+                .map_err(|e| e.to_string())?;
+                if got.bytes == 0 {
+                    break;
+                }
+                for m in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(r) = m {
+                        fds += r.count();
+                    }
+                }
+                bytes.extend_from_slice(&buf[..got.bytes]);
+                while bytes.len() >= 4 {
+                    let header: [u8; 4] = bytes[..4].try_into().map_err(|_| "header")?;
+                    let len = bpftoken_proto::codec::payload_len(header).map_err(|e| e.to_string())?;
+                    if bytes.len() < 4 + len {
+                        break;
+                    }
+                    let response =
+                        bpftoken_proto::codec::decode_response(&bytes[4..4 + len]).map_err(|e| e.to_string())?;
+                    bytes.drain(..4 + len);
+                    answers += 1;
+                    match response {
+                        bpftoken_proto::Response::Refused(r) => println!("refused {}: {}", r.code, r.message),
+                        other => {
+                            let name = format!("{other:?}");
+                            println!("{}", name.split(['(', ' ', '{']).next().unwrap_or_default());
+                        }
+                    }
+                }
+            }
+            println!("fds {fds}");
+            Ok(())
+        }
         Some("send-and-exit") => {
             use std::io::Write;
             let path = args.get(1).ok_or("send-and-exit SOCKET")?;
@@ -588,13 +651,15 @@ fn run(args: &[String]) -> Result<(), String> {
         Some("stop-mint-child") => {
             // Catch a mint child of the daemon DAEMON_PID as it is made (the
             // newest pid on the machine, from ns_last_pid) and SIGSTOP it:
-            // only a root process in a user namespace this user owns accepts
-            // the signal. Prints its pid and leaves it stopped.
+            // it accepts the signal once it is in a user namespace this user
+            // owns (first as root, then as that namespace's root, our uid).
+            // Prints its pid and leaves it stopped.
             let usage = "stop-mint-child DAEMON_PID SECONDS";
             let daemon: u32 = args.get(1).and_then(|c| c.parse().ok()).ok_or(usage)?;
             let secs: u64 = args.get(2).and_then(|c| c.parse().ok()).ok_or(usage)?;
             sys::ignore_signal(libc::SIGTERM).map_err(|e| e.to_string())?;
             let parent = format!("PPid:\t{daemon}");
+            let own_uid = format!("Uid:\t{}\t", rustix::process::getuid().as_raw());
             let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
             let me = std::process::id();
             while std::time::Instant::now() < end {
@@ -607,11 +672,12 @@ fn run(args: &[String]) -> Result<(), String> {
                 };
                 let Some(pid) = rustix::process::Pid::from_raw(pid) else { continue };
                 let status = || std::fs::read_to_string(format!("/proc/{}/status", pid.as_raw_nonzero()));
-                // Root children of that daemon only: never our own client,
-                // nor another daemon's child.
-                if !status()
-                    .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")) && s.lines().any(|l| l == parent))
-                {
+                // Children of that daemon only: never our own client, nor
+                // another daemon's child.
+                if !status().is_ok_and(|s| {
+                    s.lines().any(|l| l.starts_with("Uid:\t0\t") || l.starts_with(&own_uid))
+                        && s.lines().any(|l| l == parent)
+                }) {
                     continue;
                 }
                 if rustix::process::kill_process(pid, rustix::process::Signal::STOP).is_ok() {
