@@ -880,30 +880,19 @@ pub unsafe fn fork() -> io::Result<Forked> {
     }
 }
 
-/// Close every fd except `keep` (in a helper child before it drops to the
-/// client's uid, so it holds nothing of other clients).
-pub fn close_all_fds_except(keep: BorrowedFd<'_>) -> io::Result<()> {
-    let keep = keep.as_raw_fd().cast_unsigned();
-    if keep > 0 {
-        // SAFETY: close_range only closes fds; the caller owns this process.
-        cvt(unsafe { libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32) })?;
-    }
-    // SAFETY: as above.
-    cvt(unsafe { libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32) })?;
-    Ok(())
-}
-
-/// [`close_all_fds_except`], keeping two fds.
-pub fn close_all_fds_except_two(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> io::Result<()> {
-    let (a, b) = (a.as_raw_fd().cast_unsigned(), b.as_raw_fd().cast_unsigned());
-    let (low, high) = (a.min(b), a.max(b));
+/// Close every fd except those in `keep` (in a helper child before it
+/// drops to the client's uid or enters its namespace, so it holds nothing
+/// of other clients).
+pub fn close_all_fds_except(keep: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut keep: Vec<u32> = keep.iter().map(|fd| fd.as_raw_fd().cast_unsigned()).collect();
+    keep.sort_unstable();
     let mut next = 0u32;
-    for keep in [low, high] {
-        if keep > next {
+    for fd in keep {
+        if fd > next {
             // SAFETY: close_range only closes fds; the caller owns this process.
-            cvt(unsafe { libc::syscall(libc::SYS_close_range, next, keep - 1, 0u32) })?;
+            cvt(unsafe { libc::syscall(libc::SYS_close_range, next, fd - 1, 0u32) })?;
         }
-        next = keep.saturating_add(1);
+        next = fd.saturating_add(1);
     }
     // SAFETY: as above.
     cvt(unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0u32) })?;

@@ -363,7 +363,7 @@ fn settle_after_credentials(step: Step) -> Result<(), (Step, rustix::io::Errno)>
 fn helper_steps(sock: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), (Step, rustix::io::Errno)> {
     use rustix::io::Errno;
     // Hold nothing of the minter's (other clients' scopes) once we are the client.
-    sys::close_all_fds_except(sock).map_err(|e| (Step::SetIds, Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
+    sys::close_all_fds_except(&[sock]).map_err(|e| (Step::SetIds, Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
     let (uid, gid) = (rustix::process::Uid::from_raw(uid), rustix::process::Gid::from_raw(gid));
     // Single-threaded process: the thread-level calls are process-wide.
     rustix::thread::set_thread_groups(&[]).map_err(|e| (Step::SetIds, e))?;
@@ -390,14 +390,14 @@ fn helper_steps_in(sock: BorrowedFd<'_>, ns: BorrowedFd<'_>) -> Result<(), (Step
     use rustix::io::Errno;
     // Nothing of the minter's comes into the namespace: only `sock`, and
     // `ns` until we are in it.
-    sys::close_all_fds_except_two(sock, ns)
+    sys::close_all_fds_except(&[sock, ns])
         .map_err(|e| (Step::SetIds, Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
     rustix::thread::move_into_link_name_space(ns, Some(rustix::thread::LinkNameSpaceType::User))
         .map_err(|e| (Step::EnterUserNamespace, e))?;
     // Non-dumpable at once (setns reset it), before anything else.
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
         .map_err(|e| (Step::EnterUserNamespace, e))?;
-    sys::close_all_fds_except(sock).map_err(|e| (Step::SetIds, Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
+    sys::close_all_fds_except(&[sock]).map_err(|e| (Step::SetIds, Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
     // The namespace's root, so the bpffs root directory is owned by a uid
     // mapped there. Its setgroups may be "deny"; supplementary groups play
     // no part in fsopen, so an EPERM there is fine.
