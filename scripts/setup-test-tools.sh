@@ -15,6 +15,8 @@
 #   works for any user and after setns() into a user namespace.
 # - $libexec/obj/NAME.bpf.o: tests/bpf/NAME.bpf.c compiled with clang,
 #   world-readable. Rebuilt when the source is newer.
+# - $libexec/preload_mint.so: tests/c/preload_mint.c, the LD_PRELOAD attack
+#   on `executables` rules (tests/tests/identity.rs, the VM's bind-exe).
 set -eu
 cd "$(dirname "$0")/.."
 cache=/var/cache/bpftoken-test/trixie
@@ -62,6 +64,13 @@ for src in tests/bpf/*.bpf.c; do
         mv -f "$obj.tmp" "$obj"
     fi
 done
+
+so=$libexec/preload_mint.so
+if [ ! -e "$so" ] || [ tests/c/preload_mint.c -nt "$so" ]; then
+    cc -O2 -Wall -Werror -shared -fPIC tests/c/preload_mint.c -o "$so.tmp"
+    chmod 0755 "$so.tmp"
+    mv -f "$so.tmp" "$so"
+fi
 
 if ! out=$("$libexec/bpftool" version 2>&1); then
     echo "setup-test-tools: $libexec/bpftool does not run:" >&2

@@ -133,6 +133,9 @@ const char *bpftoken_last_error(void);
 #define BPFTOKEN_REFUSED_LEARNING_NOT_ALLOWED 18
 #define BPFTOKEN_REFUSED_LEARNING_UNAVAILABLE 19
 #define BPFTOKEN_REFUSED_MINT_FAILED         20
+#define BPFTOKEN_REFUSED_BAD_PROGRAM         21
+#define BPFTOKEN_REFUSED_TARGET_NOT_ALLOWED  22
+#define BPFTOKEN_REFUSED_TRACE_UNAVAILABLE   23
 int bpftoken_last_refusal(void);
 
 #ifdef __cplusplus

@@ -88,9 +88,11 @@ pub fn errno_of(e: &bpftoken_client::Error) -> i32 {
             | RefusalCode::RevocationUnavailable
             | RefusalCode::LearningNotAllowed
             | RefusalCode::LearningUnavailable
+            | RefusalCode::TargetNotAllowed
             | RefusalCode::Unknown(_) => libc::EPERM,
+            RefusalCode::TraceUnavailable => libc::EOPNOTSUPP,
             RefusalCode::UnknownLease => libc::ENOENT,
-            RefusalCode::EmptyGrant => libc::EINVAL,
+            RefusalCode::EmptyGrant | RefusalCode::BadProgram => libc::EINVAL,
             RefusalCode::RateLimited | RefusalCode::TooManyTokens => libc::EAGAIN,
             RefusalCode::Busy => libc::EBUSY,
             RefusalCode::Timeout => libc::ETIMEDOUT,

@@ -184,6 +184,15 @@ impl Client {
         Ok(Client { stream })
     }
 
+    /// Use a connection made elsewhere (a socket inherited or passed over
+    /// SCM_RIGHTS). The daemon judges every request by the process that
+    /// sends it, whoever connected.
+    pub fn from_stream(stream: UnixStream) -> Result<Client, Error> {
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.set_write_timeout(Some(TIMEOUT))?;
+        Ok(Client { stream })
+    }
+
     /// Ask for a token. Sets left `None` in `request` mean "all my policy
     /// grants"; anything outside the grant is refused, not cut down.
     ///
@@ -199,15 +208,41 @@ impl Client {
     /// asks for a lease shorter than the policy's (seconds). From a daemon
     /// too old for leases: a plain mint without `ttl`, an error with one.
     pub fn mint_leased(&mut self, request: &MintRequest, ttl: Option<u32>) -> Result<Token, Error> {
+        self.mint_leased_for_program(request, ttl, None)
+    }
+
+    /// [`Client::mint_leased`] for the program at `program` (an absolute
+    /// path), which the caller is about to run: the daemon matches
+    /// `executables` rules against that file on the host and, where its
+    /// enforcer runs, binds the token to it (it works in that program
+    /// only). Without the enforcer the daemon matches the caller's own
+    /// executable instead.
+    pub fn mint_leased_for_program(
+        &mut self,
+        request: &MintRequest,
+        ttl: Option<u32>,
+        program: Option<&str>,
+    ) -> Result<Token, Error> {
         let roles = [FdRole::Token];
-        let (m, lease, mut fds) = self.minted_leased(MintMode::Token, request, ttl, None, &roles)?;
+        let (m, lease, mut fds) = self.minted_leased(MintMode::Token, request, ttl, None, &roles, program)?;
         Ok(Token { fd: fds.remove(0), granted: m.granted, rules: m.rules, lease })
     }
 
     /// [`Client::mint_scope`] with its lease (see [`Client::mint_leased`]).
     pub fn mint_scope_leased(&mut self, request: &MintRequest, ttl: Option<u32>) -> Result<ScopeGrant, Error> {
+        self.mint_scope_leased_for_program(request, ttl, None)
+    }
+
+    /// [`Client::mint_scope_leased`] for a program (see
+    /// [`Client::mint_leased_for_program`]).
+    pub fn mint_scope_leased_for_program(
+        &mut self,
+        request: &MintRequest,
+        ttl: Option<u32>,
+        program: Option<&str>,
+    ) -> Result<ScopeGrant, Error> {
         let roles = [FdRole::Token, FdRole::UserNamespace, FdRole::Bpffs];
-        let (m, lease, mut fds) = self.minted_leased(MintMode::Scope, request, ttl, None, &roles)?;
+        let (m, lease, mut fds) = self.minted_leased(MintMode::Scope, request, ttl, None, &roles, program)?;
         let bpffs = fds.remove(2);
         let userns = fds.remove(1);
         Ok(ScopeGrant { token: Token { fd: fds.remove(0), granted: m.granted, rules: m.rules, lease }, userns, bpffs })
@@ -221,13 +256,15 @@ impl Client {
         userns: BorrowedFd<'_>,
     ) -> Result<DelegatedMount, Error> {
         let roles = [FdRole::Bpffs];
-        let (m, lease, mut fds) = self.minted_leased(MintMode::DelegateMount, request, ttl, Some(userns), &roles)?;
+        let (m, lease, mut fds) =
+            self.minted_leased(MintMode::DelegateMount, request, ttl, Some(userns), &roles, None)?;
         Ok(DelegatedMount { bpffs: fds.remove(0), granted: m.granted, rules: m.rules, lease })
     }
 
-    /// Send a [`RequestBody::MintLease`]; an older daemon refuses it as
-    /// malformed (the connection stays usable): without `ttl`, ask again
-    /// the old way.
+    /// Send a [`RequestBody::MintLease`] (a [`RequestBody::MintForProgram`]
+    /// with `program`); an older daemon refuses it as malformed (the
+    /// connection stays usable): ask again the way it knows (it would not
+    /// have bound the grant to the program either).
     fn minted_leased(
         &mut self,
         mode: MintMode,
@@ -235,8 +272,18 @@ impl Client {
         ttl: Option<u32>,
         fd: Option<BorrowedFd<'_>>,
         roles: &[FdRole],
+        program: Option<&str>,
     ) -> Result<Minted, Error> {
-        let body = RequestBody::MintLease(bpftoken_proto::LeaseRequest { mode, request: *request, ttl });
+        let lease = bpftoken_proto::LeaseRequest { mode, request: *request, ttl };
+        if let Some(program) = program {
+            let body =
+                RequestBody::MintForProgram(bpftoken_proto::ProgramRequest { lease, program: program.to_owned() });
+            match self.minted(body, fd, roles) {
+                Err(Error::Refused(r)) if r.code == RefusalCode::Malformed && r.message.starts_with("undecodable") => {}
+                other => return other,
+            }
+        }
+        let body = RequestBody::MintLease(lease);
         match self.minted(body, fd, roles) {
             Err(Error::Refused(r)) if r.code == RefusalCode::Malformed && r.message.starts_with("undecodable") => {
                 if ttl.is_some() {

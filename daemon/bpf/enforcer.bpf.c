@@ -15,8 +15,9 @@
  *   token whose serial, or whose whole scope, the daemon has put in the
  *   `deadlines` map with a deadline that has passed (0: revoked now;
  *   NO_DEADLINE: a lease without expiry, not revoked), or with a binding
- *   the current task does not meet (another uid, or outside the cgroup
- *   subtree the lease was minted for).
+ *   the current task does not meet (another uid, outside the cgroup
+ *   subtree the lease was minted for, or another program than the file
+ *   the lease is bound to).
  * - fentry on free_user_ns (the kernel's deferred free of a user
  *   namespace) removes the whole-scope entry and the counts of a scope that
  *   no longer exists, before its inode number can be reused, so an entry
@@ -62,6 +63,27 @@ struct bpf_token {
 } __attribute__((preserve_access_index));
 
 struct bpf_map;
+
+struct super_block {
+	__u32 s_dev;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned long i_ino;
+	struct super_block *i_sb;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+} __attribute__((preserve_access_index));
+
+struct mm_struct {
+	struct file *exe_file;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	struct mm_struct *mm;
+} __attribute__((preserve_access_index));
 
 struct bpf_prog_aux {
 	struct bpf_token *token;
@@ -140,6 +162,7 @@ struct {
 /* lease_entry.bind: who may use the lease's tokens. */
 #define BIND_UID 1	/* only tasks whose (real, init-namespace) uid is bind_uid */
 #define BIND_CGROUP 2	/* only tasks in the cgroup v2 subtree bind_cgroup_id at bind_cgroup_level */
+#define BIND_EXE 4	/* only tasks running the file (bind_exe_dev, bind_exe_ino) */
 
 struct lease_entry {
 	/* CLOCK_BOOTTIME nanoseconds; 0: revoked now; NO_DEADLINE: none. */
@@ -158,6 +181,11 @@ struct lease_entry {
 	__u64 expires;		/* Unix seconds; 0: never */
 	__u32 owner_uid;
 	__u32 mode;		/* the daemon's LeaseMode numbering */
+	/* BIND_EXE: the executable's inode number and its superblock's
+	 * device, in the kernel's dev_t encoding (major << 20 | minor). */
+	__u64 bind_exe_ino;
+	__u32 bind_exe_dev;
+	__u32 pad;
 };
 
 /* One entry per lease, written by the daemon only: (scope, serial) ->
@@ -212,6 +240,19 @@ static __always_inline __u32 scope_of(const struct bpf_token *token)
 	return BPF_CORE_READ(token, userns, ns.inum);
 }
 
+/* Whether the current task runs the file (dev, ino): its mm's exe_file,
+ * the file the kernel executed, whatever path or mount namespace it came
+ * through. A task without an mm (a kernel thread) runs none. */
+static __always_inline int runs_exe(__u32 dev, __u64 ino)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct inode *inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
+
+	if (!inode)
+		return 0;
+	return BPF_CORE_READ(inode, i_ino) == ino && BPF_CORE_READ(inode, i_sb, s_dev) == dev;
+}
+
 /* Whether the lease entry of (scope, serial), if any, refuses the current
  * task: its deadline has passed, or the task is not the one it is bound to. */
 static __always_inline int lapsed(__u32 scope, __u64 serial)
@@ -227,6 +268,8 @@ static __always_inline int lapsed(__u32 scope, __u64 serial)
 		return 1;
 	if ((e->bind & BIND_CGROUP) &&
 	    bpf_get_current_ancestor_cgroup_id(e->bind_cgroup_level) != e->bind_cgroup_id)
+		return 1;
+	if ((e->bind & BIND_EXE) && !runs_exe(e->bind_exe_dev, e->bind_exe_ino))
 		return 1;
 	return 0;
 }

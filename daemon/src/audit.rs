@@ -49,7 +49,7 @@ fn exe(peer: &PeerIdentity) -> String {
 }
 
 fn cgroup(peer: &PeerIdentity) -> String {
-    format!("{:?}", peer.creds.cgroup.as_deref().unwrap_or("?"))
+    format!("{:?}", peer.cgroup_display())
 }
 
 /// A token was handed out.
@@ -61,7 +61,13 @@ fn cgroup(peer: &PeerIdentity) -> String {
 /// `max_live_tokens` or `bind`, else whether they are enforced
 /// (`enforced=false`: minted anyway, because the policy says
 /// `require_enforcement = false`). `bound_uid` and `bound_cgroup` name the
-/// lease's binding (`-`: none).
+/// lease's binding (`-`: none). `identity` says how the executable and
+/// cgroup that `executables`/`cgroups` rules matched on stand: `enforced`
+/// (the tokens work in that program and cgroup only), `claimed` (read
+/// from /proc, nothing enforces it: `enforce_identity = false`) or `-`;
+/// `exe_source` whether `exe` is the program that asked (`running`) or
+/// the one it named to run (`declared`, `bpftoken run`).
+#[allow(clippy::too_many_arguments)]
 pub fn granted(
     peer: &PeerIdentity,
     rules: &[String],
@@ -69,6 +75,7 @@ pub fn granted(
     cold: bool,
     mode: &str,
     enforced: Option<bool>,
+    identity: crate::server::Identity,
     lease: &LeaseInfo,
 ) {
     if !admit() {
@@ -87,6 +94,8 @@ pub fn granted(
         scope = if cold { "new" } else { "cached" },
         mode,
         enforced = enforced.map_or("-", |e| if e { "true" } else { "false" }),
+        identity = identity.as_str(),
+        exe_source = if peer.exe_declared { "declared" } else { "running" },
         userns_owner = peer.creds.userns_owner.map_or_else(|| "-".to_owned(), |u| u.to_string()),
         lease = lease.id,
         lease_scope = lease.scope,

@@ -152,6 +152,25 @@ pub struct Binding {
     pub uid: Option<u32>,
     /// Only tasks inside this cgroup v2 subtree.
     pub cgroup: Option<CgroupId>,
+    /// Only tasks running this file.
+    pub exe: Option<ExeId>,
+}
+
+/// A file as the kernel identifies an executable: its superblock's device
+/// in the kernel's `dev_t` encoding (`major << 20 | minor`, not the
+/// `st_dev` encoding) and its inode number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ExeId {
+    pub dev: u32,
+    pub ino: u64,
+}
+
+impl ExeId {
+    /// From `stat` fields: `st_dev` re-encoded the kernel's way.
+    pub fn from_stat(st_dev: u64, st_ino: u64) -> ExeId {
+        let (major, minor) = (rustix::fs::major(st_dev), rustix::fs::minor(st_dev));
+        ExeId { dev: (major << 20) | (minor & 0xf_ffff), ino: st_ino }
+    }
 }
 
 /// A cgroup v2 directory as the kernel names it: its id (the inode number
@@ -165,9 +184,15 @@ pub struct CgroupId {
 /// `lease_entry.bind` bits (`BIND_UID`, `BIND_CGROUP` in the C source).
 const BIND_UID: u32 = 1;
 const BIND_CGROUP: u32 = 2;
+const BIND_EXE: u32 = 4;
 
 /// Size of a `deadlines` value (`struct lease_entry`).
-pub(crate) const ENTRY_SIZE: usize = 72;
+pub(crate) const ENTRY_SIZE: usize = 88;
+/// Sizes of `deadlines` values whose first 72 bytes are laid out as ours
+/// (deadline first, owner uid at [`ENTRY_OWNER_UID_AT`]): this build's and
+/// the one before `bind_exe_*` was appended. Revoking an entry of either
+/// (other builds' pinned sets) writes only its deadline.
+pub(crate) const ENTRY_SIZES_KNOWN: [usize; 2] = [72, ENTRY_SIZE];
 /// Size of a `deadlines` key (`struct revoke_key`).
 pub(crate) const ENTRY_KEY_SIZE: usize = 16;
 /// Where `lease_entry.owner_uid` is.
@@ -245,6 +270,12 @@ impl LeaseRecord {
         b[56..64].copy_from_slice(&self.expires.unwrap_or(0).to_ne_bytes());
         b[ENTRY_OWNER_UID_AT..ENTRY_OWNER_UID_AT + 4].copy_from_slice(&self.uid.to_ne_bytes());
         b[68..72].copy_from_slice(&mode_code(self.mode).to_ne_bytes());
+        if let Some(exe) = self.bind.exe {
+            flags |= BIND_EXE;
+            b[24..28].copy_from_slice(&flags.to_ne_bytes());
+            b[72..80].copy_from_slice(&exe.ino.to_ne_bytes());
+            b[80..84].copy_from_slice(&exe.dev.to_ne_bytes());
+        }
         b
     }
 
@@ -259,6 +290,7 @@ impl LeaseRecord {
         let bind = Binding {
             uid: (flags & BIND_UID != 0).then(|| w4(16)),
             cgroup: (flags & BIND_CGROUP != 0).then(|| CgroupId { id: w8(8), level: w4(20) }),
+            exe: (flags & BIND_EXE != 0).then(|| ExeId { ino: w8(72), dev: w4(80) }),
         };
         Some(LeaseRecord {
             deadline: w8(0),
@@ -279,7 +311,7 @@ impl LeaseRecord {
 /// that keeps the object the same; the pin directory's name covers it
 /// (with [`record_samples`]), so a daemon never adopts entries written in
 /// another encoding.
-const RECORD_FORMAT: u32 = 2;
+const RECORD_FORMAT: u32 = 3;
 
 /// [`RECORD_FORMAT`] and sample records of every mode and binding as
 /// [`LeaseRecord::bytes`] encodes them: hashed into the pin directory's
@@ -290,8 +322,9 @@ fn record_samples() -> Vec<u8> {
     let modes = [LeaseMode::Owner, LeaseMode::Libbpf, LeaseMode::Container, LeaseMode::DelegatedMount];
     let binds = [
         Binding::default(),
-        Binding { uid: Some(1), cgroup: None },
-        Binding { uid: None, cgroup: Some(CgroupId { id: 2, level: 3 }) },
+        Binding { uid: Some(1), ..Binding::default() },
+        Binding { cgroup: Some(CgroupId { id: 2, level: 3 }), ..Binding::default() },
+        Binding { exe: Some(ExeId { dev: 11, ino: 12 }), ..Binding::default() },
     ];
     for (i, mode) in modes.into_iter().enumerate() {
         for bind in binds {
@@ -389,6 +422,25 @@ impl Enforcer {
         }
         e.others = others.into();
         Ok(e)
+    }
+
+    /// Whether the enforcer can run on this host, as [`Enforcer::load`]
+    /// would find (`bpftokend check-policy`): the same checks and a load
+    /// and attach that is undone at once; nothing is pinned or adopted.
+    /// Needs root, as the daemon does.
+    pub fn probe() -> Result<(), Unavailable> {
+        let active = std::fs::read_to_string("/sys/kernel/security/lsm");
+        if let Ok(active) = &active {
+            let active = active.trim();
+            if !active.split(',').any(|l| l == "bpf") {
+                return Err(Unavailable::LsmInactive { active: active.to_owned() });
+            }
+        }
+        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(Unavailable::NoBtf);
+        }
+        let probe = PinError::Dir { path: PathBuf::new(), source: io::Error::other("a probe pins nothing") };
+        attach(active, Persistence::UntilStop(probe)).map(drop)
     }
 
     fn others(&self) -> std::sync::MutexGuard<'_, OtherSets> {
@@ -725,7 +777,11 @@ mod tests {
     fn a_lease_record_survives_the_map_and_keeps_the_kernel_layout() {
         let r = LeaseRecord {
             deadline: 123,
-            bind: Binding { uid: Some(1001), cgroup: Some(CgroupId { id: 77, level: 2 }) },
+            bind: Binding {
+                uid: Some(1001),
+                cgroup: Some(CgroupId { id: 77, level: 2 }),
+                exe: Some(ExeId { dev: (8 << 20) | 3, ino: 4242 }),
+            },
             id: 9,
             uid: 1001,
             scope_uid: 1002,
@@ -741,8 +797,11 @@ mod tests {
         assert_eq!(b[8..16], 77u64.to_ne_bytes());
         assert_eq!(b[16..20], 1001u32.to_ne_bytes());
         assert_eq!(b[20..24], 2u32.to_ne_bytes());
-        assert_eq!(b[24..28], (BIND_UID | BIND_CGROUP).to_ne_bytes());
+        assert_eq!(b[24..28], (BIND_UID | BIND_CGROUP | BIND_EXE).to_ne_bytes());
         assert_eq!(b[28..32], 1002u32.to_ne_bytes(), "the scope's owner, in what was padding");
+        // bind_exe_ino, bind_exe_dev: appended after `mode`.
+        assert_eq!(b[72..80], 4242u64.to_ne_bytes());
+        assert_eq!(b[80..84], ((8u32 << 20) | 3).to_ne_bytes());
         let plain = LeaseRecord { bind: Binding::default(), serial: None, expires: None, ..r };
         assert_eq!(LeaseRecord::decode(&plain.bytes()), Some(plain));
         assert_eq!(LeaseRecord::decode(&b[..32]), None, "an entry of the older layout");
@@ -752,12 +811,13 @@ mod tests {
     fn the_pin_directory_name_covers_the_record_encoding() {
         // Every mode, binding and field of the encoding shows in the samples.
         let samples = record_samples();
-        assert_eq!(samples.len(), 4 + 12 * ENTRY_SIZE);
+        assert_eq!(samples.len(), 4 + 16 * ENTRY_SIZE);
         let records: Vec<LeaseRecord> =
             samples[4..].chunks(ENTRY_SIZE).map(|c| LeaseRecord::decode(c).expect("decodable")).collect();
         for mode in [LeaseMode::Owner, LeaseMode::Libbpf, LeaseMode::Container, LeaseMode::DelegatedMount] {
             assert!(records.iter().any(|r| r.mode == mode && r.bind.uid.is_some()));
             assert!(records.iter().any(|r| r.mode == mode && r.bind.cgroup.is_some()));
+            assert!(records.iter().any(|r| r.mode == mode && r.bind.exe.is_some()));
         }
         // Another encoding (here: another format number) is another set.
         let object = b"object";

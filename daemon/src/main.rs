@@ -64,6 +64,24 @@ struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EnforcerCheck {
+    Detect,
+    Available,
+    Unavailable,
+}
+
+impl EnforcerCheck {
+    /// Why the enforcer will not run, as the daemon would say it.
+    fn unavailable(self) -> Option<String> {
+        match self {
+            EnforcerCheck::Available => None,
+            EnforcerCheck::Unavailable => Some("`--enforcer unavailable` was given".to_owned()),
+            EnforcerCheck::Detect => bpftokend::enforcer::Enforcer::probe().err().map(|why| why.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Human,
     Json,
@@ -121,6 +139,13 @@ enum Command {
         /// container) owned by this user (name or uid).
         #[arg(long, value_name = "USER", requires = "explain")]
         userns_owner: Option<String>,
+        /// Whether the daemon that loads this policy will have its enforcer
+        /// (the BPF LSM), which `executables` and `cgroups` rules need
+        /// unless they say `enforce_identity = false`: `detect` tries it on
+        /// this host (as root); `available`/`unavailable` check the policy
+        /// for another host.
+        #[arg(long, value_enum, default_value_t = EnforcerCheck::Detect)]
+        enforcer: EnforcerCheck,
     },
     /// Revoke leases of the running daemon: their tokens stop working at
     /// once (the kernel refuses them with EPERM), other leases keep
@@ -155,9 +180,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Some(Command::CheckPolicy { policy, explain, groups, exe, cgroup, userns_owner }) => {
+        Some(Command::CheckPolicy { policy, explain, groups, exe, cgroup, userns_owner, enforcer }) => {
             let (names, source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
-            match bpftoken_policy::load(&policy, &names) {
+            let loaded = bpftoken_policy::load(&policy, &names).and_then(|p| {
+                // Probed only for a policy that has such rules.
+                let needs = p.rules().iter().any(|r| r.identity.as_ref().is_some_and(|i| !i.advisory));
+                let unavailable = if needs { enforcer.unavailable() } else { None };
+                p.check_identity_enforcement(unavailable.as_deref()).map(|()| p)
+            });
+            match loaded {
                 Ok(p) => {
                     println!(
                         "{}: ok, {} allow and {} deny rule(s); names checked against {source}",

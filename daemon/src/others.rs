@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use bpftoken_proto::{OtherBuild, OtherLeases};
 
-use crate::enforcer::{ENTRY_KEY_SIZE, ENTRY_OWNER_UID_AT, ENTRY_SIZE, REVOKED};
+use crate::enforcer::{ENTRY_KEY_SIZE, ENTRY_OWNER_UID_AT, ENTRY_SIZES_KNOWN, REVOKED};
 use crate::sys::bpf::MapFd;
 
 /// `BPF_EXIST`: update an existing entry only.
@@ -96,10 +96,11 @@ impl OtherSets<MapFd> {
     pub fn open(dirs: Vec<PathBuf>, this: &str) -> OtherSets<MapFd> {
         OtherSets::open_with(dirs, this, |dir| {
             let map = MapFd::open_pinned(&dir.join("map-deadlines")).map_err(|e| format!("map-deadlines: {e}"))?;
-            let want = (ENTRY_KEY_SIZE, ENTRY_SIZE);
-            if map.sizes() != want {
+            let (key, value) = map.sizes();
+            if key != ENTRY_KEY_SIZE || !ENTRY_SIZES_KNOWN.contains(&value) {
                 return Err(format!(
-                    "its deadlines map has key and value sizes {:?}, this build knows {want:?}",
+                    "its deadlines map has key and value sizes {:?}, this build knows ({ENTRY_KEY_SIZE}, any of \
+                     {ENTRY_SIZES_KNOWN:?})",
                     map.sizes()
                 ));
             }
@@ -247,6 +248,7 @@ fn count<M: EntryMap>(map: &M, revoke: Option<Whose>, dir: &Path) -> Option<Othe
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::enforcer::ENTRY_SIZE;
     use std::cell::RefCell;
     use std::collections::BTreeMap;
 

@@ -1,12 +1,23 @@
 //! Who is at the other end of a connection, as the kernel says. Never
 //! anything the peer says about itself.
+//!
+//! At accept: uid, gid and groups (`SO_PEERCRED`, `SO_PEERGROUPS`) and the
+//! user namespace of the process that connected (through its pidfd). Per
+//! request, and only when the policy has a rule that looks at them: the
+//! executable and cgroup of the process that *sent* the request (the
+//! `SCM_PIDFD` of its bytes), so a socket handed to another program
+//! speaks for that program. An executable is only ever named by a host
+//! path that leads to the very file the process runs (device and inode);
+//! the enforcer binds grants to that file (docs/enforcement.md).
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use bpftoken_policy::Peer;
 
+use crate::enforcer::ExeId;
 use crate::sys;
 
 /// Which user namespace the peer lives in.
@@ -21,25 +32,63 @@ pub enum PeerUserns {
     Unknown,
 }
 
-/// A connected client's identity, taken once at accept time.
-#[derive(Debug)]
+/// A connected client's identity: taken at accept time, and completed per
+/// request by [`PeerIdentity::for_request`].
+#[derive(Debug, Clone)]
 pub struct PeerIdentity {
     /// uid, gid and supplementary groups, for the policy.
     pub creds: Peer,
-    /// The pid SO_PEERCRED reported (for logs only: everything pid-based
-    /// was read through a pidfd from SO_PEERPIDFD, which stays bound to the
-    /// connecting process even if the pid is recycled, and closed after).
+    /// The pid SO_PEERCRED reported, or per request the sender's (for
+    /// logs only: everything pid-based is read through a pidfd, which
+    /// stays bound to its process even if the pid is recycled).
     pub pid: i32,
     pub userns: PeerUserns,
     /// The peer's user namespace, held from accept time, when it is not
     /// ours: container-mode tokens are minted in exactly this namespace.
-    pub userns_fd: Option<std::os::fd::OwnedFd>,
+    pub userns_fd: Option<Arc<OwnedFd>>,
+    /// The file `creds.exe` names, as the kernel identifies it (what the
+    /// enforcer binds an `executables` grant to).
+    pub exe_id: Option<ExeId>,
+    /// `creds.exe` is the program the client is about to run
+    /// ([`PeerIdentity::with_program`]), not one it runs.
+    pub exe_declared: bool,
+    /// The pidfd of the process that sent the request, kept so that the
+    /// audit event can name its executable and cgroup where no rule
+    /// needed them read for the decision.
+    pub sender: Option<Arc<OwnedFd>>,
+}
+
+/// Which pid-based facts a request needs read (the policy's rules say).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub exe: bool,
+    pub cgroup: bool,
+}
+
+/// Why a program named in a request cannot be bound to.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    #[error("the program \"{0}\" is not an absolute path")]
+    NotAbsolute(String),
+    #[error("the program \"{path}\" cannot be opened on the host: {source}")]
+    Open { path: String, source: std::io::Error },
+    #[error("the program \"{0}\" is not a regular file")]
+    NotAFile(String),
 }
 
 impl PeerIdentity {
-    /// The peer's executable path for logs (escaped by the caller).
+    /// The peer's executable path for logs (escaped by the caller): as
+    /// matched, else read now from the sender (a log line only).
     pub fn exe_display(&self) -> String {
-        self.creds.exe.as_ref().map_or_else(|| "?".to_owned(), |p| p.to_string_lossy().into_owned())
+        let read =
+            || self.sender.as_ref().and_then(|s| through_pidfd(s.as_fd(), |p| std::fs::read_link(format!("{p}/exe"))));
+        self.creds.exe.clone().or_else(read).map_or_else(|| "?".to_owned(), |p| p.to_string_lossy().into_owned())
+    }
+
+    /// The peer's cgroup for logs: as matched, else read now.
+    pub fn cgroup_display(&self) -> String {
+        let read = || self.sender.as_ref().and_then(|s| cgroup_of(s.as_fd()));
+        self.creds.cgroup.clone().or_else(read).unwrap_or_else(|| "?".to_owned())
     }
 }
 
@@ -48,19 +97,73 @@ pub fn identify(sock: BorrowedFd<'_>) -> std::io::Result<PeerIdentity> {
     let cred = rustix::net::sockopt::socket_peercred(sock)?;
     let groups = sys::peer_groups(sock)?;
     let pidfd = sys::peer_pidfd(sock).ok();
-    let exe = pidfd.as_ref().and_then(|fd| exe_of(fd.as_fd()));
-    let cgroup = pidfd.as_ref().and_then(|fd| cgroup_of(fd.as_fd()));
     let (userns, userns_fd) = pidfd.as_ref().map_or((PeerUserns::Unknown, None), |fd| userns_of(fd.as_fd()));
     let userns_owner = match userns {
         PeerUserns::Nested { owner_uid, .. } => Some(owner_uid),
         PeerUserns::Ours | PeerUserns::Unknown => None,
     };
     Ok(PeerIdentity {
-        creds: Peer { uid: cred.uid.as_raw(), gid: cred.gid.as_raw(), groups, exe, cgroup, userns_owner },
+        creds: Peer { uid: cred.uid.as_raw(), gid: cred.gid.as_raw(), groups, exe: None, cgroup: None, userns_owner },
         pid: cred.pid.as_raw_nonzero().get(),
         userns,
-        userns_fd,
+        userns_fd: userns_fd.map(Arc::new),
+        exe_id: None,
+        exe_declared: false,
+        sender: None,
     })
+}
+
+impl PeerIdentity {
+    /// This connection's identity for one request sent by `sender` (a
+    /// pidfd from `SCM_PIDFD`): its pid, and what `needs` asks for read
+    /// from that process. Without a sender (a request whose bytes came
+    /// from two processes) they stay unknown and match no rule.
+    pub fn for_request(&self, sender: Option<&Arc<OwnedFd>>, needs: Needs) -> PeerIdentity {
+        let mut peer = self.clone();
+        let Some(sender) = sender else {
+            return peer;
+        };
+        peer.sender = Some(sender.clone());
+        if let Some(pid) = pidfd_pid(sender.as_fd()).filter(|p| *p > 0) {
+            peer.pid = pid;
+        }
+        if needs.exe {
+            if let Some((path, id)) = exe_of(sender.as_fd()) {
+                peer.creds.exe = Some(path);
+                peer.exe_id = Some(id);
+            }
+        }
+        if needs.cgroup {
+            peer.creds.cgroup = cgroup_of(sender.as_fd());
+        }
+        peer
+    }
+
+    /// Match the request against `executables` rules as the program at
+    /// `path` (an absolute path, resolved on the host, in the daemon's
+    /// mount namespace, never the caller's): what `bpftoken run` asks
+    /// for before it execs it. Only an enforced binding to that file makes
+    /// this safe, so the caller only offers it where the enforcer runs.
+    pub fn with_program(&mut self, path: &str) -> Result<(), ProgramError> {
+        if !Path::new(path).is_absolute() {
+            return Err(ProgramError::NotAbsolute(path.to_owned()));
+        }
+        let open = |e: rustix::io::Errno| ProgramError::Open { path: path.to_owned(), source: e.into() };
+        let fd =
+            rustix::fs::open(path, rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
+                .map_err(open)?;
+        let st = rustix::fs::fstat(&fd).map_err(open)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(ProgramError::NotAFile(path.to_owned()));
+        }
+        // The path with every symlink resolved, as /proc/PID/exe shows it.
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| ProgramError::Open { path: path.to_owned(), source: e })?;
+        self.creds.exe = Some(real);
+        self.exe_id = Some(ExeId::from_stat(st.st_dev, st.st_ino));
+        self.exe_declared = true;
+        Ok(())
+    }
 }
 
 /// The pid a pidfd refers to, in our pid namespace (0 if not visible,
@@ -79,10 +182,19 @@ fn through_pidfd<T>(pidfd: BorrowedFd<'_>, read: impl FnOnce(&str) -> std::io::R
     sys::pidfd_alive(pidfd).then_some(value)
 }
 
-/// Executable path of the process behind `pidfd` (a deleted or replaced
-/// binary reads as "PATH (deleted)" and so matches no rule).
-fn exe_of(pidfd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
-    through_pidfd(pidfd, |proc| std::fs::read_link(format!("{proc}/exe")))
+/// The executable of the process behind `pidfd`: a host path and the
+/// file's identity, only when that path leads to the very file the
+/// process runs. A deleted or replaced binary ("PATH (deleted)"), or one
+/// reached through another mount namespace where the host has something
+/// else at that path, gives `None` and so matches no rule.
+fn exe_of(pidfd: BorrowedFd<'_>) -> Option<(PathBuf, ExeId)> {
+    let (path, running) = through_pidfd(pidfd, |proc| {
+        let link = format!("{proc}/exe");
+        Ok((std::fs::read_link(&link)?, std::fs::metadata(&link)?))
+    })?;
+    let on_host = std::fs::metadata(&path).ok()?;
+    let same = (on_host.dev(), on_host.ino()) == (running.dev(), running.ino());
+    same.then(|| (path, ExeId::from_stat(running.dev(), running.ino())))
 }
 
 /// cgroup v2 path of the process behind `pidfd` (the `0::` line).

@@ -73,6 +73,13 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     // Before any thread or child exists; the daemon runs either way and
     // says which (leases with `ttl` follow the policy's choice).
     let enforcer = crate::enforcer::Enforcer::load(&opts.pin_dir);
+    // `executables`/`cgroups` are a boundary only where the enforcer binds
+    // grants to them: refuse a policy that would rely on them without it.
+    let unavailable = enforcer.as_ref().err().map(ToString::to_string);
+    if let Err(e) = policy.check_identity_enforcement(unavailable.as_deref()) {
+        release_pins(enforcer.as_ref().ok());
+        return Err(e.into());
+    }
     // Said once the socket is ours: a start refused for the socket (another
     // daemon answers) prints that one line only.
     let enforcement_said = match &enforcer {
@@ -323,7 +330,10 @@ impl Signals {
 /// Re-read the policy; a broken one is logged and the old one stays.
 /// Requests already decided keep the snapshot they took.
 fn reload(daemon: &Daemon, path: &std::path::Path, names: &KernelNames) {
-    match bpftoken_policy::load(path, names) {
+    let unavailable = daemon.enforcement_unavailable();
+    let loaded = bpftoken_policy::load(path, names)
+        .and_then(|p| p.check_identity_enforcement(unavailable.as_deref()).map(|()| p));
+    match loaded {
         Ok(p) => {
             tracing::info!(policy = %path.display(), rules = p.rules().len() + p.deny_rules().len(), "policy reloaded");
             for w in p.warnings() {

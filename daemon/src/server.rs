@@ -1,7 +1,7 @@
 //! Accepting clients and answering their requests.
 
 use std::collections::HashMap;
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,13 +12,10 @@ use bpftoken_policy::{Binding, Decision, LiveLimit, Policy, RateLimit, Ttl};
 use bpftoken_proto::codec::{self, CodecError};
 use bpftoken_proto::message::{FdRole, RequestBody};
 use bpftoken_proto::{
-    Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseRequest, MintMode, MintRequest, Minted, Refusal, RefusalCode,
-    Response, RevokeTarget, FRAME_HEADER_LEN,
+    Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseRequest, MintMode, MintRequest, Minted, ProgramRequest,
+    Refusal, RefusalCode, Response, RevokeTarget, FRAME_HEADER_LEN,
 };
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
-    SendFlags,
-};
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -31,7 +28,7 @@ use crate::lease::{LeaseTable, NewBinding, NewLease};
 use crate::live::{Admitted, LiveError, LiveTokens};
 use crate::minter::pool::MinterPool;
 use crate::minter::{MintError, Scope, ScopeKey, ScopeOwner};
-use crate::peer::{self, PeerIdentity, PeerUserns};
+use crate::peer::{self, Needs, PeerIdentity, PeerUserns};
 use crate::sys::{MintedToken, TaskTracker};
 
 /// Default for [`ConnLimits::read_timeout`].
@@ -222,6 +219,11 @@ impl Daemon {
         self.enforcer().map(|e| e as &dyn TaskTracker)
     }
 
+    /// Why the enforcer does not run (`None`: it runs).
+    pub fn enforcement_unavailable(&self) -> Option<String> {
+        self.enforcer.as_ref().err().map(ToString::to_string)
+    }
+
     /// Enforced leases still alive (0 without the enforcer).
     pub fn enforced_leases(&self) -> usize {
         self.enforcer.as_ref().map_or(0, |e| self.leases.enforced(e))
@@ -347,6 +349,12 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     exit_idle: Option<Duration>,
 ) {
+    // Per-request identity: each request's bytes carry a pidfd of the
+    // process that sent them (peer.rs).
+    if let Err(e) = crate::sys::pass_sender_pidfds(listener.as_fd()) {
+        tracing::warn!(error = %e, "cannot ask for senders' pidfds (SO_PASSPIDFD): executables and cgroups of callers \
+                                    will be unknown and match no rule");
+    }
     let mut tasks = JoinSet::new();
     let mut idle_since = tokio::time::Instant::now();
     loop {
@@ -404,7 +412,7 @@ enum ReadError {
 }
 
 /// Most fds a request may carry ([`RequestBody::DelegateMount`] has one).
-const MAX_REQUEST_FDS: usize = 1;
+const MAX_REQUEST_FDS: usize = crate::sys::MAX_RECV_FDS;
 
 /// One request frame and the fds that came with it.
 struct Frame {
@@ -412,48 +420,30 @@ struct Frame {
     fds: Vec<OwnedFd>,
     /// More fds came than a request may carry (the kernel closed the rest).
     fds_truncated: bool,
+    /// Who sent the frame (a pidfd), when every read of it came from the
+    /// same process; `None` when unknown or mixed.
+    sender: Option<Arc<OwnedFd>>,
 }
 
 /// The first read of a frame asks for this much: any request but a huge
 /// one fits, so a frame usually takes one `recvmsg`.
 const FIRST_READ: usize = 256;
 
-/// What one `recvmsg` brought.
-struct Received {
-    bytes: usize,
-    fds: Vec<OwnedFd>,
-    truncated: bool,
-}
-
 /// One `recvmsg` into `buf` (fds closed on exec, at most
-/// [`MAX_REQUEST_FDS`]; the kernel closes any beyond). When it drains the
-/// socket (a short read that carried no fds: the kernel stops early only
-/// after a message with fds), tokio's readiness is cleared as by EAGAIN,
-/// from the state seen before the read, so the next read waits for epoll
-/// instead of failing with EAGAIN first; data that came after the read
-/// sets readiness again.
-async fn recv_some(stream: &UnixStream, buf: &mut [u8]) -> std::io::Result<Received> {
+/// [`MAX_REQUEST_FDS`]; the kernel closes any beyond; the sender's pidfd).
+/// When it drains the socket (a short read that carried no fds: the
+/// kernel stops early only after a message with fds, or at a change of
+/// sender), tokio's readiness is cleared as by EAGAIN, from the state seen
+/// before the read, so the next read waits for epoll instead of failing
+/// with EAGAIN first; data that came after the read sets readiness again.
+async fn recv_some(stream: &UnixStream, buf: &mut [u8]) -> std::io::Result<crate::sys::Received> {
     loop {
         stream.readable().await?;
         let mut got = None;
         let tried = stream.try_io(Interest::READABLE, || {
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_REQUEST_FDS))];
-            let mut control = RecvAncillaryBuffer::new(&mut space);
-            let msg = rustix::net::recvmsg(
-                stream,
-                &mut [IoSliceMut::new(buf)],
-                &mut control,
-                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
-            )
-            .map_err(std::io::Error::from)?;
-            let mut fds = Vec::new();
-            for m in control.drain() {
-                if let RecvAncillaryMessage::ScmRights(rights) = m {
-                    fds.extend(rights);
-                }
-            }
-            let drained = msg.bytes > 0 && msg.bytes < buf.len() && fds.is_empty();
-            got = Some(Received { bytes: msg.bytes, fds, truncated: msg.flags.contains(ReturnFlags::CTRUNC) });
+            let received = crate::sys::recv_request_bytes(stream.as_fd(), buf)?;
+            let drained = received.bytes > 0 && received.bytes < buf.len() && received.fds.is_empty();
+            got = Some(received);
             if drained {
                 Err(std::io::ErrorKind::WouldBlock.into())
             } else {
@@ -465,6 +455,42 @@ async fn recv_some(stream: &UnixStream, buf: &mut [u8]) -> std::io::Result<Recei
             (Err(e), None) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             (Err(e), None) => return Err(e),
             (Ok(()), None) => unreachable!("a successful read sets its result"),
+        }
+    }
+}
+
+/// Whether two pidfds refer to the same process (pidfs gives every pidfd
+/// of one process the same inode).
+fn same_process(a: &OwnedFd, b: &OwnedFd) -> bool {
+    match (rustix::fs::fstat(a), rustix::fs::fstat(b)) {
+        (Ok(x), Ok(y)) => (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino),
+        _ => false,
+    }
+}
+
+/// The sender of a frame's bytes so far.
+#[derive(Default)]
+enum Sender {
+    #[default]
+    None,
+    One(Arc<OwnedFd>),
+    /// Bytes of two processes, or of one that came without a pidfd.
+    Mixed,
+}
+
+impl Sender {
+    /// Note the sender of one more read of the same frame.
+    fn and(self, next: Option<&Arc<OwnedFd>>) -> Sender {
+        match (self, next) {
+            (Sender::One(a), Some(b)) if same_process(&a, b) => Sender::One(a),
+            _ => Sender::Mixed,
+        }
+    }
+
+    fn pidfd(self) -> Option<Arc<OwnedFd>> {
+        match self {
+            Sender::One(fd) => Some(fd),
+            Sender::None | Sender::Mixed => None,
         }
     }
 }
@@ -484,6 +510,10 @@ struct Inbox {
     /// Fds of a first read that ended beyond the frame it began: they
     /// belong to the frame that holds byte `.0 - 1`.
     later: Option<(usize, Vec<OwnedFd>, bool)>,
+    /// Who sent the bytes of the frame at the front, so far.
+    sender: Sender,
+    /// Who sent the last read (its bytes beyond a frame begin the next).
+    last_sender: Option<Arc<OwnedFd>>,
 }
 
 impl Inbox {
@@ -503,9 +533,27 @@ impl Inbox {
         }
     }
 
+    /// Note who sent a read that began at byte `start` of the buffer.
+    fn note_sender(&mut self, start: usize, sender: Option<OwnedFd>) {
+        let sender = sender.map(Arc::new);
+        self.sender = if start == 0 {
+            sender.clone().map_or(Sender::Mixed, Sender::One)
+        } else {
+            std::mem::take(&mut self.sender).and(sender.as_ref())
+        };
+        self.last_sender = sender;
+    }
+
     /// Take the frame at the front (`total` bytes, all in) with `fds`.
     fn take(&mut self, total: usize, fds: Vec<OwnedFd>, truncated: bool) -> Frame {
         let payload = self.buf[FRAME_HEADER_LEN..total].to_vec();
+        let sender = std::mem::take(&mut self.sender).pidfd();
+        // What is left came with the last read, from its sender.
+        if self.len > total {
+            self.sender = self.last_sender.clone().map_or(Sender::Mixed, Sender::One);
+        } else {
+            self.last_sender = None;
+        }
         self.buf.copy_within(total..self.len, 0);
         self.len -= total;
         // Fds that belong to a later frame (`later_fds` took this one's).
@@ -515,7 +563,7 @@ impl Inbox {
             self.buf.truncate(FIRST_READ);
             self.buf.shrink_to_fit();
         }
-        Frame { payload, fds, fds_truncated: truncated }
+        Frame { payload, fds, fds_truncated: truncated, sender }
     }
 }
 
@@ -586,6 +634,7 @@ async fn read_frame(
             return if first { Ok(None) } else { Err(ReadError::Io) };
         }
         deadline.get_or_insert_with(|| tokio::time::Instant::now() + read_timeout);
+        inbox.note_sender(start, got.sender);
         inbox.len += got.bytes;
         if start < FRAME_HEADER_LEN && (!got.fds.is_empty() || got.truncated) {
             // A read that began in the header: its fds are this frame's,
@@ -659,18 +708,18 @@ async fn handle_connection(daemon: Arc<Daemon>, stream: UnixStream, shutdown: wa
 }
 
 async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream, mut shutdown: watch::Receiver<bool>) {
-    let peer = match peer::identify(stream.as_fd()) {
+    let connected = match peer::identify(stream.as_fd()) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "cannot identify peer; closing connection");
             return;
         }
     };
-    let _slot = match daemon.take_slot(peer.creds.uid) {
+    let _slot = match daemon.take_slot(connected.creds.uid) {
         Ok(slot) => slot,
         Err(message) => {
             daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
-            audit::refused(&peer, &[], RefusalCode::Busy, &message);
+            audit::refused(&connected, &[], RefusalCode::Busy, &message);
             let _ = write_response(&stream, &refusal(RefusalCode::Busy, message), &[]).await;
             return;
         }
@@ -683,7 +732,7 @@ async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream, mut shutdown:
             Ok(None) | Err(ReadError::Io) => return,
             Err(ReadError::Timeout) => {
                 let msg = format!("no complete request within {} ms", read_timeout.as_millis());
-                reject(&daemon, &peer, &stream, RefusalCode::Timeout, msg).await;
+                reject(&daemon, &connected, &stream, RefusalCode::Timeout, msg).await;
                 return;
             }
             Err(ReadError::Codec(e)) => {
@@ -692,10 +741,18 @@ async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream, mut shutdown:
                     CodecError::TooLarge { .. } => RefusalCode::FrameTooLarge,
                     _ => RefusalCode::Malformed,
                 };
-                reject(&daemon, &peer, &stream, code, e.to_string()).await;
+                reject(&daemon, &connected, &stream, code, e.to_string()).await;
                 return;
             }
         };
+        // Who sent this request: pid-based facts are the sender's, read
+        // only where a rule looks at them.
+        let needs = {
+            let policy = daemon.policy();
+            Needs { exe: policy.reads_executable(), cgroup: policy.reads_cgroup() }
+        };
+        let mut peer = connected.for_request(frame.sender.as_ref(), needs);
+        drop(frame.sender);
         let request = match codec::decode_request(&frame.payload) {
             Ok(r) => r,
             Err(e) => {
@@ -779,11 +836,50 @@ async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream, mut shutdown:
                 }
             }
             RequestBody::Learned(id) => handle_learned(&daemon, &peer, &stream, id).await,
+            RequestBody::MintForProgram(ProgramRequest { lease: LeaseRequest { mode, request, ttl }, program }) => {
+                let asked = Asked { request, ttl, leased: true, learn: false };
+                match for_program(&daemon, &mut peer, &program) {
+                    Err(r) => reject(&daemon, &peer, &stream, r.code, r.message).await,
+                    Ok(()) => match (ttl, mode) {
+                        (Some(t), _) if !(1..=bpftoken_policy::MAX_TTL_SECS).contains(&t) => {
+                            let msg = format!(
+                                "a lease of {t} s was asked for; a ttl is 1 to {} s",
+                                bpftoken_policy::MAX_TTL_SECS
+                            );
+                            reject(&daemon, &peer, &stream, RefusalCode::Malformed, msg).await
+                        }
+                        (_, MintMode::Token) => handle_mint(&daemon, &peer, &stream, &asked, Mode::Token).await,
+                        (_, MintMode::Scope) => handle_mint(&daemon, &peer, &stream, &asked, Mode::Scope).await,
+                        (_, MintMode::DelegateMount) => match fds.pop() {
+                            Some(ns) => handle_delegate(&daemon, &peer, &stream, &asked, ns).await,
+                            None => false,
+                        },
+                    },
+                }
+            }
         };
         if !ok {
             return;
         }
     }
+}
+
+/// Take the program a [`RequestBody::MintForProgram`] names as the
+/// caller's executable, where the enforcer can bind the grant to it;
+/// without the enforcer the caller's word is not taken and its own
+/// executable stays what `executables` rules see. Refused: a path that is
+/// not absolute, too long, or no file on the host.
+fn for_program(daemon: &Daemon, peer: &mut PeerIdentity, program: &str) -> Result<(), Refusal> {
+    if program.len() > bpftoken_proto::message::MAX_PROGRAM_PATH {
+        return Err(Refusal::new(
+            RefusalCode::Malformed,
+            format!("a program path is at most {} bytes", bpftoken_proto::message::MAX_PROGRAM_PATH),
+        ));
+    }
+    if daemon.enforcer().is_none() || !daemon.policy().reads_executable() {
+        return Ok(());
+    }
+    peer.with_program(program).map_err(|e| Refusal::new(RefusalCode::BadProgram, e.to_string()))
 }
 
 /// Explain what the policy gives the caller; nothing is minted.
@@ -873,6 +969,7 @@ fn answer_may_carry_fds(body: &RequestBody) -> bool {
         | RequestBody::DelegateMount(_)
         | RequestBody::MintLease(_)
         | RequestBody::Learn(_) => true,
+        RequestBody::MintForProgram(_) => true,
         RequestBody::Query
         | RequestBody::QueryEnforcement
         | RequestBody::Leases
@@ -893,6 +990,7 @@ fn request_name(body: &RequestBody) -> &'static str {
         RequestBody::Revoke(_) => "revoke",
         RequestBody::Learn(_) => "learn",
         RequestBody::Learned(_) => "learned",
+        RequestBody::MintForProgram(_) => "mint-for-program",
     }
 }
 
@@ -1022,7 +1120,7 @@ async fn decide<'a>(
                     return Err(write_response(stream, &Response::Refused(r), &[]).await.is_ok());
                 }
             };
-            let (bind, bind_enforced) = match binding(daemon, &policy, peer, &bind) {
+            let (bind, bind_enforced, identity) = match binding(daemon, &policy, peer, &bind) {
                 Ok(b) => b,
                 Err(r) => {
                     daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -1055,7 +1153,7 @@ async fn decide<'a>(
                 (a, b) => a.or(b),
             };
             let ttl = secs.map(|s| Duration::from_secs(u64::from(s)));
-            Ok(Grant { delegation, rules, enforced, ttl, bind, learn: asked.learn, _admitted: admitted })
+            Ok(Grant { delegation, rules, enforced, ttl, bind, identity, learn: asked.learn, _admitted: admitted })
         }
     }
 }
@@ -1112,8 +1210,10 @@ struct Grant<'a> {
     /// How long the lease lasts: the shortest matching `ttl`, or less if
     /// the request asked for less.
     ttl: Option<Duration>,
-    /// Who may use the tokens (policy `bind`).
+    /// Who may use the tokens (policy `bind`, `executables`, `cgroups`).
     bind: NewBinding,
+    /// How the program and cgroup matched on stand (for the audit event).
+    identity: Identity,
     /// A learning lease.
     learn: bool,
     /// Counted against `max_live_tokens` until dropped (after delivery).
@@ -1161,38 +1261,84 @@ fn lease_refusal(
     ))
 }
 
-/// The binding a grant carries (policy `bind`) and whether it is enforced
-/// (`None` without one), or the refusal: where the enforcer cannot bind
-/// the tokens, `require_enforcement` decides, as for `ttl`.
+/// How a grant under `executables`/`cgroups` rules stands to the
+/// identity they matched on (for the audit event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// No matching rule looks at the caller's executable or cgroup.
+    Unchecked,
+    /// The enforcer binds the tokens to the program and cgroup matched.
+    Enforced,
+    /// Matched from /proc only (`enforce_identity = false`, no enforcer):
+    /// any program of the uid could have asked.
+    Claimed,
+}
+
+impl Identity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Identity::Unchecked => "-",
+            Identity::Enforced => "enforced",
+            Identity::Claimed => "claimed",
+        }
+    }
+}
+
+/// The binding a grant carries (policy `bind`, and the program and cgroup
+/// `executables` and `cgroups` rules matched on), whether it is enforced
+/// (`None` without one) and how the identity stands; or the refusal.
+/// Where the enforcer cannot bind: `bind` follows `require_enforcement`,
+/// as `ttl` does; `executables`/`cgroups` rules grant unbound only when
+/// they say `enforce_identity = false` (the policy would not have loaded
+/// otherwise), as claimed.
 fn binding(
     daemon: &Daemon,
     policy: &Policy,
     peer: &PeerIdentity,
     bind: &Binding,
-) -> Result<(NewBinding, Option<bool>), Refusal> {
+) -> Result<(NewBinding, Option<bool>, Identity), Refusal> {
     if bind.is_empty() {
-        return Ok((NewBinding::default(), None));
+        return Ok((NewBinding::default(), None, Identity::Unchecked));
     }
+    let identity_rules = bind.exe.is_some() || bind.identity_cgroup.is_some();
     let mut out = NewBinding::default();
     if bind.uid.is_some() {
         out.kernel.uid = Some(peer.creds.uid);
     }
-    if bind.cgroup.is_some() {
+    if bind.binds_cgroup() {
         out.cgroup_path = peer.creds.cgroup.clone();
     }
     let why = match &daemon.enforcer {
         Err(why) => format!("enforcement is unavailable: {why}"),
-        Ok(_) if bind.cgroup.is_none() => return Ok((out, Some(true))),
-        Ok(_) => match crate::cgroup::id_of(peer.creds.cgroup.as_deref()) {
-            Ok(id) => {
-                out.kernel.cgroup = Some(id);
-                return Ok((out, Some(true)));
+        Ok(_) => {
+            let exe = match (&bind.exe, peer.exe_id) {
+                (None, _) => Ok(None),
+                (Some(_), Some(id)) => Ok(Some(id)),
+                // A rule matched on the path, so the file was known.
+                (Some(_), None) => Err("the matched executable's file identity is unknown".to_owned()),
+            };
+            let cgroup = if bind.binds_cgroup() {
+                crate::cgroup::id_of(peer.creds.cgroup.as_deref()).map(Some).map_err(|e| e.to_string())
+            } else {
+                Ok(None)
+            };
+            match (exe, cgroup) {
+                (Ok(exe), Ok(cgroup)) => {
+                    out.kernel.exe = exe;
+                    out.kernel.cgroup = cgroup;
+                    let identity = if identity_rules { Identity::Enforced } else { Identity::Unchecked };
+                    return Ok((out, Some(true), identity));
+                }
+                (Err(e), _) | (_, Err(e)) => e,
             }
-            Err(e) => e.to_string(),
-        },
+        }
     };
-    if !policy.require_enforcement() {
-        return Ok((out, Some(false)));
+    let explicit = bind.uid.is_some() || bind.cgroup.is_some();
+    let identity_ok = !identity_rules || (bind.identity_advisory && daemon.enforcer.is_err());
+    if identity_ok && (!explicit || !policy.require_enforcement()) {
+        let identity = if identity_rules { Identity::Claimed } else { Identity::Unchecked };
+        // Not enforced: nothing is written for the kernel to check.
+        return Ok((out, Some(false), identity));
     }
     let mut what = Vec::new();
     if let Some(rule) = &bind.uid {
@@ -1201,14 +1347,27 @@ fn binding(
     if let Some(rule) = &bind.cgroup {
         what.push(format!("to the cgroup they are minted from (rule \"{rule}\")"));
     }
+    if !identity_ok {
+        if let Some(rule) = &bind.exe {
+            what.push(format!("to the program they were matched on (rule \"{rule}\", executables)"));
+        }
+        if let Some(rule) = &bind.identity_cgroup {
+            what.push(format!("to the cgroup they were matched in (rule \"{rule}\", cgroups)"));
+        }
+    }
+    let needs = if explicit && identity_ok {
+        format!("; {} requires enforcement (require_enforcement = true)", policy.path().display())
+    } else {
+        String::new()
+    };
+    if explicit {
+        // Which of them the policy's `bind` asked for.
+        let n = usize::from(bind.uid.is_some()) + usize::from(bind.cgroup.is_some());
+        what[n - 1].push_str(" (bind)");
+    }
     Err(Refusal::new(
         RefusalCode::NotEnforceable,
-        format!(
-            "binding tokens {} (bind) cannot be enforced by this daemon: {why}; {} requires enforcement \
-             (require_enforcement = true)",
-            what.join(" and "),
-            policy.path().display()
-        ),
+        format!("binding tokens {} cannot be enforced by this daemon: {why}{needs}", what.join(" and ")),
     ))
 }
 
@@ -1410,7 +1569,7 @@ fn delivered_or_audit(
         Ok(()) => {
             daemon.stats.minted.fetch_add(1, Ordering::Relaxed);
             let mode = if grant.learn { "learn" } else { lease.mode.as_str() };
-            audit::granted(peer, &grant.rules, &grant.delegation, cold, mode, grant.enforced, lease);
+            audit::granted(peer, &grant.rules, &grant.delegation, cold, mode, grant.enforced, grant.identity, lease);
             true
         }
         Err(e) => {

@@ -10,6 +10,7 @@ pub mod btf;
 mod error;
 mod file;
 mod parse;
+pub mod trace;
 
 use std::path::{Path, PathBuf};
 
@@ -128,9 +129,15 @@ pub struct Rule {
     pub ttl: Option<u32>,
     /// `bind`: who may use tokens minted under this rule.
     pub bind: Bind,
+    /// The rule's process-identity conditions (`executables`, `cgroups`)
+    /// of an allow rule, which only the enforcer makes a security boundary.
+    pub identity: Option<IdentityKeys>,
     /// `learn = true`: matching users may run `bpftoken learn` under this
     /// rule's grant (needs the daemon's enforcer).
     pub learn: bool,
+    /// `tracepoints`, `kprobes`, `uprobes`: perf events the daemon opens
+    /// for matching users (allow), or refuses (deny).
+    pub trace: trace::TracePatterns,
 }
 
 /// A rule's `bind`: tokens work only for their owner uid, and/or only
@@ -142,18 +149,52 @@ pub struct Bind {
     pub cgroup: bool,
 }
 
+/// An allow rule's `executables`/`cgroups` conditions. A process of the
+/// same uid can run code in any other (LD_PRELOAD, ptrace, a shared
+/// socket), so matching them from `/proc` proves nothing: where the
+/// enforcer runs, a grant under such a rule is bound in the kernel to the
+/// program (file identity) and cgroup it was matched on; where it does
+/// not, the policy is refused ([`Policy::check_identity_enforcement`])
+/// unless the rule says `enforce_identity = false` (`advisory`), and then
+/// the audit event says the identity was claimed, not proven.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityKeys {
+    /// "executables", "cgroups" or both, as the rule gives them.
+    pub keys: Vec<&'static str>,
+    /// Where the first of them is.
+    pub location: Location,
+    /// `enforce_identity = false`.
+    pub advisory: bool,
+}
+
 /// The bindings that apply to a grant, each with the (first) matching
 /// allow rule that asks for it: one token carries every rule's powers,
 /// so every rule's binding holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Binding {
     pub uid: Option<String>,
+    /// From `bind = ["cgroup"]`.
     pub cgroup: Option<String>,
+    /// From a matching rule's `executables`: the tokens work only in the
+    /// program they were matched on.
+    pub exe: Option<String>,
+    /// From a matching rule's `cgroups`: the tokens work only inside the
+    /// cgroup they were matched in.
+    pub identity_cgroup: Option<String>,
+    /// Every matching rule with `executables`/`cgroups` says
+    /// `enforce_identity = false`: without the enforcer, grant unbound and
+    /// audit the identity as claimed.
+    pub identity_advisory: bool,
 }
 
 impl Binding {
     pub fn is_empty(&self) -> bool {
-        self.uid.is_none() && self.cgroup.is_none()
+        self.uid.is_none() && self.cgroup.is_none() && self.exe.is_none() && self.identity_cgroup.is_none()
+    }
+
+    /// Whether the grant binds to a cgroup, by `bind` or by `cgroups`.
+    pub fn binds_cgroup(&self) -> bool {
+        self.cgroup.is_some() || self.identity_cgroup.is_some()
     }
 }
 
@@ -229,6 +270,19 @@ pub enum Decision {
     },
 }
 
+/// The outcome of [`Policy::decide_trace`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceDecision {
+    /// Allowed by this rule.
+    Allow {
+        rule: String,
+    },
+    Refuse {
+        code: RefusalCode,
+        message: String,
+    },
+}
+
 /// What the policy gives a peer before any request narrows it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Effective {
@@ -296,6 +350,106 @@ impl Policy {
         &self.warnings
     }
 
+    /// Whether some rule looks at the caller's executable: only then does
+    /// the daemon read it.
+    pub fn reads_executable(&self) -> bool {
+        self.allow.iter().chain(&self.deny).any(|r| r.matcher.executables.is_some())
+    }
+
+    /// Whether some rule looks at the caller's cgroup (`cgroups`, or
+    /// `bind = ["cgroup"]`, which binds to it).
+    pub fn reads_cgroup(&self) -> bool {
+        self.allow.iter().chain(&self.deny).any(|r| r.matcher.cgroups.is_some() || r.bind.cgroup)
+    }
+
+    /// Check every `tracepoints`, `kprobes` and `uprobes` pattern against
+    /// what the running kernel offers (`catalog`): the first one that
+    /// names nothing there, with a suggestion for a near miss.
+    pub fn check_trace_targets(&self, catalog: &trace::TraceCatalog) -> Result<(), PolicyError> {
+        self.allow.iter().chain(&self.deny).try_for_each(|r| trace::check_against(&r.trace, catalog))
+    }
+
+    /// Whether some rule names tracing targets.
+    pub fn has_trace_targets(&self) -> bool {
+        self.allow.iter().chain(&self.deny).any(|r| !r.trace.is_empty())
+    }
+
+    /// Decide whether `peer` may have a perf event opened on the target
+    /// `name` of `kind` (`category:name`, a symbol, a binary's path): the
+    /// first matching allow rule that names it, unless a matching deny
+    /// rule names it too. The refusal says which key would allow it.
+    pub fn decide_trace(&self, peer: &Peer, kind: trace::TraceKind, name: &str) -> TraceDecision {
+        let path = self.path.display();
+        if SENTINEL_IDS.contains(&peer.uid) || SENTINEL_IDS.contains(&peer.gid) {
+            return TraceDecision::Refuse {
+                code: RefusalCode::UnmappedPeer,
+                message: format!(
+                    "uid {} gid {} is an unmapped or invalid id; such callers never match {path}",
+                    peer.uid, peer.gid
+                ),
+            };
+        }
+        let noun = kind.noun();
+        if let Some(r) =
+            self.deny.iter().find(|r| r.matcher.matches(peer) && r.trace.of(kind).iter().any(|p| p.matches(name)))
+        {
+            return TraceDecision::Refuse {
+                code: RefusalCode::TargetNotAllowed,
+                message: format!("{noun} \"{name}\" is denied to uid {} by {path} (rule {})", peer.uid, r.label),
+            };
+        }
+        let matching: Vec<&Rule> = self.allow.iter().filter(|r| r.matcher.matches(peer)).collect();
+        if let Some(r) = matching.iter().find(|r| r.trace.of(kind).iter().any(|p| p.matches(name))) {
+            return TraceDecision::Allow { rule: r.label.clone() };
+        }
+        let granted: Vec<&str> = matching.iter().flat_map(|r| r.trace.of(kind)).map(|p| p.text.as_str()).collect();
+        let message = if matching.is_empty() {
+            format!(
+                "{noun} \"{name}\" is not allowed to uid {}: no rule in {path} allows uid {} (gid {}); a rule for \
+                 you with `{} = [\"{name}\"]` would",
+                peer.uid,
+                peer.uid,
+                peer.gid,
+                kind.key()
+            )
+        } else {
+            format!(
+                "{noun} \"{name}\" is not allowed to uid {} by {path}: add it to `{}` in a rule for you (allowed {}: \
+                 {})",
+                peer.uid,
+                kind.key(),
+                kind.key(),
+                display_list(&granted.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+            )
+        };
+        TraceDecision::Refuse { code: RefusalCode::TargetNotAllowed, message }
+    }
+
+    /// Refuse a policy whose `executables`/`cgroups` conditions would act
+    /// as a security boundary nothing enforces: `unavailable` says why the
+    /// enforcer cannot run (`None`: it runs). Rules with
+    /// `enforce_identity = false` pass (advisory). The error points at the
+    /// first such condition.
+    pub fn check_identity_enforcement(&self, unavailable: Option<&str>) -> Result<(), PolicyError> {
+        let Some(why) = unavailable else { return Ok(()) };
+        let Some((rule, identity)) =
+            self.allow.iter().find_map(|r| r.identity.as_ref().filter(|i| !i.advisory).map(|i| (r, i)))
+        else {
+            return Ok(());
+        };
+        let keys = identity.keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" and ");
+        Err(PolicyError::Invalid {
+            location: identity.location.clone(),
+            message: format!(
+                "rule \"{}\" matches on {keys}, which only the enforcer can make a security boundary (any program of \
+                 the same uid could otherwise borrow the grant), and the enforcer cannot run here: {why}; enable the \
+                 BPF LSM, or set `enforce_identity = false` in the rule to accept the match as advisory (audited as \
+                 claimed)",
+                rule.label
+            ),
+        })
+    }
+
     /// `require_enforcement`: whether a mint under a rule with `ttl` must
     /// be refused where the daemon cannot enforce it (default true).
     pub fn require_enforcement(&self) -> bool {
@@ -307,6 +461,8 @@ impl Policy {
     pub fn effective(&self, peer: &Peer) -> Effective {
         let mut eff = Effective::default();
         let mut allowed = Delegation::NONE;
+        // All matching identity rules advisory (None: no such rule).
+        let mut identity_advisory: Option<bool> = None;
         for (i, r) in self.allow.iter().enumerate().filter(|(_, r)| r.matcher.matches(peer)) {
             allowed = allowed.union(r.grant);
             eff.allowed_by.push(r.label.clone());
@@ -331,7 +487,17 @@ impl Policy {
             if r.bind.cgroup && eff.bind.cgroup.is_none() {
                 eff.bind.cgroup = Some(r.label.clone());
             }
+            if let Some(identity) = &r.identity {
+                if r.matcher.executables.is_some() && eff.bind.exe.is_none() {
+                    eff.bind.exe = Some(r.label.clone());
+                }
+                if r.matcher.cgroups.is_some() && eff.bind.identity_cgroup.is_none() {
+                    eff.bind.identity_cgroup = Some(r.label.clone());
+                }
+                identity_advisory = Some(identity_advisory.unwrap_or(true) && identity.advisory);
+            }
         }
+        eff.bind.identity_advisory = identity_advisory.unwrap_or(false);
         let mut denied = Delegation::NONE;
         for r in self.deny.iter().filter(|r| r.matcher.matches(peer)) {
             denied = denied.union(r.grant);

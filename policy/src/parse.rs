@@ -9,9 +9,10 @@ use toml::Spanned;
 
 use crate::btf::KernelNames;
 use crate::error::{Location, PolicyError};
+use crate::trace::{Pattern, TraceKind, TracePatterns};
 use crate::{
-    Bind, Effect, IdRange, IdSet, Matcher, Policy, Rule, MAX_LIVE_TOKENS, MAX_POLICY_ID, MAX_TTL_SECS, OVERFLOW_ID,
-    SENTINEL_IDS,
+    Bind, Effect, IdRange, IdSet, IdentityKeys, Matcher, Policy, Rule, MAX_LIVE_TOKENS, MAX_POLICY_ID, MAX_TTL_SECS,
+    OVERFLOW_ID, SENTINEL_IDS,
 };
 
 /// Turns user and group names into ids when the policy loads, so the
@@ -72,11 +73,15 @@ struct RawRule {
     max_live_tokens: Option<Spanned<i64>>,
     ttl: Option<Spanned<i64>>,
     bind: Option<Spanned<Vec<Spanned<String>>>>,
+    enforce_identity: Option<Spanned<bool>>,
     learn: Option<Spanned<bool>>,
     cmds: Option<Vec<Spanned<String>>>,
     maps: Option<Vec<Spanned<String>>>,
     progs: Option<Vec<Spanned<String>>>,
     attachs: Option<Vec<Spanned<String>>>,
+    tracepoints: Option<Vec<Spanned<String>>>,
+    kprobes: Option<Vec<Spanned<String>>>,
+    uprobes: Option<Vec<Spanned<String>>>,
 }
 
 struct Ctx<'a> {
@@ -195,7 +200,7 @@ fn suggest<'a>(names: &'a KernelNames, kind: Kind, name: &str) -> Option<&'a str
         .map(|(_, n)| n)
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -343,6 +348,9 @@ fn rule(
         ("executables", r.executables.as_ref().map(Vec::len)),
         ("cgroups", r.cgroups.as_ref().map(Vec::len)),
         ("userns_owners", r.userns_owners.as_ref().map(Vec::len)),
+        ("tracepoints", r.tracepoints.as_ref().map(Vec::len)),
+        ("kprobes", r.kprobes.as_ref().map(Vec::len)),
+        ("uprobes", r.uprobes.as_ref().map(Vec::len)),
     ]
     .into_iter()
     .find(|(_, n)| *n == Some(0));
@@ -400,6 +408,18 @@ fn rule(
         None => None,
         Some(_) => resolve_ids(ctx, "uid", &r.userns_owners, &None, &None, |n| ctx.resolver.uid_of(n))?,
     };
+    if let (Some(exes), Some(_)) = (&r.executables, &userns_owners) {
+        let at = exes.first().map_or(span.clone(), Spanned::span);
+        return Err(ctx.err(
+            at,
+            format!(
+                "rule \"{label}\" combines `executables` with `userns_owners`: a caller in a user namespace resolves \
+                 paths in its own mount namespace, where it can put any program at an allowed path; split the rule, \
+                 or drop `executables` (containers are told apart by `userns_owners`)"
+            ),
+        ));
+    }
+    let identity = identity_keys(ctx, effect, &label, r)?;
     let everyone = match &r.everyone {
         Some(e) if !*e.get_ref() => {
             return Err(ctx.err(e.span(), "`everyone = false` means nothing; remove it or name who the rule is for"))
@@ -427,11 +447,16 @@ fn rule(
     {
         grant.set(kind, ctx.mask(kind, items.as_deref().unwrap_or(&[]))?);
     }
-    if grant.is_empty() {
+    let trace = trace_patterns(ctx, r)?;
+    if grant.is_empty() && trace.is_empty() {
         let verb = if effect == Effect::Allow { "grants" } else { "removes" };
-        return Err(
-            ctx.err(span, format!("rule \"{label}\" {verb} nothing: give `cmds`, `maps`, `progs` or `attachs`"))
-        );
+        return Err(ctx.err(
+            span,
+            format!(
+                "rule \"{label}\" {verb} nothing: give `cmds`, `maps`, `progs`, `attachs`, `tracepoints`, `kprobes` \
+                 or `uprobes`"
+            ),
+        ));
     }
     // Numeric limits of allow rules: a deny rule grants nothing to limit.
     let limit = |value: &Option<Spanned<i64>>,
@@ -532,6 +557,66 @@ fn rule(
         max_live_tokens,
         ttl,
         bind,
+        identity,
         learn,
+        trace,
     })
+}
+
+/// A rule's `tracepoints`, `kprobes` and `uprobes`, each checked for its
+/// shape (the kernel check comes later: [`crate::Policy::check_trace_targets`]).
+fn trace_patterns(ctx: &Ctx<'_>, r: &RawRule) -> Result<TracePatterns, PolicyError> {
+    let mut out = TracePatterns::default();
+    for (kind, list) in
+        [(TraceKind::Tracepoint, &r.tracepoints), (TraceKind::Kprobe, &r.kprobes), (TraceKind::Uprobe, &r.uprobes)]
+    {
+        let mut patterns = Vec::new();
+        for item in list.iter().flatten() {
+            crate::trace::check_syntax(kind, item.get_ref()).map_err(|m| ctx.err(item.span(), m))?;
+            patterns.push(Pattern {
+                text: item.get_ref().clone(),
+                location: Location::at(ctx.path.to_owned(), ctx.text, item.span().start),
+            });
+        }
+        match kind {
+            TraceKind::Tracepoint => out.tracepoints = patterns,
+            TraceKind::Kprobe => out.kprobes = patterns,
+            TraceKind::Uprobe => out.uprobes = patterns,
+        }
+    }
+    Ok(out)
+}
+
+/// The process-identity conditions of a rule (`executables`, `cgroups`):
+/// where they are, and whether the rule accepts them unenforced
+/// (`enforce_identity = false`). Only the enforcer can tie a token to a
+/// program or cgroup; see docs/enforcement.md, "Process identity".
+fn identity_keys(ctx: &Ctx<'_>, effect: Effect, label: &str, r: &RawRule) -> Result<Option<IdentityKeys>, PolicyError> {
+    let mut keys = Vec::new();
+    let mut first = None;
+    for (key, list) in [("executables", &r.executables), ("cgroups", &r.cgroups)] {
+        if let Some(item) = list.as_ref().and_then(|l| l.first()) {
+            keys.push(key);
+            first.get_or_insert(item.span());
+        }
+    }
+    let advisory = match &r.enforce_identity {
+        None => false,
+        Some(_) if effect == Effect::Deny => {
+            return Err(ctx.err(
+                r.enforce_identity.as_ref().map_or(0..0, Spanned::span),
+                "`enforce_identity` applies to an allow rule's `executables` and `cgroups`; a deny rule's conditions \
+                 only remove powers, so it needs no enforcement",
+            ))
+        }
+        Some(b) if keys.is_empty() => {
+            return Err(ctx.err(
+                b.span(),
+                format!("rule \"{label}\" sets `enforce_identity` but has no `executables` or `cgroups` to enforce"),
+            ))
+        }
+        Some(b) => !*b.get_ref(),
+    };
+    let (Some(at), Effect::Allow) = (first, effect) else { return Ok(None) };
+    Ok(Some(IdentityKeys { keys, location: Location::at(ctx.path.to_owned(), ctx.text, at.start), advisory }))
 }

@@ -191,7 +191,7 @@ fn unknown_key_is_refused() {
         err("[[allow]]\nusers = [\"alice\"]\nmap = [\"hash\"]\n"),
         "/etc/bpftokend/policy.toml:3:1: unknown field `map`, expected one of `name`, `everyone`, `users`, \
          `groups`, `uids`, `gids`, `uid_ranges`, `gid_ranges`, `executables`, `cgroups`, `userns_owners`, \
-         `mints_per_minute`, `max_live_tokens`, `ttl`, `bind`, `learn`, `cmds`, `maps`, `progs`, `attachs`"
+         `mints_per_minute`, `max_live_tokens`, `ttl`, `bind`, `enforce_identity`, `learn`, `cmds`, `maps`, `progs`, `attachs`, `tracepoints`, `kprobes`, `uprobes`"
     );
     assert!(err("[[alow]]\nuids = [1]\n").starts_with("/etc/bpftokend/policy.toml:1:3: unknown field `alow`"));
 }
@@ -314,7 +314,7 @@ fn rules_that_match_or_grant_nothing_are_refused() {
     );
     assert_eq!(
         err("[[allow]]\nusers = [\"alice\"]\ncmds = []\n"),
-        "/etc/bpftokend/policy.toml:1:1: rule \"allow[0]\" grants nothing: give `cmds`, `maps`, `progs` or `attachs`"
+        "/etc/bpftokend/policy.toml:1:1: rule \"allow[0]\" grants nothing: give `cmds`, `maps`, `progs`, `attachs`, `tracepoints`, `kprobes` or `uprobes`"
     );
     assert_eq!(
         err("[[allow]]\nname = \" \"\nusers = [\"alice\"]\ncmds = [\"any\"]\n"),
@@ -471,7 +471,7 @@ fn errors_of_the_new_keys() {
     );
     assert_eq!(
         err("[[deny]]\nusers = [\"alice\"]\n"),
-        "/etc/bpftokend/policy.toml:1:1: rule \"deny[0]\" removes nothing: give `cmds`, `maps`, `progs` or `attachs`"
+        "/etc/bpftokend/policy.toml:1:1: rule \"deny[0]\" removes nothing: give `cmds`, `maps`, `progs`, `attachs`, `tracepoints`, `kprobes` or `uprobes`"
     );
 }
 
@@ -688,6 +688,8 @@ fn arb_rule() -> impl Strategy<Value = Rule> {
             mints_per_minute: None,
             max_live_tokens: None,
             ttl: None,
+            identity: None,
+            trace: trace::TracePatterns::default(),
             bind: Bind::default(),
             learn: false,
         })
@@ -849,14 +851,14 @@ fn bind_takes_uid_and_cgroup_and_every_matching_rule_binds() {
     assert_eq!(p.rules()[0].bind, Bind { uid: true, cgroup: false });
     assert_eq!(p.rules()[1].bind, Bind { uid: true, cgroup: true });
     let alice = Peer { uid: 1000, gid: 1000, ..Peer::default() };
-    let want = Binding { uid: Some("u".into()), cgroup: Some("both".into()) };
+    let want = Binding { uid: Some("u".into()), cgroup: Some("both".into()), ..Binding::default() };
     assert_eq!(p.effective(&alice).bind, want);
     match p.decide(&alice, &MintRequest::default()) {
         Decision::Grant { bind, .. } => assert_eq!(bind, want),
         other => panic!("{other:?}"),
     }
     let bob = Peer { uid: 1001, gid: 1001, ..Peer::default() };
-    assert_eq!(p.effective(&bob).bind, Binding { uid: None, cgroup: Some("other".into()) });
+    assert_eq!(p.effective(&bob).bind, Binding { uid: None, cgroup: Some("other".into()), ..Binding::default() });
 }
 
 #[test]
@@ -955,4 +957,194 @@ fn duplicate_rule_names_are_refused_with_both_lines() {
     );
     // Unnamed rules never collide, and distinct names are fine.
     assert!(parse(&format!("{unnamed}\n{unnamed}\n{}\n{}", rule("a"), rule("b"))).is_ok());
+}
+
+// ---- process identity (`executables`, `cgroups`) needs the enforcer ----
+
+#[test]
+fn identity_rules_are_refused_where_the_enforcer_cannot_run() {
+    let p = parse(LAYERED).unwrap();
+    // With the enforcer: loads.
+    p.check_identity_enforcement(None).unwrap();
+    let e = p.check_identity_enforcement(Some("the BPF LSM is not active (active LSMs: capability)")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/etc/bpftokend/policy.toml:11:16: rule \"agent\" matches on `executables` and `cgroups`, which only the \
+         enforcer can make a security boundary (any program of the same uid could otherwise borrow the grant), and \
+         the enforcer cannot run here: the BPF LSM is not active (active LSMs: capability); enable the BPF LSM, or set \
+         `enforce_identity = false` in the rule to accept the match as advisory (audited as claimed)"
+    );
+    // cgroups alone, pointed at.
+    let text = "[[allow]]\nname = \"svc\"\nuids = [1]\ncgroups = [\"/system.slice/a.service\"]\ncmds = [\"any\"]\n";
+    let e = parse(text).unwrap().check_identity_enforcement(Some("no BTF")).unwrap_err();
+    assert!(e.to_string().starts_with("/etc/bpftokend/policy.toml:4:12: rule \"svc\" matches on `cgroups`, "), "{e}");
+    // Advisory: loads without the enforcer.
+    let advisory = LAYERED.replace("mints_per_minute = 30", "mints_per_minute = 30\nenforce_identity = false");
+    parse(&advisory).unwrap().check_identity_enforcement(Some("no BTF")).unwrap();
+    // Rules without identity conditions never need it.
+    parse(EXAMPLE).unwrap().check_identity_enforcement(Some("no BTF")).unwrap();
+}
+
+#[test]
+fn identity_conditions_bind_the_grant() {
+    let p = parse(LAYERED).unwrap();
+    let agent = Peer {
+        exe: Some(PathBuf::from("/usr/sbin/agent")),
+        cgroup: Some("/system.slice/agent.service".into()),
+        ..peer(0, 0, &[])
+    };
+    let Decision::Grant { bind, .. } = p.decide(&agent, &MintRequest::default()) else { panic!() };
+    assert_eq!(bind.exe.as_deref(), Some("agent"));
+    assert_eq!(bind.identity_cgroup.as_deref(), Some("agent"));
+    assert!(bind.binds_cgroup() && !bind.identity_advisory && bind.cgroup.is_none());
+    // A grant from a rule without identity conditions is not bound.
+    let Decision::Grant { bind, .. } = p.decide(&peer(1000, 1000, &[]), &MintRequest::default()) else { panic!() };
+    assert!(bind.is_empty());
+    let advisory = LAYERED.replace("mints_per_minute = 30", "mints_per_minute = 30\nenforce_identity = false");
+    let Decision::Grant { bind, .. } = parse(&advisory).unwrap().decide(&agent, &MintRequest::default()) else {
+        panic!()
+    };
+    assert!(bind.identity_advisory && bind.exe.is_some());
+}
+
+#[test]
+fn identity_errors_are_located_and_exact() {
+    assert_eq!(
+        err("[[allow]]\nname = \"c\"\nuserns_owners = [\"alice\"]\nexecutables = [\"/usr/bin/agent\"]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:4:16: rule \"c\" combines `executables` with `userns_owners`: a caller in a user \
+         namespace resolves paths in its own mount namespace, where it can put any program at an allowed path; split \
+         the rule, or drop `executables` (containers are told apart by `userns_owners`)"
+    );
+    assert_eq!(
+        err("[[allow]]\nname = \"x\"\nuids = [1]\nenforce_identity = false\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:4:20: rule \"x\" sets `enforce_identity` but has no `executables` or `cgroups` to \
+         enforce"
+    );
+    assert_eq!(
+        err("[[deny]]\nuids = [1]\nexecutables = [\"/a\"]\nenforce_identity = false\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:4:20: `enforce_identity` applies to an allow rule's `executables` and `cgroups`; a \
+         deny rule's conditions only remove powers, so it needs no enforcement"
+    );
+}
+
+// ---- tracing targets ----
+
+const TRACING: &str = r#"
+[[allow]]
+name = "tracers"
+users = ["alice"]
+tracepoints = ["syscalls:sys_enter_getpid", "sched:*"]
+kprobes = ["do_sys_openat2"]
+uprobes = ["/bin/sh"]
+
+[[allow]]
+name = "maps"
+users = ["alice", "bob"]
+cmds = ["map_create"]
+
+[[deny]]
+name = "no-switch"
+users = ["alice"]
+tracepoints = ["sched:sched_switch"]
+"#;
+
+fn catalog() -> trace::TraceCatalog {
+    trace::TraceCatalog {
+        tracepoints: Ok([
+            "syscalls:sys_enter_getpid",
+            "syscalls:sys_enter_getppid",
+            "sched:sched_switch",
+            "sched:sched_wakeup",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()),
+        symbols: Ok(["do_sys_openat2", "vfs_read"].iter().map(|s| (*s).to_owned()).collect()),
+    }
+}
+
+#[test]
+fn tracing_targets_are_decided_per_rule_and_deny_wins() {
+    use trace::TraceKind::*;
+    let p = parse(TRACING).unwrap();
+    p.check_trace_targets(&catalog()).unwrap();
+    let alice = peer(1000, 1000, &[]);
+    assert_eq!(
+        p.decide_trace(&alice, Tracepoint, "syscalls:sys_enter_getpid"),
+        TraceDecision::Allow { rule: "tracers".into() }
+    );
+    assert_eq!(
+        p.decide_trace(&alice, Tracepoint, "sched:sched_wakeup"),
+        TraceDecision::Allow { rule: "tracers".into() }
+    );
+    assert_eq!(p.decide_trace(&alice, Kprobe, "do_sys_openat2"), TraceDecision::Allow { rule: "tracers".into() });
+    assert_eq!(p.decide_trace(&alice, Uprobe, "/bin/sh"), TraceDecision::Allow { rule: "tracers".into() });
+    assert_eq!(
+        p.decide_trace(&alice, Tracepoint, "sched:sched_switch"),
+        TraceDecision::Refuse {
+            code: RefusalCode::TargetNotAllowed,
+            message: "tracepoint \"sched:sched_switch\" is denied to uid 1000 by /etc/bpftokend/policy.toml (rule \
+                      no-switch)"
+                .into()
+        }
+    );
+    assert_eq!(
+        p.decide_trace(&alice, Kprobe, "vfs_read"),
+        TraceDecision::Refuse {
+            code: RefusalCode::TargetNotAllowed,
+            message: "kernel function \"vfs_read\" is not allowed to uid 1000 by /etc/bpftokend/policy.toml: add it \
+                      to `kprobes` in a rule for you (allowed kprobes: do_sys_openat2)"
+                .into()
+        }
+    );
+    // bob has a rule, but no tracing keys in it.
+    let TraceDecision::Refuse { message, .. } = p.decide_trace(&peer(1001, 1001, &[]), Uprobe, "/bin/sh") else {
+        panic!()
+    };
+    assert!(message.ends_with("(allowed uprobes: none)"), "{message}");
+    let TraceDecision::Refuse { message, .. } = p.decide_trace(&peer(4242, 4242, &[]), Tracepoint, "a:b") else {
+        panic!()
+    };
+    assert_eq!(
+        message,
+        "tracepoint \"a:b\" is not allowed to uid 4242: no rule in /etc/bpftokend/policy.toml allows uid 4242 (gid \
+         4242); a rule for you with `tracepoints = [\"a:b\"]` would"
+    );
+    // A rule with only tracing keys is a rule.
+    assert!(parse("[[allow]]\nusers = [\"alice\"]\ntracepoints = [\"sched:*\"]\n").is_ok());
+}
+
+#[test]
+fn tracing_targets_are_checked_against_the_kernel_with_suggestions() {
+    let check = |text: &str| parse(text).unwrap().check_trace_targets(&catalog()).map_err(|e| e.to_string());
+    assert_eq!(
+        check("[[allow]]\nusers = [\"alice\"]\ntracepoints = [\"syscalls:sys_enter_getpdi\"]\n"),
+        Err("/etc/bpftokend/policy.toml:3:16: tracepoint \"syscalls:sys_enter_getpdi\" does not exist in this kernel \
+             (tracefs) (did you mean \"syscalls:sys_enter_getpid\"?)"
+            .into())
+    );
+    assert_eq!(
+        check("[[allow]]\nusers = [\"alice\"]\nkprobes = [\"tcp_*\"]\n"),
+        Err("/etc/bpftokend/policy.toml:3:12: kernel function pattern \"tcp_*\" matches nothing in /proc/kallsyms"
+            .into())
+    );
+    assert_eq!(
+        check("[[allow]]\nusers = [\"alice\"]\nuprobes = [\"/no/such/binary\"]\n"),
+        Err("/etc/bpftokend/policy.toml:3:12: uprobe binary \"/no/such/binary\" is not a file on this host".into())
+    );
+    let none = trace::TraceCatalog::unavailable("tracefs is not mounted at /sys/kernel/tracing");
+    assert_eq!(
+        parse("[[allow]]\nusers = [\"alice\"]\ntracepoints = [\"sched:*\"]\n")
+            .unwrap()
+            .check_trace_targets(&none)
+            .unwrap_err()
+            .to_string(),
+        "/etc/bpftokend/policy.toml:3:16: tracepoint \"sched:*\" cannot be checked against this kernel: tracefs is \
+         not mounted at /sys/kernel/tracing"
+    );
+    assert_eq!(
+        err("[[allow]]\nusers = [\"alice\"]\ntracepoints = [\"sys_enter_getpid\"]\n"),
+        "/etc/bpftokend/policy.toml:3:16: tracepoint \"sys_enter_getpid\" must be CATEGORY:NAME (letters, digits, _ \
+         and * only), e.g. \"syscalls:sys_enter_openat\""
+    );
 }

@@ -176,6 +176,13 @@ mod tests {
         assert_eq!(first(RequestBody::Revoke(RevokeTarget::All)), 7);
         assert_eq!(first(RequestBody::Learn(MintRequest::default())), 8);
         assert_eq!(first(RequestBody::Learned(3)), 9);
+        let for_program = RequestBody::MintForProgram(crate::message::ProgramRequest {
+            lease: LeaseRequest { mode: MintMode::Scope, request: MintRequest::default(), ttl: None },
+            program: "/usr/sbin/bpftool".into(),
+        });
+        assert_eq!(first(for_program.clone()), 10);
+        let req = Request::new(for_program);
+        assert_eq!(decode_request(&encode_request(&req).unwrap()[4..]).unwrap(), req);
     }
 
     #[test]

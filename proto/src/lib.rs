@@ -16,5 +16,5 @@ pub use codec::{CodecError, FRAME_HEADER_LEN, MAX_FRAME};
 pub use delegation::{Delegation, Kind, UnknownName};
 pub use message::{
     Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseRequest, LeaseState, MintMode, MintRequest, Minted,
-    OtherBuild, OtherLeases, Refusal, RefusalCode, Request, Response, RevokeTarget, PROTOCOL_VERSION,
+    OtherBuild, OtherLeases, ProgramRequest, Refusal, RefusalCode, Request, Response, RevokeTarget, PROTOCOL_VERSION,
 };

@@ -65,6 +65,25 @@ pub enum RequestBody {
     /// End a learning lease and say what its tokens were used for;
     /// answered with [`Response::Learned`].
     Learned(u64),
+    /// A [`RequestBody::MintLease`] for the program the caller is about to
+    /// run (`bpftoken run -- PROGRAM`): `executables` rules are matched
+    /// against that file as the daemon finds it on the host, and where the
+    /// enforcer runs the grant is bound to it, so its tokens work in that
+    /// program only. Without the enforcer the daemon does not take the
+    /// caller's word for it and matches the caller's own executable.
+    /// Answered with [`Response::Leased`].
+    MintForProgram(ProgramRequest),
+}
+
+/// Longest program path a [`ProgramRequest`] may name (`PATH_MAX`).
+pub const MAX_PROGRAM_PATH: usize = 4096;
+
+/// What a [`RequestBody::MintForProgram`] asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramRequest {
+    pub lease: LeaseRequest,
+    /// Absolute path of the program, at most [`MAX_PROGRAM_PATH`] bytes.
+    pub program: String,
 }
 
 impl RequestBody {
@@ -73,6 +92,10 @@ impl RequestBody {
         match self {
             RequestBody::DelegateMount(_) => 1,
             RequestBody::MintLease(LeaseRequest { mode: MintMode::DelegateMount, .. }) => 1,
+            RequestBody::MintForProgram(ProgramRequest {
+                lease: LeaseRequest { mode: MintMode::DelegateMount, .. },
+                ..
+            }) => 1,
             _ => 0,
         }
     }
@@ -461,6 +484,16 @@ refusal_codes! {
     LearningUnavailable = 19, "learning_unavailable";
     /// Minting failed inside the daemon or the kernel.
     MintFailed = 20, "mint_failed";
+    /// The program a request names (to bind the grant to) is not an
+    /// absolute path of a file on the host.
+    BadProgram = 21, "bad_program";
+    /// No rule allows the tracing target (tracepoint, kernel function,
+    /// binary) a perf event was asked for, or a deny rule names it.
+    TargetNotAllowed = 22, "target_not_allowed";
+    /// The kernel cannot open the perf event asked for (no such PMU, no
+    /// such tracepoint or symbol, bad attributes): nothing the policy could
+    /// change.
+    TraceUnavailable = 23, "trace_unavailable";
 }
 
 impl fmt::Display for RefusalCode {

@@ -29,13 +29,16 @@ fn executable_rule_matches_the_real_path_not_a_copy() {
     let Some(env) = setup("executable_rule_matches_the_real_path_not_a_copy") else { return };
     let real = env.bin("bpftoken");
     let policy = format!(
-        "[[allow]]\nname = \"only-the-real-cli\"\nusers = [\"bpftk-alice\"]\nexecutables = [\"{}\"]\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n",
+        "[[allow]]\nname = \"only-the-real-cli\"\nusers = [\"bpftk-alice\"]\nexecutables = [\"{}\"]\nenforce_identity = false\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n",
         real.display()
     );
     let d = TestDaemon::start(&env, &policy, &[]);
     let alice = user(ALICE);
     let o = d.bpftoken(&env, &alice, &["run", "--", "true"]);
     assert!(o.status.success(), "{}\n{}", stderr(&o), d.log_text());
+    // Without the enforcer the match is only claimed, and says so.
+    let line = d.wait_for_log("decision=\"granted\"");
+    assert!(line.contains("identity=\"claimed\"") && line.contains("exe_source=\"running\""), "{line}");
 
     // The same binary at another path does not match.
     let copy_dir = scratch_dir("exe-copy");
@@ -77,7 +80,7 @@ fn cgroup_rule_matches_a_process_moved_into_the_cgroup() {
     let dir = cgroup2_root().join(&name);
     std::fs::create_dir(&dir).expect("create test cgroup");
     let policy = format!(
-        "[[allow]]\nname = \"agent-cgroup\"\nusers = [\"bpftk-alice\"]\ncgroups = [\"/{name}\"]\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n"
+        "[[allow]]\nname = \"agent-cgroup\"\nusers = [\"bpftk-alice\"]\ncgroups = [\"/{name}\"]\nenforce_identity = false\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n"
     );
     let d = TestDaemon::start(&env, &policy, &[]);
     let alice = user(ALICE);

@@ -56,6 +56,8 @@ fn expected(version: (u32, u32)) -> BTreeMap<&'static str, &'static str> {
         ("bind-unshare", "unsupported"),
         ("learned-refusals", "unsupported"),
         ("learn-fds", "unsupported"),
+        // An `executables` rule loads only where the enforcer binds grants.
+        ("bind-exe", "unsupported"),
         // Pins outliving the daemon need the enforcer too.
         ("survive-restart", "unsupported"),
     ])

@@ -227,7 +227,7 @@ fn a_recycled_pid_does_not_stand_in_for_an_exited_client() {
     let impostor_exe = std::fs::canonicalize("/usr/bin/sleep").expect("sleep");
     let policy = format!(
         "[[allow]]\nname = \"sleep-only\"\nusers = [\"bpftk-alice\"]\nexecutables = [\"{}\"]\n\
-         cmds = [\"map_create\"]\nmaps = [\"array\"]\n",
+         enforce_identity = false\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n",
         impostor_exe.display()
     );
     let d = TestDaemon::start(&env, &policy, &[]);

@@ -375,6 +375,24 @@ fn revoke(socket: &Path, id: u64) -> ExitCode {
     }
 }
 
+/// The absolute path of `program` as exec would find it: a name with a
+/// slash relative to the working directory, else the first executable
+/// regular file of that name in PATH.
+fn find_program(program: &std::ffi::OsStr) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let as_path = Path::new(program);
+    if as_path.as_os_str().as_encoded_bytes().contains(&b'/') {
+        let absolute = std::path::absolute(as_path).ok()?;
+        return runnable(&absolute).then_some(absolute);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(program))
+        .find(|candidate| runnable(candidate))
+}
+
 /// Tell CMD its lease.
 fn set_lease_env(cmd: &mut std::process::Command, lease: Option<&bpftoken::LeaseInfo>) {
     if let Some(l) = lease {
@@ -391,8 +409,16 @@ fn run(
     command: &[OsString],
 ) -> ExitCode {
     let (program, args) = command.split_first().expect("clap requires a command");
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(args);
+    // The file CMD is, found once: the daemon is told this path (so
+    // `executables` rules can match CMD, and the grant be bound to it) and
+    // exactly this path is executed.
+    let Some(path) = find_program(program) else {
+        eprintln!("bpftoken: cannot run {}: no such program (searched PATH)", program.to_string_lossy());
+        return ExitCode::from(EXIT_CANNOT_RUN);
+    };
+    let mut cmd = std::process::Command::new(&path);
+    cmd.arg0(program).args(args);
+    let declared = path.to_str();
     let mut client = match Client::connect_to(socket) {
         Ok(c) => c,
         Err(e) => return report(socket, &e),
@@ -403,12 +429,12 @@ fn run(
     // Both modes keep what they hand to CMD alive until it has run.
     let mut keep: Vec<OwnedFd> = Vec::new();
     let token = if fd_only {
-        match client.mint_leased(request, ttl) {
+        match client.mint_leased_for_program(request, ttl, declared) {
             Ok(t) => t,
             Err(e) => return report(socket, &e),
         }
     } else {
-        let grant = match client.mint_scope_leased(request, ttl) {
+        let grant = match client.mint_scope_leased_for_program(request, ttl, declared) {
             Ok(g) => g,
             Err(e) => return report(socket, &e),
         };

@@ -12,6 +12,15 @@
 //! bpftoken-probe fd-check SOCKET               mint once; report the fds it gained
 //! bpftoken-probe scope-fds SOCKET              libbpf-mode mint; report the fds it gained, by kind
 //! bpftoken-probe send-and-exit SOCKET         send a mint request, print our pid, exit without waiting
+//! bpftoken-probe exec-after-connect SOCKET PROGRAM ARG...
+//!                                             connect, fork; this process execs PROGRAM at once, the
+//!                                             child (still the probe) waits until it has, mints on the
+//!                                             shared connection and tries map:array with the token;
+//!                                             the child's outcome goes to stdout
+//! bpftoken-probe mint-inherited FD ITEM...     mint on the inherited connection FD, try ITEMs
+//! bpftoken-probe try-then-exec ITEM PROGRAM ARG...
+//!                                             try ITEM with $BPF_TOKEN_FD, then exec PROGRAM (which
+//!                                             inherits the token)
 //! bpftoken-probe delegate SOCKET FD            ask for a bpffs delegated to the namespace at inherited FD
 //! bpftoken-probe hold SOCKET COUNT SECONDS     hold COUNT idle connections open
 //! bpftoken-probe churn SOCKET COUNT            connect and close COUNT times
@@ -514,6 +523,64 @@ fn run(args: &[String]) -> Result<(), String> {
             sock.write_all(&frame).map_err(|e| e.to_string())?;
             println!("{}", std::process::id());
             Ok(())
+        }
+        Some("exec-after-connect") => {
+            use std::os::unix::process::CommandExt;
+            let path = args.get(1).ok_or("exec-after-connect SOCKET PROGRAM ARG...")?;
+            let program = args.get(2).ok_or("exec-after-connect SOCKET PROGRAM ARG...")?;
+            let sock = UnixStream::connect(path).map_err(|e| format!("{path}: {e}"))?;
+            // Shared with the child and kept across the exec.
+            rustix::io::fcntl_setfd(&sock, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
+            let me = std::fs::read_link("/proc/self/exe").map_err(|e| e.to_string())?;
+            let parent = std::process::id();
+            let child = std::process::Command::new("/proc/self/exe")
+                .args(["mint-inherited", &std::os::fd::AsRawFd::as_raw_fd(&sock).to_string(), "map:array"])
+                .env("BPFTOKEN_PROBE_WAIT_EXEC", format!("{parent}:{}", me.display()))
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            let _ = child.id();
+            // The connecting process becomes PROGRAM; the child speaks.
+            let err = std::process::Command::new(program).args(&args[3..]).exec();
+            Err(format!("cannot exec {program}: {err}"))
+        }
+        Some("try-then-exec") => {
+            use std::os::unix::process::CommandExt;
+            let usage = "try-then-exec ITEM PROGRAM ARG...";
+            let (item, program) = (args.get(1).ok_or(usage)?, args.get(2).ok_or(usage)?);
+            {
+                let token = token_from_env()?;
+                try_items(Some(token.as_fd()), std::slice::from_ref(item))?;
+                // The token stays open (it is BPF_TOKEN_FD) for PROGRAM.
+                std::mem::forget(token);
+            }
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let err = std::process::Command::new(program).args(&args[3..]).exec();
+            Err(format!("cannot exec {program}: {err}"))
+        }
+        Some("mint-inherited") => {
+            let fd: i32 = args.get(1).and_then(|f| f.parse().ok()).ok_or("mint-inherited FD ITEM...")?;
+            // Wait until the process that connected runs another program.
+            if let Ok(wait) = std::env::var("BPFTOKEN_PROBE_WAIT_EXEC") {
+                let (pid, exe) = wait.split_once(':').ok_or("BPFTOKEN_PROBE_WAIT_EXEC=PID:EXE")?;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.as_os_str() == exe) {
+                    if std::time::Instant::now() > deadline {
+                        return Err("the connecting process did not exec".into());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+            let sock = UnixStream::from(sys::inherited_fd(fd).map_err(|e| format!("fd {fd}: {e}"))?);
+            let mut client = bpftoken::Client::from_stream(sock).map_err(|e| e.to_string())?;
+            match client.mint_leased(&MintRequest::default(), None) {
+                Ok(token) => try_items(Some(token.as_fd()), &args[2..]),
+                Err(e) => {
+                    println!("mint: {e}");
+                    Ok(())
+                }
+            }
         }
         Some("delegate") => {
             let path = std::path::PathBuf::from(args.get(1).ok_or("delegate SOCKET FD")?);

@@ -32,6 +32,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "scenarios/identity.rs"]
+mod identity;
 #[path = "scenarios/restart.rs"]
 mod restart;
 
@@ -78,6 +80,11 @@ cgroups = ["/bpftk-bind-cg"]
 cmds = ["map_create"]
 bind = ["cgroup"]
 "#;
+/// [`BIND_POLICY`] without its `cgroups` conditions, for a daemon without
+/// the enforcer (which refuses rules matching on cgroups).
+fn bind_policy_without_cgroups() -> String {
+    BIND_POLICY.replace("cgroups = [\"/bpftk-bind-uid\"]\n", "").replace("cgroups = [\"/bpftk-bind-cg\"]\n", "")
+}
 /// The policy of the learn scenario: alice may learn under a full grant.
 const LEARN_POLICY: &str = r#"
 [[allow]]
@@ -587,6 +594,7 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
             "bind-cgroup",
             "cost",
             "learn",
+            "bind-exe",
             "survive-restart",
         ]
         .into_iter()
@@ -721,6 +729,7 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
     let (outcome, detail) = learn(args, bins, dir, &alice);
     report.result("learn", outcome, &detail);
     bind_scenarios(bins, dir, &alice, enforcing, report);
+    identity::bind_exe(bins, dir, &alice, enforcing, report);
     scope_scenarios(args, bins, dir, &socket, &alice, enforcing, report);
 
     // cost: the median of a token-using bpf() call (an array map created
@@ -920,7 +929,9 @@ fn root_try(bins: &Path, token: &std::os::fd::OwnedFd, euid: Option<u32>) -> Str
 /// cgroup. Without the enforcer a bound mint is refused (unsupported).
 fn bind_scenarios(bins: &Path, dir: &Path, alice: &User, enforcing: bool, report: &mut Report) {
     let names = ["bind-uid", "bind-cgroup"];
-    let Start::Listening(mut daemon) = start_daemon_with(bins, dir, "-bind", BIND_POLICY) else {
+    // Without the enforcer a policy matching on `cgroups` does not load.
+    let policy = if enforcing { BIND_POLICY.to_owned() } else { bind_policy_without_cgroups() };
+    let Start::Listening(mut daemon) = start_daemon_with(bins, dir, "-bind", &policy) else {
         for n in names {
             report.result(n, Outcome::Fail, "the daemon did not start");
         }
@@ -930,9 +941,6 @@ fn bind_scenarios(bins: &Path, dir: &Path, alice: &User, enforcing: bool, report
     let results: Vec<(Outcome, String)> = if !enforcing {
         // Anywhere: both bound rules without their cgroup conditions.
         drop(daemon);
-        let policy = BIND_POLICY
-            .replace("cgroups = [\"/bpftk-bind-uid\"]\n", "")
-            .replace("cgroups = [\"/bpftk-bind-cg\"]\n", "");
         let Start::Listening(d) = start_daemon_with(bins, dir, "-bind-unavailable", &policy) else {
             for n in names {
                 report.result(n, Outcome::Fail, "the daemon did not start");
@@ -982,7 +990,8 @@ fn bind_uid(bins: &Path, dir: &Path, socket: &Path, alice: &User, mnt: &Path) ->
         release(&go)?;
         let (b_before, p_before) = (bound.holder.before.clone(), plain.holder.before.clone());
         let ((b_ok, b_after), (p_ok, p_after)) = (bound.holder.finish(), plain.holder.finish());
-        let bound_row = format!("uid {}", alice.uid);
+        // `cgroups` binds to the cgroup matched in too (issue #15).
+        let bound_row = format!("uid {}, cgroup /bpftk-bind-uid", alice.uid);
         let ok = b_before.ends_with(&["map:array ok".to_owned(), "waiting".to_owned()])
             && p_before.ends_with(&["map:array ok".to_owned(), "waiting".to_owned()])
             && root_bound == "map:array EPERM"
@@ -1394,9 +1403,7 @@ fn bind_scope(bins: &Path, dir: &Path, alice: &User, enforcing: bool, unshare: b
     let mode = if unshare { "unshare" } else { "libbpf" };
     judged((|| {
         if !enforcing {
-            let policy = BIND_POLICY
-                .replace("cgroups = [\"/bpftk-bind-uid\"]\n", "")
-                .replace("cgroups = [\"/bpftk-bind-cg\"]\n", "");
+            let policy = bind_policy_without_cgroups();
             let d = Stopping::start(bins, dir, &format!("-bind-{mode}-unavailable"), &policy)?;
             let o = bpftoken(bins, &d.0.socket, alice, &[if unshare { "unshare" } else { "run" }, "--", "/bin/true"]);
             let ok = o.code() == Some(1)
@@ -1441,7 +1448,9 @@ fn bind_scope(bins: &Path, dir: &Path, alice: &User, enforcing: bool, unshare: b
         let afters: Vec<(bool, Vec<String>)> = [bound, plain, moved, stays].map(|g| g.holder.finish()).into();
         let lease_mode = if unshare { "delegated_mount" } else { "libbpf" };
         let rows = |end: &str| {
-            leases.stdout.lines().filter(|l| l.contains(&format!(" {lease_mode} ")) && l.ends_with(end)).count()
+            // A rule matching on `cgroups` also binds to the cgroup (issue
+            // #15), so a uid-bound lease may list one after the uid.
+            leases.stdout.lines().filter(|l| l.contains(&format!(" {lease_mode} ")) && l.contains(end)).count()
         };
         let (uid_rows, cg_rows) = (rows(&format!("uid {}", alice.uid)), rows("cgroup /bpftk-bind-cg/scope-a"));
         let works = ["map:array ok", "fresh map:array ok"];
