@@ -1,3 +1,7 @@
+//! `bpftokend`: the daemon's command line (run, `check-policy`, `man`) and
+//! the hidden `minter` entry point it re-executes itself as. Clients, and
+//! revoking leases, are `bpftoken`'s: the daemon does not depend on it.
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -122,24 +126,6 @@ enum Command {
         #[arg(long, value_name = "USER", requires = "explain")]
         userns_owner: Option<String>,
     },
-    /// Revoke leases of the running daemon: their tokens stop working at
-    /// once (the kernel refuses them with EPERM), other leases keep
-    /// working. Root may revoke anyone's; others only their own.
-    #[command(group(clap::ArgGroup::new("target").required(true).args(["lease", "uid", "all"])))]
-    Revoke {
-        /// The daemon's socket.
-        #[arg(long, env = "BPFTOKEN_SOCKET", default_value = bpftokend::socket::DEFAULT_SOCKET_PATH)]
-        socket: PathBuf,
-        /// One lease, by id (`bpftoken leases` lists them).
-        #[arg(long, value_name = "ID")]
-        lease: Option<u64>,
-        /// Every lease of this uid.
-        #[arg(long, value_name = "UID")]
-        uid: Option<u32>,
-        /// Every lease.
-        #[arg(long)]
-        all: bool,
-    },
     /// Write the bpftokend(8) man page into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
@@ -187,43 +173,6 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("{}", e.render());
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Some(Command::Revoke { socket, lease, uid, all }) => {
-            let target = match (lease, uid, all) {
-                (Some(id), _, _) => bpftoken::RevokeTarget::Lease(id),
-                (_, Some(uid), _) => bpftoken::RevokeTarget::Uid(uid),
-                _ => bpftoken::RevokeTarget::All,
-            };
-            match bpftoken::Client::connect_to(&socket).and_then(|mut c| c.revoke_reporting(target)) {
-                Ok((revoked, other_builds)) => {
-                    if revoked.is_empty() && other_builds.is_empty() {
-                        println!("no lease to revoke");
-                    }
-                    for l in &revoked {
-                        println!(
-                            "revoked lease {} (uid {}, {}): its tokens no longer work",
-                            l.id,
-                            l.uid,
-                            l.mode.as_str()
-                        );
-                    }
-                    // Pinned enforcers of other builds: revoked where this
-                    // daemon knows their layout; else how to end them.
-                    for other in &other_builds {
-                        println!("{other}");
-                    }
-                    let unrevoked = other_builds.iter().any(|o| o.leases.is_none_or(|l| l.revoked < l.total));
-                    if unrevoked {
-                        ExitCode::FAILURE
-                    } else {
-                        ExitCode::SUCCESS
-                    }
-                }
-                Err(e) => {
-                    eprintln!("bpftokend: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -1,5 +1,5 @@
 //! `bpftoken run|unshare|learn|query|inspect|leases|revoke`: get and use BPF
-//! tokens from bpftokend.
+//! tokens from bpftokend, and end leases (root: anyone's).
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -84,11 +84,31 @@ enum Command {
     /// List your leases (root: everyone's): every grant is one. CMD of
     /// `bpftoken run` finds its own in BPFTOKEN_LEASE.
     Leases,
-    /// Revoke one of your leases: its tokens stop working at once (the
-    /// kernel refuses them with EPERM); other leases keep working.
+    /// Revoke leases: their tokens stop working at once (the kernel
+    /// refuses them with EPERM); other leases keep working.
+    ///
+    /// Anyone may revoke their own leases; root may revoke anyone's, every
+    /// lease of a uid (--uid) and every lease (--all). A uid's or every
+    /// lease also reaches the pinned enforcers of other bpftokend builds
+    /// left by an upgrade: each is reported, revoked where this daemon
+    /// knows its layout, else with the `rm -r` command that ends it.
+    /// Exit status: 0; 1 if refused or if leases of another build could
+    /// not be revoked, 69 if the daemon is unreachable, 76 on a protocol
+    /// error.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["id", "lease", "uid", "all"])))]
     Revoke {
-        /// The lease id (see `bpftoken leases`).
-        id: u64,
+        /// The lease id (see `bpftoken leases`); the same as --lease ID.
+        #[arg(value_name = "ID")]
+        id: Option<u64>,
+        /// One lease, by id.
+        #[arg(long, value_name = "ID")]
+        lease: Option<u64>,
+        /// Every lease of this uid.
+        #[arg(long, value_name = "UID")]
+        uid: Option<u32>,
+        /// Every lease (root only).
+        #[arg(long)]
+        all: bool,
     },
     /// Print the masks of a token: the fd in BPF_TOKEN_FD, or --fd N.
     ///
@@ -363,13 +383,35 @@ fn leases(socket: &Path) -> ExitCode {
     }
 }
 
-fn revoke(socket: &Path, id: u64) -> ExitCode {
-    match Client::connect_to(socket).and_then(|mut c| c.revoke(bpftoken::RevokeTarget::Lease(id))) {
-        Ok(revoked) => {
+/// What `bpftoken revoke` ends, from its options (clap requires one).
+fn revoke_target(id: Option<u64>, lease: Option<u64>, uid: Option<u32>) -> bpftoken::RevokeTarget {
+    match (id.or(lease), uid) {
+        (Some(id), _) => bpftoken::RevokeTarget::Lease(id),
+        (None, Some(uid)) => bpftoken::RevokeTarget::Uid(uid),
+        (None, None) => bpftoken::RevokeTarget::All,
+    }
+}
+
+fn revoke(socket: &Path, target: bpftoken::RevokeTarget) -> ExitCode {
+    match Client::connect_to(socket).and_then(|mut c| c.revoke_reporting(target)) {
+        Ok((revoked, other_builds)) => {
+            if revoked.is_empty() && other_builds.is_empty() {
+                println!("no lease to revoke");
+            }
             for l in &revoked {
                 println!("revoked lease {} (uid {}, {}): its tokens no longer work", l.id, l.uid, l.mode.as_str());
             }
-            ExitCode::SUCCESS
+            // Pinned enforcers of other builds: revoked where the daemon
+            // knows their layout; else how to end them.
+            for other in &other_builds {
+                println!("{other}");
+            }
+            let unrevoked = other_builds.iter().any(|o| o.leases.is_none_or(|l| l.revoked < l.total));
+            if unrevoked {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => report(socket, &e),
     }
@@ -610,7 +652,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Query => query(&socket),
         Command::Leases => leases(&socket),
-        Command::Revoke { id } => revoke(&socket, id),
+        Command::Revoke { id, lease, uid, all: _ } => revoke(&socket, revoke_target(id, lease, uid)),
         Command::Inspect { fd } => inspect(fd),
         Command::Learn { command } => learn(&socket, &command),
         Command::LearnExec { userns, command } => learn_exec(userns, &command),
