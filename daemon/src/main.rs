@@ -106,6 +106,7 @@ fn init_logging(format: LogFormat) {
 enum Command {
     /// Check a policy file and exit (0 if it loads, 1 if not).
     CheckPolicy {
+        /// The policy file to check.
         #[arg(long, default_value = bpftoken_policy::DEFAULT_POLICY_PATH)]
         policy: PathBuf,
         /// Print what the policy grants this user (name or uid) and why.
@@ -126,7 +127,8 @@ enum Command {
         #[arg(long, value_name = "USER", requires = "explain")]
         userns_owner: Option<String>,
     },
-    /// Write the bpftokend(8) man page into DIR.
+    /// Write the man pages bpftokend(8) and one per subcommand
+    /// (bpftokend-check-policy(8), ...) into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
     /// Internal: the minter process the daemon starts.
@@ -135,6 +137,25 @@ enum Command {
         #[arg(long)]
         fd: i32,
     },
+}
+
+/// Write the section-8 man page of `cmd` and, generated from the same
+/// definitions so that they cannot drift, one of each visible subcommand
+/// (`bpftokend-check-policy.8`), into `dir`.
+fn write_man_pages(cmd: clap::Command, dir: &std::path::Path) -> std::io::Result<()> {
+    fn write(cmd: &clap::Command, dir: &std::path::Path) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write(sub, dir)?;
+        }
+        clap_mangen::Man::new(cmd.clone())
+            .section("8")
+            .source(concat!("bpftokend ", env!("CARGO_PKG_VERSION")))
+            .generate_to(dir)
+            .map(drop)
+    }
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    write(&cmd, dir)
 }
 
 fn main() -> ExitCode {
@@ -179,15 +200,10 @@ fn main() -> ExitCode {
         }
         Some(Command::Man { dir }) => {
             let cmd = <Cli as clap::CommandFactory>::command().name("bpftokend");
-            let mut page = Vec::new();
-            let written = clap_mangen::Man::new(cmd)
-                .section("8")
-                .render(&mut page)
-                .and_then(|()| std::fs::write(dir.join("bpftokend.8"), page));
-            match written {
+            match write_man_pages(cmd, &dir) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("bpftokend: cannot write the man page: {e}");
+                    eprintln!("bpftokend: cannot write the man pages: {e}");
                     ExitCode::FAILURE
                 }
             }

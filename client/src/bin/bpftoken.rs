@@ -1,5 +1,6 @@
 //! `bpftoken run|unshare|learn|query|inspect|leases|revoke`: get and use BPF
-//! tokens from bpftokend, and end leases (root: anyone's).
+//! tokens from bpftokend, and end leases (root: anyone's). Its man pages are
+//! generated from these definitions (`bpftoken man DIR`).
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -11,6 +12,25 @@ use bpftoken::{delegation, namespaces, Client, Error, Kind, MintRequest, Refusal
 use clap::{Parser, Subcommand};
 
 /// Get BPF tokens from bpftokend.
+///
+/// bpftoken asks bpftokend, a root daemon listening on a Unix socket, for
+/// BPF tokens: file descriptors with which the kernel lets you use exactly
+/// the bpf() commands, map, program and attach types that the daemon's
+/// policy (bpftokend.policy(5)) grants you, without root. Asking for more
+/// than the grant is refused, never silently cut down. Every grant is a
+/// lease, which the daemon can make expire or revoke where its BPF LSM
+/// enforcer runs.
+///
+/// Environment: BPFTOKEN_SOCKET names the daemon's socket. A command run
+/// with a token finds its fd number in BPF_TOKEN_FD and its lease id in
+/// BPFTOKEN_LEASE; in libbpf mode also LIBBPF_BPF_TOKEN_PATH and
+/// BPFTOKEN_PIN_DIR, naming the delegated bpffs from which libbpf creates
+/// tokens itself and in which it may pin.
+///
+/// Exit status: 0 on success; 1 if the daemon refused (the reason and its
+/// stable code are printed), 2 on a usage error, 69 if the daemon is
+/// unreachable, 76 on a protocol error. run, unshare and learn exit with
+/// the command's own status, or 127 if it cannot run.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -119,7 +139,8 @@ enum Command {
         #[arg(long, value_name = "N")]
         fd: Option<i32>,
     },
-    /// Write the bpftoken(1) man page into DIR.
+    /// Write the man pages bpftoken(1) and one per subcommand
+    /// (bpftoken-run(1), ...) into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
     /// Internal (bpftoken learn): enter the user namespace open as fd
@@ -640,6 +661,24 @@ fn learn_exec(userns: i32, command: &[OsString]) -> ExitCode {
     ExitCode::from(EXIT_CANNOT_RUN)
 }
 
+/// Write the man page of `cmd` and, generated from the same definitions
+/// so that they cannot drift, one of each visible subcommand
+/// (`bpftoken-run.1`, ...), into `dir`.
+fn write_man_pages(cmd: clap::Command, dir: &Path) -> std::io::Result<()> {
+    fn write(cmd: &clap::Command, dir: &Path) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write(sub, dir)?;
+        }
+        clap_mangen::Man::new(cmd.clone())
+            .source(concat!("bpftokend ", env!("CARGO_PKG_VERSION")))
+            .generate_to(dir)
+            .map(drop)
+    }
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    write(&cmd, dir)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli.socket.clone().unwrap_or_else(bpftoken::socket_path);
@@ -661,15 +700,11 @@ fn main() -> ExitCode {
             Err(_) => ExitCode::FAILURE,
         },
         Command::Man { dir } => {
-            let mut page = Vec::new();
             let cmd = <Cli as clap::CommandFactory>::command().name("bpftoken");
-            match clap_mangen::Man::new(cmd)
-                .render(&mut page)
-                .and_then(|()| std::fs::write(dir.join("bpftoken.1"), page))
-            {
+            match write_man_pages(cmd, &dir) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("bpftoken: cannot write the man page: {e}");
+                    eprintln!("bpftoken: cannot write the man pages: {e}");
                     ExitCode::FAILURE
                 }
             }
