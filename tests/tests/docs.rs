@@ -1,13 +1,18 @@
-//! The documentation cannot drift from the code: `bpftoken man DIR` and
-//! `bpftokend man DIR` write one page per visible subcommand (those
-//! `--help` lists), each naming what it does and describing every option,
-//! and no page for anything else (hidden subcommands stay internal); so a
-//! new subcommand without docs fails.
+//! The documentation cannot drift from the code or lose its way:
+//!
+//! - `bpftoken man DIR` and `bpftokend man DIR` write one page per visible
+//!   subcommand (those `--help` lists), each naming what it does and
+//!   describing every option, and no page for anything else (hidden
+//!   subcommands stay internal); so a new subcommand without docs fails;
+//! - every relative link in README.md and docs/*.md reaches an existing
+//!   file, and heading where it names one;
+//! - README.md stays a front page (at most 200 lines): details live in
+//!   docs/ and the man pages.
 //!
 //! Needs no root; outside CI a binary not built yet skips the man-page
 //! test with a printed reason, with `CI=true` it fails.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -143,4 +148,125 @@ fn every_subcommand_has_a_man_page_that_describes_it() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     renders_cleanly(&repo().join("docs/bpftokend.policy.5"), "bpftokend.policy");
+}
+
+/// GitHub's anchor of a heading: lower case, punctuation dropped, spaces
+/// made hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a Markdown file's headings (outside code blocks), with
+/// GitHub's `-1`, `-2` suffixes for repeated ones.
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = BTreeSet::new();
+    for line in prose_lines(text) {
+        let Some(heading) = line.strip_prefix('#').map(|h| h.trim_start_matches('#')) else { continue };
+        if !heading.starts_with(' ') {
+            continue;
+        }
+        let base = anchor(heading);
+        let n = seen.entry(base.clone()).or_insert(0);
+        out.insert(if *n == 0 { base.clone() } else { format!("{base}-{n}") });
+        *n += 1;
+    }
+    out
+}
+
+/// The lines of a Markdown file outside fenced code blocks.
+fn prose_lines(text: &str) -> Vec<&str> {
+    let mut fenced = false;
+    text.lines()
+        .filter(|l| {
+            if l.trim_start().starts_with("```") {
+                fenced = !fenced;
+                return false;
+            }
+            !fenced
+        })
+        .collect()
+}
+
+/// The targets of inline links `[text](target)` of a Markdown file, outside
+/// code blocks and code spans.
+fn link_targets(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in prose_lines(text) {
+        // Drop code spans: `a](b)` inside backticks is not a link.
+        let prose: String = line.split('`').step_by(2).collect::<Vec<_>>().join(" ");
+        let mut rest = prose.as_str();
+        while let Some(i) = rest.find("](") {
+            rest = &rest[i + 2..];
+            let end = rest.find(')').unwrap_or(rest.len());
+            out.push(rest[..end].trim().to_owned());
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+#[test]
+fn relative_links_in_the_readme_and_docs_resolve() {
+    let root = repo();
+    let mut files = vec![root.join("README.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .expect("read docs/")
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read a Markdown file");
+        for target in link_targets(&text) {
+            if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            checked += 1;
+            let (path, fragment) = target.split_once('#').map_or((target.as_str(), None), |(p, f)| (p, Some(f)));
+            let resolved = if path.is_empty() { file.clone() } else { file.parent().expect("parent").join(path) };
+            let shown = format!("{}: {target}", file.strip_prefix(&root).unwrap_or(file).display());
+            if !resolved.exists() {
+                broken.push(format!("{shown} (no such file)"));
+                continue;
+            }
+            let Some(fragment) = fragment else { continue };
+            let is_markdown = resolved.extension().is_some_and(|e| e == "md");
+            let text = if is_markdown { std::fs::read_to_string(&resolved).unwrap_or_default() } else { String::new() };
+            if !is_markdown || !anchors(&text).contains(fragment) {
+                broken.push(format!("{shown} (no heading with that anchor)"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken relative links:\n{}", broken.join("\n"));
+    assert!(checked > 0, "no relative link found: is the link parser broken?");
+}
+
+#[test]
+fn the_readme_stays_a_front_page() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
+    let lines = readme.lines().count();
+    assert!(lines <= 200, "README.md has {lines} lines (at most 200): move details to docs/ or a man page");
+}
+
+#[test]
+fn anchors_follow_github() {
+    assert_eq!(anchor("Enforcement (BPF LSM)"), "enforcement-bpf-lsm");
+    assert_eq!(
+        anchor("Using tokens with bpftool, libbpf and containers"),
+        "using-tokens-with-bpftool-libbpf-and-containers"
+    );
+    assert_eq!(anchor("`bpftoken revoke`: who may end what"), "bpftoken-revoke-who-may-end-what");
+    let text = "# A\n```\n# not a heading\n```\n## A\n";
+    assert_eq!(anchors(text), BTreeSet::from(["a".to_owned(), "a-1".to_owned()]));
+    assert_eq!(link_targets("see [x](a.md#b) and `[y](not.md)`"), ["a.md#b"]);
 }
