@@ -5,7 +5,8 @@
 //!   describing every option, and no page for anything else (hidden
 //!   subcommands stay internal); so a new subcommand without docs fails;
 //! - every relative link in README.md and docs/*.md reaches an existing
-//!   file, and heading where it names one;
+//!   file, and heading where it names one, and every code comment citing
+//!   `docs/FILE.md, "Heading"` names an existing heading;
 //! - README.md stays a front page (at most 200 lines): details live in
 //!   docs/ and the man pages.
 //!
@@ -249,6 +250,59 @@ fn relative_links_in_the_readme_and_docs_resolve() {
     }
     assert!(broken.is_empty(), "broken relative links:\n{}", broken.join("\n"));
     assert!(checked > 0, "no relative link found: is the link parser broken?");
+}
+
+/// Rust files under `dir`, build output and hidden directories aside.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read a source directory") {
+        let path = entry.expect("directory entry").path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with('.') || name == "target" {
+            continue;
+        }
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if name.ends_with(".rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Code comments point into the docs as `docs/FILE.md, "Heading"`: each
+/// such heading exists, so a renamed section cannot strand them.
+#[test]
+fn code_comments_cite_existing_doc_sections() {
+    let root = repo();
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read a Rust file");
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("docs/") {
+            rest = &rest[i + "docs/".len()..];
+            let Some(end) = rest.find(".md, \"") else { continue };
+            let doc = &rest[..end];
+            if doc.is_empty()
+                || !doc.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            {
+                continue;
+            }
+            let title_start = &rest[end + ".md, \"".len()..];
+            let Some(title_end) = title_start.find('"') else { continue };
+            let title = &title_start[..title_end];
+            checked += 1;
+            let target = root.join("docs").join(format!("{doc}.md"));
+            let headings = anchors(&std::fs::read_to_string(&target).unwrap_or_default());
+            if !headings.contains(&anchor(title)) {
+                let shown = file.strip_prefix(&root).unwrap_or(file).display().to_string();
+                broken.push(format!("{shown}: docs/{doc}.md, \"{title}\""));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "comments cite sections that do not exist:\n{}", broken.join("\n"));
+    assert!(checked > 0, "no citation found: is the parser broken?");
 }
 
 #[test]

@@ -1,11 +1,10 @@
 //! Leases on the host: every grant is one, `bpftoken leases` lists them,
 //! and every refusal of `bpftoken revoke` (by id, `--lease`, `--uid`,
 //! `--all`) says exactly why. This project's hosts refuse BPF LSM programs
-//! (docs/design.md, "Kernel facts"), so
-//! leases here are `not_enforced` and revocation answers with its typed
-//! refusal; expiry and revocation that take effect run in the kernel
-//! matrix VM (`tests/vm`: expiry, revoke-lease, revoke-uid,
-//! revoke-libbpf-scope).
+//! (docs/design.md, "BPF LSM on this project's hosts"), so leases here are
+//! `not_enforced` and revocation answers with its typed refusal; expiry
+//! and revocation that take effect run in the kernel matrix VM
+//! (`tests/vm`: expiry, revoke-lease, revoke-uid, revoke-libbpf-scope).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
