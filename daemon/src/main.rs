@@ -1,3 +1,7 @@
+//! `bpftokend`: the daemon's command line (run, `check-policy`, `man`) and
+//! the hidden `minter` entry point it re-executes itself as. Clients, and
+//! revoking leases, are `bpftoken`'s: the daemon does not depend on it.
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -120,6 +124,7 @@ fn init_logging(format: LogFormat) {
 enum Command {
     /// Check a policy file and exit (0 if it loads, 1 if not).
     CheckPolicy {
+        /// The policy file to check.
         #[arg(long, default_value = bpftoken_policy::DEFAULT_POLICY_PATH)]
         policy: PathBuf,
         /// Print what the policy grants this user (name or uid) and why.
@@ -147,25 +152,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = EnforcerCheck::Detect)]
         enforcer: EnforcerCheck,
     },
-    /// Revoke leases of the running daemon: their tokens stop working at
-    /// once (the kernel refuses them with EPERM), other leases keep
-    /// working. Root may revoke anyone's; others only their own.
-    #[command(group(clap::ArgGroup::new("target").required(true).args(["lease", "uid", "all"])))]
-    Revoke {
-        /// The daemon's socket.
-        #[arg(long, env = "BPFTOKEN_SOCKET", default_value = bpftokend::socket::DEFAULT_SOCKET_PATH)]
-        socket: PathBuf,
-        /// One lease, by id (`bpftoken leases` lists them).
-        #[arg(long, value_name = "ID")]
-        lease: Option<u64>,
-        /// Every lease of this uid.
-        #[arg(long, value_name = "UID")]
-        uid: Option<u32>,
-        /// Every lease.
-        #[arg(long)]
-        all: bool,
-    },
-    /// Write the bpftokend(8) man page into DIR.
+    /// Write the man pages bpftokend(8) and one per subcommand
+    /// (bpftokend-check-policy(8), ...) into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
     /// Internal: the minter process the daemon starts.
@@ -174,6 +162,25 @@ enum Command {
         #[arg(long)]
         fd: i32,
     },
+}
+
+/// Write the section-8 man page of `cmd` and, generated from the same
+/// definitions so that they cannot drift, one of each visible subcommand
+/// (`bpftokend-check-policy.8`), into `dir`.
+fn write_man_pages(cmd: clap::Command, dir: &std::path::Path) -> std::io::Result<()> {
+    fn write(cmd: &clap::Command, dir: &std::path::Path) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write(sub, dir)?;
+        }
+        clap_mangen::Man::new(cmd.clone())
+            .section("8")
+            .source(concat!("bpftokend ", env!("CARGO_PKG_VERSION")))
+            .generate_to(dir)
+            .map(drop)
+    }
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    write(&cmd, dir)
 }
 
 fn main() -> ExitCode {
@@ -222,54 +229,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(Command::Revoke { socket, lease, uid, all }) => {
-            let target = match (lease, uid, all) {
-                (Some(id), _, _) => bpftoken::RevokeTarget::Lease(id),
-                (_, Some(uid), _) => bpftoken::RevokeTarget::Uid(uid),
-                _ => bpftoken::RevokeTarget::All,
-            };
-            match bpftoken::Client::connect_to(&socket).and_then(|mut c| c.revoke_reporting(target)) {
-                Ok((revoked, other_builds)) => {
-                    if revoked.is_empty() && other_builds.is_empty() {
-                        println!("no lease to revoke");
-                    }
-                    for l in &revoked {
-                        println!(
-                            "revoked lease {} (uid {}, {}): its tokens no longer work",
-                            l.id,
-                            l.uid,
-                            l.mode.as_str()
-                        );
-                    }
-                    // Pinned enforcers of other builds: revoked where this
-                    // daemon knows their layout; else how to end them.
-                    for other in &other_builds {
-                        println!("{other}");
-                    }
-                    let unrevoked = other_builds.iter().any(|o| o.leases.is_none_or(|l| l.revoked < l.total));
-                    if unrevoked {
-                        ExitCode::FAILURE
-                    } else {
-                        ExitCode::SUCCESS
-                    }
-                }
-                Err(e) => {
-                    eprintln!("bpftokend: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
         Some(Command::Man { dir }) => {
             let cmd = <Cli as clap::CommandFactory>::command().name("bpftokend");
-            let mut page = Vec::new();
-            let written = clap_mangen::Man::new(cmd)
-                .section("8")
-                .render(&mut page)
-                .and_then(|()| std::fs::write(dir.join("bpftokend.8"), page));
-            match written {
+            match write_man_pages(cmd, &dir) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("bpftokend: cannot write the man page: {e}");
+                    eprintln!("bpftokend: cannot write the man pages: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -132,7 +132,7 @@ impl<M: EntryMap> OtherSets<M> {
                         tracing::warn!(
                             pins = %d,
                             "{d} holds the pinned enforcer of another bpftokend build (this one is {this}) with {} \
-                             lease(s): they stay enforced; `bpftokend revoke --uid U` and `--all` revoke them too; \
+                             lease(s): they stay enforced; `bpftoken revoke --uid U` and `--all` (as root) revoke them too; \
                              `rm -r {d}` ends them at once",
                             keys.len()
                         );

@@ -33,8 +33,8 @@ pub enum ProbeError {
 /// needs.
 pub fn check() -> Result<(), ProbeError> {
     let caps = effective_caps()?;
-    // The minimal set, found by dropping each in turn (README "Run under
-    // systemd" lists the same).
+    // The minimal set, found by dropping each in turn
+    // (docs/operation.md, "Under systemd" lists the same).
     for (bit, name, why) in [
         (21, "CAP_SYS_ADMIN", "to set bpffs delegate_* options and write user namespace id maps"),
         (7, "CAP_SETUID", "to start the bpffs helper as the client's uid"),

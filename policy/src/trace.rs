@@ -3,7 +3,7 @@
 //! A BPF token covers `bpf()` only; attaching a tracing program needs a
 //! perf event (kprobe, uprobe or tracepoint PMU), which the kernel opens
 //! only for CAP_PERFMON in the initial namespace. The daemon opens it for
-//! a caller when a rule names the target (docs/tracing.md). This module
+//! a caller when a rule names the target (docs/policy.md). This module
 //! is the pure half: the patterns, their validation against what the
 //! running kernel offers ([`TraceCatalog`], read by the daemon), and the
 //! decision.

@@ -2,7 +2,8 @@
 //!
 //! postcard, not bincode: bincode 3 is a `compile_error!` tombstone and
 //! unmaintained, and a root daemon must not parse untrusted input with an
-//! unmaintained decoder (DESIGN.md, "Wire protocol rules").
+//! unmaintained decoder (docs/design.md, "Why postcard"; the wire format is
+//! in docs/protocol.md).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

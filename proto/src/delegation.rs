@@ -207,8 +207,9 @@ impl Delegation {
     }
 
     /// Value for the bpffs `delegate_*` option of `kind`. Always one
-    /// number (or `any`): DESIGN.md fact 11 says a number overwrites names
-    /// before it, so option strings are generated from the mask only.
+    /// number (or `any`): a number overwrites the names before it
+    /// (docs/design.md, "delegate_* option values"), so option strings are
+    /// generated from the mask only.
     pub fn mount_option_value(&self, kind: Kind) -> String {
         match self.get(kind) {
             ANY => "any".to_owned(),

@@ -17,7 +17,8 @@ ttl = 600
 "#;
 
 /// The reason in "unavailable: REASON" on a kernel that refuses BPF LSM
-/// programs, as this project's hosts do (DESIGN fact 13).
+/// programs, as this project's hosts do
+/// (docs/design.md, "BPF LSM on this project's hosts").
 const REFUSED: &str = "unavailable: the kernel refused to load BPF LSM programs (EPERM at BPF_PROG_LOAD, \
                        before the verifier; lockdown or the platform forbids them)";
 

@@ -1,10 +1,10 @@
 //! Leases on the host: every grant is one, `bpftoken leases` lists them,
-//! and every refusal of `bpftoken revoke` / `bpftokend revoke` says exactly
-//! why. This project's hosts refuse BPF LSM programs (DESIGN fact 13), so
-//! leases here are `not_enforced` and revocation answers with its typed
-//! refusal; expiry and revocation that take effect run in the kernel
-//! matrix VM (`tests/vm`: expiry, revoke-lease, revoke-uid,
-//! revoke-libbpf-scope).
+//! and every refusal of `bpftoken revoke` (by id, `--lease`, `--uid`,
+//! `--all`) says exactly why. This project's hosts refuse BPF LSM programs
+//! (docs/design.md, "BPF LSM on this project's hosts"), so leases here are
+//! `not_enforced` and revocation answers with its typed refusal; expiry
+//! and revocation that take effect run in the kernel matrix VM
+//! (`tests/vm`: expiry, revoke-lease, revoke-uid, revoke-libbpf-scope).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -67,13 +67,6 @@ impl Drop for Holder {
 /// The reason in "unavailable: REASON".
 fn unavailable(d: &TestDaemon) -> Option<String> {
     d.enforcement().strip_prefix("unavailable: ").map(str::to_owned)
-}
-
-/// `bpftokend revoke --socket S ARGS...` as `user`.
-fn bpftokend_revoke(env: &Env, d: &TestDaemon, user: &User, args: &[&str]) -> std::process::Output {
-    let mut c = as_user(user, env.bin("bpftokend"));
-    c.arg("revoke").arg("--socket").arg(&d.socket).args(args);
-    output(c)
 }
 
 #[test]
@@ -153,21 +146,21 @@ fn revocation_refusals_say_exactly_why() {
             alice.uid, bob.uid
         )
     );
-    let o = bpftokend_revoke(&env, &d, &bob, &["--uid", &alice.uid.to_string()]);
+    let o = d.bpftoken(&env, &bob, &["revoke", "--uid", &alice.uid.to_string()]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),
         format!(
-            "bpftokend: refused: uid {} may revoke only its own leases, not those of uid {} (not_your_lease)\n",
+            "bpftoken: refused: uid {} may revoke only its own leases, not those of uid {} (not_your_lease)\n",
             bob.uid, alice.uid
         )
     );
-    let o = bpftokend_revoke(&env, &d, &bob, &["--all"]);
+    let o = d.bpftoken(&env, &bob, &["revoke", "--all"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),
         format!(
-            "bpftokend: refused: only root may revoke every lease; uid {} may revoke its own (not_your_lease)\n",
+            "bpftoken: refused: only root may revoke every lease; uid {} may revoke its own (not_your_lease)\n",
             bob.uid
         )
     );
@@ -181,10 +174,10 @@ fn revocation_refusals_say_exactly_why() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stderr(&o), format!("bpftoken: {unavailable}"));
     let root = User { name: "root".into(), uid: 0, gid: 0 };
-    for args in [&["--lease", "1"][..], &["--uid", &alice.uid.to_string()], &["--all"]] {
-        let o = bpftokend_revoke(&env, &d, &root, args);
+    for args in [&["revoke", "--lease", "1"][..], &["revoke", "--uid", &alice.uid.to_string()], &["revoke", "--all"]] {
+        let o = d.bpftoken(&env, &root, args);
         assert_eq!(o.status.code(), Some(1), "{args:?}");
-        assert_eq!(stderr(&o), format!("bpftokend: {unavailable}"), "{args:?}");
+        assert_eq!(stderr(&o), format!("bpftoken: {unavailable}"), "{args:?}");
     }
     // Each refusal is one audit event; the lease is still listed.
     let log = d.wait_for_log("code=\"revocation_unavailable\"");

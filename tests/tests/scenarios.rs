@@ -29,9 +29,10 @@ fn expected(version: (u32, u32)) -> BTreeMap<&'static str, &'static str> {
         ("map-create", with_tokens),
         ("prog-load", with_tokens),
         ("refused", with_tokens),
-        // This project's hosts refuse BPF LSM programs (DESIGN fact 13):
-        // the daemon reports enforcement unavailable. The 6.12 VM of the
-        // kernel matrix, booted with lsm=...,bpf, enforces.
+        // This project's hosts refuse BPF LSM programs
+        // (docs/design.md, "BPF LSM on this project's hosts"): the daemon
+        // reports enforcement unavailable. The 6.12 VM of the kernel
+        // matrix, booted with lsm=...,bpf, enforces.
         ("enforcer", "unsupported"),
         ("live-limit", "unsupported"),
         ("inspect", with_tokens),

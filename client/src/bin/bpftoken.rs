@@ -1,5 +1,6 @@
 //! `bpftoken run|unshare|learn|query|inspect|leases|revoke`: get and use BPF
-//! tokens from bpftokend.
+//! tokens from bpftokend, and end leases (root: anyone's). Its man pages are
+//! generated from these definitions (`bpftoken man DIR`).
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -11,6 +12,25 @@ use bpftoken::{delegation, namespaces, Client, Error, Kind, MintRequest, Refusal
 use clap::{Parser, Subcommand};
 
 /// Get BPF tokens from bpftokend.
+///
+/// bpftoken asks bpftokend, a root daemon listening on a Unix socket, for
+/// BPF tokens: file descriptors with which the kernel lets you use exactly
+/// the bpf() commands, map, program and attach types that the daemon's
+/// policy (bpftokend.policy(5)) grants you, without root. Asking for more
+/// than the grant is refused, never silently cut down. Every grant is a
+/// lease, which the daemon can make expire or revoke where its BPF LSM
+/// enforcer runs.
+///
+/// Environment: BPFTOKEN_SOCKET names the daemon's socket. A command run
+/// with a token finds its fd number in BPF_TOKEN_FD and its lease id in
+/// BPFTOKEN_LEASE; in libbpf mode also LIBBPF_BPF_TOKEN_PATH and
+/// BPFTOKEN_PIN_DIR, naming the delegated bpffs from which libbpf creates
+/// tokens itself and in which it may pin.
+///
+/// Exit status: 0 on success; 1 if the daemon refused (the reason and its
+/// stable code are printed), 2 on a usage error, 69 if the daemon is
+/// unreachable, 76 on a protocol error. run, unshare and learn exit with
+/// the command's own status, or 127 if it cannot run.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -84,11 +104,31 @@ enum Command {
     /// List your leases (root: everyone's): every grant is one. CMD of
     /// `bpftoken run` finds its own in BPFTOKEN_LEASE.
     Leases,
-    /// Revoke one of your leases: its tokens stop working at once (the
-    /// kernel refuses them with EPERM); other leases keep working.
+    /// Revoke leases: their tokens stop working at once (the kernel
+    /// refuses them with EPERM); other leases keep working.
+    ///
+    /// Anyone may revoke their own leases; root may revoke anyone's, every
+    /// lease of a uid (--uid) and every lease (--all). A uid's or every
+    /// lease also reaches the pinned enforcers of other bpftokend builds
+    /// left by an upgrade: each is reported, revoked where this daemon
+    /// knows its layout, else with the `rm -r` command that ends it.
+    /// Exit status: 0; 1 if refused or if leases of another build could
+    /// not be revoked, 69 if the daemon is unreachable, 76 on a protocol
+    /// error.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["id", "lease", "uid", "all"])))]
     Revoke {
-        /// The lease id (see `bpftoken leases`).
-        id: u64,
+        /// The lease id (see `bpftoken leases`); the same as --lease ID.
+        #[arg(value_name = "ID")]
+        id: Option<u64>,
+        /// One lease, by id.
+        #[arg(long, value_name = "ID")]
+        lease: Option<u64>,
+        /// Every lease of this uid.
+        #[arg(long, value_name = "UID")]
+        uid: Option<u32>,
+        /// Every lease (root only).
+        #[arg(long)]
+        all: bool,
     },
     /// Print the masks of a token: the fd in BPF_TOKEN_FD, or --fd N.
     ///
@@ -99,7 +139,8 @@ enum Command {
         #[arg(long, value_name = "N")]
         fd: Option<i32>,
     },
-    /// Write the bpftoken(1) man page into DIR.
+    /// Write the man pages bpftoken(1) and one per subcommand
+    /// (bpftoken-run(1), ...) into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
     /// Internal (bpftoken learn): enter the user namespace open as fd
@@ -363,13 +404,35 @@ fn leases(socket: &Path) -> ExitCode {
     }
 }
 
-fn revoke(socket: &Path, id: u64) -> ExitCode {
-    match Client::connect_to(socket).and_then(|mut c| c.revoke(bpftoken::RevokeTarget::Lease(id))) {
-        Ok(revoked) => {
+/// What `bpftoken revoke` ends, from its options (clap requires one).
+fn revoke_target(id: Option<u64>, lease: Option<u64>, uid: Option<u32>) -> bpftoken::RevokeTarget {
+    match (id.or(lease), uid) {
+        (Some(id), _) => bpftoken::RevokeTarget::Lease(id),
+        (None, Some(uid)) => bpftoken::RevokeTarget::Uid(uid),
+        (None, None) => bpftoken::RevokeTarget::All,
+    }
+}
+
+fn revoke(socket: &Path, target: bpftoken::RevokeTarget) -> ExitCode {
+    match Client::connect_to(socket).and_then(|mut c| c.revoke_reporting(target)) {
+        Ok((revoked, other_builds)) => {
+            if revoked.is_empty() && other_builds.is_empty() {
+                println!("no lease to revoke");
+            }
             for l in &revoked {
                 println!("revoked lease {} (uid {}, {}): its tokens no longer work", l.id, l.uid, l.mode.as_str());
             }
-            ExitCode::SUCCESS
+            // Pinned enforcers of other builds: revoked where the daemon
+            // knows their layout; else how to end them.
+            for other in &other_builds {
+                println!("{other}");
+            }
+            let unrevoked = other_builds.iter().any(|o| o.leases.is_none_or(|l| l.revoked < l.total));
+            if unrevoked {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => report(socket, &e),
     }
@@ -624,6 +687,24 @@ fn learn_exec(userns: i32, command: &[OsString]) -> ExitCode {
     ExitCode::from(EXIT_CANNOT_RUN)
 }
 
+/// Write the man page of `cmd` and, generated from the same definitions
+/// so that they cannot drift, one of each visible subcommand
+/// (`bpftoken-run.1`, ...), into `dir`.
+fn write_man_pages(cmd: clap::Command, dir: &Path) -> std::io::Result<()> {
+    fn write(cmd: &clap::Command, dir: &Path) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write(sub, dir)?;
+        }
+        clap_mangen::Man::new(cmd.clone())
+            .source(concat!("bpftokend ", env!("CARGO_PKG_VERSION")))
+            .generate_to(dir)
+            .map(drop)
+    }
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    write(&cmd, dir)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli.socket.clone().unwrap_or_else(bpftoken::socket_path);
@@ -636,7 +717,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Query => query(&socket),
         Command::Leases => leases(&socket),
-        Command::Revoke { id } => revoke(&socket, id),
+        Command::Revoke { id, lease, uid, all: _ } => revoke(&socket, revoke_target(id, lease, uid)),
         Command::Inspect { fd } => inspect(fd),
         Command::Learn { command } => learn(&socket, &command),
         Command::LearnExec { userns, command } => learn_exec(userns, &command),
@@ -645,15 +726,11 @@ fn main() -> ExitCode {
             Err(_) => ExitCode::FAILURE,
         },
         Command::Man { dir } => {
-            let mut page = Vec::new();
             let cmd = <Cli as clap::CommandFactory>::command().name("bpftoken");
-            match clap_mangen::Man::new(cmd)
-                .render(&mut page)
-                .and_then(|()| std::fs::write(dir.join("bpftoken.1"), page))
-            {
+            match write_man_pages(cmd, &dir) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("bpftoken: cannot write the man page: {e}");
+                    eprintln!("bpftoken: cannot write the man pages: {e}");
                     ExitCode::FAILURE
                 }
             }

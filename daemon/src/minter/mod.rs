@@ -1,6 +1,6 @@
 //! The minter: a single-threaded root process that creates scopes (the
-//! cold path), the only namespace work that needs a fork (DESIGN.md,
-//! "Processes and trust").
+//! cold path), the only namespace work that needs a fork (docs/design.md,
+//! "Processes").
 //!
 //! The async daemon never forks: `fork()` from a threaded runtime is a
 //! trap, and the helper must become the client's uid. The daemon starts

@@ -3,7 +3,8 @@
 //! and then used by the daemon to mint any number of tokens (warm, see
 //! [`crate::cache`]).
 //!
-//! Cold path, following DESIGN.md facts 1, 3 and 5:
+//! Cold path, following docs/design.md, "Where a token can be created",
+//! "fsmount returns an O_PATH fd" and "Id maps are written from outside":
 //!
 //! ```text
 //! minter (root)                          helper (forked, becomes client uid)
@@ -505,7 +506,8 @@ fn drive_helper(sock: BorrowedFd<'_>, pid: Pid, key: ScopeKey) -> Result<Scope, 
         return Err(MintError::WrongOwner { got: owner, want: uid });
     }
     // Root writes the maps from outside: the helper is non-dumpable and
-    // cannot (DESIGN.md fact 5). Root in the namespace = the client outside.
+    // cannot (docs/design.md, "Id maps are written from outside"). Root in
+    // the namespace = the client outside.
     let write = |file: &str, text: String| {
         std::fs::write(format!("{proc_dir}/{file}"), text).map_err(|e| MintError::syscall(Step::WriteIdMaps, &e))
     };

@@ -364,10 +364,10 @@ impl Drop for Holder {
     }
 }
 
-/// `bpftokend revoke --socket S ARGS...` as root.
-fn bpftokend_revoke(bins: &Path, socket: &Path, args: &[&str]) -> Ran {
-    let mut c = Command::new(bins.join("bpftokend"));
-    c.arg("revoke").arg("--socket").arg(socket).args(args);
+/// `bpftoken --socket S revoke ARGS...` as root.
+fn bpftoken_revoke(bins: &Path, socket: &Path, args: &[&str]) -> Ran {
+    let mut c = Command::new(bins.join("bpftoken"));
+    c.arg("--socket").arg(socket).arg("revoke").args(args);
     run(c)
 }
 
@@ -395,7 +395,7 @@ fn lease_scenarios(
         let o = bpftoken(bins, socket, &alice, &["run", "--fd-only", "--ttl", "2", "--", "true"]);
         let ok = o.code() == Some(1) && o.stderr.trim_end().ends_with("(not_enforceable)");
         report.result("expiry", if ok { Outcome::Unsupported } else { Outcome::Fail }, o.stderr.trim());
-        let o = bpftokend_revoke(bins, socket, &["--all"]);
+        let o = bpftoken_revoke(bins, socket, &["--all"]);
         let ok = o.code() == Some(1) && o.stderr.trim_end().ends_with("(revocation_unavailable)");
         for capability in ["revoke-lease", "revoke-uid", "revoke-libbpf-scope"] {
             report.result(capability, if ok { Outcome::Unsupported } else { Outcome::Fail }, o.stderr.trim());
@@ -418,7 +418,7 @@ fn lease_scenarios(
         Holder::start(bins, socket, &alice, &["run", "--fd-only", "--", probe, "wait-try", go, "map:array"], "waiting")
     };
     let (a, b) = (hold(go_s)?, hold(go_s)?);
-    let revoked = a.lease().map(|id| bpftokend_revoke(bins, socket, &["--lease", id]));
+    let revoked = a.lease().map(|id| bpftoken_revoke(bins, socket, &["--lease", id]));
     release(&go)?;
     let (a_lease, b_lease) = (a.lease().unwrap_or("?").to_owned(), b.lease().unwrap_or("?").to_owned());
     let (a_before, b_before) = (a.before.clone(), b.before.clone());
@@ -451,7 +451,7 @@ fn lease_scenarios(
     let go = dir.join("go-uid");
     let go_s = go.to_str().ok_or("non-UTF-8 path")?;
     let (a, b) = (hold(go_s)?, hold(go_s)?);
-    let revoked = bpftokend_revoke(bins, socket, &["--uid", &alice.uid.to_string()]);
+    let revoked = bpftoken_revoke(bins, socket, &["--uid", &alice.uid.to_string()]);
     release(&go)?;
     let (a_before, b_before) = (a.before.clone(), b.before.clone());
     let ((a_ok, a_after), (b_ok, b_after)) = (a.finish(), b.finish());
@@ -494,7 +494,7 @@ fn lease_scenarios(
     );
     let h = Holder::start(bins, socket, &alice, &["run", "--", "/bin/sh", "-c", &script], "waiting")?;
     let lease = h.lease().unwrap_or("?").to_owned();
-    let revoked = bpftokend_revoke(bins, socket, &["--lease", &lease]);
+    let revoked = bpftoken_revoke(bins, socket, &["--lease", &lease]);
     release(&go)?;
     let before = h.before.clone();
     let (_, after) = h.finish();

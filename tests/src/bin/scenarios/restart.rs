@@ -6,11 +6,12 @@
 //! short ttl). The daemon is SIGKILLed: R's token is still refused, K's
 //! works, and T expires while no daemon runs. A second daemon on the same
 //! pin directory adopts the enforcer: `bpftoken leases` lists K as active,
-//! `bpftokend revoke --lease K` stops its token at once, and a new lease
-//! gets a higher id than any before. Once the tokens are closed, a clean
-//! stop leaves no pins. A control run where the enforcer cannot be pinned
-//! (`--pin-dir` on tmpfs) shows the old behaviour this catches: after the
-//! SIGKILL the revoked token works again, and `bpftoken query` said so.
+//! `bpftoken revoke --lease K` (as root) stops its token at once, and a new
+//! lease gets a higher id than any before. Once the tokens are closed, a
+//! clean stop leaves no pins. A control run where the enforcer cannot be
+//! pinned (`--pin-dir` on tmpfs) shows the old behaviour this catches:
+//! after the SIGKILL the revoked token works again, and `bpftoken query`
+//! said so.
 
 use std::io::BufRead;
 use std::os::unix::fs::PermissionsExt;
@@ -19,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{
-    bpftoken, bpftokend_revoke, release, user, wait_deadline, Daemon, Holder, Outcome, Report, User, ALLOWED_USER,
+    bpftoken, bpftoken_revoke, release, user, wait_deadline, Daemon, Holder, Outcome, Report, User, ALLOWED_USER,
     POLICY, STEP_TIMEOUT,
 };
 
@@ -173,7 +174,7 @@ fn run(bins: &Path, dir: &Path) -> Result<(Outcome, String), String> {
     let (r_id, k_id, t_id) = (id(&r), id(&k), id(&t));
     let first_try = |h: &Holder| h.before.iter().find(|l| l.starts_with("map:array")).cloned().unwrap_or_default();
     let before: Vec<String> = [&r, &k, &t].iter().map(|h| first_try(h)).collect();
-    let revoked = bpftokend_revoke(bins, &socket, &["--lease", &r_id]);
+    let revoked = bpftoken_revoke(bins, &socket, &["--lease", &r_id]);
     let killed = signal(&mut first, rustix::process::Signal::KILL);
     let left = pin_sets(&pins);
 
@@ -194,7 +195,7 @@ fn run(bins: &Path, dir: &Path) -> Result<(Outcome, String), String> {
             .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
     };
     let k_row = row(&k_id);
-    let k_revoked = bpftokend_revoke(bins, &second.socket, &["--lease", &k_id]);
+    let k_revoked = bpftoken_revoke(bins, &second.socket, &["--lease", &k_id]);
     let after = step(&mut [&mut r, &mut k, &mut t], &gates[2])?;
     let next =
         bpftoken(bins, &second.socket, &alice, &["run", "--fd-only", "--", "/bin/sh", "-c", "echo $BPFTOKEN_LEASE"]);
@@ -280,7 +281,7 @@ fn control(bins: &Path, dir: &Path, alice: &User) -> Result<(bool, String), Stri
     let gates = [dir.join("go-unpinned-1"), dir.join("go-unpinned-2")];
     let mut h = hold(bins, &daemon.socket, alice, None, &[&gates[0], &gates[1]])?;
     let lease = h.lease().unwrap_or("?").to_owned();
-    let revoked = bpftokend_revoke(bins, &daemon.socket, &["--lease", &lease]);
+    let revoked = bpftoken_revoke(bins, &daemon.socket, &["--lease", &lease]);
     let refused = step(&mut [&mut h], &gates[0])?;
     signal(&mut daemon, rustix::process::Signal::KILL);
     let again = step(&mut [&mut h], &gates[1])?;
@@ -300,8 +301,8 @@ fn control(bins: &Path, dir: &Path, alice: &User) -> Result<(bool, String), Stri
 
 /// After an upgrade: the pinned set of another build (this build's, renamed
 /// after a SIGKILL) holding a live lease, and a set of an unknown layout.
-/// The new daemon reports both in `bpftoken query`; `bpftokend revoke
-/// --uid` revokes the lease in the other build's set (its token `EPERM`)
+/// The new daemon reports both in `bpftoken query`; `bpftoken revoke
+/// --uid` (as root) revokes the lease in the other build's set (its token `EPERM`)
 /// and says the unknown one cannot be revoked, with its `rm -r` (exit 1);
 /// once the token is closed the other build's empty set is removed; the
 /// unknown one is left alone. `Ok((as expected, detail))`.
@@ -321,7 +322,7 @@ fn upgrade(bins: &Path, dir: &Path, alice: &User) -> Result<(bool, String), Stri
     let query = bpftoken(bins, &second.socket, alice, &["query"]);
     let others: Vec<String> =
         query.stdout.lines().filter_map(|l| l.strip_prefix("other build: ")).map(str::to_owned).collect();
-    let revoked = bpftokend_revoke(bins, &second.socket, &["--uid", &alice.uid.to_string()]);
+    let revoked = bpftoken_revoke(bins, &second.socket, &["--uid", &alice.uid.to_string()]);
     let after = step(&mut [&mut h], &gate)?;
     let _ = h.finish();
     // The old enforcer removes the entry once the token is freed; the
