@@ -138,6 +138,27 @@ const char *bpftoken_last_error(void);
 #define BPFTOKEN_REFUSED_TRACE_UNAVAILABLE   23
 int bpftoken_last_refusal(void);
 
+/*
+ * Tracing without root (docs/tracing.md): with a token, tracepoint, kprobe
+ * and uprobe programs load; to attach one, ask the daemon for the perf
+ * event of a target the policy names (`tracepoints`, `kprobes`, `uprobes`),
+ * then BPF_LINK_CREATE(prog_fd, event_fd, BPF_PERF_EVENT) and
+ * ioctl(event_fd, PERF_EVENT_IOC_ENABLE, 0) as libbpf does.
+ * socket_path NULL: $BPFTOKEN_SOCKET or the default. Each returns a new
+ * fd (close-on-exec), or for bpftoken_tracepoint_id() the id, or a
+ * negative errno; bpftoken_last_error() and bpftoken_last_refusal() say
+ * why (BPFTOKEN_REFUSED_TARGET_NOT_ALLOWED: no rule names the target,
+ * -EPERM; BPFTOKEN_REFUSED_TRACE_UNAVAILABLE: the kernel cannot, e.g. no
+ * kprobe PMU, -EOPNOTSUPP).
+ */
+int bpftoken_tracepoint_id(const char *socket_path, const char *category, const char *name);
+int bpftoken_open_tracepoint(const char *socket_path, const char *category, const char *name);
+int bpftoken_open_kprobe(const char *socket_path, const char *symbol, unsigned long long offset, int retprobe);
+/* pid -1: every process running the binary (the policy must list it);
+ * else one of the caller's own processes. */
+int bpftoken_open_uprobe(const char *socket_path, const char *binary, unsigned long long offset, int retprobe,
+			 int pid);
+
 #ifdef __cplusplus
 }
 #endif

@@ -167,6 +167,128 @@ pub unsafe extern "C" fn bpftoken_mint(req: *const bpftoken_request, out: *mut b
     })
 }
 
+/// A C string argument: `None` for NULL, else its text (must be UTF-8).
+///
+/// # Safety
+/// `s` is NULL or a valid NUL-terminated string.
+unsafe fn text(s: *const c_char, what: &str) -> Result<Option<String>, i32> {
+    if s.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: the caller's contract for a non-NULL string.
+    let c = unsafe { CStr::from_ptr(s) };
+    c.to_str().map(|t| Some(t.to_owned())).map_err(|_| {
+        mint::set_last(&format!("{what} is not valid UTF-8"), 0);
+        -libc::EINVAL
+    })
+}
+
+/// A required C string argument.
+///
+/// # Safety
+/// As [`text`].
+unsafe fn required(s: *const c_char, what: &str) -> Result<String, i32> {
+    // SAFETY: passed on.
+    unsafe { text(s, what) }?.ok_or_else(|| {
+        mint::set_last(&format!("{what} is NULL"), 0);
+        -libc::EINVAL
+    })
+}
+
+/// Run `f` without letting a panic cross into C.
+fn guarded(f: impl FnOnce() -> Result<c_int, c_int>) -> c_int {
+    catch_unwind(AssertUnwindSafe(|| f().unwrap_or_else(|neg| neg))).unwrap_or_else(|_| {
+        mint::set_last("bpftoken: internal error (a panic was caught at the C boundary)", 0);
+        -libc::EIO
+    })
+}
+
+/// `int bpftoken_tracepoint_id(const char *socket_path, const char *category, const char *name)`
+///
+/// # Safety
+/// Each argument NULL (socket_path only) or a valid NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bpftoken_tracepoint_id(
+    socket_path: *const c_char,
+    category: *const c_char,
+    name: *const c_char,
+) -> c_int {
+    guarded(|| {
+        // SAFETY: the header's contract for each string.
+        let socket = unsafe { text(socket_path, "socket_path") }?.map(PathBuf::from);
+        // SAFETY: as above.
+        let category = unsafe { required(category, "category") }?;
+        // SAFETY: as above.
+        let name = unsafe { required(name, "name") }?;
+        Ok(crate::trace::tracepoint_id(socket, &category, &name))
+    })
+}
+
+/// `int bpftoken_open_tracepoint(const char *socket_path, const char *category, const char *name)`
+///
+/// # Safety
+/// As [`bpftoken_tracepoint_id`].
+#[no_mangle]
+pub unsafe extern "C" fn bpftoken_open_tracepoint(
+    socket_path: *const c_char,
+    category: *const c_char,
+    name: *const c_char,
+) -> c_int {
+    guarded(|| {
+        // SAFETY: the header's contract for each string.
+        let socket = unsafe { text(socket_path, "socket_path") }?.map(PathBuf::from);
+        // SAFETY: as above.
+        let category = unsafe { required(category, "category") }?;
+        // SAFETY: as above.
+        let name = unsafe { required(name, "name") }?;
+        let target = bpftoken_client::TraceTarget::Tracepoint { category, name };
+        Ok(crate::trace::open_perf_event(socket, &target, None))
+    })
+}
+
+/// `int bpftoken_open_kprobe(const char *socket_path, const char *symbol, unsigned long long offset, int retprobe)`
+///
+/// # Safety
+/// `socket_path` NULL or a valid string, `symbol` a valid string.
+#[no_mangle]
+pub unsafe extern "C" fn bpftoken_open_kprobe(
+    socket_path: *const c_char,
+    symbol: *const c_char,
+    offset: u64,
+    retprobe: c_int,
+) -> c_int {
+    guarded(|| {
+        // SAFETY: the header's contract for each string.
+        let socket = unsafe { text(socket_path, "socket_path") }?.map(PathBuf::from);
+        // SAFETY: as above.
+        let symbol = unsafe { required(symbol, "symbol") }?;
+        let target = bpftoken_client::TraceTarget::Kprobe { symbol, offset, retprobe: retprobe != 0 };
+        Ok(crate::trace::open_perf_event(socket, &target, None))
+    })
+}
+
+/// `int bpftoken_open_uprobe(const char *socket_path, const char *binary, unsigned long long offset, int retprobe, int pid)`
+///
+/// # Safety
+/// `socket_path` NULL or a valid string, `binary` a valid string.
+#[no_mangle]
+pub unsafe extern "C" fn bpftoken_open_uprobe(
+    socket_path: *const c_char,
+    binary: *const c_char,
+    offset: u64,
+    retprobe: c_int,
+    pid: c_int,
+) -> c_int {
+    guarded(|| {
+        // SAFETY: the header's contract for each string.
+        let socket = unsafe { text(socket_path, "socket_path") }?.map(PathBuf::from);
+        // SAFETY: as above.
+        let path = unsafe { required(binary, "binary") }?;
+        let target = bpftoken_client::TraceTarget::Uprobe { path, offset, retprobe: retprobe != 0 };
+        Ok(crate::trace::open_perf_event(socket, &target, (pid >= 0).then_some(pid)))
+    })
+}
+
 /// `const char *bpftoken_last_error(void)`
 #[no_mangle]
 pub extern "C" fn bpftoken_last_error() -> *const c_char {

@@ -7,3 +7,4 @@
 
 mod ffi;
 pub mod mint;
+pub mod trace;

@@ -115,19 +115,22 @@ pub fn mint(req: Option<&Request>) -> Result<(RawFd, Delegation), i32> {
             set_last("", 0);
             Ok((token.into_owned_fd().into_raw_fd(), granted))
         }
-        Err(e) => {
-            let code = match &e {
-                bpftoken_client::Error::Refused(r) => i32::from(u16::from(r.code)),
-                _ => 0,
-            };
-            let msg = match &e {
-                bpftoken_client::Error::Refused(r) => r.to_string(),
-                other => other.to_string(),
-            };
-            set_last(&msg, code);
-            Err(-errno_of(&e))
-        }
+        Err(e) => Err(fail_client(&e)),
     }
+}
+
+/// Remember why a call to the daemon failed; the negative errno to return.
+pub fn fail_client(e: &bpftoken_client::Error) -> i32 {
+    let code = match e {
+        bpftoken_client::Error::Refused(r) => i32::from(u16::from(r.code)),
+        _ => 0,
+    };
+    let msg = match e {
+        bpftoken_client::Error::Refused(r) => r.to_string(),
+        other => other.to_string(),
+    };
+    set_last(&msg, code);
+    -errno_of(e)
 }
 
 /// Record an argument error; returns its negative errno.

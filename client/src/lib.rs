@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod kernel;
 pub mod namespaces;
 mod sys;
+pub mod trace;
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
@@ -33,8 +34,9 @@ use rustix::net::{
 pub use bpftoken_proto::delegation::{self, Delegation, Kind};
 pub use bpftoken_proto::{
     Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseState, MintMode, MintRequest, OtherBuild, OtherLeases,
-    Refusal, RefusalCode, RevokeTarget,
+    PerfEventOpened, Refusal, RefusalCode, RevokeTarget, TraceTarget, TracepointIdFile,
 };
+pub use trace::{PerfEvent, TracepointId};
 
 /// Who a learned rule names: a user by name, or a uid without one.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -107,6 +107,27 @@ pub fn granted(
     );
 }
 
+/// A perf event (or a tracepoint's id file) was opened for the peer on
+/// `target` under `rule`; `delivered` is false when the client was gone.
+pub fn traced(peer: &PeerIdentity, target: &str, pid: Option<i32>, rule: &str, delivered: bool) {
+    if !admit() {
+        return;
+    }
+    tracing::info!(
+        target: "bpftokend::audit",
+        decision = "traced",
+        peer_uid = peer.creds.uid,
+        peer_gid = peer.creds.gid,
+        peer_pid = peer.pid,
+        exe = %exe(peer),
+        rules = rule,
+        trace_target = %format!("{target:?}"),
+        trace_pid = pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+        delivered,
+        "opened {target} for uid {}", peer.creds.uid
+    );
+}
+
 /// A lease was revoked: its tokens stop working now.
 pub fn revoked(peer: &PeerIdentity, lease: &LeaseInfo) {
     if !admit() {

@@ -18,6 +18,7 @@ pub mod live;
 pub mod minter;
 pub mod others;
 pub mod peer;
+pub mod perf;
 pub mod pins;
 pub mod probe;
 pub mod run;

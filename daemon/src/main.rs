@@ -189,11 +189,13 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckPolicy { policy, explain, groups, exe, cgroup, userns_owner, enforcer }) => {
             let (names, source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
-            let loaded = bpftoken_policy::load(&policy, &names).and_then(|p| {
+            let loaded = bpftoken_policy::load(&policy, &names).and_then(|mut p| {
                 // Probed only for a policy that has such rules.
                 let needs = p.rules().iter().any(|r| r.identity.as_ref().is_some_and(|i| !i.advisory));
                 let unavailable = if needs { enforcer.unavailable() } else { None };
-                p.check_identity_enforcement(unavailable.as_deref()).map(|()| p)
+                p.check_identity_enforcement(unavailable.as_deref())
+                    .and_then(|()| bpftokend::run::check_trace(&mut p))
+                    .map(|()| p)
             });
             match loaded {
                 Ok(p) => {

@@ -65,20 +65,20 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     crate::probe::check()?;
     let conns = fit_to_fd_limit(opts.conns, &opts.scopes);
     let (names, names_source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
-    let policy = bpftoken_policy::load(&opts.policy, &names)?;
+    let mut policy = bpftoken_policy::load(&opts.policy, &names)?;
     let rules = policy.rules().len() + policy.deny_rules().len();
-    for w in policy.warnings() {
-        tracing::warn!("{w}");
-    }
     // Before any thread or child exists; the daemon runs either way and
     // says which (leases with `ttl` follow the policy's choice).
     let enforcer = crate::enforcer::Enforcer::load(&opts.pin_dir);
     // `executables`/`cgroups` are a boundary only where the enforcer binds
     // grants to them: refuse a policy that would rely on them without it.
     let unavailable = enforcer.as_ref().err().map(ToString::to_string);
-    if let Err(e) = policy.check_identity_enforcement(unavailable.as_deref()) {
+    if let Err(e) = policy.check_identity_enforcement(unavailable.as_deref()).and_then(|()| check_trace(&mut policy)) {
         release_pins(enforcer.as_ref().ok());
         return Err(e.into());
+    }
+    for w in policy.warnings() {
+        tracing::warn!("{w}");
     }
     // Said once the socket is ours: a start refused for the socket (another
     // daemon answers) prints that one line only.
@@ -327,12 +327,23 @@ impl Signals {
     }
 }
 
+/// A policy's `tracepoints`, `kprobes` and `uprobes` against what this
+/// kernel offers (read only when some rule names any).
+pub fn check_trace(policy: &mut bpftoken_policy::Policy) -> Result<(), PolicyError> {
+    if policy.has_trace_targets() {
+        policy.check_trace_targets(&crate::perf::catalog())
+    } else {
+        Ok(())
+    }
+}
+
 /// Re-read the policy; a broken one is logged and the old one stays.
 /// Requests already decided keep the snapshot they took.
 fn reload(daemon: &Daemon, path: &std::path::Path, names: &KernelNames) {
     let unavailable = daemon.enforcement_unavailable();
-    let loaded = bpftoken_policy::load(path, names)
-        .and_then(|p| p.check_identity_enforcement(unavailable.as_deref()).map(|()| p));
+    let loaded = bpftoken_policy::load(path, names).and_then(|mut p| {
+        p.check_identity_enforcement(unavailable.as_deref()).and_then(|()| check_trace(&mut p)).map(|()| p)
+    });
     match loaded {
         Ok(p) => {
             tracing::info!(policy = %path.display(), rules = p.rules().len() + p.deny_rules().len(), "policy reloaded");

@@ -31,6 +31,8 @@ use crate::minter::{MintError, Scope, ScopeKey, ScopeOwner};
 use crate::peer::{self, Needs, PeerIdentity, PeerUserns};
 use crate::sys::{MintedToken, TaskTracker};
 
+mod trace;
+
 /// Default for [`ConnLimits::read_timeout`].
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A response must be taken by the client within this time.
@@ -836,6 +838,10 @@ async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream, mut shutdown:
                 }
             }
             RequestBody::Learned(id) => handle_learned(&daemon, &peer, &stream, id).await,
+            RequestBody::OpenPerfEvent(req) => trace::handle_open_perf_event(&daemon, &peer, &stream, req).await,
+            RequestBody::TracepointId { category, name } => {
+                trace::handle_tracepoint_id(&daemon, &peer, &stream, category, name).await
+            }
             RequestBody::MintForProgram(ProgramRequest { lease: LeaseRequest { mode, request, ttl }, program }) => {
                 let asked = Asked { request, ttl, leased: true, learn: false };
                 match for_program(&daemon, &mut peer, &program) {
@@ -969,7 +975,7 @@ fn answer_may_carry_fds(body: &RequestBody) -> bool {
         | RequestBody::DelegateMount(_)
         | RequestBody::MintLease(_)
         | RequestBody::Learn(_) => true,
-        RequestBody::MintForProgram(_) => true,
+        RequestBody::MintForProgram(_) | RequestBody::OpenPerfEvent(_) | RequestBody::TracepointId { .. } => true,
         RequestBody::Query
         | RequestBody::QueryEnforcement
         | RequestBody::Leases
@@ -991,6 +997,8 @@ fn request_name(body: &RequestBody) -> &'static str {
         RequestBody::Learn(_) => "learn",
         RequestBody::Learned(_) => "learned",
         RequestBody::MintForProgram(_) => "mint-for-program",
+        RequestBody::OpenPerfEvent(_) => "open-perf-event",
+        RequestBody::TracepointId { .. } => "tracepoint-id",
     }
 }
 

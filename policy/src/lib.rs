@@ -364,9 +364,16 @@ impl Policy {
 
     /// Check every `tracepoints`, `kprobes` and `uprobes` pattern against
     /// what the running kernel offers (`catalog`): the first one that
-    /// names nothing there, with a suggestion for a near miss.
-    pub fn check_trace_targets(&self, catalog: &trace::TraceCatalog) -> Result<(), PolicyError> {
-        self.allow.iter().chain(&self.deny).try_for_each(|r| trace::check_against(&r.trace, catalog))
+    /// names nothing there, with a suggestion for a near miss. What could
+    /// not be checked (tracefs not mounted) is added to the warnings.
+    pub fn check_trace_targets(&mut self, catalog: &trace::TraceCatalog) -> Result<(), PolicyError> {
+        let mut warnings = Vec::new();
+        for r in self.allow.iter().chain(&self.deny) {
+            trace::check_against(&r.trace, catalog, &mut warnings)?;
+        }
+        warnings.dedup();
+        self.warnings.extend(warnings);
+        Ok(())
     }
 
     /// Whether some rule names tracing targets.

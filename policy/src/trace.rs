@@ -3,7 +3,7 @@
 //! A BPF token covers `bpf()` only; attaching a tracing program needs a
 //! perf event (kprobe, uprobe or tracepoint PMU), which the kernel opens
 //! only for CAP_PERFMON in the initial namespace. The daemon opens it for
-//! a caller when a rule names the target (docs/policy.md). This module
+//! a caller when a rule names the target (docs/tracing.md). This module
 //! is the pure half: the patterns, their validation against what the
 //! running kernel offers ([`TraceCatalog`], read by the daemon), and the
 //! decision.
@@ -164,13 +164,32 @@ pub(crate) fn check_syntax(kind: TraceKind, text: &str) -> Result<(), String> {
 /// Check every pattern against the running kernel: each must match at
 /// least one tracepoint or symbol (a near miss gets a suggestion); a
 /// uprobe binary without `*` must exist as a file. The first failure, with
-/// its location.
-pub(crate) fn check_against(patterns: &TracePatterns, catalog: &TraceCatalog) -> Result<(), PolicyError> {
-    for p in &patterns.tracepoints {
-        against(p, TraceKind::Tracepoint, &catalog.tracepoints, "tracefs")?;
-    }
-    for p in &patterns.kprobes {
-        against(p, TraceKind::Kprobe, &catalog.symbols, "/proc/kallsyms")?;
+/// its location. Where a list cannot be read (tracefs not mounted), its
+/// patterns are not checked and `warnings` says so, once per kind.
+pub(crate) fn check_against(
+    patterns: &TracePatterns,
+    catalog: &TraceCatalog,
+    warnings: &mut Vec<String>,
+) -> Result<(), PolicyError> {
+    for (kind, list, known, source) in [
+        (TraceKind::Tracepoint, &patterns.tracepoints, &catalog.tracepoints, "tracefs"),
+        (TraceKind::Kprobe, &patterns.kprobes, &catalog.symbols, "/proc/kallsyms"),
+    ] {
+        let Ok(known) = known else {
+            if let (Some(p), Err(why)) = (list.first(), known) {
+                let line = p.location.line;
+                warnings.push(format!(
+                    "{}:{line}: {} cannot be checked against this kernel ({why}); a request for one is checked \
+                     when it is made",
+                    p.location.path.display(),
+                    kind.key()
+                ));
+            }
+            continue;
+        };
+        for p in list {
+            against(p, kind, known, source)?;
+        }
     }
     for p in &patterns.uprobes {
         if !p.text.contains('*') && !std::fs::metadata(&p.text).is_ok_and(|m| m.is_file()) {
@@ -183,16 +202,8 @@ pub(crate) fn check_against(patterns: &TracePatterns, catalog: &TraceCatalog) ->
     Ok(())
 }
 
-fn against(
-    p: &Pattern,
-    kind: TraceKind,
-    known: &Result<BTreeSet<String>, String>,
-    source: &str,
-) -> Result<(), PolicyError> {
+fn against(p: &Pattern, kind: TraceKind, known: &BTreeSet<String>, source: &str) -> Result<(), PolicyError> {
     let err = |message: String| PolicyError::Invalid { location: p.location.clone(), message };
-    let known = known
-        .as_ref()
-        .map_err(|why| err(format!("{} \"{}\" cannot be checked against this kernel: {why}", kind.noun(), p.text)))?;
     if p.text.contains('*') {
         if known.iter().any(|n| p.matches(n)) {
             return Ok(());

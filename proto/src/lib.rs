@@ -12,9 +12,12 @@ pub mod delegation;
 mod kernel_names;
 pub mod message;
 
+pub mod trace;
+
 pub use codec::{CodecError, FRAME_HEADER_LEN, MAX_FRAME};
 pub use delegation::{Delegation, Kind, UnknownName};
 pub use message::{
     Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseRequest, LeaseState, MintMode, MintRequest, Minted,
     OtherBuild, OtherLeases, ProgramRequest, Refusal, RefusalCode, Request, Response, RevokeTarget, PROTOCOL_VERSION,
 };
+pub use trace::{PerfEventOpened, PerfEventRequest, TraceTarget, TracepointIdFile};

@@ -73,6 +73,14 @@ pub enum RequestBody {
     /// caller's word for it and matches the caller's own executable.
     /// Answered with [`Response::Leased`].
     MintForProgram(ProgramRequest),
+    /// Open a perf event on a tracing target the policy names (tracing
+    /// without root, docs/tracing.md); answered with
+    /// [`Response::PerfEventOpened`] carrying [`FdRole::PerfEvent`].
+    OpenPerfEvent(crate::trace::PerfEventRequest),
+    /// A tracepoint's id and a read-only fd of its tracefs `id` file (the
+    /// policy must name the tracepoint); answered with
+    /// [`Response::TracepointId`] carrying [`FdRole::TracefsIdFile`].
+    TracepointId { category: String, name: String },
 }
 
 /// Longest program path a [`ProgramRequest`] may name (`PATH_MAX`).
@@ -279,6 +287,10 @@ pub enum Response {
         enforcement: Enforcement,
         other_builds: Vec<OtherBuild>,
     },
+    /// The answer to [`RequestBody::OpenPerfEvent`], with one fd.
+    PerfEventOpened(crate::trace::PerfEventOpened),
+    /// The answer to [`RequestBody::TracepointId`], with one fd.
+    TracepointId(crate::trace::TracepointIdFile),
 }
 
 /// The pinned enforcer of another bpftokend build (left by the daemon
@@ -377,6 +389,10 @@ pub enum FdRole {
     /// The root of a delegated bpffs mount (detached: attach it with
     /// `move_mount`, or use it as `LIBBPF_BPF_TOKEN_PATH=/proc/self/fd/N`).
     Bpffs,
+    /// A perf event (tracepoint, kprobe or uprobe PMU).
+    PerfEvent,
+    /// A tracepoint's tracefs `id` file, open read-only.
+    TracefsIdFile,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

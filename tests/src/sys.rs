@@ -74,6 +74,46 @@ pub fn prog_load(prog_type: u32, token: Option<BorrowedFd<'_>>) -> io::Result<Ow
     bpf(BPF_PROG_LOAD, &mut a)
 }
 
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_CREATE: libc::c_long = 28;
+/// `BPF_PERF_EVENT` attach type.
+const BPF_PERF_EVENT: u32 = 41;
+/// `PERF_EVENT_IOC_ENABLE` = `_IO('$', 0)`.
+const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+
+/// BPF_LINK_CREATE of `prog` on the perf event `event` (attach type
+/// BPF_PERF_EVENT, as libbpf attaches tracepoint, kprobe and uprobe
+/// programs), then PERF_EVENT_IOC_ENABLE; the link, which holds the
+/// attachment.
+pub fn attach_perf_event(prog: BorrowedFd<'_>, event: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut a = [0u8; 64];
+    put_u32(&mut a, 0, u32::try_from(prog.as_raw_fd()).unwrap_or(0)); // prog_fd
+    put_u32(&mut a, 4, u32::try_from(event.as_raw_fd()).unwrap_or(0)); // target_fd
+    put_u32(&mut a, 8, BPF_PERF_EVENT); // attach_type
+    let link = bpf(BPF_LINK_CREATE, &mut a)?;
+    // SAFETY: an ioctl without argument on an fd we hold.
+    let ret = unsafe { libc::ioctl(event.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(link)
+}
+
+/// The program's `run_cnt` (counted while kernel.bpf_stats_enabled is 1).
+pub fn prog_run_count(prog: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut info = [0u8; 208];
+    let mut a = [0u8; 16];
+    put_u32(&mut a, 0, u32::try_from(prog.as_raw_fd()).unwrap_or(0)); // bpf_fd
+    put_u32(&mut a, 4, 208); // info_len
+    put_u64(&mut a, 8, info.as_mut_ptr() as u64); // info
+                                                  // SAFETY: `a` points at `info`, valid for writes of the 208 bytes given.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, a.as_mut_ptr(), a.len()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from_ne_bytes(info[200..208].try_into().unwrap_or_default()))
+}
+
 /// BPF_TOKEN_CREATE from the bpffs open as `bpffs` (a directory fd of
 /// its root): a token of that bpffs's user namespace, which the caller
 /// must be in.

@@ -52,6 +52,12 @@ fn library_built(env: &Env) -> bool {
 }
 
 fn build_mint_map(env: &Env, libbpf: &TrixieLibbpf, dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    build_c(env, libbpf, dir, "mint_map")
+}
+
+/// Install the C library into `dir/prefix` and build `tests/c/NAME.c`
+/// against it and trixie's libbpf.
+fn build_c(env: &Env, libbpf: &TrixieLibbpf, dir: &Path, name: &str) -> Option<(PathBuf, PathBuf)> {
     if !library_built(env) {
         return None;
     }
@@ -75,9 +81,9 @@ fn build_mint_map(env: &Env, libbpf: &TrixieLibbpf, dir: &Path) -> Option<(PathB
         format!("-I{} -L{} -lbpftoken", prefix.join("include").display(), prefix.join("lib").display())
     );
 
-    let program = dir.join("mint_map");
+    let program = dir.join(name);
     let mut c = Command::new("cc");
-    c.args(["-Wall", "-Wextra", "-Werror", "-o"]).arg(&program).arg("tests/c/mint_map.c");
+    c.args(["-Wall", "-Wextra", "-Werror", "-o"]).arg(&program).arg(format!("tests/c/{name}.c"));
     c.args(flags.split_whitespace());
     for inc in &libbpf.include_dirs {
         c.arg("-I").arg(inc);
@@ -91,12 +97,67 @@ fn build_mint_map(env: &Env, libbpf: &TrixieLibbpf, dir: &Path) -> Option<(PathB
 
 /// mint_map as `who`, with trixie's loader and libraries.
 fn run_mint_map(d: &TestDaemon, who: &User, libbpf: &TrixieLibbpf, program: &Path, lib: &Path) -> std::process::Output {
+    run_c(d, who, libbpf, program, lib, &[])
+}
+
+/// A C program as `who`, with trixie's loader and libraries.
+fn run_c(
+    d: &TestDaemon,
+    who: &User,
+    libbpf: &TrixieLibbpf,
+    program: &Path,
+    lib: &Path,
+    args: &[&str],
+) -> std::process::Output {
     let mut c = as_user(who, &libbpf.loader);
     c.arg("--library-path")
         .arg(format!("{}:{}", libbpf.lib_dir.display(), lib.display()))
         .arg(program)
+        .args(args)
         .env("BPFTOKEN_SOCKET", &d.socket);
     output(c)
+}
+
+/// Tracing without root through the C ABI (docs/tracing.md): the daemon
+/// opens the perf event a rule names, the program attaches and runs; a
+/// tracepoint no rule names is refused with the daemon's reason.
+#[test]
+fn c_program_attaches_a_tracepoint_program_with_the_daemons_perf_event() {
+    let Some(env) = setup("c_program_attaches_a_tracepoint_program_with_the_daemons_perf_event") else { return };
+    let Some(libbpf) = trixie_libbpf() else { return };
+    if !Path::new("/sys/kernel/tracing/events").is_dir() {
+        let o = output({
+            let mut c = Command::new("mount");
+            c.args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]);
+            c
+        });
+        assert!(o.status.success(), "tracefs is not mounted and cannot be: {}", stderr(&o));
+    }
+    let dir = scratch_dir("capi-trace");
+    let Some((program, lib)) = build_c(&env, &libbpf, &dir, "trace_tp") else { return };
+    let policy = "[[allow]]\nname = \"tracer\"\nusers = [\"bpftk-alice\"]\ncmds = [\"prog_load\"]\nprogs = \
+                  [\"tracepoint\"]\nattachs = [\"cgroup_inet_ingress\"]\ntracepoints = [\"syscalls:sys_enter_getpid\"]\n";
+    let d = TestDaemon::start(&env, policy, &[]);
+    let stats = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enable BPF stats");
+    let alice = user(ALICE);
+    let o = run_c(&d, &alice, &libbpf, &program, &lib, &["syscalls", "sys_enter_getpid", "sys_enter_getppid"]);
+    let _ =
+        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", if stats.trim().is_empty() { "0" } else { stats.trim() });
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(stderr(&o), "", "{}", d.log_text());
+    let id = std::fs::read_to_string("/sys/kernel/tracing/events/syscalls/sys_enter_getpid/id").expect("id");
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "id {}\nrun_cnt at least 50: yes\nsyscalls:sys_enter_getppid: Operation not permitted (-1, refusal 22)\n\
+             tracepoint \"syscalls:sys_enter_getppid\" is not allowed to uid {} by {}: add it to `tracepoints` in a rule \
+             for you (allowed tracepoints: syscalls:sys_enter_getpid) (target_not_allowed)\n",
+            id.trim(),
+            alice.uid,
+            d.policy.display()
+        )
+    );
 }
 
 #[test]

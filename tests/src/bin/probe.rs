@@ -18,6 +18,14 @@
 //!                                             shared connection and tries map:array with the token;
 //!                                             the child's outcome goes to stdout
 //! bpftoken-probe mint-inherited FD ITEM...     mint on the inherited connection FD, try ITEMs
+//! bpftoken-probe attach-tracepoint SOCKET CATEGORY:NAME COUNT
+//!                                             load a tracepoint program with $BPF_TOKEN_FD, ask the
+//!                                             daemon for the tracepoint's id and perf event, attach
+//!                                             with BPF_LINK_CREATE, call getpid COUNT times, print
+//!                                             `id N`, `attached`, `run_cnt N` (or the failing step)
+//! bpftoken-probe open-perf SOCKET KIND TARGET  ask for a perf event: KIND tracepoint (CAT:NAME),
+//!                                             kprobe/kretprobe (SYMBOL), uprobe (PATH[:OFFSET][@PID]);
+//!                                             print `opened` or the refusal
 //! bpftoken-probe try-then-exec ITEM PROGRAM ARG...
 //!                                             try ITEM with $BPF_TOKEN_FD, then exec PROGRAM (which
 //!                                             inherits the token)
@@ -543,6 +551,84 @@ fn run(args: &[String]) -> Result<(), String> {
             // The connecting process becomes PROGRAM; the child speaks.
             let err = std::process::Command::new(program).args(&args[3..]).exec();
             Err(format!("cannot exec {program}: {err}"))
+        }
+        Some("attach-tracepoint") => {
+            let usage = "attach-tracepoint SOCKET CATEGORY:NAME COUNT";
+            let path = args.get(1).ok_or(usage)?;
+            let (category, name) = args.get(2).and_then(|t| t.split_once(':')).ok_or(usage)?;
+            let count: u32 = args.get(3).and_then(|c| c.parse().ok()).ok_or(usage)?;
+            let token = token_from_env()?;
+            // BPF_PROG_TYPE_TRACEPOINT.
+            let prog = match sys::prog_load(5, Some(token.as_fd())) {
+                Ok(p) => p,
+                Err(e) => {
+                    println!("prog_load {}", errno_name(&e));
+                    return Ok(());
+                }
+            };
+            let mut client = Client::connect_to(std::path::Path::new(path)).map_err(|e| e.to_string())?;
+            match client.tracepoint_id(category, name) {
+                Ok(id) => println!("id {}", id.id),
+                Err(e) => {
+                    println!("tracepoint_id: {e}");
+                    return Ok(());
+                }
+            }
+            let target = bpftoken::TraceTarget::Tracepoint { category: category.to_owned(), name: name.to_owned() };
+            let event = match client.open_perf_event(&target, None) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    println!("open_perf_event: {e}");
+                    return Ok(());
+                }
+            };
+            let _link = match sys::attach_perf_event(prog.as_fd(), event.fd.as_fd()) {
+                Ok(link) => link,
+                Err(e) => {
+                    println!("link_create {}", errno_name(&e));
+                    return Ok(());
+                }
+            };
+            println!("attached");
+            for _ in 0..count {
+                // getpid(2) itself each time (rustix does not cache it).
+                let _ = rustix::process::getpid();
+            }
+            println!("run_cnt {}", sys::prog_run_count(prog.as_fd()).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Some("open-perf") => {
+            let usage = "open-perf SOCKET KIND TARGET";
+            let path = args.get(1).ok_or(usage)?;
+            let kind = args.get(2).ok_or(usage)?;
+            let spec = args.get(3).ok_or(usage)?;
+            let (spec, pid) = match spec.split_once('@') {
+                Some((s, p)) => (s, Some(p.parse::<i32>().map_err(|_| usage)?)),
+                None => (spec.as_str(), None),
+            };
+            let target = match kind.as_str() {
+                "tracepoint" => {
+                    let (category, name) = spec.split_once(':').ok_or(usage)?;
+                    bpftoken::TraceTarget::Tracepoint { category: category.into(), name: name.into() }
+                }
+                "kprobe" | "kretprobe" => {
+                    bpftoken::TraceTarget::Kprobe { symbol: spec.to_owned(), offset: 0, retprobe: kind == "kretprobe" }
+                }
+                "uprobe" | "uretprobe" => {
+                    let (file, offset) = match spec.rsplit_once(':') {
+                        Some((f, o)) => (f, u64::from_str_radix(o.trim_start_matches("0x"), 16).map_err(|_| usage)?),
+                        None => (spec, 0),
+                    };
+                    bpftoken::TraceTarget::Uprobe { path: file.to_owned(), offset, retprobe: kind == "uretprobe" }
+                }
+                _ => return Err(usage.into()),
+            };
+            let mut client = Client::connect_to(std::path::Path::new(path)).map_err(|e| e.to_string())?;
+            match client.open_perf_event(&target, pid) {
+                Ok(_) => println!("opened"),
+                Err(e) => println!("{e}"),
+            }
+            Ok(())
         }
         Some("try-then-exec") => {
             use std::os::unix::process::CommandExt;
