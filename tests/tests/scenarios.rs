@@ -59,6 +59,11 @@ fn expected(version: (u32, u32)) -> BTreeMap<&'static str, &'static str> {
         ("learn-fds", "unsupported"),
         // An `executables` rule loads only where the enforcer binds grants.
         ("bind-exe", "unsupported"),
+        // This kernel is built without kprobes (no kprobe PMU); the daemon says so.
+        (
+            "trace-kprobe",
+            if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() { "pass" } else { "unsupported" },
+        ),
         // Pins outliving the daemon need the enforcer too.
         ("survive-restart", "unsupported"),
     ])

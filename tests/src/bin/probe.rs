@@ -23,6 +23,9 @@
 //!                                             daemon for the tracepoint's id and perf event, attach
 //!                                             with BPF_LINK_CREATE, call getpid COUNT times, print
 //!                                             `id N`, `attached`, `run_cnt N` (or the failing step)
+//! bpftoken-probe attach-kprobe SOCKET SYMBOL COUNT
+//!                                             the same for a kprobe program on SYMBOL, triggered by
+//!                                             COUNT opens of /dev/null (for do_sys_openat2)
 //! bpftoken-probe open-perf SOCKET KIND TARGET  ask for a perf event: KIND tracepoint (CAT:NAME),
 //!                                             kprobe/kretprobe (SYMBOL), uprobe (PATH[:OFFSET][@PID]);
 //!                                             print `opened` or the refusal
@@ -593,6 +596,43 @@ fn run(args: &[String]) -> Result<(), String> {
             for _ in 0..count {
                 // getpid(2) itself each time (rustix does not cache it).
                 let _ = rustix::process::getpid();
+            }
+            println!("run_cnt {}", sys::prog_run_count(prog.as_fd()).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Some("attach-kprobe") => {
+            let usage = "attach-kprobe SOCKET SYMBOL COUNT";
+            let path = args.get(1).ok_or(usage)?;
+            let symbol = args.get(2).ok_or(usage)?;
+            let count: u32 = args.get(3).and_then(|c| c.parse().ok()).ok_or(usage)?;
+            let token = token_from_env()?;
+            // BPF_PROG_TYPE_KPROBE.
+            let prog = match sys::prog_load(2, Some(token.as_fd())) {
+                Ok(p) => p,
+                Err(e) => {
+                    println!("prog_load {}", errno_name(&e));
+                    return Ok(());
+                }
+            };
+            let mut client = Client::connect_to(std::path::Path::new(path)).map_err(|e| e.to_string())?;
+            let target = bpftoken::TraceTarget::Kprobe { symbol: symbol.clone(), offset: 0, retprobe: false };
+            let event = match client.open_perf_event(&target, None) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    println!("open_perf_event: {e}");
+                    return Ok(());
+                }
+            };
+            let _link = match sys::attach_perf_event(prog.as_fd(), event.fd.as_fd()) {
+                Ok(link) => link,
+                Err(e) => {
+                    println!("link_create {}", errno_name(&e));
+                    return Ok(());
+                }
+            };
+            println!("attached");
+            for _ in 0..count {
+                drop(std::fs::File::open("/dev/null"));
             }
             println!("run_cnt {}", sys::prog_run_count(prog.as_fd()).map_err(|e| e.to_string())?);
             Ok(())

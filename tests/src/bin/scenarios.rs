@@ -36,6 +36,8 @@ use std::time::{Duration, Instant};
 mod identity;
 #[path = "scenarios/restart.rs"]
 mod restart;
+#[path = "scenarios/trace.rs"]
+mod trace;
 
 /// The policy the scenarios run under.
 const POLICY: &str = r#"
@@ -595,6 +597,7 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
             "cost",
             "learn",
             "bind-exe",
+            "trace-kprobe",
             "survive-restart",
         ]
         .into_iter()
@@ -730,6 +733,7 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
     report.result("learn", outcome, &detail);
     bind_scenarios(bins, dir, &alice, enforcing, report);
     identity::bind_exe(bins, dir, &alice, enforcing, report);
+    trace::kprobe(bins, dir, &alice, report);
     scope_scenarios(args, bins, dir, &socket, &alice, enforcing, report);
 
     // cost: the median of a token-using bpf() call (an array map created
