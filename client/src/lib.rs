@@ -13,6 +13,7 @@
 pub mod inspect;
 pub mod kernel;
 pub mod namespaces;
+pub mod supervise;
 mod sys;
 pub mod trace;
 

@@ -108,3 +108,227 @@ pub enum Namespace {
     User,
     Mount,
 }
+
+// ---- seccomp user notification (client/src/supervise.rs) ----
+
+/// `struct seccomp_data`: what a notification says about the call.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SeccompData {
+    pub nr: i32,
+    pub arch: u32,
+    pub instruction_pointer: u64,
+    pub args: [u64; 6],
+}
+
+/// `struct seccomp_notif`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SeccompNotif {
+    pub id: u64,
+    pub pid: u32,
+    pub flags: u32,
+    pub data: SeccompData,
+}
+
+/// `struct seccomp_notif_resp`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct SeccompNotifResp {
+    id: u64,
+    val: i64,
+    error: i32,
+    flags: u32,
+}
+
+/// `struct seccomp_notif_addfd`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct SeccompNotifAddfd {
+    id: u64,
+    flags: u32,
+    srcfd: u32,
+    newfd: u32,
+    newfd_flags: u32,
+}
+
+const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
+const SECCOMP_GET_NOTIF_SIZES: libc::c_ulong = 3;
+const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
+/// Linux 5.19: a signal does not interrupt a notification the supervisor
+/// already received (so the call is not restarted behind its back).
+const SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: libc::c_ulong = 1 << 5;
+const SECCOMP_USER_NOTIF_FLAG_CONTINUE: u32 = 1;
+const SECCOMP_ADDFD_FLAG_SEND: u32 = 1 << 1;
+/// `SECCOMP_IOCTL_NOTIF_RECV` = `_IOWR('!', 0, struct seccomp_notif)`.
+const SECCOMP_IOCTL_NOTIF_RECV: libc::c_ulong = 0xc050_2100;
+/// `SECCOMP_IOCTL_NOTIF_SEND` = `_IOWR('!', 1, struct seccomp_notif_resp)`.
+const SECCOMP_IOCTL_NOTIF_SEND: libc::c_ulong = 0xc018_2101;
+/// `SECCOMP_IOCTL_NOTIF_ID_VALID` = `_IOW('!', 2, __u64)`.
+const SECCOMP_IOCTL_NOTIF_ID_VALID: libc::c_ulong = 0x4008_2102;
+/// `SECCOMP_IOCTL_NOTIF_ADDFD` = `_IOW('!', 3, struct seccomp_notif_addfd)`.
+const SECCOMP_IOCTL_NOTIF_ADDFD: libc::c_ulong = 0x4018_2103;
+
+const _: () = assert!(std::mem::size_of::<SeccompNotif>() == 80);
+const _: () = assert!(std::mem::size_of::<SeccompNotifResp>() == 24);
+const _: () = assert!(std::mem::size_of::<SeccompNotifAddfd>() == 24);
+
+/// One instruction of a classic BPF program (`struct sock_filter`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SockFilter {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+/// `struct sock_fprog`.
+#[repr(C)]
+struct SockFprog {
+    len: u16,
+    filter: *const SockFilter,
+}
+
+/// Install `filter` on this thread (and what it execs) with a listener:
+/// `PR_SET_NO_NEW_PRIVS`, then `seccomp(SET_MODE_FILTER, NEW_LISTENER)`.
+pub fn install_notify_filter(filter: &[SockFilter]) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let len = u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let prog = SockFprog { len, filter: filter.as_ptr() };
+    let flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+    // SAFETY: `prog` points at `filter`, `len` instructions long, both
+    // live for the call; the kernel copies the program.
+    let mut fd = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &raw const prog) };
+    if fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // Before Linux 5.19: no WAIT_KILLABLE_RECV.
+        // SAFETY: as above.
+        fd = unsafe {
+            libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &raw const prog)
+        };
+    }
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel installed this listener fd for us alone.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the kernel's `struct seccomp_notif` is the size this build
+/// knows (so `notif_recv` can neither over- nor under-read).
+pub fn notif_sizes_match() -> bool {
+    let mut sizes = [0u16; 3];
+    // SAFETY: the kernel writes three u16 into `sizes`.
+    let ret = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, sizes.as_mut_ptr()) };
+    ret == 0 && usize::from(sizes[0]) == std::mem::size_of::<SeccompNotif>()
+}
+
+/// The next notification (blocks).
+pub fn notif_recv(listener: std::os::fd::BorrowedFd<'_>) -> io::Result<SeccompNotif> {
+    use std::os::fd::AsRawFd;
+    let mut n = SeccompNotif::default();
+    // SAFETY: `n` is a zeroed seccomp_notif of the size the kernel uses
+    // (checked by notif_sizes_match before the loop).
+    let ret = unsafe { libc::ioctl(listener.as_raw_fd(), SECCOMP_IOCTL_NOTIF_RECV, &raw mut n) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n)
+}
+
+/// Whether notification `id` is still pending (its task did not die or
+/// get interrupted): checked after reading the task's memory.
+pub fn notif_id_valid(listener: std::os::fd::BorrowedFd<'_>, id: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the ioctl reads one u64.
+    unsafe { libc::ioctl(listener.as_raw_fd(), SECCOMP_IOCTL_NOTIF_ID_VALID, &raw const id) == 0 }
+}
+
+/// Let the trapped call run as if nothing had looked at it.
+pub fn notif_continue(listener: std::os::fd::BorrowedFd<'_>, id: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let resp = SeccompNotifResp { id, val: 0, error: 0, flags: SECCOMP_USER_NOTIF_FLAG_CONTINUE };
+    // SAFETY: `resp` is a valid seccomp_notif_resp.
+    let ret = unsafe { libc::ioctl(listener.as_raw_fd(), SECCOMP_IOCTL_NOTIF_SEND, &raw const resp) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Put a copy of `fd` into the trapped task and make it the call's
+/// result (`SECCOMP_ADDFD_FLAG_SEND`), close-on-exec if `cloexec`.
+pub fn notif_reply_fd(
+    listener: std::os::fd::BorrowedFd<'_>,
+    id: u64,
+    fd: std::os::fd::BorrowedFd<'_>,
+    cloexec: bool,
+) -> io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    let addfd = SeccompNotifAddfd {
+        id,
+        flags: SECCOMP_ADDFD_FLAG_SEND,
+        srcfd: fd.as_raw_fd().cast_unsigned(),
+        newfd: 0,
+        newfd_flags: if cloexec { libc::O_CLOEXEC.cast_unsigned() } else { 0 },
+    };
+    // SAFETY: `addfd` is a valid seccomp_notif_addfd naming an fd we hold.
+    let ret = unsafe { libc::ioctl(listener.as_raw_fd(), SECCOMP_IOCTL_NOTIF_ADDFD, &raw const addfd) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret)
+}
+
+/// Read `buf.len()` bytes of process `pid`'s memory at `addr` (a process
+/// of our uid: `process_vm_readv`); fewer where a page is unmapped.
+pub fn read_process_memory(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: `local` describes `buf`, which the kernel writes at most
+    // buf.len() bytes into; `remote` is only an address in the other
+    // process, never dereferenced here.
+    let n = unsafe { libc::process_vm_readv(pid, &raw const local, 1, &raw const remote, 1, 0) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// `fork()` of a single-threaded process. The child may allocate (no
+/// other thread can hold the allocator's lock) and must exec or exit.
+pub fn fork_single_threaded() -> io::Result<Option<i32>> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::other(format!("fork from a process with {threads} threads")));
+    }
+    // SAFETY: the process has one thread (checked above), so the child
+    // inherits no lock another thread holds.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        child => Ok(Some(child)),
+    }
+}
+
+/// `prctl(PR_SET_PDEATHSIG, sig)`: `sig` when the parent (the supervisor)
+/// dies, so a tool never runs on half-supervised.
+pub fn set_parent_death_signal(sig: i32) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Ignore signal `sig` from now on (`SIG_IGN`; an exec resets it).
+pub fn ignore_signal(sig: i32) -> io::Result<()> {
+    // SAFETY: installing SIG_IGN runs no code of ours in a handler.
+    if unsafe { libc::signal(sig, libc::SIG_IGN) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

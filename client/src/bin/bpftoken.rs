@@ -66,6 +66,13 @@ enum Command {
         /// grant beyond them, to tell "token lacks X" from other failures.
         #[arg(long)]
         explain: bool,
+        /// Do not supervise CMD for tracing. By default, when the token
+        /// may load tracepoint or kprobe programs, CMD runs under a seccomp
+        /// filter so that its perf_event_open and tracefs id opens are
+        /// answered by the daemon for the targets the policy names
+        /// (docs/tracing.md); this costs a few microseconds per trapped call.
+        #[arg(long)]
+        no_trace_broker: bool,
         #[command(flatten)]
         lease: LeaseArgs,
         /// The command and its arguments.
@@ -463,14 +470,22 @@ fn set_lease_env(cmd: &mut std::process::Command, lease: Option<&bpftoken::Lease
     }
 }
 
-fn run(
-    socket: &Path,
-    request: &MintRequest,
+/// How `bpftoken run` runs CMD.
+#[derive(Debug, Clone, Copy)]
+struct RunOptions {
     ttl: Option<u32>,
     fd_only: bool,
     explain: bool,
-    command: &[OsString],
-) -> ExitCode {
+    /// Supervise CMD for tracing when the token may load tracing programs.
+    trace_broker: bool,
+}
+
+/// Program types whose programs attach through perf events: kprobe (2,
+/// also uprobes) and tracepoint (5).
+const PERF_ATTACHED_PROGS: u64 = (1 << 2) | (1 << 5);
+
+fn run(socket: &Path, request: &MintRequest, opts: RunOptions, command: &[OsString]) -> ExitCode {
+    let RunOptions { ttl, fd_only, explain, trace_broker } = opts;
     let (program, args) = command.split_first().expect("clap requires a command");
     // The file CMD is, found once: the daemon is told this path (so
     // `executables` rules can match CMD, and the grant be bound to it) and
@@ -522,19 +537,28 @@ fn run(
     }
     cmd.env("BPF_TOKEN_FD", token.as_fd().as_raw_fd().to_string());
     set_lease_env(&mut cmd, token.lease());
-    if !explain {
+    let supervised = trace_broker && token.granted().progs & PERF_ATTACHED_PROGS != 0;
+    let code = if supervised {
+        match bpftoken::supervise::run(client, cmd, program) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("bpftoken: {e} (--no-trace-broker runs it unsupervised)");
+                return ExitCode::from(EXIT_CANNOT_RUN);
+            }
+        }
+    } else if !explain {
         let err = cmd.exec();
         eprintln!("bpftoken: cannot run {}: {err}", program.to_string_lossy());
         return ExitCode::from(EXIT_CANNOT_RUN);
-    }
-    let status = match cmd.status() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("bpftoken: cannot run {}: {e}", program.to_string_lossy());
-            return ExitCode::from(EXIT_CANNOT_RUN);
+    } else {
+        match cmd.status() {
+            Ok(status) => status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+            Err(e) => {
+                eprintln!("bpftoken: cannot run {}: {e}", program.to_string_lossy());
+                return ExitCode::from(EXIT_CANNOT_RUN);
+            }
         }
     };
-    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     if let (true, Some(policy)) = (code != 0, policy) {
         explain_failure(policy, &token, code);
     }
@@ -735,8 +759,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { sets, fd_only, explain, lease, command } => match request(&sets) {
-            Ok(r) => run(&socket, &r, lease.ttl, fd_only, explain, &command),
+        Command::Run { sets, fd_only, explain, no_trace_broker, lease, command } => match request(&sets) {
+            Ok(r) => run(
+                &socket,
+                &r,
+                RunOptions { ttl: lease.ttl, fd_only, explain, trace_broker: !no_trace_broker },
+                &command,
+            ),
             Err(code) => code,
         },
         Command::Unshare { sets, lease, command } => match request(&sets) {
