@@ -27,8 +27,8 @@ use crate::live::{Admitted, LiveError};
 use crate::peer::{PeerIdentity, PeerUserns};
 
 /// A grant request as it arrived: the masks, the lease asked for, and
-/// whether the answer names the lease ([`Response::Leased`]; the older
-/// requests get [`Response::Minted`]).
+/// whether the answer names the lease ([`Response::Leased`](bpftoken_proto::Response::Leased); the older
+/// requests get [`Response::Minted`](bpftoken_proto::Response::Minted)).
 pub(super) struct Asked {
     pub(super) request: MintRequest,
     pub(super) ttl: Option<u32>,

@@ -34,7 +34,7 @@ pub(super) enum ReadError {
     Io,
 }
 
-/// Most fds a request may carry ([`RequestBody::DelegateMount`] has one).
+/// Most fds a request may carry ([`RequestBody::DelegateMount`](bpftoken_proto::message::RequestBody::DelegateMount) has one).
 pub(super) const MAX_REQUEST_FDS: usize = crate::sys::MAX_RECV_FDS;
 
 /// One request frame and the fds that came with it.

@@ -282,7 +282,7 @@ impl Daemon {
 
     /// A token for `key`: from the cached scope if there is one (warm),
     /// else from a new scope the minter creates (cold; `target` is the
-    /// namespace of a [`ScopeOwner::Userns`] key). Returns the token, its
+    /// namespace of a [`ScopeOwner::Userns`](crate::minter::ScopeOwner::Userns) key). Returns the token, its
     /// scope and whether it was cold. An `exclusive` scope is always new
     /// and never cached: a lease that covers a whole scope (libbpf mode)
     /// gets one of its own, so revoking it touches no other grant.
