@@ -9,6 +9,10 @@ use std::ffi::c_void;
 use std::os::fd::RawFd;
 
 use super::MAX_MINT_BATCH;
+use crate::sys::fdpass;
+
+// Every token of a batch fits in the message fdpass builds on the stack.
+const _: () = assert!(MAX_MINT_BATCH <= fdpass::MAX_STACK_FDS);
 
 /// `BPF_MAP_DELETE_ELEM` and `BPF_TOKEN_CREATE` as raw syscall arguments.
 const BPF_MAP_DELETE_ELEM_ARG: usize = 3;
@@ -188,16 +192,10 @@ pub(super) extern "C" fn mint_child_main(arg: *mut c_void) -> libc::c_int {
     }
     // One setns for the whole batch: each further token costs only the
     // BPF_TOKEN_CREATE itself.
-    #[repr(C)]
-    struct Rights {
-        header: libc::cmsghdr,
-        fds: [libc::c_int; MAX_MINT_BATCH],
-    }
-    // SAFETY: all-zero bytes are a valid cmsghdr and fd array.
-    let mut rights: Rights = unsafe { std::mem::zeroed() };
+    let mut tokens: [libc::c_int; MAX_MINT_BATCH] = [-1; MAX_MINT_BATCH];
     let mut made = 0usize;
     let mut status = 0;
-    for slot in rights.fds.iter_mut().take(args.count) {
+    for slot in tokens.iter_mut().take(args.count) {
         let mut attr = [0u32; 2];
         attr[1] = args.bpffs.cast_unsigned();
         // SAFETY: `attr` is a valid bpf_attr prefix for BPF_TOKEN_CREATE.
@@ -216,29 +214,21 @@ pub(super) extern "C" fn mint_child_main(arg: *mut c_void) -> libc::c_int {
     if made == 0 {
         return status;
     }
-    // The tokens go back in one SCM_RIGHTS message; they live in our own
-    // fd table only, so if we are killed first they close with us.
-    let data_len = made * std::mem::size_of::<libc::c_int>();
-    let align = std::mem::size_of::<usize>();
-    let header_len = std::mem::size_of::<libc::cmsghdr>();
-    rights.header.cmsg_len = (header_len + data_len) as _;
-    rights.header.cmsg_level = libc::SOL_SOCKET;
-    rights.header.cmsg_type = libc::SCM_RIGHTS;
-    let mut byte = 0u8;
-    let mut iov = libc::iovec { iov_base: (&raw mut byte).cast::<c_void>(), iov_len: 1 };
-    // SAFETY: all-zero bytes are a valid msghdr (null pointers, lengths 0).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = (&raw mut rights).cast::<c_void>();
-    msg.msg_controllen = (header_len + data_len.div_ceil(align) * align) as _;
-    // SAFETY: `msg` points at live buffers of the lengths given.
-    let ret = unsafe {
-        raw::syscall(
-            libc::SYS_sendmsg,
-            [args.sock.cast_unsigned() as usize, (&raw const msg) as usize, libc::MSG_NOSIGNAL as usize, 0, 0],
-        )
-    };
+    // The tokens go back in one SCM_RIGHTS message, built on our stack by
+    // fdpass (no allocation); they live in our own fd table only, so if we
+    // are killed first they close with us.
+    let made_tokens = tokens.get(..made).unwrap_or_default();
+    let ret = fdpass::with_rights_message(made_tokens, |msg| {
+        // SAFETY: `msg` points at a message and buffers that live on the
+        // stack for the whole call (with_rights_message's frame), of the
+        // lengths it gives; `args.sock` is our end of the socket pair.
+        unsafe {
+            raw::syscall(
+                libc::SYS_sendmsg,
+                [args.sock.cast_unsigned() as usize, (&raw const *msg) as usize, libc::MSG_NOSIGNAL as usize, 0, 0],
+            )
+        }
+    });
     if ret < 0 {
         return fail(ret, 5);
     }

@@ -18,6 +18,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use child::{mint_child_main, ChildArgs};
 
+use super::fdpass;
 use super::process::ptrace_safe;
 
 /// Most tokens one mint child creates.
@@ -287,29 +288,16 @@ impl MintChild {
         userns: BorrowedFd<'_>,
         tracker: Option<&dyn TaskTracker>,
     ) -> Result<Vec<MintedToken>, (MintStep, io::Error)> {
-        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
         use std::sync::atomic::Ordering::Acquire;
-        let mut tokens: Vec<OwnedFd> = Vec::new();
-        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MINT_BATCH))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut byte = [0u8; 1];
-        let received = rustix::net::recvmsg(
-            &self.sock,
-            &mut [io::IoSliceMut::new(&mut byte)],
-            &mut control,
-            RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
-        );
-        let truncated = match received {
+        let received = fdpass::recv_with_fds(self.sock.as_fd(), &mut byte, MAX_MINT_BATCH);
+        let (tokens, truncated) = match received {
             Ok(msg) => {
-                for m in control.drain() {
-                    if let RecvAncillaryMessage::ScmRights(rights) = m {
-                        tokens.extend(rights);
-                    }
-                }
-                msg.flags.contains(ReturnFlags::CTRUNC) || tokens.len() > MAX_MINT_BATCH
+                let truncated = msg.fds_truncated || msg.fds.len() > MAX_MINT_BATCH;
+                (msg.fds, truncated)
             }
             // Nothing sent: the child failed (or was killed) first.
-            Err(_) => false,
+            Err(_) => (Vec::new(), false),
         };
         // The child is reaped: its tid is free again, so its record goes now.
         let serials = tracker.and_then(|t| match t.take_task(self.pid.cast_unsigned()) {
