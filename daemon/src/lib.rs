@@ -8,6 +8,9 @@
 //! decisions are logged in [`audit`], the BPF LSM program that watches
 //! token use is loaded by [`enforcer`] (and pinned by [`pins`]), and every raw syscall is in [`sys`].
 
+// Every `unsafe` of the daemon is under `sys/`, behind safe wrappers.
+#![deny(unsafe_code)]
+
 pub mod audit;
 pub mod cache;
 pub mod cgroup;
@@ -23,5 +26,6 @@ pub mod probe;
 pub mod run;
 pub mod server;
 pub mod socket;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod systemd;

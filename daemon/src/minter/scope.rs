@@ -190,8 +190,9 @@ impl Scope {
         let (ours, theirs) =
             rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
                 .map_err(|e| MintError::from((Step::SocketPair, e)))?;
-        // SAFETY: the minter is single-threaded (checked at its start).
-        match unsafe { sys::fork() }.map_err(|e| MintError::syscall(Step::Fork, &e))? {
+        // The minter is single-threaded (checked at its start, and again
+        // by the fork itself).
+        match sys::fork_single_threaded().map_err(|e| MintError::syscall(Step::Fork, &e))? {
             Forked::Child => {
                 drop(ours);
                 helper_main(theirs.as_fd(), key.owner, target.as_ref().map(AsFd::as_fd))

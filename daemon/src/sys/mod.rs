@@ -40,8 +40,8 @@ pub use peer::{
     unread_by_peer,
 };
 pub use process::{
-    async_fd, boottime_ns, clear_cloexec, close_all_fds_except, exit_now, fd_kind, fork, make_non_dumpable,
-    ptrace_safe, take_inherited_fd, thread_count, trim_heap, unshare_namespaces, Forked,
+    async_fd, boottime_ns, clear_cloexec, close_all_fds_except, exit_now, fd_kind, fork_single_threaded,
+    make_non_dumpable, ptrace_safe, take_inherited_fd, thread_count, trim_heap, unshare_namespaces, Forked,
 };
 pub use token::{bpf_token_create, bpf_token_create_support, token_masks, TokenMask, TokenMasks, TokenSupport};
 

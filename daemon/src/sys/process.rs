@@ -39,20 +39,33 @@ pub fn make_non_dumpable() -> io::Result<()> {
     Ok(())
 }
 
-/// Result of [`fork`].
+/// Result of [`fork_single_threaded`].
 #[derive(Debug)]
 pub enum Forked {
     Child,
     Parent(rustix::process::Pid),
 }
 
-/// fork(2).
+/// fork(2), in a process that has exactly one thread (the minter, which
+/// forks its helpers); anywhere else it fails and forks nothing.
 ///
-/// # Safety
-/// The caller must be single-threaded, so that the child does not inherit
-/// locks held by other threads (the minter checks this at start).
-pub unsafe fn fork() -> io::Result<Forked> {
-    // SAFETY: the caller guarantees the process is single-threaded.
+/// Why one thread makes it sound: the child is a copy of the calling
+/// thread alone, so any lock another thread held at the fork (the
+/// allocator's, stdio's, a `Mutex`) would stay held in the child forever,
+/// and the child could then only make async-signal-safe calls. With no
+/// other thread there is no such lock, and the child may run ordinary
+/// code (the helper allocates, formats and uses rustix). The check is
+/// made here, not left to the caller: `/proc/self/status` counts this
+/// thread, which is inside this call, and only a thread of this process
+/// could start another one, so a count of 1 still holds at the fork.
+pub fn fork_single_threaded() -> io::Result<Forked> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!("fork needs a single-threaded process, found {threads} threads")));
+    }
+    // SAFETY: this process has one thread (checked just above; no other
+    // thread can have started since), so the child inherits no lock held
+    // by another thread.
     let pid = unsafe { libc::fork() };
     match pid {
         -1 => Err(io::Error::last_os_error()),
