@@ -5,7 +5,7 @@
 //! child on memory it owns, waiting for it without blocking the runtime
 //! (killing it at [`MINT_CHILD_TIMEOUT`]), reaping it, collecting the
 //! tokens and the enforcer's serials. What runs in the child is in
-//! [`child`].
+//! `child.rs`.
 //!
 //! Invariant: a child's memory (arguments and stack) is reused or freed
 //! only after the child has been reaped.
@@ -134,7 +134,7 @@ impl MintChild {
     /// `setns(CLONE_NEWUSER)` requires. It enters `userns`, makes `count`
     /// tokens from `bpffs` and sends them back over a socket pair.
     ///
-    /// The process must be non-dumpable ([`make_non_dumpable`]): the child
+    /// The process must be non-dumpable ([`super::make_non_dumpable`]): the child
     /// shares our memory, and the client holds CAP_SYS_PTRACE in the
     /// namespace the child enters.
     pub fn start(
