@@ -10,6 +10,12 @@
 //! never adopts entries written in another encoding. This module imports
 //! nothing of the enforcer's: [`super`] and [`super::others`] both build
 //! on it.
+//!
+//! `daemon/bpf/enforcer.bpf.c` says its layouts are "shared with
+//! daemon/src/enforcer.rs": that is this file (`lease_entry`,
+//! `revoke_key`) and `enforcer/mod.rs` (the task, scope and learning
+//! records). The comment stays as it is: any edit of the C source changes
+//! the object, hence the pin directory's name.
 
 use bpftoken_proto::LeaseMode;
 
