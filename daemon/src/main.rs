@@ -2,6 +2,9 @@
 //! the hidden `minter` entry point it re-executes itself as. Clients, and
 //! revoking leases, are `bpftoken`'s: the daemon does not depend on it.
 
+// No `unsafe` here: the daemon's unsafe code is in bpftokend::sys.
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -1,8 +1,6 @@
 //! The daemon's side of the minter: start it, send it requests, restart
 //! it when it dies.
 
-use std::io::{IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -10,16 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bpftoken_proto::codec::{decode_message, encode_message};
-use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
-};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Mutex;
 
 use super::{MintError, MinterReply, MinterRequest, Scope, ScopeKey};
 use crate::sys;
+use crate::sys::fdpass;
 
 /// Longest a scope creation may take inside the minter (a helper that
 /// stalls at every step still ends well before this).
@@ -190,41 +186,14 @@ async fn exchange(
     };
     let bytes = encode_message(request).map_err(std::io::Error::other)?;
     let fds: Vec<BorrowedFd<'_>> = target.into_iter().collect();
-    sock.async_io(Interest::WRITABLE, |fd| {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        if !fds.is_empty() {
-            control.push(SendAncillaryMessage::ScmRights(&fds));
-        }
-        rustix::net::sendmsg(fd, &[IoSlice::new(&bytes)], &mut control, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
-            .map_err(std::io::Error::from)
-    })
-    .await?;
+    sock.async_io(Interest::WRITABLE, |fd| fdpass::send_with_fds(fd.as_fd(), &bytes, &fds)).await?;
     let mut buf = [0u8; 4096];
-    let (len, flags, mut fds) = sock
-        .async_io(Interest::READABLE, |fd| {
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
-            let mut control = RecvAncillaryBuffer::new(&mut space);
-            let msg = rustix::net::recvmsg(
-                fd,
-                &mut [IoSliceMut::new(&mut buf)],
-                &mut control,
-                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
-            )
-            .map_err(std::io::Error::from)?;
-            let mut fds: Vec<OwnedFd> = Vec::new();
-            for m in control.drain() {
-                if let RecvAncillaryMessage::ScmRights(rights) = m {
-                    fds.extend(rights);
-                }
-            }
-            Ok((msg.bytes, msg.flags, fds))
-        })
-        .await?;
+    let reply = sock.async_io(Interest::READABLE, |fd| fdpass::recv_with_fds(fd.as_fd(), &mut buf, 3)).await?;
+    let (len, mut fds) = (reply.bytes, reply.fds);
     if len == 0 {
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the minter exited"));
     }
-    if flags.contains(ReturnFlags::TRUNC) || flags.contains(ReturnFlags::CTRUNC) {
+    if reply.bytes_truncated || reply.fds_truncated {
         return Err(std::io::Error::other("truncated reply from the minter"));
     }
     let reply: MinterReply = decode_message(&buf[..len]).map_err(std::io::Error::other)?;

@@ -19,22 +19,17 @@ pub mod link;
 pub mod pool;
 mod scope;
 
-use std::io::{IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use bpftoken_proto::codec::{decode_message, encode_message};
 use bpftoken_proto::Delegation;
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
-    SendFlags,
-};
 use serde::{Deserialize, Serialize};
 
 pub use error::{MintError, Step};
 pub use scope::{verify_token_masks, Scope, ScopeKey, ScopeOwner};
 
 use crate::sys;
+use crate::sys::fdpass;
 
 /// A request from the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,25 +97,18 @@ type Received = (Result<MinterRequest, String>, Vec<OwnedFd>);
 
 /// `Ok(None)` on EOF; `Ok(Some((Err, _)))` for a message that is not a request.
 fn recv_request(sock: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<Option<Received>> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {
-        match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC) {
+        match fdpass::recv_with_fds_blocking(sock, buf, 4) {
             Ok(m) => break m,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
     };
-    let mut fds = Vec::new();
-    for m in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(rights) = m {
-            fds.extend(rights);
-        }
-    }
+    let fds = msg.fds;
     if msg.bytes == 0 {
         return Ok(None);
     }
-    if msg.flags.contains(ReturnFlags::TRUNC) || msg.flags.contains(ReturnFlags::CTRUNC) {
+    if msg.bytes_truncated || msg.fds_truncated {
         return Ok(Some((Err("malformed request to the minter".into()), Vec::new())));
     }
     Ok(Some((decode_message(&buf[..msg.bytes]).map_err(|e| e.to_string()), fds)))
@@ -128,11 +116,6 @@ fn recv_request(sock: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<Option<
 
 fn send_reply(sock: BorrowedFd<'_>, reply: &MinterReply, fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
     let bytes = encode_message(reply).map_err(std::io::Error::other)?;
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        control.push(SendAncillaryMessage::ScmRights(fds));
-    }
-    rustix::net::sendmsg(sock, &[IoSlice::new(&bytes)], &mut control, SendFlags::NOSIGNAL)?;
+    fdpass::send_with_fds_blocking(sock, &bytes, fds)?;
     Ok(())
 }

@@ -25,8 +25,6 @@
 //! [`crate::sys::mint_tokens_in`], so nothing the client could influence
 //! hands us a "token".
 
-use std::io::{IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -35,14 +33,11 @@ use bpftoken_proto::delegation::{Delegation, Kind};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
-use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
-};
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 use rustix::process::{Pid, Signal, WaitOptions};
 
 use super::error::{MintError, Step};
-use crate::sys::{self, Forked};
+use crate::sys::{self, fdpass, Forked};
 
 /// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
@@ -195,8 +190,9 @@ impl Scope {
         let (ours, theirs) =
             rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
                 .map_err(|e| MintError::from((Step::SocketPair, e)))?;
-        // SAFETY: the minter is single-threaded (checked at its start).
-        match unsafe { sys::fork() }.map_err(|e| MintError::syscall(Step::Fork, &e))? {
+        // The minter is single-threaded (checked at its start, and again
+        // by the fork itself).
+        match sys::fork_single_threaded().map_err(|e| MintError::syscall(Step::Fork, &e))? {
             Forked::Child => {
                 drop(ours);
                 helper_main(theirs.as_fd(), key.owner, target.as_ref().map(AsFd::as_fd))
@@ -416,12 +412,8 @@ fn helper_steps_in(sock: BorrowedFd<'_>, ns: BorrowedFd<'_>) -> Result<(), (Step
 }
 
 fn send_fs_context(sock: BorrowedFd<'_>, fs: BorrowedFd<'_>) -> Result<(), (Step, rustix::io::Errno)> {
-    let fds = [fs];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    control.push(SendAncillaryMessage::ScmRights(&fds));
-    rustix::net::sendmsg(sock, &[IoSlice::new(&[MSG_FS_CONTEXT])], &mut control, SendFlags::NOSIGNAL)
-        .map_err(|e| (Step::FsOpen, e))?;
+    fdpass::send_with_fds_blocking(sock, &[MSG_FS_CONTEXT], &[fs])
+        .map_err(|e| (Step::FsOpen, rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)))?;
     Ok(())
 }
 
@@ -459,25 +451,12 @@ pub(crate) fn timespec(d: Duration) -> rustix::fs::Timespec {
 fn recv_from_helper(sock: BorrowedFd<'_>, uid: u32) -> Result<(Vec<u8>, Option<OwnedFd>), MintError> {
     wait_readable(sock, uid)?;
     let mut buf = [0u8; 16];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let msg = rustix::net::recvmsg(
-        sock,
-        &mut [IoSliceMut::new(&mut buf)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
-    )
-    .map_err(|e| MintError::from((Step::HelperIo, e)))?;
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for m in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(rights) = m {
-            fds.extend(rights);
-        }
-    }
+    let msg = fdpass::recv_with_fds(sock, &mut buf, 1).map_err(|e| MintError::syscall(Step::HelperIo, &e))?;
+    let mut fds = msg.fds;
     if msg.bytes == 0 {
         return Err(MintError::HelperLost { uid });
     }
-    if msg.flags.contains(ReturnFlags::CTRUNC) || msg.flags.contains(ReturnFlags::TRUNC) || fds.len() > 1 {
+    if msg.fds_truncated || msg.bytes_truncated || fds.len() > 1 {
         return Err(MintError::HelperProtocol("truncated message or too many fds".into()));
     }
     let data = buf[..msg.bytes].to_vec();

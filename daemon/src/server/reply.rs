@@ -19,8 +19,6 @@
 //! whether its connection sent an answer with fds that the peer may not
 //! have read yet, so that a connection holds at most one.
 
-use std::io::IoSlice;
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,7 +26,6 @@ use std::sync::Arc;
 use bpftoken_proto::codec;
 use bpftoken_proto::message::FdRole;
 use bpftoken_proto::{LeaseInfo, Refusal, RefusalCode, Response};
-use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
@@ -272,27 +269,15 @@ impl<'s> Outbox<'s> {
         let stream = self.stream;
         let bytes = codec::encode_response(response).map_err(std::io::Error::other)?;
         let send = async {
+            // The fds go with the first byte (sys/fdpass.rs, as every fd
+            // the daemon passes).
             let mut sent = stream
-                .async_io(Interest::WRITABLE, || {
-                    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
-                    let mut control = SendAncillaryBuffer::new(&mut space);
-                    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-                        return Err(std::io::Error::other("too many fds for one response"));
-                    }
-                    rustix::net::sendmsg(
-                        stream,
-                        &[IoSlice::new(&bytes)],
-                        &mut control,
-                        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
-                    )
-                    .map_err(std::io::Error::from)
-                })
+                .async_io(Interest::WRITABLE, || crate::sys::fdpass::send_with_fds(stream.as_fd(), &bytes, fds))
                 .await?;
             while sent < bytes.len() {
                 sent += stream
                     .async_io(Interest::WRITABLE, || {
-                        rustix::net::send(stream, &bytes[sent..], SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
-                            .map_err(std::io::Error::from)
+                        crate::sys::fdpass::send_with_fds(stream.as_fd(), &bytes[sent..], &[])
                     })
                     .await?;
             }

@@ -12,13 +12,16 @@
 //! the deadline (first 8 bytes, what the kernel side checks, 0: revoked)
 //! and the owner uid. A set whose layout is unknown is never interpreted;
 //! it is reported with the `rm -r` command that ends its leases.
+//!
+//! The entry layout comes from `record` alone: this module does
+//! not use the enforcer's API (the enforcer uses it).
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use bpftoken_proto::{OtherBuild, OtherLeases};
 
-use crate::enforcer::{ENTRY_KEY_SIZE, ENTRY_OWNER_UID_AT, ENTRY_SIZES_KNOWN, REVOKED};
+use super::record::{ENTRY_KEY_SIZE, ENTRY_OWNER_UID_AT, ENTRY_SIZES_KNOWN, REVOKED};
 use crate::sys::bpf::MapFd;
 
 /// `BPF_EXIST`: update an existing entry only.
@@ -247,8 +250,8 @@ fn count<M: EntryMap>(map: &M, revoke: Option<Whose>, dir: &Path) -> Option<Othe
 
 #[cfg(test)]
 mod tests {
+    use super::super::record::ENTRY_SIZE;
     use super::*;
-    use crate::enforcer::ENTRY_SIZE;
     use std::cell::RefCell;
     use std::collections::BTreeMap;
 
