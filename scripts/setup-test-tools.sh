@@ -17,6 +17,10 @@
 #   world-readable. Rebuilt when the source is newer.
 # - $libexec/preload_mint.so: tests/c/preload_mint.c, the LD_PRELOAD attack
 #   on `executables` rules (tests/tests/identity.rs, the VM's bind-exe).
+# - $libexec/trace_skel: tests/c/trace_skel.c, an ordinary libbpf 1.5
+#   tracing tool built on a bpftool-generated skeleton of
+#   tests/bpf/trace_skel.bpf.c; $libexec/trace_skel_run runs it with
+#   trixie's loader and libraries (tests/tests/tracing.rs).
 set -eu
 cd "$(dirname "$0")/.."
 cache=/var/cache/bpftoken-test/trixie
@@ -71,6 +75,26 @@ if [ ! -e "$so" ] || [ tests/c/preload_mint.c -nt "$so" ]; then
     chmod 0755 "$so.tmp"
     mv -f "$so.tmp" "$so"
 fi
+
+gen=$cache/gen
+install -d -m 0755 "$gen"
+skel=$gen/trace_skel.skel.h
+if [ ! -e "$skel" ] || [ "$libexec/obj/trace_skel.bpf.o" -nt "$skel" ]; then
+    "$libexec/bpftool" gen skeleton "$libexec/obj/trace_skel.bpf.o" name trace_skel >"$skel.tmp"
+    mv -f "$skel.tmp" "$skel"
+fi
+tool=$libexec/trace_skel
+if [ ! -e "$tool" ] || [ tests/c/trace_skel.c -nt "$tool" ] || [ "$skel" -nt "$tool" ]; then
+    # Trixie's libbpf needs trixie's libc, which only its loader provides
+    # at run time: the link leaves those symbols to it.
+    cc -O2 -Wall -Werror -I"$gen" -I"$trixie/usr/include" -I"$trixie/usr/include/$multiarch" \
+        tests/c/trace_skel.c -o "$tool.tmp" -L"$trixie/usr/lib/$multiarch" -lbpf -Wl,--allow-shlib-undefined
+    chmod 0755 "$tool.tmp"
+    mv -f "$tool.tmp" "$tool"
+fi
+put "$libexec/trace_skel_run" "#!/bin/sh
+# tests/c/trace_skel.c (libbpf 1.5) with trixie's loader and libraries.
+exec $trixie/usr/lib64/ld-linux-x86-64.so.2 --library-path $trixie/usr/lib/$multiarch $tool \"\$@\"" 0755
 
 if ! out=$("$libexec/bpftool" version 2>&1); then
     echo "setup-test-tools: $libexec/bpftool does not run:" >&2
