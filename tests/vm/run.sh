@@ -36,7 +36,8 @@ LC_ALL=C ldd "$busybox" 2>&1 | grep -q 'not a dynamic executable' \
     || die "$busybox is not static (apt-get install busybox-static)"
 bpftool=$libexec/bpftool
 bpf_obj=$libexec/obj/sockfilter.bpf.o
-[ -x "$bpftool" ] && [ -f "$bpf_obj" ] && [ -f "$libexec/preload_mint.so" ] && [ -x "$trixie/usr/sbin/bpftool" ] \
+[ -x "$bpftool" ] && [ -f "$bpf_obj" ] && [ -f "$libexec/preload_mint.so" ] && [ -f "$libexec/obj/kprobe_openat.bpf.o" ] \
+    && [ -x "$trixie/usr/sbin/bpftool" ] \
     || die "no token-aware bpftool or BPF objects: run scripts/setup-test-tools.sh"
 
 if [ $# -gt 0 ]; then
@@ -72,10 +73,11 @@ for b in $bins; do
     done
 done
 # bpftool 7.5 with trixie's loader and libraries, where its wrapper
-# expects them, the object it loads, and the LD_PRELOAD attack of the
-# bind-exe scenario (built against the host's libc, copied above).
+# expects them, the objects it loads (sockfilter; kprobe_openat for
+# trace-kprobe), and the LD_PRELOAD attack of the bind-exe scenario
+# (built against the host's libc, copied above).
 loader=$trixie/usr/lib64/ld-linux-x86-64.so.2
-for f in "$bpftool" "$bpf_obj" "$libexec/preload_mint.so" "$trixie/usr/sbin/bpftool" "$loader" \
+for f in "$bpftool" "$bpf_obj" "$libexec/preload_mint.so" "$libexec/obj/kprobe_openat.bpf.o" "$trixie/usr/sbin/bpftool" "$loader" \
     $("$loader" --library-path "$trixie/usr/lib/x86_64-linux-gnu" --list "$trixie/usr/sbin/bpftool" \
         | awk -v t="$trixie" '$2 == "=>" && index($3, t) == 1 { print $3 }'); do
     mkdir -p "$root$(dirname "$f")"

@@ -152,25 +152,31 @@ pub struct ScopeCount {
     pub freed: u64,
 }
 
+/// What must hold before loading: the BPF LSM active (without `bpf` in
+/// the active list an LSM program loads and attaches but never runs) and
+/// kernel BTF. Returns the active list as read: an unreadable one is
+/// judged after the load, whose refusal says more.
+fn preconditions() -> Result<io::Result<String>, Unavailable> {
+    let active = std::fs::read_to_string("/sys/kernel/security/lsm");
+    if let Ok(active) = &active {
+        let active = active.trim();
+        if !active.split(',').any(|l| l == "bpf") {
+            return Err(Unavailable::LsmInactive { active: active.to_owned() });
+        }
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(Unavailable::NoBtf);
+    }
+    Ok(active)
+}
+
 impl Enforcer {
     /// Adopt the enforcer an earlier daemon of this build pinned under
     /// `pinroot`, or load and attach it and pin it there; or say why it
     /// cannot run here. Pins of other builds are left alone (one warning
     /// each). Where pinning is impossible it runs unpinned and says why.
     pub fn load(pinroot: &Path) -> Result<Enforcer, Unavailable> {
-        // Without `bpf` in the active list an LSM program loads and
-        // attaches but never runs: check first. An unreadable list is
-        // judged after the load, whose refusal says more.
-        let active = std::fs::read_to_string("/sys/kernel/security/lsm");
-        if let Ok(active) = &active {
-            let active = active.trim();
-            if !active.split(',').any(|l| l == "bpf") {
-                return Err(Unavailable::LsmInactive { active: active.to_owned() });
-            }
-        }
-        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-            return Err(Unavailable::NoBtf);
-        }
+        let active = preconditions()?;
         let version = version();
         let root = match PinRoot::open(pinroot) {
             Ok(root) => root,
@@ -216,16 +222,7 @@ impl Enforcer {
     /// and attach that is undone at once; nothing is pinned or adopted.
     /// Needs root, as the daemon does.
     pub fn probe() -> Result<(), Unavailable> {
-        let active = std::fs::read_to_string("/sys/kernel/security/lsm");
-        if let Ok(active) = &active {
-            let active = active.trim();
-            if !active.split(',').any(|l| l == "bpf") {
-                return Err(Unavailable::LsmInactive { active: active.to_owned() });
-            }
-        }
-        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-            return Err(Unavailable::NoBtf);
-        }
+        let active = preconditions()?;
         let probe = PinError::Dir { path: PathBuf::new(), source: io::Error::other("a probe pins nothing") };
         attach(active, Persistence::UntilStop(probe)).map(drop)
     }

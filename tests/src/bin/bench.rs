@@ -11,6 +11,11 @@
 //! - warm mints (cached scope) and cold mints (new scope each time), for
 //!   one and two concurrent clients, with ratios to the floor;
 //! - `sudo -n true`, what a user would do instead, if sudo is installed;
+//! - the cost of `bpftoken run`'s tracing supervisor (a seccomp filter
+//!   trapping `perf_event_open` and libbpf-shaped `openat`) on commands
+//!   unrelated to tracing: 100,000 opens that the filter traps and that it
+//!   does not, and 100,000 `getpid`, each under `bpftoken run` with and
+//!   without the supervisor and bare (the floor), median of 5 runs;
 //!
 //! all unpinned and pinned to CPU 0 (this VM's cross-CPU wakeups dominate
 //! otherwise). Internal modes (`floor-token`, `rtt-server`, `rtt-client`,
@@ -628,6 +633,87 @@ fn orchestrate(n: usize) {
             println!("  sudo -n true p50 / warm p50:                {:.0}x   (target >= 50x)", s.p50 / warm1.p50);
         }
     }
+    measure_supervisor(&env, &self_exe);
+}
+
+/// `open-loop N trapped|plain|getpid`: N `openat(AT_FDCWD, /dev/null)`
+/// with the flags the supervisor traps (`O_RDONLY|O_CLOEXEC`) or others,
+/// or N `getpid`.
+fn open_loop(n: usize, what: &str) {
+    for _ in 0..n {
+        match what {
+            "trapped" => drop(std::fs::File::open("/dev/null")),
+            "plain" => {
+                let fd = rustix::fs::open("/dev/null", rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty());
+                drop(fd);
+            }
+            _ => {
+                let _ = rustix::process::getpid();
+            }
+        }
+    }
+}
+
+/// Median wall time of 5 runs of `cmd` (a fresh command each run).
+fn median_run(mut cmd: impl FnMut() -> Command) -> Duration {
+    let mut runs: Vec<Duration> = (0..5)
+        .map(|_| {
+            let mut c = cmd();
+            c.stdout(Stdio::null()).stderr(Stdio::null());
+            let t = Instant::now();
+            let status = c.status().expect("run a supervised workload");
+            assert!(status.success(), "workload failed: {status}");
+            t.elapsed()
+        })
+        .collect();
+    runs.sort_unstable();
+    runs[2]
+}
+
+/// What the tracing supervisor costs a command that does not trace.
+fn measure_supervisor(env: &Env, self_exe: &Path) {
+    let alice = user(ALICE);
+    // A grant with tracepoint programs: `bpftoken run` supervises then.
+    let policy = format!(
+        "[[allow]]\nusers = [\"{ALICE}\"]\ncmds = [\"prog_load\"]\nprogs = [\"tracepoint\"]\nattachs = \
+         [\"cgroup_inet_ingress\"]\n"
+    );
+    let d = TestDaemon::start(env, &policy, &[]);
+    println!("--- tracing supervisor (bpftoken run), 100000 calls, median of 5 runs");
+    for what in ["trapped", "plain", "getpid"] {
+        let workload = |c: &mut Command| {
+            c.arg(self_exe).args(["open-loop", "100000", what]);
+        };
+        let bare = median_run(|| {
+            let mut c = as_user(&alice, "env");
+            workload(&mut c);
+            c
+        });
+        let run = |extra: &'static [&'static str]| {
+            median_run(|| {
+                let mut c = as_user(&alice, env.bin("bpftoken"));
+                c.arg("--socket").arg(&d.socket).args(["run", "--fd-only"]).args(extra).arg("--").arg("env");
+                workload(&mut c);
+                c
+            })
+        };
+        let unsupervised = run(&["--no-trace-broker"]);
+        let supervised = run(&[]);
+        let label = match what {
+            "trapped" => "openat O_RDONLY|O_CLOEXEC (trapped)",
+            "plain" => "openat O_RDONLY (not trapped)",
+            _ => "getpid (not trapped)",
+        };
+        println!(
+            "  {label:<38} bare {:>7.1} ms  run {:>7.1} ms  supervised {:>7.1} ms  supervised/run {:.2}x  \
+             per call +{:.2} us",
+            bare.as_secs_f64() * 1e3,
+            unsupervised.as_secs_f64() * 1e3,
+            supervised.as_secs_f64() * 1e3,
+            supervised.as_secs_f64() / unsupervised.as_secs_f64(),
+            (supervised.as_secs_f64() - unsupervised.as_secs_f64()) * 1e6 / 100_000.0
+        );
+    }
 }
 
 fn main() {
@@ -642,6 +728,7 @@ fn main() {
         Some("rtt-client") => rtt_client(num(1) as i32, num(2), num(3) as u128),
         Some("cold-inproc") => cold_inproc(num(1)),
         Some("warm-inproc") => warm_inproc(num(1), args.get(2).map_or(0, |_| num(2))),
+        Some("open-loop") => open_loop(num(1), args.get(2).map_or("trapped", String::as_str)),
         Some("client") => client(Path::new(&args[1]), num(2), num(3), args.get(4).map(String::as_str) == Some("cold")),
         Some(n) => orchestrate(n.parse().expect("usage: bpftoken-bench [ITERATIONS]")),
         None => orchestrate(5000),

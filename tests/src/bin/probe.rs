@@ -109,6 +109,46 @@ fn try_items_as(token: Option<BorrowedFd<'_>>, items: &[String], prefix: &str) -
     Ok(())
 }
 
+/// Load a `prog_type` program with $BPF_TOKEN_FD, attach it to the
+/// daemon's perf event on `target`, run `trigger` `count` times; print
+/// `attached` and `run_cnt N`, or the step that failed.
+fn attach_and_count(
+    client: &mut Client,
+    prog_type: u32,
+    target: &bpftoken::TraceTarget,
+    count: u32,
+    trigger: impl Fn(),
+) -> Result<(), String> {
+    let token = token_from_env()?;
+    let prog = match sys::prog_load(prog_type, Some(token.as_fd())) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("prog_load {}", errno_name(&e));
+            return Ok(());
+        }
+    };
+    let event = match client.open_perf_event(target, None) {
+        Ok(ev) => ev,
+        Err(e) => {
+            println!("open_perf_event: {e}");
+            return Ok(());
+        }
+    };
+    let _link = match sys::attach_perf_event(prog.as_fd(), event.fd.as_fd()) {
+        Ok(link) => link,
+        Err(e) => {
+            println!("link_create {}", errno_name(&e));
+            return Ok(());
+        }
+    };
+    println!("attached");
+    for _ in 0..count {
+        trigger();
+    }
+    println!("run_cnt {}", sys::prog_run_count(prog.as_fd()).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
 fn token_from_env() -> Result<OwnedFd, String> {
     let n: i32 = std::env::var("BPF_TOKEN_FD")
         .map_err(|_| "BPF_TOKEN_FD is not set".to_owned())?
@@ -560,15 +600,6 @@ fn run(args: &[String]) -> Result<(), String> {
             let path = args.get(1).ok_or(usage)?;
             let (category, name) = args.get(2).and_then(|t| t.split_once(':')).ok_or(usage)?;
             let count: u32 = args.get(3).and_then(|c| c.parse().ok()).ok_or(usage)?;
-            let token = token_from_env()?;
-            // BPF_PROG_TYPE_TRACEPOINT.
-            let prog = match sys::prog_load(5, Some(token.as_fd())) {
-                Ok(p) => p,
-                Err(e) => {
-                    println!("prog_load {}", errno_name(&e));
-                    return Ok(());
-                }
-            };
             let mut client = Client::connect_to(std::path::Path::new(path)).map_err(|e| e.to_string())?;
             match client.tracepoint_id(category, name) {
                 Ok(id) => println!("id {}", id.id),
@@ -578,64 +609,21 @@ fn run(args: &[String]) -> Result<(), String> {
                 }
             }
             let target = bpftoken::TraceTarget::Tracepoint { category: category.to_owned(), name: name.to_owned() };
-            let event = match client.open_perf_event(&target, None) {
-                Ok(ev) => ev,
-                Err(e) => {
-                    println!("open_perf_event: {e}");
-                    return Ok(());
-                }
-            };
-            let _link = match sys::attach_perf_event(prog.as_fd(), event.fd.as_fd()) {
-                Ok(link) => link,
-                Err(e) => {
-                    println!("link_create {}", errno_name(&e));
-                    return Ok(());
-                }
-            };
-            println!("attached");
-            for _ in 0..count {
-                // getpid(2) itself each time (rustix does not cache it).
+            // BPF_PROG_TYPE_TRACEPOINT; getpid(2) itself each time (rustix
+            // does not cache it).
+            attach_and_count(&mut client, 5, &target, count, || {
                 let _ = rustix::process::getpid();
-            }
-            println!("run_cnt {}", sys::prog_run_count(prog.as_fd()).map_err(|e| e.to_string())?);
-            Ok(())
+            })
         }
         Some("attach-kprobe") => {
             let usage = "attach-kprobe SOCKET SYMBOL COUNT";
             let path = args.get(1).ok_or(usage)?;
             let symbol = args.get(2).ok_or(usage)?;
             let count: u32 = args.get(3).and_then(|c| c.parse().ok()).ok_or(usage)?;
-            let token = token_from_env()?;
-            // BPF_PROG_TYPE_KPROBE.
-            let prog = match sys::prog_load(2, Some(token.as_fd())) {
-                Ok(p) => p,
-                Err(e) => {
-                    println!("prog_load {}", errno_name(&e));
-                    return Ok(());
-                }
-            };
             let mut client = Client::connect_to(std::path::Path::new(path)).map_err(|e| e.to_string())?;
             let target = bpftoken::TraceTarget::Kprobe { symbol: symbol.clone(), offset: 0, retprobe: false };
-            let event = match client.open_perf_event(&target, None) {
-                Ok(ev) => ev,
-                Err(e) => {
-                    println!("open_perf_event: {e}");
-                    return Ok(());
-                }
-            };
-            let _link = match sys::attach_perf_event(prog.as_fd(), event.fd.as_fd()) {
-                Ok(link) => link,
-                Err(e) => {
-                    println!("link_create {}", errno_name(&e));
-                    return Ok(());
-                }
-            };
-            println!("attached");
-            for _ in 0..count {
-                drop(std::fs::File::open("/dev/null"));
-            }
-            println!("run_cnt {}", sys::prog_run_count(prog.as_fd()).map_err(|e| e.to_string())?);
-            Ok(())
+            // BPF_PROG_TYPE_KPROBE, triggered by opens (do_sys_openat2).
+            attach_and_count(&mut client, 2, &target, count, || drop(std::fs::File::open("/dev/null")))
         }
         Some("open-perf") => {
             let usage = "open-perf SOCKET KIND TARGET";

@@ -733,7 +733,7 @@ fn scenarios(args: &Args, bins: &Path, dir: &Path, report: &mut Report) -> Resul
     report.result("learn", outcome, &detail);
     bind_scenarios(bins, dir, &alice, enforcing, report);
     identity::bind_exe(bins, dir, &alice, enforcing, report);
-    trace::kprobe(bins, dir, &alice, report);
+    trace::kprobe(bins, dir, &alice, args.bpftool.as_deref().map(Path::new), report);
     scope_scenarios(args, bins, dir, &socket, &alice, enforcing, report);
 
     // cost: the median of a token-using bpf() call (an array map created
