@@ -35,7 +35,7 @@ use rustix::net::{
 pub use bpftoken_proto::delegation::{self, Delegation, Kind};
 pub use bpftoken_proto::{
     Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseState, MintMode, MintRequest, OtherBuild, OtherLeases,
-    PerfEventOpened, Refusal, RefusalCode, RevokeTarget, TraceTarget, TracepointIdFile,
+    PerfEventOpened, Refusal, RefusalCode, RevokeTarget, TraceAllowance, TraceTarget, TracepointIdFile,
 };
 pub use trace::{PerfEvent, TracepointId};
 

@@ -12,7 +12,7 @@
 use std::os::fd::OwnedFd;
 
 use bpftoken_proto::message::RequestBody;
-use bpftoken_proto::{PerfEventOpened, PerfEventRequest, Response, TraceTarget, TracepointIdFile};
+use bpftoken_proto::{PerfEventOpened, PerfEventRequest, Response, TraceAllowance, TraceTarget, TracepointIdFile};
 
 use crate::{Client, Error};
 
@@ -56,6 +56,18 @@ impl Client {
             (_, n) => {
                 Err(Error::Protocol(format!("the daemon answered a perf event request with something else ({n} fds)")))
             }
+        }
+    }
+
+    /// The tracing targets the caller's matching rules name (`None` from a
+    /// daemon too old to say).
+    pub fn trace_targets(&mut self) -> Result<Option<Vec<TraceAllowance>>, Error> {
+        self.send(RequestBody::TraceTargets, None)?;
+        match self.read_plain()? {
+            Response::TraceTargets(t) => Ok(Some(t)),
+            Response::Refused(r) if r.code == bpftoken_proto::RefusalCode::Malformed => Ok(None),
+            Response::Refused(r) => Err(Error::Refused(r)),
+            _ => Err(Error::Protocol("the daemon answered a trace targets request with something else".into())),
         }
     }
 

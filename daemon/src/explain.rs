@@ -121,6 +121,10 @@ pub fn explain(
             if names.is_empty() { "(none)".to_owned() } else { names.join(", ") }
         );
     }
+    for t in policy.trace_targets(&peer) {
+        let verb = if t.denied { "denied" } else { "allowed" };
+        let _ = writeln!(out, "tracing:  {} {} {verb} (rule {})", t.key, t.pattern, t.rule);
+    }
     let _ = writeln!(out, "rules:");
     for r in rules {
         let ttl = r.ttl.map_or_else(|| "-".to_owned(), |s| format!("{s} s"));

@@ -376,6 +376,27 @@ impl Policy {
         Ok(())
     }
 
+    /// The tracing targets `peer` may have perf events for: each pattern
+    /// of a matching allow rule, with its key and rule (a matching deny
+    /// rule's pattern still refuses what it names; `decide_trace` says so).
+    pub fn trace_targets(&self, peer: &Peer) -> Vec<trace::TraceAllowance> {
+        let allowed = self.allow.iter().filter(|r| r.matcher.matches(peer)).map(|r| (r, false));
+        let denied = self.deny.iter().filter(|r| r.matcher.matches(peer)).map(|r| (r, true));
+        allowed
+            .chain(denied)
+            .flat_map(|(r, deny)| {
+                trace::TraceKind::ALL.into_iter().flat_map(move |kind| {
+                    r.trace.of(kind).iter().map(move |p| trace::TraceAllowance {
+                        key: kind.key(),
+                        pattern: p.text.clone(),
+                        rule: r.label.clone(),
+                        denied: deny,
+                    })
+                })
+            })
+            .collect()
+    }
+
     /// Whether some rule names tracing targets.
     pub fn has_trace_targets(&self) -> bool {
         self.allow.iter().chain(&self.deny).any(|r| !r.trace.is_empty())

@@ -55,6 +55,17 @@ impl TracePatterns {
     }
 }
 
+/// One pattern a caller's matching rules name ([`crate::Policy::trace_targets`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceAllowance {
+    /// `tracepoints`, `kprobes` or `uprobes`.
+    pub key: &'static str,
+    pub pattern: String,
+    pub rule: String,
+    /// Named by a deny rule: refused whatever allows it.
+    pub denied: bool,
+}
+
 /// Which key a target falls under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TraceKind {

@@ -20,4 +20,4 @@ pub use message::{
     Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseRequest, LeaseState, MintMode, MintRequest, Minted,
     OtherBuild, OtherLeases, ProgramRequest, Refusal, RefusalCode, Request, Response, RevokeTarget, PROTOCOL_VERSION,
 };
-pub use trace::{PerfEventOpened, PerfEventRequest, TraceTarget, TracepointIdFile};
+pub use trace::{PerfEventOpened, PerfEventRequest, TraceAllowance, TraceTarget, TracepointIdFile};

@@ -81,6 +81,9 @@ pub enum RequestBody {
     /// policy must name the tracepoint); answered with
     /// [`Response::TracepointId`] carrying [`FdRole::TracefsIdFile`].
     TracepointId { category: String, name: String },
+    /// The tracing targets the caller's matching rules name; answered with
+    /// [`Response::TraceTargets`].
+    TraceTargets,
 }
 
 /// Longest program path a [`ProgramRequest`] may name (`PATH_MAX`).
@@ -291,6 +294,8 @@ pub enum Response {
     PerfEventOpened(crate::trace::PerfEventOpened),
     /// The answer to [`RequestBody::TracepointId`], with one fd.
     TracepointId(crate::trace::TracepointIdFile),
+    /// The answer to [`RequestBody::TraceTargets`].
+    TraceTargets(Vec<crate::trace::TraceAllowance>),
 }
 
 /// The pinned enforcer of another bpftokend build (left by the daemon

@@ -98,6 +98,18 @@ pub struct TracepointIdFile {
     pub rule: String,
 }
 
+/// One tracing pattern the caller's matching rules name (the answer to
+/// a `TraceTargets` request, what `bpftoken query` lists).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceAllowance {
+    /// `tracepoints`, `kprobes` or `uprobes`.
+    pub key: String,
+    pub pattern: String,
+    pub rule: String,
+    /// Named by a deny rule (refused whatever allows it).
+    pub denied: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -333,3 +333,40 @@ fn a_tracepoint_outside_the_policy_fails_as_without_bpftoken_and_says_why() {
     assert_eq!(err.lines().filter(|l| *l == line).count(), 1, "{err}");
     assert!(err.contains("Permission denied"), "the tool saw EACCES: {err}");
 }
+
+/// `bpftoken query` and `bpftokend check-policy --explain` list the
+/// tracing targets a user's rules name.
+#[test]
+fn query_and_explain_list_the_tracing_targets() {
+    let Some(env) = setup("query_and_explain_list_the_tracing_targets") else { return };
+    let Some(()) = tracing_ready("query_and_explain_list_the_tracing_targets") else { return };
+    let extra =
+        "[[deny]]\nname = \"no-getppid\"\nusers = [\"bpftk-alice\"]\ntracepoints = [\"syscalls:sys_enter_getppid\"]\n";
+    let d = TestDaemon::start(&env, &policy(&env, extra), &[]);
+    let probe = env.bin("bpftoken-probe").display().to_string();
+    let want = [
+        format!("tracing: tracepoints {TRACEPOINT} allowed (rule tracer)"),
+        format!("tracing: uprobes {probe} allowed (rule tracer)"),
+        "tracing: tracepoints syscalls:sys_enter_getppid denied (rule no-getppid)".to_owned(),
+    ];
+    let o = d.bpftoken(&env, &user(ALICE), &["query"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let got: Vec<&str> = out.lines().filter(|l| l.starts_with("tracing: ")).collect();
+    assert_eq!(got, want, "{out}");
+    let o = d.bpftoken(&env, &user(EVE), &["query"]);
+    assert!(
+        stdout(&o).contains("tracing: no tracepoints, kprobes or uprobes (perf events for attaching need them)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = output({
+        let mut c = Command::new(env.bin("bpftokend"));
+        c.args(["check-policy", "--policy"]).arg(&d.policy).args(["--explain", ALICE]);
+        c
+    });
+    let out = stdout(&o);
+    let got: Vec<String> = out.lines().filter(|l| l.starts_with("tracing:")).map(str::to_owned).collect();
+    let want: Vec<String> = want.iter().map(|l| l.replacen("tracing: ", "tracing:  ", 1)).collect();
+    assert_eq!(got, want, "{out}{}", stderr(&o));
+}

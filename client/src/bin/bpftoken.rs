@@ -234,8 +234,9 @@ fn explanation_lines(e: &bpftoken::Explanation) -> Vec<String> {
 }
 
 fn query(socket: &Path) -> ExitCode {
-    match Client::connect_to(socket).and_then(|mut c| c.query_enforcement_reporting()) {
-        Ok((e, enforcement, other_builds)) => {
+    let asked = Client::connect_to(socket).and_then(|mut c| Ok((c.query_enforcement_reporting()?, c.trace_targets()?)));
+    match asked {
+        Ok(((e, enforcement, other_builds), tracing)) => {
             for line in explanation_lines(&e) {
                 println!("{line}");
             }
@@ -245,6 +246,9 @@ fn query(socket: &Path) -> ExitCode {
             }
             for other in &other_builds {
                 println!("other build: {other}");
+            }
+            for line in trace_lines(tracing.as_deref()) {
+                println!("{line}");
             }
             if let Some(r) = &e.refusal {
                 println!("a request now would be refused: {r}");
@@ -261,6 +265,23 @@ fn query(socket: &Path) -> ExitCode {
             })
         }
     }
+}
+
+/// What `bpftoken query` says of tracing targets (docs/tracing.md).
+fn trace_lines(targets: Option<&[bpftoken::TraceAllowance]>) -> Vec<String> {
+    let Some(targets) = targets else {
+        return vec!["tracing: unknown (the daemon is too old to say)".to_owned()];
+    };
+    if targets.is_empty() {
+        return vec!["tracing: no tracepoints, kprobes or uprobes (perf events for attaching need them)".to_owned()];
+    }
+    targets
+        .iter()
+        .map(|t| {
+            let verb = if t.denied { "denied" } else { "allowed" };
+            format!("tracing: {} {} {} (rule {})", t.key, t.pattern, verb, t.rule)
+        })
+        .collect()
 }
 
 /// Lines naming a token's masks, one per set.

@@ -158,6 +158,7 @@ async fn dispatch<'a>(
         RequestBody::Learned(id) => handle_learned(daemon, peer, id),
         RequestBody::OpenPerfEvent(req) => trace::handle_open_perf_event(daemon, peer, req),
         RequestBody::TracepointId { category, name } => trace::handle_tracepoint_id(daemon, peer, category, name),
+        RequestBody::TraceTargets => trace::handle_trace_targets(daemon, peer),
         RequestBody::MintForProgram(ProgramRequest { lease: LeaseRequest { mode, request, ttl }, program }) => {
             let asked = Asked { request, ttl, leased: true, learn: false };
             if let Err(r) = for_program(daemon, peer, &program) {
@@ -203,7 +204,8 @@ fn answer_may_carry_fds(body: &RequestBody) -> bool {
         | RequestBody::QueryEnforcement
         | RequestBody::Leases
         | RequestBody::Revoke(_)
-        | RequestBody::Learned(_) => false,
+        | RequestBody::Learned(_)
+        | RequestBody::TraceTargets => false,
     }
 }
 
@@ -222,5 +224,6 @@ fn request_name(body: &RequestBody) -> &'static str {
         RequestBody::MintForProgram(_) => "mint-for-program",
         RequestBody::OpenPerfEvent(_) => "open-perf-event",
         RequestBody::TracepointId { .. } => "tracepoint-id",
+        RequestBody::TraceTargets => "trace-targets",
     }
 }

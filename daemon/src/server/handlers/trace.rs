@@ -5,7 +5,9 @@
 
 use bpftoken_policy::trace::TraceKind;
 use bpftoken_policy::TraceDecision;
-use bpftoken_proto::{PerfEventOpened, PerfEventRequest, RefusalCode, Response, TraceTarget, TracepointIdFile};
+use bpftoken_proto::{
+    PerfEventOpened, PerfEventRequest, RefusalCode, Response, TraceAllowance, TraceTarget, TracepointIdFile,
+};
 
 use crate::peer::PeerIdentity;
 use crate::perf::TraceError;
@@ -83,6 +85,17 @@ pub(in crate::server) fn handle_open_perf_event(
     let what = target.to_string();
     let response = Response::PerfEventOpened(PerfEventOpened { target, rule: rule.clone() });
     Ok(Reply::traced(response, Traced { fd, what, pid: req.pid, rule }))
+}
+
+/// The tracing targets the caller's matching rules name (`bpftoken query`).
+pub(in crate::server) fn handle_trace_targets(daemon: &Daemon, peer: &PeerIdentity) -> Outcome<'static> {
+    let targets = daemon
+        .policy()
+        .trace_targets(&peer.creds)
+        .into_iter()
+        .map(|t| TraceAllowance { key: t.key.to_owned(), pattern: t.pattern, rule: t.rule, denied: t.denied })
+        .collect();
+    Ok(Reply::answer(Response::TraceTargets(targets)))
 }
 
 /// A tracepoint's id and id file, if the policy names the tracepoint.
