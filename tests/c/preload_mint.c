@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-// An attack on `executables` rules (threat model row 16): code injected
+// An attack on `executables` rules (threat model row 17): code injected
 // into the allowed program with LD_PRELOAD. Its constructor runs inside
 // that program before main(): it connects to $PRELOAD_SOCKET, sends a
 // plain mint request and takes the token the answer carries, then execs

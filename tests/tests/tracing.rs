@@ -3,7 +3,7 @@
 //! event the policy names, the program attaches with BPF_LINK_CREATE and
 //! runs. Every other target is refused with the exact reason, and the
 //! kernel's own limits (no kprobe PMU on this host) are said as such, not
-//! blamed on the policy. Threat model row 17.
+//! blamed on the policy. Threat model row 19.
 
 use std::process::Command;
 

@@ -1,5 +1,5 @@
 //! bind-exe: an `executables` rule whose grants the kernel binds to the
-//! allowed program's file (issue #15; threat model row 16).
+//! allowed program's file (issue #15; threat model rows 16 to 18).
 //!
 //! The policy lets `bpftk-alice` mint only as bpftoken-probe. Where the
 //! enforcer runs:
