@@ -240,15 +240,15 @@ fn query(socket: &Path) -> ExitCode {
             for line in explanation_lines(&e) {
                 println!("{line}");
             }
+            for line in trace_lines(tracing.as_deref()) {
+                println!("{line}");
+            }
             match enforcement {
                 Some(state) => println!("enforcement: {state}"),
                 None => println!("enforcement: unknown (the daemon is too old to say)"),
             }
             for other in &other_builds {
                 println!("other build: {other}");
-            }
-            for line in trace_lines(tracing.as_deref()) {
-                println!("{line}");
             }
             if let Some(r) = &e.refusal {
                 println!("a request now would be refused: {r}");
