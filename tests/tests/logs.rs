@@ -63,7 +63,14 @@ fn a_refusal_flood_is_rate_limited_in_the_log_but_counted() {
     assert!(client.mint(&bpftoken::MintRequest::default()).is_err());
     let log = d.wait_for_log("audit lines suppressed by the rate limit");
     let lines = log.lines().filter(|l| l.contains("decision=\"refused\"")).count();
-    assert!((200..=600).contains(&lines), "{lines} refusal lines for 1,001 refusals");
+    // 50 lines a second for one uid: at least one full window and the
+    // refusal after it, at most four windows' worth on a slow machine.
+    assert!((51..=201).contains(&lines), "{lines} refusal lines for 1,001 refusals");
+    // The summaries name the uid and, with the lines, account for every refusal.
+    let summaries: Vec<&str> = log.lines().filter(|l| l.contains("audit lines suppressed by the rate limit")).collect();
+    assert!(summaries.iter().all(|l| l.contains("peer_uid=0 ")), "{summaries:?}");
+    let suppressed: usize = summaries.iter().map(|l| field(l, "suppressed").parse::<usize>().unwrap()).sum();
+    assert_eq!(lines + suppressed, 1001, "{summaries:?}");
     // Every decision still counts in the status systemd sees.
     let mut buf = vec![0u8; 4096];
     loop {
@@ -72,4 +79,64 @@ fn a_refusal_flood_is_rate_limited_in_the_log_but_counted() {
             break;
         }
     }
+}
+
+/// The value of `name=VALUE` in a text-format log line.
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let start = line.find(&format!(" {name}=")).unwrap_or_else(|| panic!("no {name} in {line}")) + name.len() + 2;
+    line[start..].split(' ').next().unwrap_or_default()
+}
+
+/// Flooding clients, killed when the test ends whatever happened.
+struct Flood(Vec<std::process::Child>);
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn a_refusal_flood_by_one_uid_does_not_hide_another_uids_grants() {
+    let Some(env) = setup("a_refusal_flood_by_one_uid_does_not_hide_another_uids_grants") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let (eve, alice) = (user(EVE), user(ALICE));
+    let socket = d.socket.to_str().unwrap();
+    // eve has no rule: four connections ask for refusals as fast as the
+    // daemon answers, and keep asking until the test ends.
+    let mut flood = Flood(
+        (0..4)
+            .map(|_| {
+                let mut c = as_user(&eve, env.bin("bpftoken-probe"));
+                c.args(["mint-loop", socket, "100000000"]);
+                c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+                c.spawn().expect("spawn a flooding client")
+            })
+            .collect(),
+    );
+    // A summary comes only after a second of the flood over its budget, so
+    // alice mints while eve's refusals are being suppressed.
+    d.wait_for_log("audit lines suppressed by the rate limit");
+    // One client after another, so the grants are spread over the flood
+    // rather than bunched where a window starts.
+    for _ in 0..20 {
+        let o = d.bpftoken(&env, &alice, &["run", "--fd-only", "--", "true"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert!(flood.0.iter_mut().all(|c| c.try_wait().unwrap().is_none()), "the flood ended before alice's mints did");
+    // Every grant has its line (written after its answer: wait for it).
+    let granted = format!("decision=\"granted\" peer_uid={} ", alice.uid);
+    let log = d.wait_for_log_lines(&granted, 20);
+    drop(flood);
+    assert_eq!(log.lines().filter(|l| l.contains(&granted)).count(), 20);
+    // eve's lines were suppressed, and the summary says they were hers.
+    let eves = format!("peer_uid={} ", eve.uid);
+    assert!(
+        log.lines().any(|l| l.contains("audit lines suppressed by the rate limit") && l.contains(&eves)),
+        "no summary names uid {}",
+        eve.uid
+    );
 }
