@@ -107,10 +107,16 @@ enum Command {
     },
     /// Show what the policy grants you right now, and which rules say so.
     /// Mints nothing.
-    Query,
+    Query {
+        #[command(flatten)]
+        output: JsonOutput,
+    },
     /// List your leases (root: everyone's): every grant is one. CMD of
     /// `bpftoken run` finds its own in BPFTOKEN_LEASE.
-    Leases,
+    Leases {
+        #[command(flatten)]
+        output: JsonOutput,
+    },
     /// Revoke leases: their tokens stop working at once (the kernel
     /// refuses them with EPERM); other leases keep working.
     ///
@@ -145,6 +151,8 @@ enum Command {
         /// The token's fd number [default: $BPF_TOKEN_FD].
         #[arg(long, value_name = "N")]
         fd: Option<i32>,
+        #[command(flatten)]
+        output: JsonOutput,
     },
     /// Write the man pages bpftoken(1) and one per subcommand
     /// (bpftoken-run(1), ...) into DIR.
@@ -161,6 +169,15 @@ enum Command {
     /// Internal (bpftoken unshare): hold a new user namespace until stdin closes.
     #[command(hide = true, name = "userns-holder")]
     UsernsHolder,
+}
+
+/// `--json` of the reporting subcommands.
+#[derive(Debug, clap::Args)]
+struct JsonOutput {
+    /// Print one JSON document on stdout instead of text (its schema:
+    /// docs/json.md).
+    #[arg(long)]
+    json: bool,
 }
 
 /// The lease a grant asks for.
@@ -233,8 +250,25 @@ fn explanation_lines(e: &bpftoken::Explanation) -> Vec<String> {
     out
 }
 
-fn query(socket: &Path) -> ExitCode {
+/// Print `document` as JSON on stdout.
+fn print_json<T: serde::Serialize>(document: &T) -> ExitCode {
+    match bpftoken::json::to_string(document) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bpftoken: cannot write JSON: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn query(socket: &Path, json: bool) -> ExitCode {
     match Client::connect_to(socket).and_then(|mut c| c.query_enforcement_reporting()) {
+        Ok((e, enforcement, other_builds)) if json => {
+            print_json(&bpftoken::json::QueryDocument::new(&e, enforcement.as_ref(), &other_builds))
+        }
         Ok((e, enforcement, other_builds)) => {
             for line in explanation_lines(&e) {
                 println!("{line}");
@@ -274,7 +308,7 @@ fn mask_lines(d: &bpftoken::Delegation) -> Vec<String> {
         .collect()
 }
 
-fn inspect(fd: Option<i32>) -> ExitCode {
+fn inspect(fd: Option<i32>, json: bool) -> ExitCode {
     let fd = match fd.map(Ok).unwrap_or_else(|| {
         std::env::var("BPF_TOKEN_FD")
             .map_err(|_| "no --fd given and BPF_TOKEN_FD is not set".to_owned())
@@ -291,6 +325,7 @@ fn inspect(fd: Option<i32>) -> ExitCode {
         }
     };
     match bpftoken::inspect::token_masks_of(fd) {
+        Ok((masks, source)) if json => print_json(&bpftoken::json::InspectDocument::new(fd, &masks, source)),
         Ok((masks, source)) => {
             for line in mask_lines(&masks) {
                 println!("{line}");
@@ -395,8 +430,9 @@ fn lease_lines(leases: &[bpftoken::LeaseInfo]) -> Vec<String> {
     out
 }
 
-fn leases(socket: &Path) -> ExitCode {
+fn leases(socket: &Path, json: bool) -> ExitCode {
     match Client::connect_to(socket).and_then(|mut c| c.leases()) {
+        Ok(list) if json => print_json(&bpftoken::json::LeasesDocument::new(&list)),
         Ok(list) if list.is_empty() => {
             println!("no leases");
             ExitCode::SUCCESS
@@ -739,10 +775,10 @@ fn main() -> ExitCode {
         })
     };
     match cli.command {
-        Command::Query => query(&socket),
-        Command::Leases => leases(&socket),
+        Command::Query { output } => query(&socket, output.json),
+        Command::Leases { output } => leases(&socket, output.json),
         Command::Revoke { id, lease, uid, all: _ } => revoke(&socket, revoke_target(id, lease, uid)),
-        Command::Inspect { fd } => inspect(fd),
+        Command::Inspect { fd, output } => inspect(fd, output.json),
         Command::Learn { command } => learn(&socket, &command),
         Command::LearnExec { userns, command } => learn_exec(userns, &command),
         Command::UsernsHolder => match namespaces::hold_userns() {
