@@ -147,6 +147,11 @@ enum Command {
         /// container) owned by this user (name or uid).
         #[arg(long, value_name = "USER", requires = "explain")]
         userns_owner: Option<String>,
+        /// With --explain: print one JSON document on stdout instead of
+        /// text, the check's result and warnings included (its schema:
+        /// docs/json.md).
+        #[arg(long, requires = "explain")]
+        json: bool,
         /// Whether the daemon that loads this policy will have its enforcer
         /// (the BPF LSM), which `executables` and `cgroups` rules need
         /// unless they say `enforce_identity = false`: `detect` tries it on
@@ -165,6 +170,26 @@ enum Command {
         #[arg(long)]
         fd: i32,
     },
+}
+
+/// `check-policy --explain USER --json`: the check and the explanation as
+/// one JSON document.
+fn print_explain_json(
+    policy: &bpftoken_policy::Policy,
+    checked: &bpftokend::explain::CheckedPolicy,
+    caller: Result<bpftoken_policy::Peer, String>,
+) -> ExitCode {
+    let document = caller.map(|peer| bpftokend::explain::ExplainDocument::new(policy, checked, &peer));
+    match document.and_then(|d| serde_json::to_string_pretty(&d).map_err(|e| format!("cannot write JSON: {e}"))) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bpftokend: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Write the section-8 man page of `cmd` and, generated from the same
@@ -190,7 +215,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Some(Command::CheckPolicy { policy, explain, groups, exe, cgroup, userns_owner, enforcer }) => {
+        Some(Command::CheckPolicy { policy, explain, groups, exe, cgroup, userns_owner, enforcer, json }) => {
             let (names, source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
             let loaded = bpftoken_policy::load(&policy, &names).and_then(|mut p| {
                 // Probed only for a policy that has such rules.
@@ -201,6 +226,13 @@ fn main() -> ExitCode {
                     .map(|()| p)
             });
             match loaded {
+                Ok(p) if json => {
+                    let user = explain.unwrap_or_default();
+                    let caller =
+                        bpftokend::explain::resolve_caller(&user, &groups, exe, cgroup, userns_owner.as_deref());
+                    let checked = bpftokend::explain::CheckedPolicy { path: policy, names_source: source };
+                    print_explain_json(&p, &checked, caller)
+                }
                 Ok(p) => {
                     println!(
                         "{}: ok, {} allow and {} deny rule(s); names checked against {source}",
