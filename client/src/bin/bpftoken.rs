@@ -1,6 +1,7 @@
 //! `bpftoken run|unshare|learn|query|inspect|leases|revoke`: get and use BPF
-//! tokens from bpftokend, and end leases (root: anyone's). Its man pages are
-//! generated from these definitions (`bpftoken man DIR`).
+//! tokens from bpftokend, and end leases (root: anyone's). Its man pages and
+//! shell completions are generated from these definitions (`bpftoken man
+//! DIR`, `bpftoken completions SHELL DIR`).
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -158,6 +159,17 @@ enum Command {
     /// (bpftoken-run(1), ...) into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
+    /// Write SHELL's completion script for bpftoken into DIR, under the
+    /// name SHELL's completion directory expects (bash: bpftoken, zsh:
+    /// _bpftoken, fish: bpftoken.fish).
+    #[command(hide = true)]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+        /// The directory to write the script into.
+        dir: PathBuf,
+    },
     /// Internal (bpftoken learn): enter the user namespace open as fd
     /// USERNS and run CMD there.
     #[command(hide = true, name = "learn-exec")]
@@ -178,6 +190,14 @@ struct JsonOutput {
     /// docs/json.md).
     #[arg(long)]
     json: bool,
+}
+
+/// The shells `bpftoken completions` writes scripts for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// The lease a grant asks for.
@@ -765,6 +785,28 @@ fn write_man_pages(cmd: clap::Command, dir: &Path) -> std::io::Result<()> {
     write(&cmd, dir)
 }
 
+/// `cmd` (named `name`) without its hidden, internal subcommands, which
+/// clap_complete would otherwise offer: completion offers what `--help`
+/// lists.
+fn completable(cmd: &clap::Command, name: &'static str) -> clap::Command {
+    let visible: Vec<clap::Command> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned().collect();
+    clap::Command::new(name).version(env!("CARGO_PKG_VERSION")).args(cmd.get_arguments().cloned()).subcommands(visible)
+}
+
+/// Write `shell`'s completion script of `cmd` into `dir`, named as that
+/// shell's completion directory expects.
+fn write_completions(mut cmd: clap::Command, shell: CompletionShell, dir: &Path) -> std::io::Result<()> {
+    let name = cmd.get_name().to_owned();
+    let (generator, file) = match shell {
+        CompletionShell::Bash => (clap_complete::Shell::Bash, name.clone()),
+        CompletionShell::Zsh => (clap_complete::Shell::Zsh, format!("_{name}")),
+        CompletionShell::Fish => (clap_complete::Shell::Fish, format!("{name}.fish")),
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(generator, &mut cmd, name, &mut script);
+    std::fs::write(dir.join(file), script)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli.socket.clone().unwrap_or_else(bpftoken::socket_path);
@@ -791,6 +833,16 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("bpftoken: cannot write the man pages: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Completions { shell, dir } => {
+            let cmd = completable(&<Cli as clap::CommandFactory>::command(), "bpftoken");
+            match write_completions(cmd, shell, &dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bpftoken: cannot write the completions: {e}");
                     ExitCode::FAILURE
                 }
             }
