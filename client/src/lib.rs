@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod inspect;
+pub mod json;
 pub mod kernel;
 pub mod namespaces;
 pub mod supervise;

@@ -1,5 +1,5 @@
-//! `bpftokend`: the daemon's command line (run, `check-policy`, `man`) and
-//! the hidden `minter` entry point it re-executes itself as. Clients, and
+//! `bpftokend`: the daemon's command line (run, `check-policy`, `man`,
+//! `completions`) and the hidden `minter` entry point it re-executes itself as. Clients, and
 //! revoking leases, are `bpftoken`'s: the daemon does not depend on it.
 
 // No `unsafe` here: the daemon's unsafe code is in bpftokend::sys.
@@ -147,6 +147,11 @@ enum Command {
         /// container) owned by this user (name or uid).
         #[arg(long, value_name = "USER", requires = "explain")]
         userns_owner: Option<String>,
+        /// With --explain: print one JSON document on stdout instead of
+        /// text, the check's result and warnings included (its schema:
+        /// docs/json.md).
+        #[arg(long, requires = "explain")]
+        json: bool,
         /// Whether the daemon that loads this policy will have its enforcer
         /// (the BPF LSM), which `executables` and `cgroups` rules need
         /// unless they say `enforce_identity = false`: `detect` tries it on
@@ -159,12 +164,73 @@ enum Command {
     /// (bpftokend-check-policy(8), ...) into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
+    /// Write SHELL's completion script for bpftokend into DIR, under the
+    /// name SHELL's completion directory expects (bash: bpftokend, zsh:
+    /// _bpftokend, fish: bpftokend.fish).
+    #[command(hide = true)]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+        /// The directory to write the script into.
+        dir: PathBuf,
+    },
     /// Internal: the minter process the daemon starts.
     #[command(hide = true)]
     Minter {
         #[arg(long)]
         fd: i32,
     },
+}
+
+/// The shells `bpftokend completions` writes scripts for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `cmd` (named `name`) without its hidden, internal subcommands, which
+/// clap_complete would otherwise offer: completion offers what `--help`
+/// lists.
+fn completable(cmd: &clap::Command, name: &'static str) -> clap::Command {
+    let visible: Vec<clap::Command> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned().collect();
+    clap::Command::new(name).version(env!("CARGO_PKG_VERSION")).args(cmd.get_arguments().cloned()).subcommands(visible)
+}
+
+/// Write `shell`'s completion script of `cmd` into `dir`, named as that
+/// shell's completion directory expects.
+fn write_completions(mut cmd: clap::Command, shell: CompletionShell, dir: &std::path::Path) -> std::io::Result<()> {
+    let name = cmd.get_name().to_owned();
+    let (generator, file) = match shell {
+        CompletionShell::Bash => (clap_complete::Shell::Bash, name.clone()),
+        CompletionShell::Zsh => (clap_complete::Shell::Zsh, format!("_{name}")),
+        CompletionShell::Fish => (clap_complete::Shell::Fish, format!("{name}.fish")),
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(generator, &mut cmd, name, &mut script);
+    std::fs::write(dir.join(file), script)
+}
+
+/// `check-policy --explain USER --json`: the check and the explanation as
+/// one JSON document.
+fn print_explain_json(
+    policy: &bpftoken_policy::Policy,
+    checked: &bpftokend::explain::CheckedPolicy,
+    caller: Result<bpftoken_policy::Peer, String>,
+) -> ExitCode {
+    let document = caller.map(|peer| bpftokend::explain::ExplainDocument::new(policy, checked, &peer));
+    match document.and_then(|d| serde_json::to_string_pretty(&d).map_err(|e| format!("cannot write JSON: {e}"))) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bpftokend: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Write the section-8 man page of `cmd` and, generated from the same
@@ -190,7 +256,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Some(Command::CheckPolicy { policy, explain, groups, exe, cgroup, userns_owner, enforcer }) => {
+        Some(Command::CheckPolicy { policy, explain, groups, exe, cgroup, userns_owner, enforcer, json }) => {
             let (names, source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
             let loaded = bpftoken_policy::load(&policy, &names).and_then(|mut p| {
                 // Probed only for a policy that has such rules.
@@ -201,6 +267,13 @@ fn main() -> ExitCode {
                     .map(|()| p)
             });
             match loaded {
+                Ok(p) if json => {
+                    let user = explain.unwrap_or_default();
+                    let caller =
+                        bpftokend::explain::resolve_caller(&user, &groups, exe, cgroup, userns_owner.as_deref());
+                    let checked = bpftokend::explain::CheckedPolicy { path: policy, names_source: source };
+                    print_explain_json(&p, &checked, caller)
+                }
                 Ok(p) => {
                     println!(
                         "{}: ok, {} allow and {} deny rule(s); names checked against {source}",
@@ -240,6 +313,16 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("bpftokend: cannot write the man pages: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Completions { shell, dir }) => {
+            let cmd = completable(&<Cli as clap::CommandFactory>::command(), "bpftokend");
+            match write_completions(cmd, shell, &dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bpftokend: cannot write the completions: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -9,6 +9,9 @@
 //!   `docs/FILE.md, "Heading"` names an existing heading;
 //! - README.md stays a front page (at most 200 lines): details live in
 //!   docs/ and the man pages.
+//! - `bpftoken completions SHELL DIR` and `bpftokend completions SHELL DIR`
+//!   write bash, zsh and fish scripts, generated from the same definitions,
+//!   that offer every visible subcommand and no internal one.
 //!
 //! Needs no root; outside CI a binary not built yet skips the man-page
 //! test with a printed reason, with `CI=true` it fails.
@@ -149,6 +152,38 @@ fn every_subcommand_has_a_man_page_that_describes_it() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     renders_cleanly(&repo().join("docs/bpftokend.policy.5"), "bpftokend.policy");
+}
+
+#[test]
+fn completions_offer_every_visible_subcommand() {
+    let test = "completions_offer_every_visible_subcommand";
+    // The scripts' names, as each shell's completion directory expects.
+    let files = |name: &str| [("bash", name.to_owned()), ("zsh", format!("_{name}")), ("fish", format!("{name}.fish"))];
+    for (name, internal) in [("bpftoken", &["learn-exec", "userns-holder"][..]), ("bpftokend", &[][..])] {
+        let Some(bin) = built(test, name) else { return };
+        let subcommands = listed_subcommands(&bin);
+        assert!(!subcommands.is_empty(), "{name} --help lists no subcommand");
+        let dir = std::env::temp_dir().join(format!("bpftoken-completions-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the completion directory");
+        for (shell, file) in files(name) {
+            let o = output({
+                let mut c = Command::new(&bin);
+                c.args(["completions", shell]).arg(&dir);
+                c
+            });
+            assert!(o.status.success(), "{name} completions {shell}: {}", stderr(&o));
+            let script = std::fs::read_to_string(dir.join(&file))
+                .unwrap_or_else(|e| panic!("{name} completions {shell} wrote no {file}: {e}"));
+            for sub in &subcommands {
+                assert!(script.contains(sub.as_str()), "{file} does not offer `{name} {sub}`");
+            }
+            for hidden in internal {
+                assert!(!script.contains(hidden), "{file} offers the internal `{name} {hidden}`");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// GitHub's anchor of a heading: lower case, punctuation dropped, spaces

@@ -1,6 +1,7 @@
 //! `bpftoken run|unshare|learn|query|inspect|leases|revoke`: get and use BPF
-//! tokens from bpftokend, and end leases (root: anyone's). Its man pages are
-//! generated from these definitions (`bpftoken man DIR`).
+//! tokens from bpftokend, and end leases (root: anyone's). Its man pages and
+//! shell completions are generated from these definitions (`bpftoken man
+//! DIR`, `bpftoken completions SHELL DIR`).
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -107,10 +108,16 @@ enum Command {
     },
     /// Show what the policy grants you right now, and which rules say so.
     /// Mints nothing.
-    Query,
+    Query {
+        #[command(flatten)]
+        output: JsonOutput,
+    },
     /// List your leases (root: everyone's): every grant is one. CMD of
     /// `bpftoken run` finds its own in BPFTOKEN_LEASE.
-    Leases,
+    Leases {
+        #[command(flatten)]
+        output: JsonOutput,
+    },
     /// Revoke leases: their tokens stop working at once (the kernel
     /// refuses them with EPERM); other leases keep working.
     ///
@@ -145,11 +152,24 @@ enum Command {
         /// The token's fd number [default: $BPF_TOKEN_FD].
         #[arg(long, value_name = "N")]
         fd: Option<i32>,
+        #[command(flatten)]
+        output: JsonOutput,
     },
     /// Write the man pages bpftoken(1) and one per subcommand
     /// (bpftoken-run(1), ...) into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
+    /// Write SHELL's completion script for bpftoken into DIR, under the
+    /// name SHELL's completion directory expects (bash: bpftoken, zsh:
+    /// _bpftoken, fish: bpftoken.fish).
+    #[command(hide = true)]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+        /// The directory to write the script into.
+        dir: PathBuf,
+    },
     /// Internal (bpftoken learn): enter the user namespace open as fd
     /// USERNS and run CMD there.
     #[command(hide = true, name = "learn-exec")]
@@ -161,6 +181,23 @@ enum Command {
     /// Internal (bpftoken unshare): hold a new user namespace until stdin closes.
     #[command(hide = true, name = "userns-holder")]
     UsernsHolder,
+}
+
+/// `--json` of the reporting subcommands.
+#[derive(Debug, clap::Args)]
+struct JsonOutput {
+    /// Print one JSON document on stdout instead of text (its schema:
+    /// docs/json.md).
+    #[arg(long)]
+    json: bool,
+}
+
+/// The shells `bpftoken completions` writes scripts for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// The lease a grant asks for.
@@ -233,9 +270,26 @@ fn explanation_lines(e: &bpftoken::Explanation) -> Vec<String> {
     out
 }
 
-fn query(socket: &Path) -> ExitCode {
+/// Print `document` as JSON on stdout.
+fn print_json<T: serde::Serialize>(document: &T) -> ExitCode {
+    match bpftoken::json::to_string(document) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bpftoken: cannot write JSON: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn query(socket: &Path, json: bool) -> ExitCode {
     let asked = Client::connect_to(socket).and_then(|mut c| Ok((c.query_enforcement_reporting()?, c.trace_targets()?)));
     match asked {
+        Ok(((e, enforcement, other_builds), _)) if json => {
+            print_json(&bpftoken::json::QueryDocument::new(&e, enforcement.as_ref(), &other_builds))
+        }
         Ok(((e, enforcement, other_builds), tracing)) => {
             for line in explanation_lines(&e) {
                 println!("{line}");
@@ -295,7 +349,7 @@ fn mask_lines(d: &bpftoken::Delegation) -> Vec<String> {
         .collect()
 }
 
-fn inspect(fd: Option<i32>) -> ExitCode {
+fn inspect(fd: Option<i32>, json: bool) -> ExitCode {
     let fd = match fd.map(Ok).unwrap_or_else(|| {
         std::env::var("BPF_TOKEN_FD")
             .map_err(|_| "no --fd given and BPF_TOKEN_FD is not set".to_owned())
@@ -312,6 +366,7 @@ fn inspect(fd: Option<i32>) -> ExitCode {
         }
     };
     match bpftoken::inspect::token_masks_of(fd) {
+        Ok((masks, source)) if json => print_json(&bpftoken::json::InspectDocument::new(fd, &masks, source)),
         Ok((masks, source)) => {
             for line in mask_lines(&masks) {
                 println!("{line}");
@@ -416,8 +471,9 @@ fn lease_lines(leases: &[bpftoken::LeaseInfo]) -> Vec<String> {
     out
 }
 
-fn leases(socket: &Path) -> ExitCode {
+fn leases(socket: &Path, json: bool) -> ExitCode {
     match Client::connect_to(socket).and_then(|mut c| c.leases()) {
+        Ok(list) if json => print_json(&bpftoken::json::LeasesDocument::new(&list)),
         Ok(list) if list.is_empty() => {
             println!("no leases");
             ExitCode::SUCCESS
@@ -750,6 +806,28 @@ fn write_man_pages(cmd: clap::Command, dir: &Path) -> std::io::Result<()> {
     write(&cmd, dir)
 }
 
+/// `cmd` (named `name`) without its hidden, internal subcommands, which
+/// clap_complete would otherwise offer: completion offers what `--help`
+/// lists.
+fn completable(cmd: &clap::Command, name: &'static str) -> clap::Command {
+    let visible: Vec<clap::Command> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned().collect();
+    clap::Command::new(name).version(env!("CARGO_PKG_VERSION")).args(cmd.get_arguments().cloned()).subcommands(visible)
+}
+
+/// Write `shell`'s completion script of `cmd` into `dir`, named as that
+/// shell's completion directory expects.
+fn write_completions(mut cmd: clap::Command, shell: CompletionShell, dir: &Path) -> std::io::Result<()> {
+    let name = cmd.get_name().to_owned();
+    let (generator, file) = match shell {
+        CompletionShell::Bash => (clap_complete::Shell::Bash, name.clone()),
+        CompletionShell::Zsh => (clap_complete::Shell::Zsh, format!("_{name}")),
+        CompletionShell::Fish => (clap_complete::Shell::Fish, format!("{name}.fish")),
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(generator, &mut cmd, name, &mut script);
+    std::fs::write(dir.join(file), script)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli.socket.clone().unwrap_or_else(bpftoken::socket_path);
@@ -760,10 +838,10 @@ fn main() -> ExitCode {
         })
     };
     match cli.command {
-        Command::Query => query(&socket),
-        Command::Leases => leases(&socket),
+        Command::Query { output } => query(&socket, output.json),
+        Command::Leases { output } => leases(&socket, output.json),
         Command::Revoke { id, lease, uid, all: _ } => revoke(&socket, revoke_target(id, lease, uid)),
-        Command::Inspect { fd } => inspect(fd),
+        Command::Inspect { fd, output } => inspect(fd, output.json),
         Command::Learn { command } => learn(&socket, &command),
         Command::LearnExec { userns, command } => learn_exec(userns, &command),
         Command::UsernsHolder => match namespaces::hold_userns() {
@@ -776,6 +854,16 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("bpftoken: cannot write the man pages: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Completions { shell, dir } => {
+            let cmd = completable(&<Cli as clap::CommandFactory>::command(), "bpftoken");
+            match write_completions(cmd, shell, &dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bpftoken: cannot write the completions: {e}");
                     ExitCode::FAILURE
                 }
             }
