@@ -321,14 +321,11 @@ fn query(socket: &Path, json: bool) -> ExitCode {
     }
 }
 
-/// What `bpftoken query` says of tracing targets (docs/tracing.md).
+/// What `bpftoken query` says of tracing targets (docs/tracing.md): a
+/// line per pattern the caller's rules name; nothing when they name none
+/// (or the daemon is too old to say), as before tracing existed.
 fn trace_lines(targets: Option<&[bpftoken::TraceAllowance]>) -> Vec<String> {
-    let Some(targets) = targets else {
-        return vec!["tracing: unknown (the daemon is too old to say)".to_owned()];
-    };
-    if targets.is_empty() {
-        return vec!["tracing: no tracepoints, kprobes or uprobes (perf events for attaching need them)".to_owned()];
-    }
+    let targets = targets.unwrap_or_default();
     targets
         .iter()
         .map(|t| {
