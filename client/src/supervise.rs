@@ -313,6 +313,8 @@ pub fn run(client: Client, mut cmd: std::process::Command, program: &OsString) -
     };
     drop(theirs);
     let listener = receive_listener(&ours).map_err(SuperviseError::Start)?;
+    // Best effort: before Linux 6.6 each notification just costs more.
+    let _ = sys::notif_sync_wake_up(listener.as_fd());
     // Terminal signals reach CMD too (same process group); the supervisor
     // stays to answer it until it is done.
     ignore_terminal_signals();

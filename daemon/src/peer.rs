@@ -52,10 +52,10 @@ pub struct PeerIdentity {
     /// `creds.exe` is the program the client is about to run
     /// ([`PeerIdentity::with_program`]), not one it runs.
     pub exe_declared: bool,
-    /// The pidfd of the process that sent the request, kept so that the
-    /// audit event can name its executable and cgroup where no rule
-    /// needed them read for the decision.
-    pub sender: Option<Arc<OwnedFd>>,
+    /// The pidfd of the process that sent the request and its pid, kept so
+    /// that the audit event can name its executable and cgroup where no
+    /// rule needed them read for the decision.
+    pub sender: Option<(Arc<OwnedFd>, i32)>,
 }
 
 /// Which pid-based facts a request needs read (the policy's rules say).
@@ -80,14 +80,16 @@ impl PeerIdentity {
     /// The peer's executable path for logs (escaped by the caller): as
     /// matched, else read now from the sender (a log line only).
     pub fn exe_display(&self) -> String {
-        let read =
-            || self.sender.as_ref().and_then(|s| through_pidfd(s.as_fd(), |p| std::fs::read_link(format!("{p}/exe"))));
+        let read = || {
+            let (pidfd, pid) = self.sender.as_ref()?;
+            through_pidfd(pidfd.as_fd(), *pid, |p| std::fs::read_link(format!("{p}/exe")))
+        };
         self.creds.exe.clone().or_else(read).map_or_else(|| "?".to_owned(), |p| p.to_string_lossy().into_owned())
     }
 
     /// The peer's cgroup for logs: as matched, else read now.
     pub fn cgroup_display(&self) -> String {
-        let read = || self.sender.as_ref().and_then(|s| cgroup_of(s.as_fd()));
+        let read = || self.sender.as_ref().and_then(|(pidfd, pid)| cgroup_of(pidfd.as_fd(), *pid));
         self.creds.cgroup.clone().or_else(read).unwrap_or_else(|| "?".to_owned())
     }
 }
@@ -120,21 +122,20 @@ impl PeerIdentity {
     /// from two processes) they stay unknown and match no rule.
     pub fn for_request(&self, sender: Option<&Arc<OwnedFd>>, needs: Needs) -> PeerIdentity {
         let mut peer = self.clone();
-        let Some(sender) = sender else {
+        // A sender that has exited (pid -1 or 0) is known by nothing else.
+        let Some((sender, pid)) = sender.and_then(|s| Some((s, pidfd_pid(s.as_fd()).filter(|p| *p > 0)?))) else {
             return peer;
         };
-        peer.sender = Some(sender.clone());
-        if let Some(pid) = pidfd_pid(sender.as_fd()).filter(|p| *p > 0) {
-            peer.pid = pid;
-        }
+        peer.sender = Some((sender.clone(), pid));
+        peer.pid = pid;
         if needs.exe {
-            if let Some((path, id)) = exe_of(sender.as_fd()) {
+            if let Some((path, id)) = exe_of(sender.as_fd(), pid) {
                 peer.creds.exe = Some(path);
                 peer.exe_id = Some(id);
             }
         }
         if needs.cgroup {
-            peer.creds.cgroup = cgroup_of(sender.as_fd());
+            peer.creds.cgroup = cgroup_of(sender.as_fd(), pid);
         }
         peer
     }
@@ -167,19 +168,31 @@ impl PeerIdentity {
 }
 
 /// The pid a pidfd refers to, in our pid namespace (0 if not visible,
-/// -1 once the process has exited).
+/// -1 once the process has exited): one `PIDFD_GET_INFO` ioctl, or its
+/// fdinfo before Linux 6.13.
 fn pidfd_pid(pidfd: BorrowedFd<'_>) -> Option<i32> {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
-    info.lines().find_map(|l| l.strip_prefix("Pid:")).and_then(|p| p.trim().parse().ok())
+    match sys::pidfd_info_pid(pidfd) {
+        Ok(pid) => Some(pid),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Some(-1),
+        Err(_) => {
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+            info.lines().find_map(|l| l.strip_prefix("Pid:")).and_then(|p| p.trim().parse().ok())
+        }
+    }
 }
 
-/// Read `/proc/PID/<what>` for the process behind `pidfd`: the pid is read
-/// from the pidfd, the file read, and the pidfd checked again; if the
+/// Read `/proc/PID/<what>` for the process behind `pidfd`, whose pid is
+/// `pid` (read from the pidfd), and check the pidfd again after: if the
 /// process is still alive, the pid was not recycled in between.
-fn through_pidfd<T>(pidfd: BorrowedFd<'_>, read: impl FnOnce(&str) -> std::io::Result<T>) -> Option<T> {
-    let pid = pidfd_pid(pidfd).filter(|p| *p > 0)?;
+fn through_pidfd<T>(pidfd: BorrowedFd<'_>, pid: i32, read: impl FnOnce(&str) -> std::io::Result<T>) -> Option<T> {
     let value = read(&format!("/proc/{pid}")).ok()?;
     sys::pidfd_alive(pidfd).then_some(value)
+}
+
+/// [`through_pidfd`] reading the pid from the pidfd first.
+fn through_own_pidfd<T>(pidfd: BorrowedFd<'_>, read: impl FnOnce(&str) -> std::io::Result<T>) -> Option<T> {
+    let pid = pidfd_pid(pidfd).filter(|p| *p > 0)?;
+    through_pidfd(pidfd, pid, read)
 }
 
 /// The executable of the process behind `pidfd`: a host path and the
@@ -187,8 +200,8 @@ fn through_pidfd<T>(pidfd: BorrowedFd<'_>, read: impl FnOnce(&str) -> std::io::R
 /// process runs. A deleted or replaced binary ("PATH (deleted)"), or one
 /// reached through another mount namespace where the host has something
 /// else at that path, gives `None` and so matches no rule.
-fn exe_of(pidfd: BorrowedFd<'_>) -> Option<(PathBuf, ExeId)> {
-    let (path, running) = through_pidfd(pidfd, |proc| {
+fn exe_of(pidfd: BorrowedFd<'_>, pid: i32) -> Option<(PathBuf, ExeId)> {
+    let (path, running) = through_pidfd(pidfd, pid, |proc| {
         let link = format!("{proc}/exe");
         Ok((std::fs::read_link(&link)?, std::fs::metadata(&link)?))
     })?;
@@ -197,9 +210,16 @@ fn exe_of(pidfd: BorrowedFd<'_>) -> Option<(PathBuf, ExeId)> {
     same.then(|| (path, ExeId::from_stat(running.dev(), running.ino())))
 }
 
-/// cgroup v2 path of the process behind `pidfd` (the `0::` line).
-fn cgroup_of(pidfd: BorrowedFd<'_>) -> Option<String> {
-    let text = through_pidfd(pidfd, |proc| std::fs::read_to_string(format!("{proc}/cgroup")))?;
+/// cgroup v2 path of the process behind `pidfd` (the `0::` line), read
+/// with one `read` (the file is a few lines; a cgroup path is at most a
+/// page).
+fn cgroup_of(pidfd: BorrowedFd<'_>, pid: i32) -> Option<String> {
+    let text = through_pidfd(pidfd, pid, |proc| {
+        let mut buf = vec![0u8; 4096];
+        let n = std::io::Read::read(&mut std::fs::File::open(format!("{proc}/cgroup"))?, &mut buf)?;
+        buf.truncate(n);
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    })?;
     text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned)
 }
 
@@ -211,7 +231,7 @@ fn own_userns() -> Option<(u64, u64)> {
 fn userns_of(pidfd: BorrowedFd<'_>) -> (PeerUserns, Option<std::os::fd::OwnedFd>) {
     // PIDFD_GET_USER_NAMESPACE (6.11+); before that, /proc through the pidfd.
     let ns = sys::pidfd_user_namespace(pidfd).ok().or_else(|| {
-        through_pidfd(pidfd, |proc| {
+        through_own_pidfd(pidfd, |proc| {
             rustix::fs::open(
                 format!("{proc}/ns/user"),
                 rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,

@@ -37,8 +37,8 @@ pub use mint_child::{
     MINT_CHILD_TIMEOUT,
 };
 pub use peer::{
-    ns_owner_uid, ns_type, pass_sender_pidfds, peer_groups, peer_pidfd, pidfd_alive, pidfd_user_namespace,
-    unread_by_peer,
+    ns_owner_uid, ns_type, pass_sender_pidfds, peer_groups, peer_pidfd, pidfd_alive, pidfd_info_pid,
+    pidfd_user_namespace, unread_by_peer,
 };
 pub use perf::{perf_event_open, PerfAttr};
 pub use process::{
