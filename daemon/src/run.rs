@@ -57,6 +57,8 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     }
     // Taken first: the fds and variables are ours alone.
     let activated = crate::systemd::activated_listener()?;
+    // Nothing inherited (but stdio) reaches the minters we exec.
+    crate::sys::cloexec_from_3().map_err(StartError::Runtime)?;
     if opts.exit_idle.is_some() && activated.is_none() {
         return Err(StartError::ExitIdleWithoutActivation);
     }

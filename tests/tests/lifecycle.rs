@@ -255,3 +255,48 @@ fn killing_helpers_and_the_minter_mid_mint_gives_typed_errors() {
     let helpers: Vec<u32> = replaced.iter().flat_map(|m| children(*m)).collect();
     assert_eq!(helpers, Vec::<u32>::new(), "a helper outlived its mint");
 }
+
+/// Issue #18: an fd the daemon inherited without close-on-exec (here fd 9,
+/// opened by the shell that starts it) never reaches the minters it execs.
+#[test]
+fn fds_the_daemon_inherited_do_not_reach_its_minters() {
+    let Some(env) = setup("fds_the_daemon_inherited_do_not_reach_its_minters") else { return };
+    let dir = scratch_dir("inherited-fd");
+    let (socket, policy) = (dir.join("socket"), dir.join("policy.toml"));
+    write_policy(&policy, POLICY);
+    let marker = dir.join("inherited-marker");
+    std::fs::write(&marker, b"").unwrap();
+    let script = format!(
+        "exec 9<{} && exec {} --socket {} --policy {}",
+        marker.display(),
+        env.bin("bpftokend").display(),
+        socket.display(),
+        policy.display()
+    );
+    let mut daemon = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "the daemon did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The daemon still holds it (close-on-exec now); its minters do not.
+    let holds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.flatten().any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == marker)))
+            .unwrap_or(false)
+    };
+    let minters = children(daemon.id());
+    let leaked: Vec<u32> = minters.iter().copied().filter(|m| holds(*m)).collect();
+    let daemon_holds = holds(daemon.id());
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(daemon_holds, "the daemon should still hold what it inherited");
+    assert!(!minters.is_empty(), "no minter found");
+    assert!(leaked.is_empty(), "minters {leaked:?} inherited the daemon's fd 9");
+}

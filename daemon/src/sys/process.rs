@@ -95,6 +95,19 @@ pub fn close_all_fds_except(keep: &[BorrowedFd<'_>]) -> io::Result<()> {
     Ok(())
 }
 
+/// Mark every fd from 3 up close-on-exec (`close_range` with
+/// `CLOSE_RANGE_CLOEXEC`, Linux 5.11): whatever the daemon inherited from
+/// whoever started it is never handed on to the minters it execs (each
+/// minter's own socket is made inheritable explicitly).
+pub fn cloexec_from_3() -> io::Result<()> {
+    /// `CLOSE_RANGE_CLOEXEC`.
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+    // SAFETY: close_range with CLOEXEC only sets a flag on fds; nothing is
+    // closed.
+    cvt(unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) })?;
+    Ok(())
+}
+
 /// Give the heap's free memory back to the kernel: glibc's malloc keeps
 /// what a burst of connections freed, so the daemon's RSS would stay at
 /// the burst's peak.
