@@ -156,6 +156,14 @@ fn tracing_targets_outside_the_policy_or_the_kernel_are_refused_exactly() {
             alice.uid
         )
     );
+    // A pid narrows only a uprobe.
+    assert_eq!(
+        probe("tracepoint", &format!("{TRACEPOINT}@1")),
+        format!(
+            "refused: a pid narrows only a uprobe; the tracepoint {TRACEPOINT} event is opened for every process \
+             (malformed_request)"
+        )
+    );
     // A uprobe on one process: only on the caller's own.
     let bin = env.bin("bpftoken-probe").display().to_string();
     assert_eq!(

@@ -26,6 +26,8 @@
 //! bpftoken-probe attach-kprobe SOCKET SYMBOL COUNT
 //!                                             the same for a kprobe program on SYMBOL, triggered by
 //!                                             COUNT opens of /dev/null (for do_sys_openat2)
+//! bpftoken-probe mint-for SOCKET PROGRAM      a lease for PROGRAM (MintForProgram, as bpftoken run
+//!                                             sends it, but with any path); print `minted` or the refusal
 //! bpftoken-probe open-perf SOCKET KIND TARGET  ask for a perf event: KIND tracepoint (CAT:NAME),
 //!                                             kprobe/kretprobe (SYMBOL), uprobe (PATH[:OFFSET][@PID]);
 //!                                             print `opened` or the refusal
@@ -624,6 +626,17 @@ fn run(args: &[String]) -> Result<(), String> {
             let target = bpftoken::TraceTarget::Kprobe { symbol: symbol.clone(), offset: 0, retprobe: false };
             // BPF_PROG_TYPE_KPROBE, triggered by opens (do_sys_openat2).
             attach_and_count(&mut client, 2, &target, count, || drop(std::fs::File::open("/dev/null")))
+        }
+        Some("mint-for") => {
+            let usage = "mint-for SOCKET PROGRAM";
+            let path = args.get(1).ok_or(usage)?;
+            let program = args.get(2).ok_or(usage)?;
+            let mut client = Client::connect_to(std::path::Path::new(path)).map_err(|e| e.to_string())?;
+            match client.mint_leased_for_program(&MintRequest::default(), None, Some(program)) {
+                Ok(_) => println!("minted"),
+                Err(e) => println!("{e}"),
+            }
+            Ok(())
         }
         Some("open-perf") => {
             let usage = "open-perf SOCKET KIND TARGET";

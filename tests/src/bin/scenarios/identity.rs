@@ -118,6 +118,26 @@ fn scenario(bins: &Path, dir: &Path, alice: &User, enforcing: bool) -> Result<(O
     } else {
         problems.push(format!("{PRELOAD} is missing"));
     }
+    // A program the daemon cannot bind to: each refusal's exact text.
+    let long = format!("/{}", "a".repeat(4096));
+    for (program, want) in [
+        ("bpftoken-probe", "refused: the program \"bpftoken-probe\" is not an absolute path (bad_program)".to_owned()),
+        (
+            "/nonexistent/program",
+            "refused: the program \"/nonexistent/program\" cannot be opened on the host: No such file or directory \
+             (os error 2) (bad_program)"
+                .to_owned(),
+        ),
+        ("/tmp", "refused: the program \"/tmp\" is not a regular file (bad_program)".to_owned()),
+        (long.as_str(), "refused: a program path is at most 4096 bytes (malformed_request)".to_owned()),
+    ] {
+        let mut c = as_user(alice, &probe);
+        c.arg("mint-for").arg(&socket).arg(program);
+        let o = run(c);
+        if o.stdout.trim() != want {
+            problems.push(format!("mint-for {:.40}: {}", program, o.describe()));
+        }
+    }
     drop(daemon);
     let _ = Command::new("rm").arg("-f").arg(&copy).status();
     Ok(if problems.is_empty() {
