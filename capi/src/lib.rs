@@ -5,6 +5,9 @@
 //! structs), and it never lets a panic cross into C.
 #![deny(unsafe_code)]
 
-mod ffi;
+/// The `extern "C"` functions themselves (public for the benchmark, which
+/// calls them as C does; C callers use the header).
+#[doc(hidden)]
+pub mod ffi;
 pub mod mint;
 pub mod trace;

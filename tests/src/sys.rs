@@ -198,3 +198,27 @@ pub fn try_hijack(pid: i32) -> (bool, bool) {
     let denied = read < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
     (seized, !denied && read >= 0)
 }
+
+/// `bpftoken_mint()` of the C ABI, called exactly as a C program calls it
+/// (default request, the daemon at `socket`): the token, or the negative
+/// errno it returned.
+pub fn capi_mint(socket: &std::ffi::CStr) -> Result<OwnedFd, i32> {
+    let req = capi::ffi::bpftoken_request {
+        sz: std::mem::size_of::<capi::ffi::bpftoken_request>(),
+        cmds: 0,
+        maps: 0,
+        progs: 0,
+        attachs: 0,
+        flags: 0,
+        reserved: 0,
+        socket_path: socket.as_ptr(),
+    };
+    // SAFETY: `req` is a whole request valid for the call; `out` may be
+    // NULL (bpftoken.h).
+    let fd = unsafe { capi::ffi::bpftoken_mint(&raw const req, std::ptr::null_mut()) };
+    if fd < 0 {
+        return Err(fd);
+    }
+    // SAFETY: a non-negative return is a new fd the caller owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
