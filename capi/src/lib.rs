@@ -5,9 +5,6 @@
 //! structs), and it never lets a panic cross into C.
 #![deny(unsafe_code)]
 
-/// The `extern "C"` functions themselves (public for the benchmark, which
-/// calls them as C does; C callers use the header).
-#[doc(hidden)]
-pub mod ffi;
+mod ffi;
 pub mod mint;
 pub mod trace;

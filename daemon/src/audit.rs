@@ -201,8 +201,9 @@ fn exe(peer: &PeerIdentity) -> String {
     format!("{:?}", peer.exe_display())
 }
 
+/// `-` where no rule looks at cgroups (not read for the log alone).
 fn cgroup(peer: &PeerIdentity) -> String {
-    format!("{:?}", peer.cgroup_display())
+    peer.cgroup_display().map_or_else(|| "-".to_owned(), |c| format!("{c:?}"))
 }
 
 /// A token was handed out.

@@ -27,7 +27,8 @@ struct Cli {
     /// Cached scopes (user namespace + delegated bpffs) per client uid.
     #[arg(long, default_value_t = ScopeLimits::default().per_uid)]
     scopes_per_uid: usize,
-    /// Cached scopes in total.
+    /// Cached scopes in total (lowered to fit the fd limit, as
+    /// --max-connections).
     #[arg(long, default_value_t = ScopeLimits::default().global)]
     scopes_max: usize,
     /// Seconds after which an unused scope is dropped.
@@ -43,6 +44,8 @@ struct Cli {
     #[arg(long, value_name = "MS", default_value_t = bpftokend::server::READ_TIMEOUT.as_millis() as u64)]
     read_timeout_ms: u64,
     /// Most connections at once; beyond it clients get a `busy` refusal.
+    /// Lowered to fit the fd limit (each connection counts 5 fds, each
+    /// cached scope 3 and its spare tokens).
     #[arg(long, value_name = "N", default_value_t = ConnLimits::default().global)]
     max_connections: usize,
     /// Most connections at once per uid.

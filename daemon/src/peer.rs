@@ -1,12 +1,13 @@
 //! Who is at the other end of a connection, as the kernel says. Never
 //! anything the peer says about itself.
 //!
-//! At accept: uid, gid and groups (`SO_PEERCRED`, `SO_PEERGROUPS`) and the
-//! user namespace of the process that connected (through its pidfd). Per
-//! request, and only when the policy has a rule that looks at them: the
-//! executable and cgroup of the process that *sent* the request (the
-//! `SCM_PIDFD` of its bytes), so a socket handed to another program
-//! speaks for that program. An executable is only ever named by a host
+//! At accept, only what the socket itself says: uid, gid and groups
+//! (`SO_PEERCRED`, `SO_PEERGROUPS`), enough to admit the connection or
+//! refuse it (`busy`) before any other work. Per request, from the process
+//! that *sent* it (the `SCM_PIDFD` of its bytes, so a socket handed to
+//! another program speaks for that program): its pid and user namespace,
+//! and, only when the policy has a rule that looks at them, its executable
+//! and cgroup. An executable is only ever named by a host
 //! path that leads to the very file the process runs (device and inode);
 //! the enforcer binds grants to that file (docs/enforcement.md).
 
@@ -87,28 +88,33 @@ impl PeerIdentity {
         self.creds.exe.clone().or_else(read).map_or_else(|| "?".to_owned(), |p| p.to_string_lossy().into_owned())
     }
 
-    /// The peer's cgroup for logs: as matched, else read now.
-    pub fn cgroup_display(&self) -> String {
-        let read = || self.sender.as_ref().and_then(|(pidfd, pid)| cgroup_of(pidfd.as_fd(), *pid));
-        self.creds.cgroup.clone().or_else(read).unwrap_or_else(|| "?".to_owned())
+    /// The peer's cgroup for logs, as read for the decision; `None` where
+    /// no rule looks at cgroups (it is not read just for the log: one
+    /// open, read and close per request, docs/operation.md, "Audit
+    /// events").
+    pub fn cgroup_display(&self) -> Option<&str> {
+        self.creds.cgroup.as_deref()
     }
 }
 
-/// Identify the peer of a connected Unix stream socket.
+/// Identify the peer of a connected Unix stream socket: what the socket
+/// says at accept (two `getsockopt`s). Its user namespace, pid and the
+/// rest are the sender's, per request ([`PeerIdentity::for_request`]).
 pub fn identify(sock: BorrowedFd<'_>) -> std::io::Result<PeerIdentity> {
     let cred = rustix::net::sockopt::socket_peercred(sock)?;
     let groups = sys::peer_groups(sock)?;
-    let pidfd = sys::peer_pidfd(sock).ok();
-    let (userns, userns_fd) = pidfd.as_ref().map_or((PeerUserns::Unknown, None), |fd| userns_of(fd.as_fd()));
-    let userns_owner = match userns {
-        PeerUserns::Nested { owner_uid, .. } => Some(owner_uid),
-        PeerUserns::Ours | PeerUserns::Unknown => None,
-    };
     Ok(PeerIdentity {
-        creds: Peer { uid: cred.uid.as_raw(), gid: cred.gid.as_raw(), groups, exe: None, cgroup: None, userns_owner },
+        creds: Peer {
+            uid: cred.uid.as_raw(),
+            gid: cred.gid.as_raw(),
+            groups,
+            exe: None,
+            cgroup: None,
+            userns_owner: None,
+        },
         pid: cred.pid.as_raw_nonzero().get(),
-        userns,
-        userns_fd: userns_fd.map(Arc::new),
+        userns: PeerUserns::Unknown,
+        userns_fd: None,
         exe_id: None,
         exe_declared: false,
         sender: None,
@@ -117,15 +123,26 @@ pub fn identify(sock: BorrowedFd<'_>) -> std::io::Result<PeerIdentity> {
 
 impl PeerIdentity {
     /// This connection's identity for one request sent by `sender` (a
-    /// pidfd from `SCM_PIDFD`): its pid, and what `needs` asks for read
-    /// from that process. Without a sender (a request whose bytes came
-    /// from two processes) they stay unknown and match no rule.
-    pub fn for_request(&self, sender: Option<&Arc<OwnedFd>>, needs: Needs) -> PeerIdentity {
+    /// pidfd from `SCM_PIDFD`): its pid and user namespace, and what
+    /// `needs` asks for read from that process. Without a sender (a
+    /// request whose bytes came from two processes) the user namespace is
+    /// the connecting process's (`SO_PEERPIDFD` on `sock`), and the
+    /// executable and cgroup stay unknown and match no rule.
+    pub fn for_request(&self, sock: BorrowedFd<'_>, sender: Option<&Arc<OwnedFd>>, needs: Needs) -> PeerIdentity {
         let mut peer = self.clone();
         // A sender that has exited (pid -1 or 0) is known by nothing else.
-        let Some((sender, pid)) = sender.and_then(|s| Some((s, pidfd_pid(s.as_fd()).filter(|p| *p > 0)?))) else {
-            return peer;
+        let sender = sender.and_then(|s| Some((s, pidfd_pid(s.as_fd()).filter(|p| *p > 0)?)));
+        let (userns, userns_fd) = match sender {
+            Some((pidfd, _)) => userns_of(pidfd.as_fd()),
+            None => sys::peer_pidfd(sock).ok().map_or((PeerUserns::Unknown, None), |fd| userns_of(fd.as_fd())),
         };
+        peer.userns = userns;
+        peer.userns_fd = userns_fd.map(Arc::new);
+        peer.creds.userns_owner = match userns {
+            PeerUserns::Nested { owner_uid, .. } => Some(owner_uid),
+            PeerUserns::Ours | PeerUserns::Unknown => None,
+        };
+        let Some((sender, pid)) = sender else { return peer };
         peer.sender = Some((sender.clone(), pid));
         peer.pid = pid;
         if needs.exe {

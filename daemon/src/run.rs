@@ -45,6 +45,10 @@ pub enum StartError {
     Signals(std::io::Error),
     #[error(transparent)]
     Kernel(#[from] crate::probe::ProbeError),
+    #[error(
+        "the fd limit is {limit}, too low for bpftokend: it needs at least {needed} (raise LimitNOFILE= or `ulimit -n`)"
+    )]
+    FdLimit { limit: usize, needed: usize },
     #[error("--exit-idle needs socket activation: the socket must outlive the daemon, or clients would find nobody listening")]
     ExitIdleWithoutActivation,
 }
@@ -65,7 +69,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     // Mint children share our memory and enter clients' namespaces.
     crate::sys::make_non_dumpable().map_err(StartError::Runtime)?;
     crate::probe::check()?;
-    let conns = fit_to_fd_limit(opts.conns, &opts.scopes);
+    let (conns, scopes) = fit_to_fd_limit(opts.conns, opts.scopes)?;
     let (names, names_source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
     let mut policy = bpftoken_policy::load(&opts.policy, &names)?;
     let rules = policy.rules().len() + policy.deny_rules().len();
@@ -107,7 +111,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
             return Err(StartError::Runtime(e));
         }
     };
-    let daemon = Arc::new(Daemon::new(policy, minter, ScopeCache::new(opts.scopes), conns, enforcer));
+    let daemon = Arc::new(Daemon::new(policy, minter, ScopeCache::new(scopes), conns, enforcer));
     let bound = runtime.block_on(async {
         // Signal handlers first: once the socket exists, a client (or a
         // test) may already expect SIGTERM to mean an orderly stop.
@@ -238,11 +242,23 @@ async fn report_status(daemon: Arc<Daemon>) {
     }
 }
 
-/// Raise the soft fd limit to the hard one and keep the connection caps
-/// within it (each connection holds one fd; each cached scope three and
-/// its spare tokens), so a flood of connections meets a typed `busy`
-/// refusal, not EMFILE.
-fn fit_to_fd_limit(mut conns: ConnLimits, scopes: &ScopeLimits) -> ConnLimits {
+/// Fds the daemon holds besides connections and scopes: stdio, the
+/// listener, the runtime's epoll and timers, the minters' links, the
+/// enforcer's maps and links, files read for a request.
+const FIXED_FDS: usize = 256;
+/// Fds one connection may hold at once (it answers one request at a
+/// time): its socket between requests; while one is answered also the
+/// sender's pidfd, its user namespace, the fd the request carries and the
+/// fd of the answer.
+const FDS_PER_CONNECTION: usize = 5;
+/// Fewest connections and cached scopes worth starting with.
+const MIN_CONNECTIONS: usize = 64;
+const MIN_SCOPES: usize = 16;
+
+/// Raise the soft fd limit to the hard one and fit the caps within it,
+/// so that a flood of connections meets a typed `busy` refusal, never
+/// EMFILE: see [`fit_caps`].
+fn fit_to_fd_limit(conns: ConnLimits, scopes: ScopeLimits) -> Result<(ConnLimits, ScopeLimits), StartError> {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
     let soft = match rustix::process::setrlimit(rustix::process::Resource::Nofile, raised) {
@@ -253,15 +269,50 @@ fn fit_to_fd_limit(mut conns: ConnLimits, scopes: &ScopeLimits) -> ConnLimits {
         }
     };
     let soft = soft.and_then(|n| usize::try_from(n).ok()).unwrap_or(usize::MAX);
-    // Reserve room for scopes, the minter links, mints in flight and logs.
-    let per_scope = 3 + scopes.spares;
-    let budget = soft.saturating_sub(per_scope.saturating_mul(scopes.global) + 256);
-    if conns.global > budget {
-        tracing::warn!(fd_limit = soft, "lowering the connection limit from {} to {budget}", conns.global);
-        conns.global = budget.max(16);
-        conns.per_uid = conns.per_uid.min(conns.global);
+    let (fitted_conns, fitted_scopes) = fit_caps(soft, conns, scopes)?;
+    let lowered = fitted_conns.global < conns.global || fitted_scopes.global < scopes.global;
+    // The default caps are "at most"; caps set on the command line and
+    // lowered are worth a warning.
+    let defaults =
+        conns.global == ConnLimits::default().global && scopes.global == ScopeLimits::default().global;
+    let message = format!(
+        "the fd limit {soft} allows {} connections (asked: {}) and {} cached scopes (asked: {})",
+        fitted_conns.global, conns.global, fitted_scopes.global, scopes.global
+    );
+    match (lowered, defaults) {
+        (true, false) => tracing::warn!("{message}"),
+        (true, true) => tracing::debug!("{message}"),
+        (false, _) => {}
     }
-    conns
+    Ok((fitted_conns, fitted_scopes))
+}
+
+/// The caps within `fd_limit`: every cached scope holds three fds and its
+/// spare tokens, every connection up to [`FDS_PER_CONNECTION`], the rest
+/// [`FIXED_FDS`]. Where the caps asked for do not fit, scopes get at most
+/// a quarter of what is left after the fixed part and connections the
+/// rest. Refused below [`MIN_CONNECTIONS`] or [`MIN_SCOPES`].
+fn fit_caps(
+    fd_limit: usize,
+    mut conns: ConnLimits,
+    mut scopes: ScopeLimits,
+) -> Result<(ConnLimits, ScopeLimits), StartError> {
+    let per_scope = 3 + scopes.spares;
+    let needed = FIXED_FDS + MIN_SCOPES * per_scope + MIN_CONNECTIONS * FDS_PER_CONNECTION;
+    if fd_limit < needed {
+        return Err(StartError::FdLimit { limit: fd_limit, needed });
+    }
+    let budget = fd_limit - FIXED_FDS;
+    let asked = scopes.global.saturating_mul(per_scope).saturating_add(conns.global.saturating_mul(FDS_PER_CONNECTION));
+    if asked <= budget {
+        return Ok((conns, scopes));
+    }
+    scopes.global = scopes.global.min((budget / 4) / per_scope).max(MIN_SCOPES);
+    scopes.per_uid = scopes.per_uid.min(scopes.global);
+    let left = budget - scopes.global * per_scope;
+    conns.global = conns.global.min(left / FDS_PER_CONNECTION);
+    conns.per_uid = conns.per_uid.min(conns.global);
+    Ok((conns, scopes))
 }
 
 /// Drop idle scopes now and then.
@@ -359,5 +410,36 @@ fn reload(daemon: &Daemon, path: &std::path::Path, names: &KernelNames) {
             tracing::error!(policy = %path.display(), "reload rejected, the old policy stays in force: {}", e.render());
             daemon.set_last_reload(format!("rejected ({e})"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(limit: usize) -> Result<(ConnLimits, ScopeLimits), StartError> {
+        fit_caps(limit, ConnLimits::default(), ScopeLimits::default())
+    }
+
+    #[test]
+    fn the_caps_fit_any_fd_limit_the_daemon_starts_with() {
+        for limit in [736, 1200, 1440, 4096, 65_536, 524_288, usize::MAX / 2] {
+            let (conns, scopes) = caps(limit).unwrap();
+            let used = FIXED_FDS + scopes.global * (3 + scopes.spares) + conns.global * FDS_PER_CONNECTION;
+            assert!(used <= limit, "limit {limit}: {used} fds");
+            assert!(conns.per_uid <= conns.global && scopes.per_uid <= scopes.global);
+        }
+        // Plenty: the defaults stand.
+        let (conns, scopes) = caps(524_288).unwrap();
+        assert_eq!((conns.global, conns.per_uid, scopes.global), (4096, 1024, 1024));
+    }
+
+    #[test]
+    fn too_low_an_fd_limit_is_refused_with_what_is_needed() {
+        let err = caps(700).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "the fd limit is 700, too low for bpftokend: it needs at least 736 (raise LimitNOFILE= or `ulimit -n`)"
+        );
     }
 }

@@ -311,10 +311,16 @@ fn cgroup_below(cgroup: &str, prefix: &str) -> bool {
 }
 
 impl Matcher {
-    fn matches(&self, peer: &Peer) -> bool {
+    /// The uid and gid conditions alone.
+    fn matches_ids(&self, peer: &Peer) -> bool {
         let uid_ok = self.uids.as_ref().is_none_or(|u| u.contains(peer.uid));
         let gid_ok =
             self.gids.as_ref().is_none_or(|g| g.contains(peer.gid) || peer.groups.iter().any(|x| g.contains(*x)));
+        uid_ok && gid_ok
+    }
+
+    fn matches(&self, peer: &Peer) -> bool {
+        let ids_ok = self.matches_ids(peer);
         let exe_ok = self.executables.as_ref().is_none_or(|exes| peer.exe.as_ref().is_some_and(|e| exes.contains(e)));
         let cgroup_ok = self
             .cgroups
@@ -325,7 +331,7 @@ impl Matcher {
             (Some(owners), Some(owner)) => owners.contains(owner),
             _ => false,
         };
-        uid_ok && gid_ok && exe_ok && cgroup_ok && userns_ok
+        ids_ok && exe_ok && cgroup_ok && userns_ok
     }
 }
 
@@ -354,6 +360,14 @@ impl Policy {
     /// the daemon read it.
     pub fn reads_executable(&self) -> bool {
         self.allow.iter().chain(&self.deny).any(|r| r.matcher.executables.is_some())
+    }
+
+    /// Whether some allow rule could match `peer` by its uid, gid and
+    /// groups alone (whatever its executable, cgroup and user namespace):
+    /// the daemon admits connections of uids no rule names on a short
+    /// leash (docs/operation.md, "Connections").
+    pub fn names_ids(&self, peer: &Peer) -> bool {
+        self.allow.iter().any(|r| r.matcher.matches_ids(peer))
     }
 
     /// Whether some rule looks at the caller's cgroup (`cgroups`, or

@@ -1,5 +1,6 @@
 //! Raw syscalls of the test crate (its only unsafe code): the `bpf(2)`
-//! calls the probe makes with or without a token, and `kill(-1, sig)`.
+//! calls the probe makes with or without a token, `kill(-1, sig)`, and
+//! `bpftoken_mint()` of `libbpftoken.so` loaded with `dlopen` (the bench).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -199,26 +200,69 @@ pub fn try_hijack(pid: i32) -> (bool, bool) {
     (seized, !denied && read >= 0)
 }
 
-/// `bpftoken_mint()` of the C ABI, called exactly as a C program calls it
-/// (default request, the daemon at `socket`): the token, or the negative
-/// errno it returned.
-pub fn capi_mint(socket: &std::ffi::CStr) -> Result<OwnedFd, i32> {
-    let req = capi::ffi::bpftoken_request {
-        sz: std::mem::size_of::<capi::ffi::bpftoken_request>(),
-        cmds: 0,
-        maps: 0,
-        progs: 0,
-        attachs: 0,
-        flags: 0,
-        reserved: 0,
-        socket_path: socket.as_ptr(),
-    };
-    // SAFETY: `req` is a whole request valid for the call; `out` may be
-    // NULL (bpftoken.h).
-    let fd = unsafe { capi::ffi::bpftoken_mint(&raw const req, std::ptr::null_mut()) };
-    if fd < 0 {
-        return Err(fd);
+/// `struct bpftoken_request` of `bpftoken.h`, as a C caller lays it out.
+#[repr(C)]
+struct CapiRequest {
+    sz: usize,
+    cmds: u64,
+    maps: u64,
+    progs: u64,
+    attachs: u64,
+    flags: u32,
+    reserved: u32,
+    socket_path: *const libc::c_char,
+}
+
+type CapiMint = unsafe extern "C" fn(*const CapiRequest, *mut libc::c_void) -> libc::c_int;
+
+/// `bpftoken_mint()` of `libbpftoken.so`, loaded with `dlopen` as a C
+/// program links it.
+#[derive(Debug, Clone, Copy)]
+pub struct Capi {
+    mint: CapiMint,
+}
+
+impl Capi {
+    /// Load `library` (a path to `libbpftoken.so`); it stays loaded.
+    pub fn load(library: &std::path::Path) -> Result<Capi, String> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(library.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+        // SAFETY: a NUL-terminated path; the handle is never closed, so
+        // the symbol stays valid.
+        let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW) };
+        if handle.is_null() {
+            return Err(format!("cannot load {}", library.display()));
+        }
+        // SAFETY: a valid handle and a NUL-terminated name.
+        let sym = unsafe { libc::dlsym(handle, c"bpftoken_mint".as_ptr()) };
+        if sym.is_null() {
+            return Err(format!("{} has no bpftoken_mint", library.display()));
+        }
+        // SAFETY: bpftoken.h declares bpftoken_mint with this signature.
+        let mint = unsafe { std::mem::transmute::<*mut libc::c_void, CapiMint>(sym) };
+        Ok(Capi { mint })
     }
-    // SAFETY: a non-negative return is a new fd the caller owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+
+    /// `bpftoken_mint()` with the default request for the daemon at
+    /// `socket`: the token, or the negative errno it returned.
+    pub fn mint(&self, socket: &std::ffi::CStr) -> Result<OwnedFd, i32> {
+        let req = CapiRequest {
+            sz: std::mem::size_of::<CapiRequest>(),
+            cmds: 0,
+            maps: 0,
+            progs: 0,
+            attachs: 0,
+            flags: 0,
+            reserved: 0,
+            socket_path: socket.as_ptr(),
+        };
+        // SAFETY: `req` is a whole request valid for the call; `out` may be
+        // NULL (bpftoken.h).
+        let fd = unsafe { (self.mint)(&raw const req, std::ptr::null_mut()) };
+        if fd < 0 {
+            return Err(fd);
+        }
+        // SAFETY: a non-negative return is a new fd the caller owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
 }

@@ -1,8 +1,8 @@
 //! One client connection, from accept to close.
 //!
 //! [`serve_connection`] identifies the peer from the kernel
-//! (`peer::identify`), takes a connection slot (`busy` beyond the caps),
-//! then loops: read a frame (`frame.rs`), identify the process that sent
+//! (`peer::identify`: `SO_PEERCRED`, `SO_PEERGROUPS`), takes a connection
+//! slot (`slots.rs`; `busy` beyond the caps), then loops: read a frame (`frame.rs`), identify the process that sent
 //! it (`PeerIdentity::for_request`), decode it, check the fds it carries,
 //! hand it to its handler (`handlers/`), and send what the handler
 //! returned through the one reply writer (`reply.rs`).
@@ -10,6 +10,8 @@
 //! Invariants: a connection ends after an answer it cannot send, and after
 //! a bad frame header, a timeout or a read error (the frame boundary is
 //! lost); a whole frame that is refused leaves it usable. A connection
+//! waiting for a request may be displaced by a newcomer when the daemon is
+//! full (`slots.rs`): it is told why (`busy`) and closed. A connection
 //! holds at most one answer with fds its peer has not read: a client that
 //! asks for tokens without reading the answers would pile them up in its
 //! socket, kernel memory nothing else bounds.
@@ -24,7 +26,7 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 
 use super::decide::{learning_peer_refusal, Asked};
-use super::frame::{read_frame, Frame, Inbox, ReadError, MAX_REQUEST_FDS};
+use super::frame::{read_frame, Frame, Inbox, ReadError, Timeouts, MAX_REQUEST_FDS};
 use super::handlers::delegate::handle_delegate;
 use super::handlers::leases::{handle_learned, handle_leases, handle_revoke};
 use super::handlers::mint::{for_program, handle_mint, Mode};
@@ -45,22 +47,51 @@ pub(super) async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream, mu
         }
     };
     let mut outbox = Outbox::new(&stream);
-    let _slot = match daemon.take_slot(connected.creds.uid) {
+    let slot = match daemon.take_slot(&connected.creds) {
         Ok(slot) => slot,
         Err(message) => {
             let _ = outbox.refuse(&daemon, &connected, Refused::new(RefusalCode::Busy, message)).await;
             return;
         }
     };
+    // The short leash of uids no rule names: they wait idle briefly.
+    let idle_timeout =
+        if slot.no_rule() { daemon.limits.read_timeout.min(super::NO_RULE_IDLE) } else { daemon.limits.read_timeout };
     let mut inbox = Inbox::default();
     loop {
         let read_timeout = daemon.limits.read_timeout;
-        let mut frame = match read_frame(&stream, &mut inbox, read_timeout, &mut shutdown).await {
+        slot.waiting();
+        let read = read_frame(&stream, &mut inbox, Timeouts { idle: idle_timeout, frame: read_timeout }, &mut shutdown);
+        let read = tokio::select! {
+            r = read => r,
+            reason = slot.displaced() => Err(ReadError::Displaced(reason)),
+        };
+        slot.working();
+        let read = match read {
+            // Displaced while the frame came in: it goes unanswered.
+            Ok(Some(_)) if slot.was_displaced() => Err(ReadError::Displaced(slot.displaced_because())),
+            other => other,
+        };
+        let mut frame = match read {
             Ok(Some(f)) => f,
             Ok(None) | Err(ReadError::Io) => return,
-            Err(ReadError::Timeout) => {
+            Err(ReadError::Timeout { idle: true }) if slot.no_rule() => {
+                let msg = format!(
+                    "closed after {} ms idle: uid {} has no rule in the policy, so its connections may not wait for \
+                     long",
+                    idle_timeout.as_millis(),
+                    connected.creds.uid
+                );
+                let _ = outbox.refuse(&daemon, &connected, Refused::new(RefusalCode::Timeout, msg)).await;
+                return;
+            }
+            Err(ReadError::Timeout { .. }) => {
                 let msg = format!("no complete request within {} ms", read_timeout.as_millis());
                 let _ = outbox.refuse(&daemon, &connected, Refused::new(RefusalCode::Timeout, msg)).await;
+                return;
+            }
+            Err(ReadError::Displaced(msg)) => {
+                let _ = outbox.refuse(&daemon, &connected, Refused::new(RefusalCode::Busy, msg)).await;
                 return;
             }
             Err(ReadError::Codec(e)) => {
@@ -80,7 +111,7 @@ pub(super) async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream, mu
             Needs { exe: policy.reads_executable(), cgroup: policy.reads_cgroup() }
         };
         let sender = frame.sender.take();
-        let mut peer = connected.for_request(sender.as_ref(), needs);
+        let mut peer = connected.for_request(stream.as_fd(), sender.as_ref(), needs);
         drop(sender);
         let Some(outcome) = handle_frame(&daemon, &mut peer, &mut outbox, frame).await else { return };
         if outbox.reply(&daemon, &peer, outcome).await.is_err() {

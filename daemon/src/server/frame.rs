@@ -30,8 +30,24 @@ use crate::sys::Received;
 /// Why no frame could be read.
 pub(super) enum ReadError {
     Codec(CodecError),
-    Timeout,
+    /// `idle`: no byte of a next request came; else a frame started but
+    /// did not complete in time.
+    Timeout {
+        idle: bool,
+    },
     Io,
+    /// A newcomer took this connection's slot (`slots.rs`); the text of
+    /// its `busy` answer.
+    Displaced(String),
+}
+
+/// How long [`read_frame`] waits.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timeouts {
+    /// For the first byte of a request (idle between requests).
+    pub(super) idle: Duration,
+    /// For a whole frame, from its first byte.
+    pub(super) frame: Duration,
 }
 
 /// Most fds a request may carry ([`RequestBody::DelegateMount`](bpftoken_proto::message::RequestBody::DelegateMount) has one).
@@ -279,7 +295,7 @@ impl Inbox {
 pub(super) async fn read_frame(
     stream: &UnixStream,
     inbox: &mut Inbox,
-    read_timeout: Duration,
+    timeouts: Timeouts,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<Frame>, ReadError> {
     let mut deadline = None;
@@ -291,18 +307,19 @@ pub(super) async fn read_frame(
         // A frame's first read: nothing of it is in yet.
         let first = room.start == 0;
         let read = recv_some(stream, inbox.room(room));
-        let got = if first && deadline.is_none() {
+        let idle = first && deadline.is_none();
+        let got = if idle {
             // Idle between requests: a shutdown ends the connection.
             tokio::select! {
-                r = tokio::time::timeout(read_timeout, read) => r,
+                r = tokio::time::timeout(timeouts.idle, read) => r,
                 _ = shutdown.changed() => return Ok(None),
             }
         } else {
-            let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + read_timeout);
+            let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeouts.frame);
             tokio::time::timeout_at(at, read).await
         };
         let got = match got {
-            Err(_) => return Err(ReadError::Timeout),
+            Err(_) => return Err(ReadError::Timeout { idle }),
             Ok(Err(_)) => return Err(ReadError::Io),
             Ok(Ok(got)) => got,
         };
@@ -310,7 +327,7 @@ pub(super) async fn read_frame(
             // EOF: clean between frames only.
             return if first { Ok(None) } else { Err(ReadError::Io) };
         }
-        deadline.get_or_insert_with(|| tokio::time::Instant::now() + read_timeout);
+        deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeouts.frame);
         inbox.received(got);
     }
 }

@@ -49,8 +49,10 @@ mod decide;
 mod frame;
 mod handlers;
 mod reply;
+mod slots;
 
 pub use decide::Identity;
+pub use slots::NO_RULE_PER_UID;
 use decide::RateLimiter;
 
 /// Default for [`ConnLimits::read_timeout`].
@@ -60,8 +62,12 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// In-flight requests get this long to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// A connection of a uid no policy rule names may sit idle this long.
+pub const NO_RULE_IDLE: Duration = Duration::from_secs(1);
+
 /// Per-connection bounds. Beyond the connection caps (Varlink's defaults)
-/// a client gets a typed `busy` refusal.
+/// a client gets a typed `busy` refusal (`slots.rs` says who gets which
+/// slots).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
     pub global: usize,
@@ -74,6 +80,12 @@ pub struct ConnLimits {
 impl Default for ConnLimits {
     fn default() -> Self {
         ConnLimits { global: 4096, per_uid: 1024, read_timeout: READ_TIMEOUT }
+    }
+}
+
+impl ConnLimits {
+    fn slots(&self) -> slots::SlotLimits {
+        slots::SlotLimits { global: self.global, per_uid: self.per_uid }
     }
 }
 
@@ -93,7 +105,7 @@ pub struct Daemon {
     rates: RateLimiter,
     pub stats: Stats,
     limits: ConnLimits,
-    conns: Mutex<ConnCount>,
+    slots: Arc<slots::Slots>,
     last_reload: Mutex<String>,
     /// The BPF LSM enforcer, or why it does not run.
     enforcer: Result<Enforcer, Unavailable>,
@@ -104,31 +116,6 @@ pub struct Daemon {
     /// Learning leases (`bpftoken learn`) not yet ended: lease id -> (owner
     /// uid, scope inode), whose `learning` entry the enforcer fills in.
     learning: Mutex<HashMap<u64, (u32, u32)>>,
-}
-
-#[derive(Debug, Default)]
-struct ConnCount {
-    total: usize,
-    per_uid: HashMap<u32, usize>,
-}
-
-/// Releases a connection slot when the connection ends.
-struct ConnSlot {
-    daemon: Arc<Daemon>,
-    uid: u32,
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        let mut c = self.daemon.conns.lock().unwrap_or_else(|p| p.into_inner());
-        c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_uid.get_mut(&self.uid) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                c.per_uid.remove(&self.uid);
-            }
-        }
-    }
 }
 
 impl Daemon {
@@ -146,7 +133,7 @@ impl Daemon {
             rates: RateLimiter::default(),
             stats: Stats::default(),
             limits,
-            conns: Mutex::new(ConnCount::default()),
+            slots: Arc::default(),
             last_reload: Mutex::new("none".to_owned()),
             enforcer,
             leases: LeaseTable::default(),
@@ -266,7 +253,7 @@ impl Daemon {
 
     /// Whether no client is connected.
     pub fn no_connections(&self) -> bool {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).total == 0
+        self.slots.total() == 0
     }
 
     /// The policy in force now. A request keeps the snapshot it started
@@ -306,18 +293,12 @@ impl Daemon {
         Ok((token, scope, true))
     }
 
-    fn take_slot(self: &Arc<Self>, uid: u32) -> Result<ConnSlot, String> {
-        let mut c = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if c.total >= self.limits.global {
-            return Err(format!("the daemon is at its limit of {} connections; retry later", self.limits.global));
-        }
-        let mine = c.per_uid.get(&uid).copied().unwrap_or(0);
-        if mine >= self.limits.per_uid {
-            return Err(format!("uid {uid} already holds {mine} connections, the per-uid limit; close some first"));
-        }
-        c.total += 1;
-        *c.per_uid.entry(uid).or_insert(0) += 1;
-        Ok(ConnSlot { daemon: self.clone(), uid })
+    /// A connection slot for a peer (`busy` beyond the caps): uids no
+    /// rule names are on a short leash; root, who lists and revokes
+    /// everyone's leases, is not.
+    fn take_slot(&self, peer: &bpftoken_policy::Peer) -> Result<slots::Slot, String> {
+        let named = peer.uid == 0 || self.policy().names_ids(peer);
+        self.slots.take(self.limits.slots(), peer.uid, named).map_err(|e| e.0)
     }
 
     /// Record what the tokens of a new learning lease's scope are used for.

@@ -10,7 +10,7 @@
 //! `accept`) accepts, reads `SO_PEERCRED`, reads the request, creates the
 //! token with `BPF_TOKEN_CREATE`, sends it and closes it and the
 //! connection. The mint goes through `bpftoken_mint()` exactly as a C
-//! caller makes it (the capi crate's `extern "C"` function, in process).
+//! caller makes it (`libbpftoken.so`, loaded with `dlopen`).
 
 use std::ffi::CString;
 use std::io::{IoSlice, IoSliceMut};
@@ -90,6 +90,12 @@ fn floor_mint(socket: &SocketAddrUnix) {
 /// mints in each of `clients` threads, through the floor or
 /// `bpftoken_mint()`.
 pub fn client(socket: &Path, n: usize, clients: usize, capi: bool, start_at_ms: u128) {
+    // libbpftoken.so is built next to this program (target/release).
+    let library = std::env::current_exe().expect("own path").with_file_name("libbpftoken.so");
+    let lib = capi.then(|| {
+        bpftoken_tests::sys::Capi::load(&library)
+            .unwrap_or_else(|e| panic!("{e}: build it first (cargo build --release -p bpftoken-capi)"))
+    });
     let threads: Vec<_> = (0..clients)
         .map(|_| {
             let socket = socket.to_owned();
@@ -98,8 +104,8 @@ pub fn client(socket: &Path, n: usize, clients: usize, capi: bool, start_at_ms: 
                 let path = CString::new(socket.as_os_str().as_encoded_bytes()).expect("socket path");
                 wait_until(start_at_ms);
                 time_loop(n, || {
-                    if capi {
-                        drop(bpftoken_tests::sys::capi_mint(&path).expect("bpftoken_mint"));
+                    if let Some(lib) = lib {
+                        drop(lib.mint(&path).expect("bpftoken_mint"));
                     } else {
                         floor_mint(&addr);
                     }
