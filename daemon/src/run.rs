@@ -273,8 +273,7 @@ fn fit_to_fd_limit(conns: ConnLimits, scopes: ScopeLimits) -> Result<(ConnLimits
     let lowered = fitted_conns.global < conns.global || fitted_scopes.global < scopes.global;
     // The default caps are "at most"; caps set on the command line and
     // lowered are worth a warning.
-    let defaults =
-        conns.global == ConnLimits::default().global && scopes.global == ScopeLimits::default().global;
+    let defaults = conns.global == ConnLimits::default().global && scopes.global == ScopeLimits::default().global;
     let message = format!(
         "the fd limit {soft} allows {} connections (asked: {}) and {} cached scopes (asked: {})",
         fitted_conns.global, conns.global, fitted_scopes.global, scopes.global

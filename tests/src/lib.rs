@@ -159,7 +159,7 @@ impl TestDaemon {
             log: dir.join("daemon.log"),
             dir,
         };
-        d.spawn(env, extra_args, false);
+        d.spawn_with(env, extra_args, &[], &[]);
         d
     }
 
@@ -175,7 +175,7 @@ impl TestDaemon {
             log: dir.join("daemon.log"),
             dir,
         };
-        d.spawn_with(env, &[], false, vars);
+        d.spawn_with(env, &[], &[], vars);
         d
     }
 
@@ -183,22 +183,31 @@ impl TestDaemon {
     pub fn start_pinned(env: &Env, policy: &str) -> TestDaemon {
         let mut d = TestDaemon::start_on(env, policy, None, &[]);
         d.stop();
-        d.spawn(env, &[], true);
+        d.spawn_with(env, &[], &["taskset", "-c", "0"], &[]);
         d
     }
 
-    fn spawn(&mut self, env: &Env, extra_args: &[&str], pinned: bool) {
-        self.spawn_with(env, extra_args, pinned, &[]);
+    /// A daemon started with `limit` as its soft and hard fd limit
+    /// (`prlimit`, util-linux).
+    pub fn start_with_fd_limit(env: &Env, policy: &str, limit: u32, extra_args: &[&str]) -> TestDaemon {
+        let mut d = TestDaemon::start_on(env, policy, None, extra_args);
+        d.stop();
+        let nofile = format!("--nofile={limit}:{limit}");
+        d.spawn_with(env, extra_args, &["prlimit", &nofile, "--"], &[]);
+        d
     }
 
-    fn spawn_with(&mut self, env: &Env, extra_args: &[&str], pinned: bool, vars: &[(&str, &str)]) {
+    /// Start the daemon, through `wrapper` (a program that execs the rest
+    /// of its arguments) if it is not empty.
+    fn spawn_with(&mut self, env: &Env, extra_args: &[&str], wrapper: &[&str], vars: &[(&str, &str)]) {
         let log = std::fs::File::create(&self.log).expect("create log");
-        let mut cmd = if pinned {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0"]).arg(env.bin("bpftokend"));
-            c
-        } else {
-            Command::new(env.bin("bpftokend"))
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env.bin("bpftokend"));
+                c
+            }
+            None => Command::new(env.bin("bpftokend")),
         };
         let child = cmd
             .arg("--socket")

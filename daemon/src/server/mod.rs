@@ -52,8 +52,8 @@ mod reply;
 mod slots;
 
 pub use decide::Identity;
-pub use slots::NO_RULE_PER_UID;
 use decide::RateLimiter;
+pub use slots::NO_RULE_PER_UID;
 
 /// Default for [`ConnLimits::read_timeout`].
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);

@@ -111,7 +111,9 @@ impl Slots {
             }
         }
         if held >= limits.per_uid {
-            return Err(NoSlot(format!("uid {uid} already holds {held} connections, the per-uid limit; close some first")));
+            return Err(NoSlot(format!(
+                "uid {uid} already holds {held} connections, the per-uid limit; close some first"
+            )));
         }
         if s.total >= limits.global {
             let full = || NoSlot(format!("the daemon is at its limit of {} connections; retry later", limits.global));
@@ -128,13 +130,7 @@ impl Slots {
         let entry = s.per_uid.entry(uid).or_default();
         entry.count += 1;
         entry.named = named;
-        Ok(Slot {
-            slots: self.clone(),
-            uid,
-            id,
-            no_rule: !named,
-            signal: Arc::new(Signal::default()),
-        })
+        Ok(Slot { slots: self.clone(), uid, id, no_rule: !named, signal: Arc::new(Signal::default()) })
     }
 
     /// Connections held now.
@@ -162,7 +158,9 @@ impl State {
         let Some((_, waiting)) = held.waiting.pop_first() else { return };
         let before = held.count;
         held.count -= 1;
-        let whose = if held.named { format!("uid {uid} holds {before}, the most") } else {
+        let whose = if held.named {
+            format!("uid {uid} holds {before}, the most")
+        } else {
             format!("uid {uid}, which no policy rule names, holds {before}")
         };
         if held.count == 0 {

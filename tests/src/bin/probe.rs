@@ -730,6 +730,50 @@ fn run(args: &[String]) -> Result<(), String> {
             std::thread::sleep(std::time::Duration::from_secs(secs));
             Ok(())
         }
+        Some("hold-report") => {
+            // hold-report SOCKET COUNT SECONDS: connect COUNT times (as
+            // many as succeed), wait, then say for each connection what the
+            // daemon answered unasked (a busy or timeout refusal) or that
+            // it is still open: "refused TEXT" lines, then "open N".
+            let usage = "hold-report SOCKET COUNT SECONDS";
+            let path = std::path::PathBuf::from(args.get(1).ok_or(usage)?);
+            let count: usize = args.get(2).and_then(|c| c.parse().ok()).ok_or(usage)?;
+            let secs: u64 = args.get(3).and_then(|c| c.parse().ok()).ok_or(usage)?;
+            let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+            let _ = rustix::process::setrlimit(
+                rustix::process::Resource::Nofile,
+                rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum },
+            );
+            let held: Vec<UnixStream> = (0..count).map_while(|_| UnixStream::connect(&path).ok()).collect();
+            println!("holding {}", held.len());
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+            let mut open = 0usize;
+            let mut refusals: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+            for mut s in held {
+                s.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let mut buf = vec![0u8; 4096];
+                match std::io::Read::read(&mut s, &mut buf) {
+                    Ok(n) if n > bpftoken_proto::codec::FRAME_HEADER_LEN => {
+                        let text = match bpftoken_proto::codec::decode_response(
+                            &buf[bpftoken_proto::codec::FRAME_HEADER_LEN..n],
+                        ) {
+                            Ok(bpftoken_proto::Response::Refused(r)) => r.to_string(),
+                            Ok(other) => format!("unexpected {other:?}"),
+                            Err(e) => format!("undecodable {e}"),
+                        };
+                        *refusals.entry(text).or_default() += 1;
+                    }
+                    Ok(_) => *refusals.entry("closed".to_owned()).or_default() += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open += 1,
+                    Err(e) => *refusals.entry(format!("error {e}")).or_default() += 1,
+                }
+            }
+            for (text, n) in refusals {
+                println!("refused {n} {text}");
+            }
+            println!("open {open}");
+            Ok(())
+        }
         Some("churn") => {
             let path = std::path::PathBuf::from(args.get(1).ok_or("churn SOCKET COUNT")?);
             let count: usize = args.get(2).and_then(|c| c.parse().ok()).ok_or("churn SOCKET COUNT")?;
