@@ -77,6 +77,8 @@ pub fn errno_of(e: &bpftoken_client::Error) -> i32 {
         Error::Unreachable { source, .. } => source.raw_os_error().unwrap_or(libc::ECONNREFUSED),
         Error::Io(source) => source.raw_os_error().unwrap_or(libc::EIO),
         Error::Protocol(_) => libc::EPROTO,
+        // Not reached: this library builds requests from masks, not names.
+        Error::Request(_) => libc::EINVAL,
         Error::Refused(r) => match r.code {
             RefusalCode::NotInPolicy
             | RefusalCode::NotGranted

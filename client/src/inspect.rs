@@ -35,7 +35,18 @@ pub enum InspectError {
     Io { fd: i32, source: std::io::Error },
 }
 
-/// The four masks of the token behind `fd`.
+/// The four masks of the token behind `fd`, as the kernel reports them
+/// (what [`Token::granted`](crate::Token::granted) says, checked).
+///
+/// ```
+/// use std::os::fd::AsFd;
+///
+/// use bpftoken::inspect::{token_masks, InspectError};
+///
+/// let not_a_token = std::fs::File::open("/dev/null")?;
+/// assert!(matches!(token_masks(not_a_token.as_fd()), Err(InspectError::NotToken { .. })));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn token_masks(fd: BorrowedFd<'_>) -> Result<(Delegation, Source), InspectError> {
     token_masks_of(fd.as_raw_fd())
 }

@@ -16,6 +16,14 @@ pub enum TokenSupport {
 /// fd (EBADF), one without them the command (EINVAL). Before 6.5 an
 /// unprivileged caller is refused every command while
 /// `unprivileged_bpf_disabled` is set (EPERM); then the release decides.
+///
+/// ```
+/// use bpftoken::kernel::{token_support, TokenSupport};
+///
+/// if let TokenSupport::Unsupported { release } = token_support() {
+///     eprintln!("Linux {release} has no BPF tokens (6.9 or later has)");
+/// }
+/// ```
 pub fn token_support() -> TokenSupport {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
     match crate::sys::token_create_from_bad_fd() {

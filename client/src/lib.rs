@@ -1,31 +1,66 @@
-//! Client of bpftokend: ask the daemon for a BPF token.
+//! Client of bpftokend, the daemon that hands local users BPF tokens
+//! carrying exactly what a root-owned policy grants them: ask it for a
+//! token over its Unix socket, get back the token's fd and its masks.
+//!
+//! A first program: a token narrowed to creating array maps, then used
+//! with `bpf(BPF_MAP_CREATE)` (here through `libc`; with libbpf, pass the
+//! fd as `token_fd` and `BPF_F_TOKEN_FD`).
 //!
 //! ```no_run
+//! use std::os::fd::AsRawFd;
+//!
 //! use bpftoken::{Client, MintRequest};
-//! let mut client = Client::connect()?;
-//! let token = client.mint(&MintRequest::default())?; // everything my policy grants
-//! println!("token fd with {}", token.granted());
-//! # Ok::<(), bpftoken::Error>(())
+//!
+//! fn main() -> Result<(), bpftoken::Error> {
+//!     // Names are the kernel's, as in the policy: BPF_MAP_CREATE is
+//!     // "map_create", BPF_MAP_TYPE_ARRAY is "array". A set left out
+//!     // means "everything my policy grants in it".
+//!     let request = MintRequest::builder().cmds(["map_create"]).maps(["array"]).build()?;
+//!     let mut client = Client::connect()?; // $BPFTOKEN_SOCKET or /run/bpftokend/socket
+//!     let token = client.mint(&request)?; // refused (Error::Refused) beyond the grant
+//!     println!("token fd {} carries {}", token.as_raw_fd(), token.granted());
+//!     // cmds=[map_create] maps=[array] progs=[...] attachs=[...]
+//!     Ok(())
+//! }
 //! ```
+//!
+//! What else a [`Client`] does: [`Client::mint_leased`] asks for a lease
+//! shorter than the policy's (`ttl`), [`Client::mint_scope`] hands out the
+//! token's user namespace and delegated bpffs as well (for libbpf's
+//! `LIBBPF_BPF_TOKEN_PATH`), [`Client::query`] says what the policy would
+//! grant and why, [`Client::leases`] and [`Client::revoke`] list and end
+//! leases. Every error is an [`Error`]; a refusal carries the daemon's
+//! stable [`RefusalCode`] and its sentence.
+//!
+//! Everything a program needs is re-exported here: there is no need to
+//! depend on `bpftoken-proto`, the wire types' crate.
+
 // Raw syscalls live in `sys` alone.
 #![deny(unsafe_code)]
 
+mod error;
 pub mod inspect;
 pub mod json;
 pub mod kernel;
+mod learn;
+// The CLI's own machinery (`bpftoken run` and `unshare`), public for its
+// binary and tests, not an API this crate keeps stable.
+#[doc(hidden)]
 pub mod namespaces;
+#[doc(hidden)]
 pub mod supervise;
 mod sys;
+mod token;
 pub mod trace;
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bpftoken_proto::codec::{self, CodecError};
+use bpftoken_proto::codec;
 use bpftoken_proto::message::{FdRole, RequestBody};
 use bpftoken_proto::{Request, Response, FRAME_HEADER_LEN};
 use rustix::net::{
@@ -33,41 +68,18 @@ use rustix::net::{
     SendFlags,
 };
 
-pub use bpftoken_proto::delegation::{self, Delegation, Kind};
+pub use bpftoken_proto::delegation::{self, Delegation, Kind, UnknownName};
 pub use bpftoken_proto::{
-    Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseState, MintMode, MintRequest, OtherBuild, OtherLeases,
-    PerfEventOpened, Refusal, RefusalCode, RevokeTarget, TraceAllowance, TraceTarget, TracepointIdFile,
+    Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseState, MintMode, MintRequest, MintRequestBuilder, OtherBuild,
+    OtherLeases, PerfEventOpened, Refusal, RefusalCode, RevokeTarget, TraceAllowance, TraceTarget, TracepointIdFile,
 };
+pub use error::Error;
+pub use learn::{learned_rule, RuleUser};
+pub use token::{DelegatedMount, ScopeGrant, Token};
 pub use trace::{PerfEvent, TracepointId};
 
-/// Who a learned rule names: a user by name, or a uid without one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RuleUser {
-    Name(String),
-    Uid(u32),
-}
-
-/// The minimal `[[allow]]` rule for `user` that grants exactly `used`
-/// (what a learning lease recorded): one line per non-empty set, kernel
-/// names in enum order; TOML, ready for the daemon's policy.
-pub fn learned_rule(user: &RuleUser, used: &Delegation) -> String {
-    let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
-    let mut out = String::from("[[allow]]\n");
-    match user {
-        RuleUser::Name(name) => out.push_str(&format!("users = [{}]\n", quote(name))),
-        RuleUser::Uid(uid) => out.push_str(&format!("uids = [{uid}]\n")),
-    }
-    for kind in Kind::ALL {
-        let names = delegation::names(kind, used.get(kind));
-        if !names.is_empty() {
-            let list: Vec<String> = names.iter().map(|n| quote(n)).collect();
-            out.push_str(&format!("{} = [{}]\n", kind.key(), list.join(", ")));
-        }
-    }
-    out
-}
-
-/// Where the daemon listens unless `BPFTOKEN_SOCKET` says otherwise.
+/// Where the daemon listens unless `BPFTOKEN_SOCKET` says otherwise
+/// (see [`socket_path`]).
 pub const DEFAULT_SOCKET_PATH: &str = "/run/bpftokend/socket";
 
 /// How long the client waits for the daemon before giving up.
@@ -79,107 +91,50 @@ const MAX_FDS: usize = 4;
 /// The first read of a response asks for this much: a grant fits.
 const FIRST_READ: usize = 1024;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// No daemon answers on the socket.
-    #[error(
-        "cannot reach bpftokend at {path}: {source} (is the daemon running? set BPFTOKEN_SOCKET to use another socket)"
-    )]
-    Unreachable { path: PathBuf, source: std::io::Error },
-    /// The daemon answered with a refusal.
-    #[error("refused: {0}")]
-    Refused(Refusal),
-    /// The daemon's answer did not follow the protocol.
-    #[error("protocol error talking to bpftokend: {0}")]
-    Protocol(String),
-    /// The connection failed mid-exchange.
-    #[error("connection to bpftokend failed: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl From<CodecError> for Error {
-    fn from(e: CodecError) -> Self {
-        Error::Protocol(e.to_string())
-    }
-}
-
-/// A BPF token received from the daemon. Closing it (drop) releases it.
-#[derive(Debug)]
-pub struct Token {
-    fd: OwnedFd,
-    granted: Delegation,
-    rules: Vec<String>,
-    lease: Option<LeaseInfo>,
-}
-
-impl Token {
-    /// The delegation masks the token carries.
-    pub fn granted(&self) -> &Delegation {
-        &self.granted
-    }
-
-    /// Policy rules that produced the grant.
-    pub fn rules(&self) -> &[String] {
-        &self.rules
-    }
-
-    /// The grant's lease (from the `*_leased` calls; `None` from a daemon
-    /// too old to have leases, or from [`Client::mint`]).
-    pub fn lease(&self) -> Option<&LeaseInfo> {
-        self.lease.as_ref()
-    }
-
-    pub fn into_owned_fd(self) -> OwnedFd {
-        self.fd
-    }
-}
-
-impl AsFd for Token {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
-/// What libbpf mode hands out: a token, the user namespace it belongs to
-/// (owned by the caller) and the root of its delegated bpffs.
-#[derive(Debug)]
-pub struct ScopeGrant {
-    pub token: Token,
-    pub userns: OwnedFd,
-    pub bpffs: OwnedFd,
-}
-
-/// A bpffs delegated to a user namespace the caller owns.
-#[derive(Debug)]
-pub struct DelegatedMount {
-    /// The root of the detached mount.
-    pub bpffs: OwnedFd,
-    pub granted: Delegation,
-    pub rules: Vec<String>,
-    /// Its lease (from [`Client::delegate_mount_leased`]).
-    pub lease: Option<LeaseInfo>,
-}
-
 /// What a grant request returns: the grant, its lease, its fds.
 type Minted = (bpftoken_proto::Minted, Option<LeaseInfo>, Vec<OwnedFd>);
 
-/// A connection to bpftokend. One connection may carry several requests.
+/// A connection to bpftokend. One connection may carry several requests,
+/// one at a time; each waits at most [`TIMEOUT`] for its answer.
+///
+/// ```no_run
+/// use bpftoken::{Client, MintRequest};
+///
+/// let mut client = Client::connect()?;
+/// println!("my policy grants {}", client.query()?.grant);
+/// let token = client.mint(&MintRequest::builder().progs(["xdp"]).build()?)?;
+/// # Ok::<(), bpftoken::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Client {
     stream: UnixStream,
 }
 
-/// The socket path from `BPFTOKEN_SOCKET`, or the default.
+/// The socket path from `BPFTOKEN_SOCKET`, or the default
+/// ([`DEFAULT_SOCKET_PATH`]).
+///
+/// ```
+/// std::env::remove_var("BPFTOKEN_SOCKET");
+/// assert_eq!(bpftoken::socket_path(), std::path::Path::new("/run/bpftokend/socket"));
+/// ```
 pub fn socket_path() -> PathBuf {
     std::env::var_os("BPFTOKEN_SOCKET").map_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH), PathBuf::from)
 }
 
 impl Client {
-    /// Connect to the daemon at [`socket_path`].
+    /// Connect to the daemon at [`socket_path`]: `BPFTOKEN_SOCKET`, else
+    /// [`DEFAULT_SOCKET_PATH`]. [`Error::Unreachable`] says which path did
+    /// not answer.
     pub fn connect() -> Result<Client, Error> {
         Client::connect_to(&socket_path())
     }
 
+    /// Connect to the daemon at `path`.
+    ///
+    /// ```
+    /// let err = bpftoken::Client::connect_to("/nonexistent/socket".as_ref()).unwrap_err();
+    /// assert!(matches!(err, bpftoken::Error::Unreachable { .. }), "{err}");
+    /// ```
     pub fn connect_to(path: &Path) -> Result<Client, Error> {
         let stream =
             UnixStream::connect(path).map_err(|source| Error::Unreachable { path: path.to_owned(), source })?;
@@ -191,6 +146,14 @@ impl Client {
     /// Use a connection made elsewhere (a socket inherited or passed over
     /// SCM_RIGHTS). The daemon judges every request by the process that
     /// sends it, whoever connected.
+    ///
+    /// ```no_run
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let stream = UnixStream::connect("/run/bpftokend/socket")?;
+    /// let mut client = bpftoken::Client::from_stream(stream)?;
+    /// # Ok::<(), bpftoken::Error>(())
+    /// ```
     pub fn from_stream(stream: UnixStream) -> Result<Client, Error> {
         stream.set_read_timeout(Some(TIMEOUT))?;
         stream.set_write_timeout(Some(TIMEOUT))?;
@@ -203,6 +166,18 @@ impl Client {
     /// Called from inside a rootless container (a user namespace the
     /// policy's `userns_owners` allows), the token is minted in that
     /// namespace and works for the container's root.
+    ///
+    /// ```no_run
+    /// use bpftoken::{Client, Error, MintRequest, RefusalCode};
+    ///
+    /// let request = MintRequest::builder().cmds(["prog_load"]).progs(["xdp"]).build()?;
+    /// match Client::connect()?.mint(&request) {
+    ///     Ok(token) => println!("got {}", token.granted()),
+    ///     Err(Error::Refused(r)) if r.code == RefusalCode::NotGranted => eprintln!("too much: {}", r.message),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok::<(), bpftoken::Error>(())
+    /// ```
     pub fn mint(&mut self, request: &MintRequest) -> Result<Token, Error> {
         let (m, lease, mut fds) = self.minted(RequestBody::Mint(*request), None, &[FdRole::Token])?;
         Ok(Token { fd: fds.remove(0), granted: m.granted, rules: m.rules, lease })
@@ -211,6 +186,14 @@ impl Client {
     /// [`Client::mint`], and the answer names the grant's lease. `ttl`
     /// asks for a lease shorter than the policy's (seconds). From a daemon
     /// too old for leases: a plain mint without `ttl`, an error with one.
+    ///
+    /// ```no_run
+    /// let mut client = bpftoken::Client::connect()?;
+    /// let token = client.mint_leased(&bpftoken::MintRequest::default(), Some(60))?; // one minute at most
+    /// let lease = token.lease().expect("a daemon with leases");
+    /// println!("lease {} ends at {:?} ({})", lease.id, lease.expires, lease.state.as_str());
+    /// # Ok::<(), bpftoken::Error>(())
+    /// ```
     pub fn mint_leased(&mut self, request: &MintRequest, ttl: Option<u32>) -> Result<Token, Error> {
         self.mint_leased_for_program(request, ttl, None)
     }
@@ -305,6 +288,13 @@ impl Client {
     }
 
     /// The caller's leases (uid 0: everyone's), oldest first.
+    ///
+    /// ```no_run
+    /// for lease in bpftoken::Client::connect()?.leases()? {
+    ///     println!("{} {} {:?}", lease.id, lease.mode.as_str(), lease.expires);
+    /// }
+    /// # Ok::<(), bpftoken::Error>(())
+    /// ```
     pub fn leases(&mut self) -> Result<Vec<LeaseInfo>, Error> {
         self.send(RequestBody::Leases, None)?;
         match self.read_plain()? {
@@ -316,6 +306,17 @@ impl Client {
 
     /// Revoke leases (the caller's own; uid 0: anyone's). Their tokens
     /// stop working at once; returns the leases revoked.
+    ///
+    /// ```no_run
+    /// use bpftoken::{Client, RevokeTarget};
+    ///
+    /// let mut client = Client::connect()?;
+    /// let token = client.mint_leased(&bpftoken::MintRequest::default(), None)?;
+    /// if let Some(lease) = token.lease() {
+    ///     client.revoke(RevokeTarget::Lease(lease.id))?; // the token stops working now
+    /// }
+    /// # Ok::<(), bpftoken::Error>(())
+    /// ```
     pub fn revoke(&mut self, target: RevokeTarget) -> Result<Vec<LeaseInfo>, Error> {
         self.revoke_reporting(target).map(|(revoked, _)| revoked)
     }
@@ -373,6 +374,15 @@ impl Client {
     /// root. The caller owns the namespace and may `setns()` into it; from
     /// inside, libbpf creates tokens itself from the bpffs
     /// (`LIBBPF_BPF_TOKEN_PATH=/proc/self/fd/N`).
+    ///
+    /// ```no_run
+    /// use std::os::fd::AsRawFd;
+    ///
+    /// let scope = bpftoken::Client::connect()?.mint_scope(&bpftoken::MintRequest::default())?;
+    /// // setns(scope.userns, CLONE_NEWUSER) in the process that runs libbpf, then:
+    /// std::env::set_var("LIBBPF_BPF_TOKEN_PATH", format!("/proc/self/fd/{}", scope.bpffs.as_raw_fd()));
+    /// # Ok::<(), bpftoken::Error>(())
+    /// ```
     pub fn mint_scope(&mut self, request: &MintRequest) -> Result<ScopeGrant, Error> {
         let roles = [FdRole::Token, FdRole::UserNamespace, FdRole::Bpffs];
         let (m, lease, mut fds) = self.minted(RequestBody::MintScope(*request), None, &roles)?;
@@ -412,6 +422,15 @@ impl Client {
 
     /// Ask what the policy would grant this caller now, and why. Nothing
     /// is minted.
+    ///
+    /// ```no_run
+    /// let why = bpftoken::Client::connect()?.query()?;
+    /// match why.refusal {
+    ///     Some(refusal) => println!("a mint would be refused: {refusal}"),
+    ///     None => println!("{} grants {} (rules {:?})", why.policy, why.grant, why.allowed_by),
+    /// }
+    /// # Ok::<(), bpftoken::Error>(())
+    /// ```
     pub fn query(&mut self) -> Result<Explanation, Error> {
         self.send(RequestBody::Query, None)?;
         let (response, fds) = self.read_response()?;
@@ -539,23 +558,7 @@ impl Client {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn learned_rule_names_each_used_set_in_enum_order() {
-        let used = Delegation { cmds: (1 << 18) | (1 << 5) | 1, maps: 1 << 2, progs: 1 << 1, attachs: 1 };
-        assert_eq!(
-            learned_rule(&RuleUser::Name("bpftk-alice".into()), &used),
-            "[[allow]]\nusers = [\"bpftk-alice\"]\ncmds = [\"map_create\", \"prog_load\", \"btf_load\"]\n\
-             maps = [\"array\"]\nprogs = [\"socket_filter\"]\nattachs = [\"cgroup_inet_ingress\"]\n"
-        );
-        let only_cmds = Delegation { cmds: 1 << 18, ..Delegation::NONE };
-        assert_eq!(learned_rule(&RuleUser::Uid(1234), &only_cmds), "[[allow]]\nuids = [1234]\ncmds = [\"btf_load\"]\n");
-        assert_eq!(
-            learned_rule(&RuleUser::Name("a\"b".into()), &Delegation::NONE),
-            "[[allow]]\nusers = [\"a\\\"b\"]\n"
-        );
-    }
-}
+/// The README's example, compiled with the doc tests so it cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

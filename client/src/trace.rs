@@ -73,6 +73,13 @@ impl Client {
 
     /// A tracepoint's id and its tracefs `id` file (read-only), if a rule
     /// names the tracepoint.
+    ///
+    /// ```no_run
+    /// let mut client = bpftoken::Client::connect()?;
+    /// let tp = client.tracepoint_id("syscalls", "sys_enter_getpid")?;
+    /// println!("tracepoint id {}", tp.id); // perf_event_attr.config for PERF_TYPE_TRACEPOINT
+    /// # Ok::<(), bpftoken::Error>(())
+    /// ```
     pub fn tracepoint_id(&mut self, category: &str, name: &str) -> Result<TracepointId, Error> {
         let body = RequestBody::TracepointId { category: category.to_owned(), name: name.to_owned() };
         self.send(body, None)?;

@@ -138,6 +138,16 @@ pub fn names(kind: Kind, mask: u64) -> Vec<String> {
 }
 
 /// The four delegation masks of a token or a grant.
+///
+/// ```
+/// # use bpftoken_proto as bpftoken;
+/// use bpftoken::{Delegation, Kind};
+///
+/// let granted = Delegation { cmds: 1, maps: 1 << 2, ..Delegation::NONE };
+/// assert_eq!(granted.to_string(), "cmds=[map_create] maps=[array] progs=[] attachs=[]");
+/// assert_eq!(bpftoken::delegation::names(Kind::Map, granted.get(Kind::Map)), ["array"]);
+/// assert!(granted.is_subset_of(&Delegation::ANY));
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Delegation {
     pub cmds: u64,

@@ -7,6 +7,7 @@
 //! are refused before anything is allocated.
 #![forbid(unsafe_code)]
 
+pub mod builder;
 pub mod codec;
 pub mod delegation;
 mod kernel_names;
@@ -14,6 +15,7 @@ pub mod message;
 
 pub mod trace;
 
+pub use builder::MintRequestBuilder;
 pub use codec::{CodecError, FRAME_HEADER_LEN, MAX_FRAME};
 pub use delegation::{Delegation, Kind, UnknownName};
 pub use message::{

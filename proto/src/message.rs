@@ -223,6 +223,18 @@ pub struct LeaseInfo {
 /// What the caller asks for. `None` for a set means "everything my policy
 /// grants in that set"; `Some(mask)` narrows it. A mask that reaches outside
 /// the grant is refused, never silently cut down.
+///
+/// Build one from names with [`MintRequest::builder`]:
+///
+/// ```
+/// # use bpftoken_proto as bpftoken;
+/// use bpftoken::MintRequest;
+///
+/// let everything = MintRequest::default();
+/// let arrays_only = MintRequest::builder().cmds(["map_create"]).maps(["array"]).build()?;
+/// assert_eq!(arrays_only, MintRequest { cmds: Some(1), maps: Some(1 << 2), ..everything });
+/// # Ok::<(), bpftoken::UnknownName>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MintRequest {
     pub cmds: Option<u64>,

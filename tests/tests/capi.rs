@@ -3,7 +3,9 @@
 //! is compiled against that installation with `pkg-config --cflags --libs
 //! bpftoken` and Debian trixie's libbpf 1.5, and run as an unprivileged
 //! user: it mints a token and creates a map with libbpf's
-//! `bpf_map_create()` and `token_fd`.
+//! `bpf_map_create()` and `token_fd`. The docs' own C example,
+//! `docs/examples/mint-with-token.c`, is built and run the same way, with
+//! the policy rule its header gives.
 //!
 //! A temporary prefix rather than /usr/local: the test runs the very script
 //! `scripts/install` uses for /usr/local, but leaves the machine's
@@ -58,6 +60,12 @@ fn build_mint_map(env: &Env, libbpf: &TrixieLibbpf, dir: &Path) -> Option<(PathB
 /// Install the C library into `dir/prefix` and build `tests/c/NAME.c`
 /// against it and trixie's libbpf.
 fn build_c(env: &Env, libbpf: &TrixieLibbpf, dir: &Path, name: &str) -> Option<(PathBuf, PathBuf)> {
+    build_source(env, libbpf, dir, &format!("tests/c/{name}.c"), name)
+}
+
+/// [`build_c`] for the C file at `source` (relative to the repository),
+/// built as `dir/NAME`.
+fn build_source(env: &Env, libbpf: &TrixieLibbpf, dir: &Path, source: &str, name: &str) -> Option<(PathBuf, PathBuf)> {
     if !library_built(env) {
         return None;
     }
@@ -83,7 +91,7 @@ fn build_c(env: &Env, libbpf: &TrixieLibbpf, dir: &Path, name: &str) -> Option<(
 
     let program = dir.join(name);
     let mut c = Command::new("cc");
-    c.args(["-Wall", "-Wextra", "-Werror", "-o"]).arg(&program).arg(format!("tests/c/{name}.c"));
+    c.args(["-Wall", "-Wextra", "-Werror", "-o"]).arg(&program).arg(source);
     c.args(flags.split_whitespace());
     for inc in &libbpf.include_dirs {
         c.arg("-I").arg(inc);
@@ -158,6 +166,58 @@ fn c_program_attaches_a_tracepoint_program_with_the_daemons_perf_event() {
             d.policy.display()
         )
     );
+}
+
+/// The C example of the docs (README.md, "From C"), built the way it says
+/// and run as a user its policy rule allows: it mints a narrowed token,
+/// creates a map and loads a socket filter with it, and the filter counts
+/// the datagrams its socket receives. As a user no rule allows, it prints
+/// the daemon's refusal.
+#[test]
+fn docs_c_example_loads_a_socket_filter_with_a_minted_token() {
+    let Some(env) = setup("docs_c_example_loads_a_socket_filter_with_a_minted_token") else { return };
+    let Some(libbpf) = trixie_libbpf() else { return };
+    let dir = scratch_dir("capi-docs");
+    let Some((program, lib)) = build_source(&env, &libbpf, &dir, "docs/examples/mint-with-token.c", "mint-with-token")
+    else {
+        return;
+    };
+    // The rule the example's header comment gives, for bpftk-alice.
+    let example = std::fs::read_to_string(repo().join("docs/examples/mint-with-token.c")).expect("example");
+    let rule: String = example
+        .lines()
+        .skip_while(|l| !l.contains("[[allow]]"))
+        .take_while(|l| l.starts_with(" *     "))
+        .map(|l| format!("{}\n", l.trim_start_matches(" *     ").replace("\"alice\"", &format!("\"{ALICE}\""))))
+        .collect();
+    assert!(rule.contains("progs = [\"socket_filter\"]"), "the example's rule: {rule}");
+    let d = TestDaemon::start(&env, &rule, &[]);
+
+    let o = run_c(&d, &user(ALICE), &libbpf, &program, &lib, &[]);
+    assert_eq!(stderr(&o), "", "{}", d.log_text());
+    assert_eq!(
+        stdout(&o),
+        "token: cmds 0x21 maps 0x4 progs 0x2 attachs 0x1\n\
+         bpf_map_create(BPF_MAP_TYPE_ARRAY) with the token: ok\n\
+         bpf_prog_load(BPF_PROG_TYPE_SOCKET_FILTER) with the token: ok\n\
+         received 3 datagrams; the filter counted 3\n"
+    );
+    assert_eq!(o.status.code(), Some(0));
+
+    let eve = user(EVE);
+    let o = run_c(&d, &eve, &libbpf, &program, &lib, &[]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(stdout(&o), "");
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "bpftoken_mint: Operation not permitted: no rule in {} allows uid {} (gid {}) (not_in_policy)\n",
+            d.policy.display(),
+            eve.uid,
+            eve.gid
+        )
+    );
+    assert_eq!(o.status.code(), Some(1));
 }
 
 #[test]

@@ -166,6 +166,22 @@ fn btf_all_kinds_are_skipped_and_enums_found() {
     assert_eq!(pairs(Kind::Attach), [("cgroup_inet_ingress", 0), ("xdp", 37)]);
 }
 
+/// kind_flag set: the values are signed (-1 is no mask bit, skipped);
+/// clear: unsigned (0xffffffff is a value, however large).
+#[test]
+fn btf_enum_signedness_follows_kind_flag() {
+    for (kind_flag, want) in
+        [(0u32, vec![("hash".to_owned(), 1), ("big".to_owned(), u32::MAX)]), (1, vec![("hash".to_owned(), 1)])]
+    {
+        let mut b = Builder::new();
+        let name = b.str("bpf_map_type");
+        b.words(&[name, (kind_flag << 31) | (6 << 24) | 2, 4]);
+        let (hash, big) = (b.str("BPF_MAP_TYPE_HASH"), b.str("BPF_MAP_TYPE_BIG"));
+        b.words(&[hash, 1, big, u32::MAX]);
+        assert_eq!(parse_enum(&b.build(), Kind::Map).unwrap(), want, "kind_flag {kind_flag}");
+    }
+}
+
 #[test]
 fn btf_malformed_header() {
     assert!(matches!(parse_enums(&[]), Err(BtfError::TruncatedHeader { len: 0 })));

@@ -261,6 +261,7 @@ fn exit_for(e: &Error) -> ExitCode {
         Error::Refused(_) => EXIT_REFUSED,
         Error::Unreachable { .. } => EXIT_UNAVAILABLE,
         Error::Protocol(_) | Error::Io(_) => EXIT_PROTOCOL,
+        Error::Request(_) => EXIT_USAGE,
     })
 }
 

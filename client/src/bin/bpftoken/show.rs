@@ -71,6 +71,7 @@ pub(super) fn query(socket: &Path, json: bool) -> ExitCode {
                 Error::Refused(_) => EXIT_REFUSED,
                 Error::Unreachable { .. } => EXIT_UNAVAILABLE,
                 Error::Protocol(_) | Error::Io(_) => EXIT_PROTOCOL,
+                Error::Request(_) => EXIT_USAGE,
             })
         }
     }
