@@ -89,9 +89,8 @@ impl PeerIdentity {
     }
 
     /// The peer's cgroup for logs, as read for the decision; `None` where
-    /// no rule looks at cgroups (it is not read just for the log: one
-    /// open, read and close per request, docs/operation.md, "Audit
-    /// events").
+    /// no rule looks at cgroups (not read for the log alone: see
+    /// docs/operation.md, "Audit events").
     pub fn cgroup_display(&self) -> Option<&str> {
         self.creds.cgroup.as_deref()
     }
