@@ -179,11 +179,14 @@ impl TestDaemon {
         d
     }
 
-    /// A daemon (and so its minter) pinned to CPU 0, for benchmarks.
-    pub fn start_pinned(env: &Env, policy: &str) -> TestDaemon {
+    /// A daemon for benchmarks: logging as in production (`info`: the
+    /// audit events, not the debug lines tests read), pinned with its
+    /// minters to CPU 0 if `pinned`.
+    pub fn start_for_bench(env: &Env, policy: &str, pinned: bool) -> TestDaemon {
         let mut d = TestDaemon::start_on(env, policy, None, &[]);
         d.stop();
-        d.spawn_with(env, &[], &["taskset", "-c", "0"], &[]);
+        let wrapper: &[&str] = if pinned { &["taskset", "-c", "0"] } else { &[] };
+        d.spawn_with(env, &[], wrapper, &[("BPFTOKEND_LOG", "info")]);
         d
     }
 

@@ -65,6 +65,38 @@ pub fn floor_server(userns: i32, bpffs: i32, listen: i32) {
     });
 }
 
+/// What the daemon must do for every request whatever its design
+/// (docs/operation.md, "Audit events"), alone, in this (root) process,
+/// against a process of alice's: a new pidfd (as `SCM_PIDFD` makes one),
+/// its pid and user namespace through it, the executable (and the pidfd
+/// checked alive after), one audit line of the daemon's size written.
+pub fn measure_identity(n: usize) -> Figures {
+    let mut alice = as_user(&user(ALICE), "sleep");
+    let mut child = alice.arg("60").spawn().expect("a process of alice's");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    let mut audit = std::fs::OpenOptions::new().append(true).open("/dev/null").expect("/dev/null");
+    let stats = time_loop(n, || {
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).expect("pidfd_open");
+        let pid = bpftokend::sys::pidfd_info_pid(pidfd.as_fd()).expect("PIDFD_GET_INFO");
+        let ns = bpftokend::sys::pidfd_user_namespace(pidfd.as_fd()).expect("PIDFD_GET_USER_NAMESPACE");
+        let _ = rustix::fs::fstat(&ns);
+        drop(ns);
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        assert!(bpftokend::sys::pidfd_alive(pidfd.as_fd()));
+        let line = format!("{:>380} pid={pid} exe={exe:?}\n", "granted owner to uid");
+        let _ = std::io::Write::write_all(&mut audit, line.as_bytes());
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    Figures {
+        p50: stats.p(0.5),
+        p99: stats.p(0.99),
+        ops: stats.ops(),
+        client_cpu: stats.cpu_per_op(),
+        server_cpu: None,
+    }
+}
+
 /// One floor mint: connect, ask, receive the token, close both.
 fn floor_mint(socket: &SocketAddrUnix) {
     let sock =

@@ -49,7 +49,7 @@ pub fn measure_supervisor(env: &Env, self_exe: &Path) {
         "[[allow]]\nusers = [\"{ALICE}\"]\ncmds = [\"prog_load\"]\nprogs = [\"tracepoint\"]\nattachs = \
          [\"cgroup_inet_ingress\"]\n"
     );
-    let d = TestDaemon::start(env, &policy, &[]);
+    let d = TestDaemon::start_for_bench(env, &policy, false);
     println!("--- tracing supervisor (bpftoken run), 100000 calls, median of 5 runs");
     for what in ["trapped", "plain", "getpid"] {
         let workload = |c: &mut Command| {
