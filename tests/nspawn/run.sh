@@ -7,48 +7,27 @@
 #   tests/nspawn/run.sh [ROOTFS]     (root; default ROOTFS /var/tmp/bpftokend-nspawn)
 #
 # Needs systemd-container and debootstrap; the Debian mirror comes from the
-# system's apt sources. Exits non-zero on any failure.
+# system's apt sources (tests/nspawn/lib.sh boots the container). Exits
+# non-zero on any failure.
 set -eu
 cd "$(dirname "$0")/../.."
 root=${1:-/var/tmp/bpftokend-nspawn}
-mirror=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -E '/debian/?$' | head -1)
-[ -n "$mirror" ] || mirror=$(grep -hs '^deb ' /etc/apt/sources.list | awk '{print $2}' | grep -E '/debian/?$' | head -1)
-[ -n "$mirror" ] || { echo "no Debian mirror in the apt sources" >&2; exit 1; }
-suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
+. tests/nspawn/lib.sh
 
 # libelf1: bpftokend links libbpf (its BPF LSM enforcer's loader); a root
 # made before that is rebuilt.
-if [ ! -x "$root/usr/lib/systemd/systemd" ] || ! ls "$root"/usr/lib/*/libelf.so.1 >/dev/null 2>&1; then
-    rm -rf "$root"
-    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,libelf1,zlib1g "$suite" "$root" "$mirror" >/dev/null
-fi
+nspawn_rootfs "$root" systemd,systemd-sysv,dbus,libelf1,zlib1g
 # The same libc as the host (same suite), so the host's build runs there.
 cargo build --release --locked -p bpftokend -p bpftoken -p bpftoken-capi >/dev/null 2>&1
 rm -rf "$root/opt/bpftokend" && mkdir -p "$root/opt/bpftokend"
 cp -r Cargo.toml scripts systemd examples docs capi "$root/opt/bpftokend/"
 mkdir -p "$root/opt/bpftokend/target/release"
-cp target/release/bpftokend target/release/bpftoken target/release/libbpftoken.so "$root/opt/bpftokend/target/release/"
+release=${CARGO_TARGET_DIR:-target}/release
+cp "$release/bpftokend" "$release/bpftoken" "$release/libbpftoken.so" "$root/opt/bpftokend/target/release/"
 chroot "$root" sh -c 'id tokenuser >/dev/null 2>&1 || useradd -m tokenuser; getent group bpftoken >/dev/null || groupadd --system bpftoken; usermod -a -G bpftoken tokenuser'
 rm -f "$root/etc/bpftokend/policy.toml"
 
-machine=bpftokend-test
-# --capability=CAP_BPF --system-call-filter='bpf setns': nspawn's default
-# seccomp filter makes bpf(2) fail with EPERM for the container's services
-# (found by running the daemon as a service and as a scope); a host
-# running bpftokend directly under systemd has no such filter.
-# --register=no --keep-unit: the host's systemd is not PID 1 here.
-systemd-nspawn -q -D "$root" --boot --register=no --keep-unit --capability=CAP_BPF --system-call-filter='bpf setns' --machine=$machine </dev/null >"$root/../nspawn-boot.log" 2>&1 &
-nspawn=$!
-cleanup() { kill -TERM $nspawn 2>/dev/null || true; wait $nspawn 2>/dev/null || true; }
-trap cleanup EXIT
-leader=""
-for _ in $(seq 100); do
-    leader=$(pgrep -P $nspawn 2>/dev/null | head -1 || true)
-    [ -n "$leader" ] && nsenter -t "$leader" -a systemctl is-system-running --wait >/dev/null 2>&1 && break
-    sleep 0.2
-done
-[ -n "$leader" ] || { echo "the container did not boot" >&2; cat "$root/../nspawn-boot.log" >&2; exit 1; }
-inside() { nsenter -t "$leader" -a "$@"; }
+nspawn_boot "$root" bpftokend-test
 
 inside sh -c 'cd /opt/bpftokend && scripts/install' >/dev/null
 # The C library is in ld.so's cache under its soname.
