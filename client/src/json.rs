@@ -58,6 +58,20 @@ pub struct QueryDocument {
     pub other_builds: Vec<OtherBuildJson>,
     /// The refusal any request would get now; `None` when one could be granted.
     pub refusal: Option<RefusalJson>,
+    /// The tracing targets the caller's rules name (`None`: the daemon is
+    /// too old to say).
+    pub tracing: Option<Vec<TraceTargetJson>>,
+}
+
+/// A tracing target pattern a rule names for the caller.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceTargetJson {
+    /// `tracepoints`, `kprobes` or `uprobes`.
+    pub key: String,
+    pub pattern: String,
+    pub rule: String,
+    /// Named by a deny rule: refused whatever allows it.
+    pub denied: bool,
 }
 
 /// One rule's mints-per-minute limit.
@@ -120,7 +134,12 @@ pub struct RefusalJson {
 }
 
 impl QueryDocument {
-    pub fn new(e: &Explanation, enforcement: Option<&Enforcement>, other_builds: &[OtherBuild]) -> QueryDocument {
+    pub fn new(
+        e: &Explanation,
+        enforcement: Option<&Enforcement>,
+        other_builds: &[OtherBuild],
+        tracing: Option<&[crate::TraceAllowance]>,
+    ) -> QueryDocument {
         QueryDocument {
             schema: QUERY_SCHEMA,
             policy: e.policy.clone(),
@@ -135,6 +154,17 @@ impl QueryDocument {
             enforcement: enforcement.map(EnforcementJson::from),
             other_builds: other_builds.iter().map(OtherBuildJson::from).collect(),
             refusal: e.refusal.as_ref().map(|r| RefusalJson { code: r.code.as_str(), message: r.message.clone() }),
+            tracing: tracing.map(|targets| {
+                targets
+                    .iter()
+                    .map(|t| TraceTargetJson {
+                        key: t.key.clone(),
+                        pattern: t.pattern.clone(),
+                        rule: t.rule.clone(),
+                        denied: t.denied,
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -235,7 +265,7 @@ mod tests {
             refusal: None,
         };
         let v: serde_json::Value =
-            serde_json::from_str(&to_string(&QueryDocument::new(&e, None, &[])).unwrap()).unwrap();
+            serde_json::from_str(&to_string(&QueryDocument::new(&e, None, &[], None)).unwrap()).unwrap();
         assert_eq!(v["schema"], "bpftoken.query/1");
         assert_eq!(v["grant"]["cmds"], serde_json::json!(["map_create"]));
         assert_eq!(v["grant"]["maps"], serde_json::json!(["array"]));
@@ -244,7 +274,7 @@ mod tests {
         assert!(v["enforcement"].is_null() && v["refusal"].is_null());
         let refused = Explanation { refusal: Some(Refusal::new(RefusalCode::NotInPolicy, "no")), ..e };
         let enforcing = Enforcement::Unavailable("why".into());
-        let v = serde_json::to_value(QueryDocument::new(&refused, Some(&enforcing), &[])).unwrap();
+        let v = serde_json::to_value(QueryDocument::new(&refused, Some(&enforcing), &[], Some(&[]))).unwrap();
         assert_eq!(v["refusal"], serde_json::json!({"code": "not_in_policy", "message": "no"}));
         assert_eq!(v["enforcement"], serde_json::json!({"state": "unavailable", "reason": "why"}));
     }

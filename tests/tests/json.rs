@@ -206,3 +206,24 @@ fn check_policy_explain_json_names_rules_limits_and_grant() {
     assert_eq!(stderr(&o), "bpftokend: unknown user \"bpftk-nosuchuser\"\n");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn query_json_lists_the_tracing_targets_the_callers_rules_name() {
+    let Some(env) = setup("query_json_lists_the_tracing_targets_the_callers_rules_name") else { return };
+    let policy = "[[allow]]\nname = \"tracer\"\nusers = [\"bpftk-alice\"]\ncmds = [\"prog_load\"]\nprogs = \
+                  [\"tracepoint\"]\ntracepoints = [\"syscalls:sys_enter_getpid\"]\n\n[[deny]]\nname = \
+                  \"no-exit\"\nusers = [\"bpftk-alice\"]\ntracepoints = [\"syscalls:sys_enter_exit*\"]\n";
+    let d = TestDaemon::start(&env, policy, &[]);
+    let v = document(&d.bpftoken(&env, &user(ALICE), &["query", "--json"]));
+    assert_eq!(
+        v["tracing"],
+        json!([
+            {"key": "tracepoints", "pattern": "syscalls:sys_enter_getpid", "rule": "tracer", "denied": false},
+            {"key": "tracepoints", "pattern": "syscalls:sys_enter_exit*", "rule": "no-exit", "denied": true}
+        ]),
+        "{v:#}"
+    );
+    // A caller no rule names: none.
+    let v = document(&d.bpftoken(&env, &user(EVE), &["query", "--json"]));
+    assert_eq!(v["tracing"], json!([]), "{v:#}");
+}

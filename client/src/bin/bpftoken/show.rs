@@ -42,8 +42,8 @@ pub(super) fn print_json<T: serde::Serialize>(document: &T) -> ExitCode {
 pub(super) fn query(socket: &Path, json: bool) -> ExitCode {
     let asked = Client::connect_to(socket).and_then(|mut c| Ok((c.query_enforcement_reporting()?, c.trace_targets()?)));
     match asked {
-        Ok(((e, enforcement, other_builds), _)) if json => {
-            print_json(&bpftoken::json::QueryDocument::new(&e, enforcement.as_ref(), &other_builds))
+        Ok(((e, enforcement, other_builds), tracing)) if json => {
+            print_json(&bpftoken::json::QueryDocument::new(&e, enforcement.as_ref(), &other_builds, tracing.as_deref()))
         }
         Ok(((e, enforcement, other_builds), tracing)) => {
             for line in explanation_lines(&e) {
