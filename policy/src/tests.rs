@@ -23,7 +23,7 @@ impl NameResolver for FakeNames {
     }
 }
 
-fn parse(text: &str) -> Result<Policy, PolicyError> {
+fn parse(text: &str) -> Result<Policy, PolicyErrors> {
     Policy::parse(text, Path::new("/etc/bpftokend/policy.toml"), &FakeNames)
 }
 
@@ -189,11 +189,29 @@ fn unknown_names_in_each_set() {
 fn unknown_key_is_refused() {
     assert_eq!(
         err("[[allow]]\nusers = [\"alice\"]\nmap = [\"hash\"]\n"),
-        "/etc/bpftokend/policy.toml:3:1: unknown field `map`, expected one of `name`, `everyone`, `users`, \
-         `groups`, `uids`, `gids`, `uid_ranges`, `gid_ranges`, `executables`, `cgroups`, `userns_owners`, \
-         `mints_per_minute`, `max_live_tokens`, `ttl`, `bind`, `enforce_identity`, `learn`, `cmds`, `maps`, `progs`, `attachs`, `tracepoints`, `kprobes`, `uprobes`"
+        "/etc/bpftokend/policy.toml:3:1: unknown key `map` (did you mean `maps`?)"
     );
-    assert!(err("[[alow]]\nuids = [1]\n").starts_with("/etc/bpftokend/policy.toml:1:3: unknown field `alow`"));
+    assert_eq!(
+        err("[[allow]]\nusers = [\"alice\"]\nwibble = [\"hash\"]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:3:1: unknown key `wibble`; a rule takes `name`, `everyone`, `users`, `groups`, \
+         `uids`, `gids`, `uid_ranges`, `gid_ranges`, `executables`, `cgroups`, `userns_owners`, `mints_per_minute`, \
+         `max_live_tokens`, `ttl`, `bind`, `enforce_identity`, `learn`, `cmds`, `maps`, `progs`, `attachs`, \
+         `tracepoints`, `kprobes`, `uprobes`"
+    );
+    assert_eq!(
+        err("[[alow]]\nuids = [1]\n"),
+        "/etc/bpftokend/policy.toml:1:3: unknown key `alow` (did you mean `allow`?)"
+    );
+    assert_eq!(
+        err("users = [\"alice\"]\n[[allow]]\nuids = [1]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:1:1: `users` is a rule key: put it inside an [[allow]] or [[deny]] table, under \
+         its header"
+    );
+    assert_eq!(
+        err("[allow]\nuids = [1]\ncmds = [\"any\"]\n"),
+        "/etc/bpftokend/policy.toml:1:2: `allow` holds rules: write each one as a table under its own [[allow]] \
+         header"
+    );
 }
 
 #[test]
@@ -422,7 +440,7 @@ fn everyone_with_any_needs_acknowledgement() {
     assert_eq!(
         err(text),
         "/etc/bpftokend/policy.toml:1:1: rule \"allow[0]\" grants `any` cmds to everyone; if that is really \
-         meant, set `acknowledge_broad_grants = true` at the top of the policy"
+         meant, set `acknowledge_broad_grants = true` at the top of the main policy file"
     );
     let p = parse(&format!("acknowledge_broad_grants = true\n{text}")).unwrap();
     assert_eq!(
@@ -677,6 +695,7 @@ fn arb_rule() -> impl Strategy<Value = Rule> {
         .prop_filter("a rule matches someone", |(u, g, _)| u.is_some() || g.is_some())
         .prop_map(|(uids, gids, grant)| Rule {
             label: "r".into(),
+            file: "/p".into(),
             line: 1,
             effect: Effect::Allow,
             matcher: Matcher {
@@ -717,7 +736,7 @@ proptest! {
         uid in 0u32..4, gid in 10u32..14, extra in proptest::collection::vec(10u32..14, 0..2),
         req in arb_request(),
     ) {
-        let policy = Policy { path: "/p".into(), allow: rules, deny: denies.into_iter().map(deny_of).collect(), warnings: vec![], require_enforcement: true };
+        let policy = Policy { path: "/p".into(), dropins: vec![], allow: rules, deny: denies.into_iter().map(deny_of).collect(), warnings: vec![], require_enforcement: true };
         let peer = Peer { uid, gid, groups: extra, ..Peer::default() };
         let union = policy.allow.iter().filter(|r| r.matcher.matches(&peer))
             .fold(Delegation::NONE, |a, r| a.union(r.grant));
@@ -738,7 +757,7 @@ proptest! {
         uid in 0u32..4, gid in 10u32..14,
         req in arb_request(), cut in arb_delegation(),
     ) {
-        let policy = Policy { path: "/p".into(), allow: rules, deny: vec![], warnings: vec![], require_enforcement: true };
+        let policy = Policy { path: "/p".into(), dropins: vec![], allow: rules, deny: vec![], warnings: vec![], require_enforcement: true };
         let peer = Peer { uid, gid, ..Peer::default() };
         if let Decision::Grant { delegation: wide, .. } = policy.decide(&peer, &req) {
             let narrower = wide.intersect(cut);
