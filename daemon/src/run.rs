@@ -33,7 +33,7 @@ pub struct Options {
 pub enum StartError {
     #[error("bpftokend must run as root (it mounts bpffs instances and writes uid maps); running as uid {0}")]
     NotRoot(u32),
-    #[error("{}", .0.render())]
+    #[error("{}", render_errors(.0))]
     Policy(#[from] PolicyErrors),
     #[error(transparent)]
     Socket(#[from] SocketError),
@@ -47,6 +47,14 @@ pub enum StartError {
     Kernel(#[from] crate::probe::ProbeError),
     #[error("--exit-idle needs socket activation: the socket must outlive the daemon, or clients would find nobody listening")]
     ExitIdleWithoutActivation,
+}
+
+/// Every error, and how many there were when more than one.
+fn render_errors(errors: &PolicyErrors) -> String {
+    match errors.len() {
+        1 => errors.render(),
+        n => format!("{}\n{n} errors: the policy does not load", errors.render()),
+    }
 }
 
 /// Run the daemon until SIGTERM or SIGINT.
