@@ -211,6 +211,14 @@ fn rule_names_are_unique_across_files() {
         ["/etc/bpftokend/policy.d/a.toml:2:8: rule name \"allow[0]\" (/etc/bpftokend/policy.d/a.toml:1) is the label \
           of the unnamed rule at /etc/bpftokend/policy.toml:1; audit events name rules by it, so choose another name"]
     );
+    // Across tables too, the later file's name is the one pointed at.
+    let deny = "[[deny]]\nname = \"x\"\nusers = [\"bob\"]\nmaps = [\"hash\"]\n";
+    let e = set(deny, &[("/etc/bpftokend/policy.d/a.toml", &rule("x"))]).unwrap_err();
+    assert_eq!(
+        messages(&e),
+        ["/etc/bpftokend/policy.d/a.toml:2:8: rule name \"x\" is used twice, at /etc/bpftokend/policy.toml:1 and \
+          /etc/bpftokend/policy.d/a.toml:1; audit events name rules by it, so each name must be unique"]
+    );
     // Unnamed rules of different files never collide.
     set(unnamed, &[("/etc/bpftokend/policy.d/a.toml", unnamed), ("/etc/bpftokend/policy.d/b.toml", unnamed)]).unwrap();
 }

@@ -265,8 +265,10 @@ pub(crate) fn parse_sources(
         errors.extend(ctx.errors.take());
         warnings.extend(ctx.warnings.take());
     }
-    let named: Vec<(&Rule, Option<&Location>)> =
+    let mut named: Vec<(&Rule, Option<&Location>)> =
         allow.iter().zip(&written).chain(deny.iter().zip(&written_deny)).map(|(r, n)| (r, n.as_ref())).collect();
+    // In file order, so the later of two rules is the one pointed at.
+    named.sort_by_key(|(r, _)| (r.file != main_path, r.file.clone(), r.line));
     errors.extend(unique_names(&named));
     let policy = Policy {
         path: main_path.to_owned(),
