@@ -156,11 +156,16 @@ fn explain_text(policy: &Policy, peer: &Peer) -> String {
             bind.push("cgroup");
         }
         let bind = if bind.is_empty() { "-".to_owned() } else { bind.join("+") };
+        // Rules of a drop-in say which file they are in.
+        let place = if r.file == policy.path() {
+            format!("line {}", r.line)
+        } else {
+            format!("line {} of {}", r.line, r.file.display())
+        };
         let _ = writeln!(
             out,
-            "  {} (line {}): ttl {ttl}; bind {bind}; learn {}",
+            "  {} ({place}): ttl {ttl}; bind {bind}; learn {}",
             r.label,
-            r.line,
             if r.learn { "yes" } else { "no" }
         );
     }

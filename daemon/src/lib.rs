@@ -1,7 +1,8 @@
 //! bpftokend: authenticate a local peer from the kernel, decide by policy,
 //! mint a BPF token in a scope the daemon created, pass the fd back.
 //!
-//! Where things live: the peer is identified in [`peer`], the grant is
+//! Where things live: the peer is identified in [`peer`], the policy and
+//! its drop-ins are read in [`policy`], the grant is
 //! computed by `bpftoken_policy::Policy::decide` (called from [`server`]),
 //! scopes are created by the [`minter`] (a separate single-threaded
 //! process) and tokens minted from them in [`cache`],
@@ -24,6 +25,7 @@ pub use enforcer::others;
 pub mod peer;
 pub mod perf;
 pub mod pins;
+pub mod policy;
 pub mod probe;
 pub mod run;
 pub mod server;

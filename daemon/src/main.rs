@@ -21,7 +21,8 @@ struct Cli {
     /// Unix socket to listen on.
     #[arg(long, env = "BPFTOKEN_SOCKET", default_value = bpftokend::socket::DEFAULT_SOCKET_PATH)]
     socket: PathBuf,
-    /// Policy file (root-owned, not writable by group or others).
+    /// Policy file (root-owned, not writable by group or others); the
+    /// drop-ins in policy.d/*.toml next to it are merged after it.
     #[arg(long, default_value = bpftoken_policy::DEFAULT_POLICY_PATH)]
     policy: PathBuf,
     /// Cached scopes (user namespace + delegated bpffs) per client uid.
@@ -128,9 +129,10 @@ fn init_logging(format: LogFormat) {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check a policy file and exit (0 if it loads, 1 if not).
+    /// Check a policy file and its drop-ins (policy.d/*.toml next to it)
+    /// and exit (0 if they load, 1 if not, with every error).
     CheckPolicy {
-        /// The policy file to check.
+        /// The main policy file to check; its drop-ins are checked too.
         #[arg(long, default_value = bpftoken_policy::DEFAULT_POLICY_PATH)]
         policy: PathBuf,
         /// Print what the policy grants this user (name or uid) and why.
@@ -261,15 +263,12 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckPolicy { policy, explain, groups, exe, cgroup, userns_owner, enforcer, json }) => {
             let (names, source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
-            let loaded = bpftoken_policy::load(&policy, &names).and_then(|mut p| {
-                // Probed only for a policy that has such rules.
-                let needs = p.rules().iter().any(|r| r.identity.as_ref().is_some_and(|i| !i.advisory));
-                let unavailable = if needs { enforcer.unavailable() } else { None };
-                p.check_identity_enforcement(unavailable.as_deref())
-                    .and_then(|()| bpftokend::run::check_trace(&mut p))
-                    .map(|()| p)
-            });
-            match loaded {
+            // Every error of the main file and its drop-ins, in one run.
+            let mut draft = bpftokend::policy::read(&policy, &names);
+            // Probed only for a policy that has such rules.
+            let unavailable = if bpftokend::policy::needs_enforcer(&draft) { enforcer.unavailable() } else { None };
+            draft.check_identity_enforcement(unavailable.as_deref());
+            match draft.finish() {
                 Ok(p) if json => {
                     let user = explain.unwrap_or_default();
                     let caller =
@@ -279,10 +278,11 @@ fn main() -> ExitCode {
                 }
                 Ok(p) => {
                     println!(
-                        "{}: ok, {} allow and {} deny rule(s); names checked against {source}",
+                        "{}: ok, {} allow and {} deny rule(s){}; names checked against {source}",
                         policy.display(),
                         p.rules().len(),
-                        p.deny_rules().len()
+                        p.deny_rules().len(),
+                        bpftokend::policy::dropins_note(&p)
                     );
                     for w in p.warnings() {
                         println!("warning: {w}");
@@ -306,6 +306,9 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("{}", e.render());
+                    if e.len() > 1 {
+                        eprintln!("{} errors: {} does not load", e.len(), policy.display());
+                    }
                     ExitCode::FAILURE
                 }
             }

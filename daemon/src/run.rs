@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bpftoken_policy::btf::KernelNames;
-use bpftoken_policy::PolicyError;
+use bpftoken_policy::PolicyErrors;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cache::{ScopeCache, ScopeLimits};
@@ -33,8 +33,8 @@ pub struct Options {
 pub enum StartError {
     #[error("bpftokend must run as root (it mounts bpffs instances and writes uid maps); running as uid {0}")]
     NotRoot(u32),
-    #[error("{}", .0.render())]
-    Policy(#[from] PolicyError),
+    #[error("{}", render_errors(.0))]
+    Policy(#[from] PolicyErrors),
     #[error(transparent)]
     Socket(#[from] SocketError),
     #[error("cannot start the minter process: {0}")]
@@ -51,6 +51,14 @@ pub enum StartError {
     FdLimit { limit: usize, needed: usize },
     #[error("--exit-idle needs socket activation: the socket must outlive the daemon, or clients would find nobody listening")]
     ExitIdleWithoutActivation,
+}
+
+/// Every error, and how many there were when more than one.
+fn render_errors(errors: &PolicyErrors) -> String {
+    match errors.len() {
+        1 => errors.render(),
+        n => format!("{}\n{n} errors: the policy does not load", errors.render()),
+    }
 }
 
 /// Run the daemon until SIGTERM or SIGINT.
@@ -71,18 +79,25 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     crate::probe::check()?;
     let (conns, scopes) = fit_to_fd_limit(opts.conns, opts.scopes)?;
     let (names, names_source) = bpftoken_policy::btf::KernelNames::running_or_builtin();
-    let mut policy = bpftoken_policy::load(&opts.policy, &names)?;
-    let rules = policy.rules().len() + policy.deny_rules().len();
+    // Every error of the main file and its drop-ins, before the enforcer
+    // is loaded (and pinned) for a policy that cannot load.
+    let mut draft = crate::policy::read(&opts.policy, &names).stop_on_errors()?;
     // Before any thread or child exists; the daemon runs either way and
     // says which (leases with `ttl` follow the policy's choice).
     let enforcer = crate::enforcer::Enforcer::load(&opts.pin_dir);
     // `executables`/`cgroups` are a boundary only where the enforcer binds
     // grants to them: refuse a policy that would rely on them without it.
     let unavailable = enforcer.as_ref().err().map(ToString::to_string);
-    if let Err(e) = policy.check_identity_enforcement(unavailable.as_deref()).and_then(|()| check_trace(&mut policy)) {
-        release_pins(enforcer.as_ref().ok());
-        return Err(e.into());
-    }
+    draft.check_identity_enforcement(unavailable.as_deref());
+    let policy = match draft.finish() {
+        Ok(p) => p,
+        Err(e) => {
+            release_pins(enforcer.as_ref().ok());
+            return Err(e.into());
+        }
+    };
+    let rules = policy.rules().len() + policy.deny_rules().len();
+    let dropins = policy.dropins().len();
     for w in policy.warnings() {
         tracing::warn!("{w}");
     }
@@ -150,6 +165,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
             activated = owned.is_none(),
             policy = %opts.policy.display(),
             rules,
+            dropins,
             kernel_names = %names_source,
             "listening"
         );
@@ -379,26 +395,22 @@ impl Signals {
     }
 }
 
-/// A policy's `tracepoints`, `kprobes` and `uprobes` against what this
-/// kernel offers (read only when some rule names any).
-pub fn check_trace(policy: &mut bpftoken_policy::Policy) -> Result<(), PolicyError> {
-    if policy.has_trace_targets() {
-        policy.check_trace_targets(&crate::perf::catalog())
-    } else {
-        Ok(())
-    }
-}
-
-/// Re-read the policy; a broken one is logged and the old one stays.
-/// Requests already decided keep the snapshot they took.
+/// Re-read the policy and its drop-ins (files added or removed since are
+/// picked up); a broken set is logged with every error and the old policy
+/// stays. Requests already decided keep the snapshot they took.
 fn reload(daemon: &Daemon, path: &std::path::Path, names: &KernelNames) {
     let unavailable = daemon.enforcement_unavailable();
-    let loaded = bpftoken_policy::load(path, names).and_then(|mut p| {
-        p.check_identity_enforcement(unavailable.as_deref()).and_then(|()| check_trace(&mut p)).map(|()| p)
-    });
-    match loaded {
+    let mut draft = crate::policy::read(path, names);
+    draft.check_identity_enforcement(unavailable.as_deref());
+    match draft.finish() {
         Ok(p) => {
-            tracing::info!(policy = %path.display(), rules = p.rules().len() + p.deny_rules().len(), "policy reloaded");
+            tracing::info!(
+                policy = %path.display(),
+                rules = p.rules().len() + p.deny_rules().len(),
+                dropins = p.dropins().len(),
+                "policy reloaded{}",
+                crate::policy::dropins_note(&p)
+            );
             for w in p.warnings() {
                 tracing::warn!("{w}");
             }

@@ -68,3 +68,71 @@ impl PolicyError {
         }
     }
 }
+
+/// Every error a policy check found (never none), in file order: the main
+/// file first, then the drop-ins, each by line and column.
+#[derive(Debug)]
+pub struct PolicyErrors {
+    errors: Vec<PolicyError>,
+}
+
+impl PolicyErrors {
+    /// `None` when there is nothing to report.
+    pub fn new(errors: Vec<PolicyError>) -> Option<PolicyErrors> {
+        (!errors.is_empty()).then_some(PolicyErrors { errors })
+    }
+
+    /// `errors` must not be empty (callers check).
+    pub(crate) fn from_vec(errors: Vec<PolicyError>) -> PolicyErrors {
+        debug_assert!(!errors.is_empty());
+        PolicyErrors { errors }
+    }
+
+    pub fn errors(&self) -> &[PolicyError] {
+        &self.errors
+    }
+
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// Never true; for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// Each error as [`PolicyError::render`] prints it, one after another.
+    pub fn render(&self) -> String {
+        self.errors.iter().map(PolicyError::render).collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl From<PolicyError> for PolicyErrors {
+    fn from(e: PolicyError) -> Self {
+        PolicyErrors { errors: vec![e] }
+    }
+}
+
+impl IntoIterator for PolicyErrors {
+    type Item = PolicyError;
+    type IntoIter = std::vec::IntoIter<PolicyError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.errors.into_iter()
+    }
+}
+
+/// The first error, and how many more there are: one line, for status
+/// lines and logs; [`PolicyErrors::render`] gives them all.
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(first) = self.errors.first() else { return Ok(()) };
+        write!(f, "{first}")?;
+        match self.errors.len() {
+            1 => Ok(()),
+            2 => write!(f, " (and 1 more error)"),
+            n => write!(f, " (and {} more errors)", n - 1),
+        }
+    }
+}
+
+impl std::error::Error for PolicyErrors {}

@@ -1,28 +1,50 @@
-//! Reading the policy file without trusting its path.
+//! Reading the policy file and its drop-ins without trusting their paths.
 //!
 //! The parent directory is opened first and checked through its fd, then
 //! the file is opened relative to that fd with O_NOFOLLOW and checked
 //! through its own fd (fstat), so a rename or symlink swap between check
-//! and read cannot substitute another file.
+//! and read cannot substitute another file. The drop-in directory
+//! (`policy.d` next to the file) is opened relative to the same checked
+//! fd, checked the same way, and each drop-in relative to it.
+//!
+//! This is the only I/O of the crate: it reads, and the parser
+//! ([`crate::Policy::parse_set`]) gets the text.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{FileType, Mode, OFlags};
 
 use crate::btf::KernelNames;
-use crate::error::{Location, PolicyError};
-use crate::parse::{NameResolver, SystemResolver};
+use crate::draft::Draft;
+use crate::error::{Location, PolicyError, PolicyErrors};
+use crate::parse::{parse_sources, NameResolver, Source, SystemResolver};
 use crate::Policy;
 
-/// A policy larger than this is refused before it is read.
+/// A policy file larger than this is refused before it is read.
 pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
 
-/// Load the policy at `path`: it and its directories must be owned by
-/// root and not writable by group or others. Names are validated against
-/// `names` (see [`crate::btf::KernelNames::running_or_builtin`]).
-pub fn load(path: &Path, names: &KernelNames) -> Result<Policy, PolicyError> {
+/// The drop-in directory's name, next to the main policy file.
+pub const DROPIN_DIR: &str = "policy.d";
+
+/// Where the drop-ins of the policy at `path` live: `policy.d` in its
+/// directory.
+pub fn dropin_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join(DROPIN_DIR),
+        _ => PathBuf::from(DROPIN_DIR),
+    }
+}
+
+/// Load the policy at `path` and its drop-ins: every file and directory
+/// must be owned by root and not writable by group or others. Names are
+/// validated against `names` (see
+/// [`crate::btf::KernelNames::running_or_builtin`]).
+pub fn load(path: &Path, names: &KernelNames) -> Result<Policy, PolicyErrors> {
     load_with(path, 0, &SystemResolver, names)
 }
 
@@ -33,9 +55,22 @@ pub fn load_with(
     owner: u32,
     resolver: &dyn NameResolver,
     names: &KernelNames,
-) -> Result<Policy, PolicyError> {
-    let text = read_checked(path, owner)?;
-    Policy::parse_with(&text, path, resolver, names)
+) -> Result<Policy, PolicyErrors> {
+    read_with(path, owner, resolver, names).finish()
+}
+
+/// Read and parse the policy at `path` and its drop-ins, owned by root,
+/// into a [`Draft`] holding every error of every file, for checks that
+/// need the host to add theirs before [`Draft::finish`].
+pub fn read(path: &Path, resolver: &dyn NameResolver, names: &KernelNames) -> Draft {
+    read_with(path, 0, resolver, names)
+}
+
+/// [`read`] with the required owner given.
+pub fn read_with(path: &Path, owner: u32, resolver: &dyn NameResolver, names: &KernelNames) -> Draft {
+    let mut errors = Vec::new();
+    let (main, dropins) = read_files(path, owner, &mut errors);
+    parse_sources(path, main.as_deref(), &dropins, errors, resolver, names)
 }
 
 fn unsafe_err(path: &Path, reason: impl Into<String>) -> PolicyError {
@@ -123,21 +158,109 @@ fn check_ancestor(policy: &Path, dir: &Path, stat: &rustix::fs::Stat, owner: u32
     Ok(())
 }
 
-fn read_checked(path: &Path, owner: u32) -> Result<String, PolicyError> {
-    let open_err = |e: rustix::io::Errno| PolicyError::Open { path: path.to_owned(), source: e.into() };
-    let name = path.file_name().ok_or_else(|| unsafe_err(path, "the path does not name a file"))?;
+/// The main file's text and the drop-ins', every failure in `errors`.
+/// A file that cannot be read safely is left out (its error says why);
+/// nothing is read from a directory that fails its checks.
+fn read_files(path: &Path, owner: u32, errors: &mut Vec<PolicyError>) -> (Option<String>, Vec<Source>) {
+    let Some(name) = path.file_name() else {
+        errors.push(unsafe_err(path, "the path does not name a file"));
+        return (None, Vec::new());
+    };
     let dir_path: PathBuf = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    let dir = open_dir_checked(path, &dir_path, owner)?;
-    let dir_stat = rustix::fs::fstat(&dir).map_err(open_err)?;
-    check_owner_and_mode(path, "its directory", &dir_path, &dir_stat, owner)?;
+    let dir = match open_dir_checked(path, &dir_path, owner).and_then(|dir| {
+        let stat =
+            rustix::fs::fstat(&dir).map_err(|e| PolicyError::Open { path: path.to_owned(), source: e.into() })?;
+        check_owner_and_mode(path, "its directory", &dir_path, &stat, owner)?;
+        Ok(dir)
+    }) {
+        Ok(dir) => dir,
+        Err(e) => {
+            errors.push(e);
+            return (None, Vec::new());
+        }
+    };
+    let main = read_at(&dir, name, path, owner).map_err(|e| errors.push(e)).ok();
+    let dropins = read_dropins(&dir, &dropin_dir(path), owner, errors);
+    (main, dropins)
+}
 
+/// The drop-ins in `dir_path` (opened relative to the main file's checked
+/// directory `parent`): every `*.toml` whose name does not start with a
+/// dot, in lexical order. No directory: none.
+fn read_dropins(parent: &OwnedFd, dir_path: &Path, owner: u32, errors: &mut Vec<PolicyError>) -> Vec<Source> {
+    let open_err = |e: rustix::io::Errno| PolicyError::Open { path: dir_path.to_owned(), source: e.into() };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let dir = match rustix::fs::openat(parent, DROPIN_DIR, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Vec::new(),
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+            errors.push(unsafe_err(dir_path, "it is a symbolic link or not a directory"));
+            return Vec::new();
+        }
+        Err(e) => {
+            errors.push(open_err(e));
+            return Vec::new();
+        }
+    };
+    let checked = rustix::fs::fstat(&dir)
+        .map_err(open_err)
+        .and_then(|stat| check_owner_and_mode(dir_path, "the directory", dir_path, &stat, owner));
+    if let Err(e) = checked {
+        errors.push(e);
+        return Vec::new();
+    }
+    let mut names = match list_dropins(&dir) {
+        Ok(names) => names,
+        Err(e) => {
+            errors.push(PolicyError::Read { path: dir_path.to_owned(), source: e.into() });
+            return Vec::new();
+        }
+    };
+    names.sort();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let path = dir_path.join(OsStr::from_bytes(&name));
+            match read_at(&dir, OsStr::from_bytes(&name), &path, owner) {
+                Ok(text) => Some(Source { path, text }),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Names in `dir` that are drop-ins: ending in `.toml`, not hidden (editor
+/// lock files such as `.#x.toml` are hidden), as bytes.
+fn list_dropins(dir: &impl AsFd) -> Result<Vec<Vec<u8>>, rustix::io::Errno> {
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if is_dropin_name(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// `*.toml` and not hidden: what the docs promise is read, and nothing
+/// else (`x.toml~`, `x.toml.dpkg-old`, `.x.toml.swp` are not).
+pub(crate) fn is_dropin_name(name: &[u8]) -> bool {
+    name.len() > ".toml".len() && name.ends_with(b".toml") && !name.starts_with(b".")
+}
+
+/// Read `name` in the checked directory `dir`; `path` names it in errors.
+fn read_at(dir: &OwnedFd, name: &OsStr, path: &Path, owner: u32) -> Result<String, PolicyError> {
+    let open_err = |e: rustix::io::Errno| PolicyError::Open { path: path.to_owned(), source: e.into() };
     // O_NONBLOCK: a FIFO planted at the path must not hang the daemon.
     let fd =
         rustix::fs::openat(
-            &dir,
+            dir,
             name,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
             Mode::empty(),

@@ -1,12 +1,14 @@
 //! The bpftokend policy: who may get which BPF powers.
 //!
-//! Pure code: [`load`] reads one root-owned file, [`Policy::parse`] turns
-//! text into rules, [`Policy::decide`] turns a peer and a request into a
-//! grant or a refusal. Nothing here talks to sockets or the kernel's BPF
-//! interface; the daemon does that.
+//! Pure code: [`load`] reads the root-owned policy file and its drop-ins
+//! (`policy.d/*.toml`), [`Policy::parse_set`] turns their text into one set
+//! of rules (a [`Draft`] with every error found), [`Policy::decide`] turns a
+//! peer and a request into a grant or a refusal. Nothing here talks to
+//! sockets or the kernel's BPF interface; the daemon does that.
 #![forbid(unsafe_code)]
 
 pub mod btf;
+mod draft;
 mod error;
 mod file;
 mod parse;
@@ -17,9 +19,10 @@ use std::path::{Path, PathBuf};
 use bpftoken_proto::delegation::{self, Delegation};
 use bpftoken_proto::{MintRequest, RefusalCode};
 
-pub use error::{Location, PolicyError};
-pub use file::{load, load_with, MAX_POLICY_BYTES};
-pub use parse::{NameResolver, SystemResolver};
+pub use draft::Draft;
+pub use error::{Location, PolicyError, PolicyErrors};
+pub use file::{dropin_dir, load, load_with, read, read_with, DROPIN_DIR, MAX_POLICY_BYTES};
+pub use parse::{NameResolver, Source, SystemResolver};
 
 /// Where the daemon looks for its policy unless told otherwise.
 pub const DEFAULT_POLICY_PATH: &str = "/etc/bpftokend/policy.toml";
@@ -38,7 +41,10 @@ pub const MAX_POLICY_ID: u32 = i32::MAX as u32;
 /// A loaded policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
+    /// The main file.
     path: PathBuf,
+    /// The drop-in files merged after it, in merge order.
+    dropins: Vec<PathBuf>,
     allow: Vec<Rule>,
     deny: Vec<Rule>,
     warnings: Vec<String>,
@@ -113,6 +119,8 @@ pub struct Rule {
     /// How the rule is named in audit events and messages: its `name`, or
     /// `allow[N]` / `deny[N]` (0-based position) when it has none.
     pub label: String,
+    /// The file the rule is in: the main file or a drop-in.
+    pub file: PathBuf,
     /// 1-based line of the rule's table header.
     pub line: usize,
     pub effect: Effect,
@@ -336,12 +344,22 @@ impl Matcher {
 }
 
 impl Policy {
-    /// The file this policy was read from.
+    /// The main file this policy was read from.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Allow rules, in file order.
+    /// The drop-in files merged after the main file, in merge order.
+    pub fn dropins(&self) -> &[PathBuf] {
+        &self.dropins
+    }
+
+    /// The main file, then the drop-ins.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.path.as_path()).chain(self.dropins.iter().map(PathBuf::as_path))
+    }
+
+    /// Allow rules: the main file's, then each drop-in's, in file order.
     pub fn rules(&self) -> &[Rule] {
         &self.allow
     }
@@ -374,20 +392,6 @@ impl Policy {
     /// `bind = ["cgroup"]`, which binds to it).
     pub fn reads_cgroup(&self) -> bool {
         self.allow.iter().chain(&self.deny).any(|r| r.matcher.cgroups.is_some() || r.bind.cgroup)
-    }
-
-    /// Check every `tracepoints`, `kprobes` and `uprobes` pattern against
-    /// what the running kernel offers (`catalog`): the first one that
-    /// names nothing there, with a suggestion for a near miss. What could
-    /// not be checked (tracefs not mounted) is added to the warnings.
-    pub fn check_trace_targets(&mut self, catalog: &trace::TraceCatalog) -> Result<(), PolicyError> {
-        let mut warnings = Vec::new();
-        for r in self.allow.iter().chain(&self.deny) {
-            trace::check_against(&r.trace, catalog, &mut warnings)?;
-        }
-        warnings.dedup();
-        self.warnings.extend(warnings);
-        Ok(())
     }
 
     /// The tracing targets `peer` may have perf events for: each pattern
@@ -465,31 +469,6 @@ impl Policy {
             )
         };
         TraceDecision::Refuse { code: RefusalCode::TargetNotAllowed, message }
-    }
-
-    /// Refuse a policy whose `executables`/`cgroups` conditions would act
-    /// as a security boundary nothing enforces: `unavailable` says why the
-    /// enforcer cannot run (`None`: it runs). Rules with
-    /// `enforce_identity = false` pass (advisory). The error points at the
-    /// first such condition.
-    pub fn check_identity_enforcement(&self, unavailable: Option<&str>) -> Result<(), PolicyError> {
-        let Some(why) = unavailable else { return Ok(()) };
-        let Some((rule, identity)) =
-            self.allow.iter().find_map(|r| r.identity.as_ref().filter(|i| !i.advisory).map(|i| (r, i)))
-        else {
-            return Ok(());
-        };
-        let keys = identity.keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" and ");
-        Err(PolicyError::Invalid {
-            location: identity.location.clone(),
-            message: format!(
-                "rule \"{}\" matches on {keys}, which only the enforcer can make a security boundary (any program of \
-                 the same uid could otherwise borrow the grant), and the enforcer cannot run here: {why}; enable the \
-                 BPF LSM, or set `enforce_identity = false` in the rule to accept the match as advisory (audited as \
-                 claimed)",
-                rule.label
-            ),
-        })
     }
 
     /// `require_enforcement`: whether a mint under a rule with `ttl` must

@@ -1,3 +1,8 @@
+//! The policy's decisions and checks: matching, deny, limits, identity,
+//! tracing targets, and properties over random rules. Error messages of
+//! each kind are in `errors`, the file checks in `files`, tracing targets in
+//! `tracing`.
+
 use super::*;
 use crate::btf::KernelNames;
 use bpftoken_proto::delegation::{parse_list, Kind, ANY};
@@ -23,7 +28,7 @@ impl NameResolver for FakeNames {
     }
 }
 
-fn parse(text: &str) -> Result<Policy, PolicyError> {
+fn parse(text: &str) -> Result<Policy, PolicyErrors> {
     Policy::parse(text, Path::new("/etc/bpftokend/policy.toml"), &FakeNames)
 }
 
@@ -152,184 +157,9 @@ fn any_grants_every_bit() {
     assert_eq!(p.rules()[0].grant.cmds, ANY);
 }
 
-// ---- one test per error kind, asserting the message ----
-
-#[test]
-fn unknown_map_type_has_location_and_suggestion() {
-    let text = "[[allow]]\nusers = [\"alice\"]\nmaps = [\"array\", \"ringbuff\"]\n";
-    let e = parse(text).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "/etc/bpftokend/policy.toml:3:18: unknown map type \"ringbuff\" (did you mean \"ringbuf\"?)"
-    );
-    assert_eq!(
-        e.render(),
-        "/etc/bpftokend/policy.toml:3:18: unknown map type \"ringbuff\" (did you mean \"ringbuf\"?)\n    \
-         maps = [\"array\", \"ringbuff\"]\n                     ^"
-    );
-}
-
-#[test]
-fn unknown_names_in_each_set() {
-    assert_eq!(
-        err("[[allow]]\nuids = [1]\ncmds = [\"map_creat\"]\n"),
-        "/etc/bpftokend/policy.toml:3:9: unknown command \"map_creat\" (did you mean \"map_create\"?)"
-    );
-    assert_eq!(
-        err("[[allow]]\nuids = [1]\nprogs = [\"wibble\"]\n"),
-        "/etc/bpftokend/policy.toml:3:10: unknown program type \"wibble\""
-    );
-    assert_eq!(
-        err("[[allow]]\nuids = [1]\nattachs = [\"xdpp\"]\n"),
-        "/etc/bpftokend/policy.toml:3:12: unknown attach type \"xdpp\" (did you mean \"xdp\"?)"
-    );
-}
-
-#[test]
-fn unknown_key_is_refused() {
-    assert_eq!(
-        err("[[allow]]\nusers = [\"alice\"]\nmap = [\"hash\"]\n"),
-        "/etc/bpftokend/policy.toml:3:1: unknown field `map`, expected one of `name`, `everyone`, `users`, \
-         `groups`, `uids`, `gids`, `uid_ranges`, `gid_ranges`, `executables`, `cgroups`, `userns_owners`, \
-         `mints_per_minute`, `max_live_tokens`, `ttl`, `bind`, `enforce_identity`, `learn`, `cmds`, `maps`, `progs`, `attachs`, `tracepoints`, `kprobes`, `uprobes`"
-    );
-    assert!(err("[[alow]]\nuids = [1]\n").starts_with("/etc/bpftokend/policy.toml:1:3: unknown field `alow`"));
-}
-
-#[test]
-fn syntax_error_has_location() {
-    assert_eq!(err("[[allow]]\nusers = [\"alice\"\n"), "/etc/bpftokend/policy.toml:3:1: invalid array, expected `]`");
-}
-
-#[test]
-fn unknown_user_and_group() {
-    assert_eq!(
-        err("[[allow]]\nusers = [\"mallory\"]\ncmds = [\"any\"]\n"),
-        "/etc/bpftokend/policy.toml:2:10: unknown user \"mallory\""
-    );
-    assert_eq!(
-        err("[[allow]]\ngroups = [\"wheel\"]\ncmds = [\"any\"]\n"),
-        "/etc/bpftokend/policy.toml:2:11: unknown group \"wheel\""
-    );
-}
-
-#[test]
-fn sentinel_and_invalid_ids_are_refused() {
-    assert_eq!(
-        err("[[allow]]\nuids = [-1]\ncmds = [\"any\"]\n"),
-        "/etc/bpftokend/policy.toml:2:9: uid -1 is not a valid id (0..=2147483647)"
-    );
-    assert_eq!(
-        err("[[allow]]\nuids = [4294967295]\ncmds = [\"any\"]\n"),
-        "/etc/bpftokend/policy.toml:2:9: uid 4294967295 is not a valid id (0..=2147483647)"
-    );
-    assert_eq!(
-        err("[[allow]]\ngids = [2147483649]\ncmds = [\"any\"]\n"),
-        "/etc/bpftokend/policy.toml:2:9: gid 2147483649 is not a valid id (0..=2147483647)"
-    );
-    assert_eq!(
-        err("[[allow]]\nuids = [65534]\ncmds = [\"any\"]\n"),
-        "/etc/bpftokend/policy.toml:2:9: uid 65534, the kernel's overflow id for unmapped users: a policy \
-         names it only with `acknowledge_broad_grants = true`, and even then no peer matches it (the daemon \
-         refuses unmapped peers)"
-    );
-    assert_eq!(
-        err("[[allow]]\nusers = [\"nobody\"]\ncmds = [\"any\"]\n"),
-        "/etc/bpftokend/policy.toml:2:10: user \"nobody\" has uid 65534, the kernel's overflow id for \
-         unmapped users: a policy names it only with `acknowledge_broad_grants = true`, and even then no peer \
-         matches it (the daemon refuses unmapped peers)"
-    );
-}
-
-#[test]
-fn overflow_id_loads_only_when_acknowledged_and_never_matches() {
-    let p = parse(
-        "acknowledge_broad_grants = true\n[[allow]]\nusers = [\"nobody\"]\ncmds = [\"map_create\"]\n\
-         [[allow]]\ngid_ranges = [[60000, 70000]]\ncmds = [\"map_create\"]\n",
-    )
-    .unwrap();
-    assert_eq!(
-        p.warnings(),
-        [
-            "/etc/bpftokend/policy.toml:3: user \"nobody\" has uid 65534, the kernel's overflow id (acknowledged); \
-             peers that show as 65534 are unmapped and are refused all the same",
-            "/etc/bpftokend/policy.toml:6: gid range [60000, 70000] contains 65534, the kernel's overflow id \
-             (acknowledged); peers that show as 65534 are unmapped and are refused all the same",
-        ]
-    );
-    for (uid, gid) in [(65534, 1000), (1000, 65534)] {
-        let Decision::Refuse { code, .. } = p.decide(&peer(uid, gid, &[]), &MintRequest::default()) else {
-            panic!("uid {uid} gid {gid} must be refused");
-        };
-        assert_eq!(code, RefusalCode::UnmappedPeer);
-    }
-    // -1 stays out whatever is acknowledged.
-    assert_eq!(
-        err("acknowledge_broad_grants = true\n[[allow]]\nuids = [4294967295]\ncmds = [\"any\"]\n"),
-        "/etc/bpftokend/policy.toml:3:9: uid 4294967295 is not a valid id (0..=2147483647)"
-    );
-}
-
-#[test]
-fn userns_owner_rules_match_only_container_peers() {
-    let p = parse(
-        "[[allow]]\nname = \"host\"\nusers = [\"alice\"]\ncmds = [\"map_create\"]\nmaps = [\"hash\"]\n\
-         [[allow]]\nname = \"containers\"\nuserns_owners = [\"alice\"]\ncmds = [\"map_create\"]\nmaps = [\"array\"]\n",
-    )
-    .unwrap();
-    let host = peer(1000, 1000, &[]);
-    let in_container = Peer { userns_owner: Some(1000), ..peer(1000, 1000, &[]) };
-    let in_bobs = Peer { userns_owner: Some(1001), ..peer(1000, 1000, &[]) };
-    let grant = |peer: &Peer| p.effective(peer);
-    assert_eq!(grant(&host).allowed_by, ["host"]);
-    assert_eq!(grant(&host).grant.maps, parse_list(Kind::Map, "hash").unwrap());
-    assert_eq!(grant(&in_container).allowed_by, ["containers"]);
-    assert_eq!(grant(&in_container).grant.maps, parse_list(Kind::Map, "array").unwrap());
-    let Decision::Refuse { code, .. } = p.decide(&in_bobs, &MintRequest::default()) else {
-        panic!("a namespace owned by another uid must not match");
-    };
-    assert_eq!(code, RefusalCode::NotInPolicy);
-    assert_eq!(
-        err("[[allow]]\nuserns_owners = [\"mallory\"]\ncmds = [\"any\"]\n"),
-        "/etc/bpftokend/policy.toml:2:18: unknown user \"mallory\""
-    );
-    assert_eq!(
-        err("[[allow]]\nuserns_owners = []\ncmds = [\"any\"]\n"),
-        "/etc/bpftokend/policy.toml:1:1: rule \"allow[0]\" has an empty `userns_owners` list, which would match \
-         nobody; remove it or name someone"
-    );
-}
-
-#[test]
-fn rules_that_match_or_grant_nothing_are_refused() {
-    assert_eq!(
-        err("[[allow]]\ncmds = [\"any\"]\n"),
-        "/etc/bpftokend/policy.toml:1:1: rule \"allow[0]\" matches nobody: give `users`, `uids`, `uid_ranges`, \
-         `groups`, `gids`, `gid_ranges` or `userns_owners` (or `everyone = true`)"
-    );
-    assert_eq!(
-        err("[[allow]]\nname = \"x\"\nusers = []\ncmds = [\"any\"]\n"),
-        "/etc/bpftokend/policy.toml:1:1: rule \"x\" has an empty `users` list, which would match nobody; \
-         remove it or name someone"
-    );
-    assert_eq!(
-        err("[[allow]]\nusers = [\"alice\"]\ncmds = []\n"),
-        "/etc/bpftokend/policy.toml:1:1: rule \"allow[0]\" grants nothing: give `cmds`, `maps`, `progs`, `attachs`, `tracepoints`, `kprobes` or `uprobes`"
-    );
-    assert_eq!(
-        err("[[allow]]\nname = \" \"\nusers = [\"alice\"]\ncmds = [\"any\"]\n"),
-        "/etc/bpftokend/policy.toml:2:8: a rule name cannot be empty"
-    );
-}
-
-#[test]
-fn empty_policy_denies_everyone() {
-    let p = parse("").unwrap();
-    assert!(matches!(
-        p.decide(&peer(0, 0, &[]), &MintRequest::default()),
-        Decision::Refuse { code: RefusalCode::NotInPolicy, .. }
-    ));
-}
+mod errors;
+mod files;
+mod tracing;
 
 // ---- deny rules, ranges, executables, cgroups, limits ----
 
@@ -422,7 +252,7 @@ fn everyone_with_any_needs_acknowledgement() {
     assert_eq!(
         err(text),
         "/etc/bpftokend/policy.toml:1:1: rule \"allow[0]\" grants `any` cmds to everyone; if that is really \
-         meant, set `acknowledge_broad_grants = true` at the top of the policy"
+         meant, set `acknowledge_broad_grants = true` at the top of the main policy file"
     );
     let p = parse(&format!("acknowledge_broad_grants = true\n{text}")).unwrap();
     assert_eq!(
@@ -489,174 +319,6 @@ fn names_come_from_the_given_kernel_tables() {
     );
 }
 
-// ---- file checks ----
-
-mod files {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    fn me() -> u32 {
-        rustix::process::geteuid().as_raw()
-    }
-
-    fn dir() -> PathBuf {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let d = std::env::temp_dir().join(format!("bpftoken-policy-test-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir(&d).unwrap();
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
-        d
-    }
-
-    fn write(path: &Path, mode: u32) {
-        std::fs::write(path, "[[allow]]\nuids = [1000]\ncmds = [\"map_create\"]\n").unwrap();
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-
-    #[test]
-    fn good_file_loads() {
-        let d = dir();
-        let p = d.join("policy.toml");
-        write(&p, 0o644);
-        let policy = load_with(&p, me(), &FakeNames, &KernelNames::builtin()).unwrap();
-        assert_eq!(policy.path(), p);
-        assert_eq!(policy.rules().len(), 1);
-    }
-
-    #[test]
-    fn group_or_world_writable_file_is_refused() {
-        let d = dir();
-        let p = d.join("policy.toml");
-        for mode in [0o664, 0o646] {
-            write(&p, mode);
-            let e = load_with(&p, me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
-            assert_eq!(
-                e.to_string(),
-                format!(
-                    "refusing policy {0}: the file is writable by group or others (mode {mode:04o}; chmod go-w {0})",
-                    p.display()
-                )
-            );
-        }
-    }
-
-    #[test]
-    fn wrong_owner_is_refused() {
-        let d = dir();
-        let p = d.join("policy.toml");
-        write(&p, 0o644);
-        let other = me() + 1;
-        let e = load_with(&p, other, &FakeNames, &KernelNames::builtin()).unwrap_err();
-        // the directory is checked first
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "refusing policy {}: its directory is owned by uid {}, not uid {other} (chown root {})",
-                p.display(),
-                me(),
-                d.display()
-            )
-        );
-    }
-
-    #[test]
-    fn writable_directory_is_refused() {
-        let d = dir();
-        let p = d.join("policy.toml");
-        write(&p, 0o644);
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = load_with(&p, me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
-        assert!(
-            e.to_string().ends_with(&format!(
-                "its directory is writable by group or others (mode 0777; chmod go-w {})",
-                d.display()
-            )),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn symlinked_or_writable_ancestor_is_refused() {
-        let d = dir();
-        let real = d.join("real");
-        std::fs::create_dir(&real).unwrap();
-        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o755)).unwrap();
-        write(&real.join("policy.toml"), 0o644);
-        let link = d.join("link");
-        std::os::unix::fs::symlink(&real, &link).unwrap();
-        let e = load_with(&link.join("policy.toml"), me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "refusing policy {}: {} is a symbolic link or not a directory; give the real path",
-                link.join("policy.toml").display(),
-                link.display()
-            )
-        );
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = load_with(&real.join("policy.toml"), me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "refusing policy {}: directory {} on its path is writable by group or others (mode 0777)",
-                real.join("policy.toml").display(),
-                d.display()
-            )
-        );
-        let e = load_with(Path::new("/etc/../etc/x.toml"), me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
-        assert!(e.to_string().ends_with("its path contains \".\" or \"..\"; give a plain absolute path"), "{e}");
-    }
-
-    #[test]
-    fn symlink_is_refused() {
-        let d = dir();
-        let real = d.join("real.toml");
-        write(&real, 0o644);
-        let link = d.join("policy.toml");
-        std::os::unix::fs::symlink(&real, &link).unwrap();
-        let e = load_with(&link, me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
-        assert_eq!(e.to_string(), format!("refusing policy {}: it is a symbolic link", link.display()));
-    }
-
-    #[test]
-    fn missing_file_and_fifo() {
-        let d = dir();
-        let p = d.join("absent.toml");
-        let e = load_with(&p, me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!("cannot open policy {}: No such file or directory (os error 2)", p.display())
-        );
-        let fifo = d.join("fifo.toml");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
-        let e = load_with(&fifo, me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
-        assert_eq!(e.to_string(), format!("refusing policy {}: it is not a regular file", fifo.display()));
-    }
-
-    #[test]
-    fn oversized_and_non_utf8_files() {
-        let d = dir();
-        let p = d.join("big.toml");
-        std::fs::write(&p, vec![b'#'; usize::try_from(MAX_POLICY_BYTES).unwrap() + 1]).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = load_with(&p, me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
-        assert_eq!(e.to_string(), format!("policy {} is 1048577 bytes, more than the limit of 1048576", p.display()));
-        let p = d.join("bin.toml");
-        std::fs::write(&p, b"# ok\n# \xff\n").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = load_with(&p, me(), &FakeNames, &KernelNames::builtin()).unwrap_err();
-        assert_eq!(e.to_string(), format!("{}:2:3: the policy is not valid UTF-8", p.display()));
-    }
-}
-
 // ---- properties ----
 
 fn arb_delegation() -> impl Strategy<Value = Delegation> {
@@ -677,6 +339,7 @@ fn arb_rule() -> impl Strategy<Value = Rule> {
         .prop_filter("a rule matches someone", |(u, g, _)| u.is_some() || g.is_some())
         .prop_map(|(uids, gids, grant)| Rule {
             label: "r".into(),
+            file: "/p".into(),
             line: 1,
             effect: Effect::Allow,
             matcher: Matcher {
@@ -717,7 +380,7 @@ proptest! {
         uid in 0u32..4, gid in 10u32..14, extra in proptest::collection::vec(10u32..14, 0..2),
         req in arb_request(),
     ) {
-        let policy = Policy { path: "/p".into(), allow: rules, deny: denies.into_iter().map(deny_of).collect(), warnings: vec![], require_enforcement: true };
+        let policy = Policy { path: "/p".into(), dropins: vec![], allow: rules, deny: denies.into_iter().map(deny_of).collect(), warnings: vec![], require_enforcement: true };
         let peer = Peer { uid, gid, groups: extra, ..Peer::default() };
         let union = policy.allow.iter().filter(|r| r.matcher.matches(&peer))
             .fold(Delegation::NONE, |a, r| a.union(r.grant));
@@ -738,7 +401,7 @@ proptest! {
         uid in 0u32..4, gid in 10u32..14,
         req in arb_request(), cut in arb_delegation(),
     ) {
-        let policy = Policy { path: "/p".into(), allow: rules, deny: vec![], warnings: vec![], require_enforcement: true };
+        let policy = Policy { path: "/p".into(), dropins: vec![], allow: rules, deny: vec![], warnings: vec![], require_enforcement: true };
         let peer = Peer { uid, gid, ..Peer::default() };
         if let Decision::Grant { delegation: wide, .. } = policy.decide(&peer, &req) {
             let narrower = wide.intersect(cut);
@@ -1024,126 +687,5 @@ fn identity_errors_are_located_and_exact() {
         err("[[deny]]\nuids = [1]\nexecutables = [\"/a\"]\nenforce_identity = false\ncmds = [\"any\"]\n"),
         "/etc/bpftokend/policy.toml:4:20: `enforce_identity` applies to an allow rule's `executables` and `cgroups`; a \
          deny rule's conditions only remove powers, so it needs no enforcement"
-    );
-}
-
-// ---- tracing targets ----
-
-const TRACING: &str = r#"
-[[allow]]
-name = "tracers"
-users = ["alice"]
-tracepoints = ["syscalls:sys_enter_getpid", "sched:*"]
-kprobes = ["do_sys_openat2"]
-uprobes = ["/bin/sh"]
-
-[[allow]]
-name = "maps"
-users = ["alice", "bob"]
-cmds = ["map_create"]
-
-[[deny]]
-name = "no-switch"
-users = ["alice"]
-tracepoints = ["sched:sched_switch"]
-"#;
-
-fn catalog() -> trace::TraceCatalog {
-    trace::TraceCatalog {
-        tracepoints: Ok([
-            "syscalls:sys_enter_getpid",
-            "syscalls:sys_enter_getppid",
-            "sched:sched_switch",
-            "sched:sched_wakeup",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()),
-        symbols: Ok(["do_sys_openat2", "vfs_read"].iter().map(|s| (*s).to_owned()).collect()),
-    }
-}
-
-#[test]
-fn tracing_targets_are_decided_per_rule_and_deny_wins() {
-    use trace::TraceKind::*;
-    let mut p = parse(TRACING).unwrap();
-    p.check_trace_targets(&catalog()).unwrap();
-    let alice = peer(1000, 1000, &[]);
-    assert_eq!(
-        p.decide_trace(&alice, Tracepoint, "syscalls:sys_enter_getpid"),
-        TraceDecision::Allow { rule: "tracers".into() }
-    );
-    assert_eq!(
-        p.decide_trace(&alice, Tracepoint, "sched:sched_wakeup"),
-        TraceDecision::Allow { rule: "tracers".into() }
-    );
-    assert_eq!(p.decide_trace(&alice, Kprobe, "do_sys_openat2"), TraceDecision::Allow { rule: "tracers".into() });
-    assert_eq!(p.decide_trace(&alice, Uprobe, "/bin/sh"), TraceDecision::Allow { rule: "tracers".into() });
-    assert_eq!(
-        p.decide_trace(&alice, Tracepoint, "sched:sched_switch"),
-        TraceDecision::Refuse {
-            code: RefusalCode::TargetNotAllowed,
-            message: "tracepoint \"sched:sched_switch\" is denied to uid 1000 by /etc/bpftokend/policy.toml (rule \
-                      no-switch)"
-                .into()
-        }
-    );
-    assert_eq!(
-        p.decide_trace(&alice, Kprobe, "vfs_read"),
-        TraceDecision::Refuse {
-            code: RefusalCode::TargetNotAllowed,
-            message: "kernel function \"vfs_read\" is not allowed to uid 1000 by /etc/bpftokend/policy.toml: add it \
-                      to `kprobes` in a rule for you (allowed kprobes: do_sys_openat2)"
-                .into()
-        }
-    );
-    // bob has a rule, but no tracing keys in it.
-    let TraceDecision::Refuse { message, .. } = p.decide_trace(&peer(1001, 1001, &[]), Uprobe, "/bin/sh") else {
-        panic!()
-    };
-    assert!(message.ends_with("(allowed uprobes: none)"), "{message}");
-    let TraceDecision::Refuse { message, .. } = p.decide_trace(&peer(4242, 4242, &[]), Tracepoint, "a:b") else {
-        panic!()
-    };
-    assert_eq!(
-        message,
-        "tracepoint \"a:b\" is not allowed to uid 4242: no rule in /etc/bpftokend/policy.toml allows uid 4242 (gid \
-         4242); a rule for you with `tracepoints = [\"a:b\"]` would"
-    );
-    // A rule with only tracing keys is a rule.
-    assert!(parse("[[allow]]\nusers = [\"alice\"]\ntracepoints = [\"sched:*\"]\n").is_ok());
-}
-
-#[test]
-fn tracing_targets_are_checked_against_the_kernel_with_suggestions() {
-    let check = |text: &str| parse(text).unwrap().check_trace_targets(&catalog()).map_err(|e| e.to_string());
-    assert_eq!(
-        check("[[allow]]\nusers = [\"alice\"]\ntracepoints = [\"syscalls:sys_enter_getpdi\"]\n"),
-        Err("/etc/bpftokend/policy.toml:3:16: tracepoint \"syscalls:sys_enter_getpdi\" does not exist in this kernel \
-             (tracefs) (did you mean \"syscalls:sys_enter_getpid\"?)"
-            .into())
-    );
-    assert_eq!(
-        check("[[allow]]\nusers = [\"alice\"]\nkprobes = [\"tcp_*\"]\n"),
-        Err("/etc/bpftokend/policy.toml:3:12: kernel function pattern \"tcp_*\" matches nothing in /proc/kallsyms"
-            .into())
-    );
-    assert_eq!(
-        check("[[allow]]\nusers = [\"alice\"]\nuprobes = [\"/no/such/binary\"]\n"),
-        Err("/etc/bpftokend/policy.toml:3:12: uprobe binary \"/no/such/binary\" is not a file on this host".into())
-    );
-    // Where tracefs cannot be read, the patterns load unchecked, with a warning.
-    let none = trace::TraceCatalog::unavailable("tracefs is not mounted at /sys/kernel/tracing");
-    let mut p = parse("[[allow]]\nusers = [\"alice\"]\ntracepoints = [\"sched:*\", \"x:y\"]\n").unwrap();
-    p.check_trace_targets(&none).unwrap();
-    assert_eq!(
-        p.warnings(),
-        ["/etc/bpftokend/policy.toml:3: tracepoints cannot be checked against this kernel (tracefs is not mounted at \
-          /sys/kernel/tracing); a request for one is checked when it is made"]
-    );
-    assert_eq!(
-        err("[[allow]]\nusers = [\"alice\"]\ntracepoints = [\"sys_enter_getpid\"]\n"),
-        "/etc/bpftokend/policy.toml:3:16: tracepoint \"sys_enter_getpid\" must be CATEGORY:NAME (letters, digits, _ \
-         and * only), e.g. \"syscalls:sys_enter_openat\""
     );
 }

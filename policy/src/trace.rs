@@ -174,14 +174,16 @@ pub(crate) fn check_syntax(kind: TraceKind, text: &str) -> Result<(), String> {
 
 /// Check every pattern against the running kernel: each must match at
 /// least one tracepoint or symbol (a near miss gets a suggestion); a
-/// uprobe binary without `*` must exist as a file. The first failure, with
-/// its location. Where a list cannot be read (tracefs not mounted), its
-/// patterns are not checked and `warnings` says so, once per kind.
+/// uprobe binary without `*` must exist as a file. Each failure, with its
+/// location, goes to `errors`. Where a list cannot be read (tracefs not
+/// mounted), its patterns are not checked and `warnings` says so, once per
+/// kind.
 pub(crate) fn check_against(
     patterns: &TracePatterns,
     catalog: &TraceCatalog,
     warnings: &mut Vec<String>,
-) -> Result<(), PolicyError> {
+    errors: &mut Vec<PolicyError>,
+) {
     for (kind, list, known, source) in [
         (TraceKind::Tracepoint, &patterns.tracepoints, &catalog.tracepoints, "tracefs"),
         (TraceKind::Kprobe, &patterns.kprobes, &catalog.symbols, "/proc/kallsyms"),
@@ -198,19 +200,16 @@ pub(crate) fn check_against(
             }
             continue;
         };
-        for p in list {
-            against(p, kind, known, source)?;
-        }
+        errors.extend(list.iter().filter_map(|p| against(p, kind, known, source).err()));
     }
     for p in &patterns.uprobes {
         if !p.text.contains('*') && !std::fs::metadata(&p.text).is_ok_and(|m| m.is_file()) {
-            return Err(PolicyError::Invalid {
+            errors.push(PolicyError::Invalid {
                 location: p.location.clone(),
                 message: format!("uprobe binary \"{}\" is not a file on this host", p.text),
             });
         }
     }
-    Ok(())
 }
 
 fn against(p: &Pattern, kind: TraceKind, known: &BTreeSet<String>, source: &str) -> Result<(), PolicyError> {
@@ -234,7 +233,7 @@ fn nearest<'a>(known: &'a BTreeSet<String>, name: &str) -> Option<&'a str> {
     known
         .iter()
         .filter(|n| n.len().abs_diff(name.len()) <= 3)
-        .map(|n| (crate::parse::edit_distance(n, name), n.as_str()))
+        .map(|n| (crate::parse::suggest::edit_distance(n, name), n.as_str()))
         .filter(|&(d, n)| d <= 2.max(n.len() / 5))
         .min_by_key(|&(d, _)| d)
         .map(|(_, n)| n)

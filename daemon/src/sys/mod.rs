@@ -13,7 +13,8 @@
 //! - every fd the kernel installs for us is wrapped in an `OwnedFd` exactly
 //!   once.
 //!
-//! One module per concern: [`peer`] (who is at the other end of a socket),
+//! One module per concern: [`accounts`] (listing the user and group
+//! database), [`peer`] (who is at the other end of a socket),
 //! [`fdpass`] (every `SCM_RIGHTS` send and receive), [`mint_child`] (the
 //! `clone(CLONE_VM)` child that creates tokens in a scope), [`token`]
 //! (`BPF_TOKEN_CREATE` and token masks), [`process`] (fork, exit, fd table,
@@ -21,6 +22,7 @@
 //! [`bpf`] (the enforcer's libbpf loader and maps). Their items are re-exported here, so callers name them
 //! `crate::sys::X`.
 
+pub mod accounts;
 pub mod bpf;
 pub mod fdpass;
 pub mod mint_child;
