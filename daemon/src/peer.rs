@@ -3,11 +3,14 @@
 //!
 //! At accept, only what the socket itself says: uid, gid and groups
 //! (`SO_PEERCRED`, `SO_PEERGROUPS`), enough to admit the connection or
-//! refuse it (`busy`) before any other work. Per request, from the process
-//! that *sent* it (the `SCM_PIDFD` of its bytes, so a socket handed to
-//! another program speaks for that program): its pid and user namespace,
-//! and, only when the policy has a rule that looks at them, its executable
-//! and cgroup. An executable is only ever named by a host
+//! refuse it (`busy`) before any other work. Once admitted: the user
+//! namespace of the process that connected (through its `SO_PEERPIDFD`;
+//! the one it connected from decides, so a tool `bpftoken run` starts
+//! inside the user namespace of its own scope still speaks as its uid).
+//! Per request, from the process that *sent* it (the `SCM_PIDFD` of its
+//! bytes, so a socket handed to another program speaks for that program):
+//! its pid, and, only when the policy has a rule that looks at them, its
+//! executable and cgroup. An executable is only ever named by a host
 //! path that leads to the very file the process runs (device and inode);
 //! the enforcer binds grants to that file (docs/enforcement.md).
 
@@ -97,7 +100,8 @@ impl PeerIdentity {
 }
 
 /// Identify the peer of a connected Unix stream socket: what the socket
-/// says at accept (two `getsockopt`s). Its user namespace, pid and the
+/// says at accept (two `getsockopt`s). Its user namespace comes once the
+/// connection is admitted ([`PeerIdentity::with_userns`]); its pid and the
 /// rest are the sender's, per request ([`PeerIdentity::for_request`]).
 pub fn identify(sock: BorrowedFd<'_>) -> std::io::Result<PeerIdentity> {
     let cred = rustix::net::sockopt::socket_peercred(sock)?;
@@ -121,26 +125,29 @@ pub fn identify(sock: BorrowedFd<'_>) -> std::io::Result<PeerIdentity> {
 }
 
 impl PeerIdentity {
-    /// This connection's identity for one request sent by `sender` (a
-    /// pidfd from `SCM_PIDFD`): its pid and user namespace, and what
-    /// `needs` asks for read from that process. Without a sender (a
-    /// request whose bytes came from two processes) the user namespace is
-    /// the connecting process's (`SO_PEERPIDFD` on `sock`), and the
-    /// executable and cgroup stay unknown and match no rule.
-    pub fn for_request(&self, sock: BorrowedFd<'_>, sender: Option<&Arc<OwnedFd>>, needs: Needs) -> PeerIdentity {
-        let mut peer = self.clone();
-        // A sender that has exited (pid -1 or 0) is known by nothing else.
-        let sender = sender.and_then(|s| Some((s, pidfd_pid(s.as_fd()).filter(|p| *p > 0)?)));
-        let (userns, userns_fd) = match sender {
-            Some((pidfd, _)) => userns_of(pidfd.as_fd()),
-            None => sys::peer_pidfd(sock).ok().map_or((PeerUserns::Unknown, None), |fd| userns_of(fd.as_fd())),
-        };
-        peer.userns = userns;
-        peer.userns_fd = userns_fd.map(Arc::new);
-        peer.creds.userns_owner = match userns {
+    /// The user namespace of the process that connected (`SO_PEERPIDFD`
+    /// on `sock`), read once the connection is admitted; unknown if that
+    /// process is gone.
+    pub fn with_userns(mut self, sock: BorrowedFd<'_>) -> PeerIdentity {
+        let (userns, userns_fd) =
+            sys::peer_pidfd(sock).ok().map_or((PeerUserns::Unknown, None), |fd| userns_of(fd.as_fd()));
+        self.userns = userns;
+        self.userns_fd = userns_fd.map(Arc::new);
+        self.creds.userns_owner = match userns {
             PeerUserns::Nested { owner_uid, .. } => Some(owner_uid),
             PeerUserns::Ours | PeerUserns::Unknown => None,
         };
+        self
+    }
+
+    /// This connection's identity for one request sent by `sender` (a
+    /// pidfd from `SCM_PIDFD`): its pid, and what `needs` asks for read
+    /// from that process. Without a sender (a request whose bytes came
+    /// from two processes) they stay unknown and match no rule.
+    pub fn for_request(&self, sender: Option<&Arc<OwnedFd>>, needs: Needs) -> PeerIdentity {
+        let mut peer = self.clone();
+        // A sender that has exited (pid -1 or 0) is known by nothing else.
+        let sender = sender.and_then(|s| Some((s, pidfd_pid(s.as_fd()).filter(|p| *p > 0)?)));
         let Some((sender, pid)) = sender else { return peer };
         peer.sender = Some((sender.clone(), pid));
         peer.pid = pid;

@@ -2,7 +2,8 @@
 //!
 //! [`serve_connection`] identifies the peer from the kernel
 //! (`peer::identify`: `SO_PEERCRED`, `SO_PEERGROUPS`), takes a connection
-//! slot (`slots.rs`; `busy` beyond the caps), then loops: read a frame (`frame.rs`), identify the process that sent
+//! slot (`slots.rs`; `busy` beyond the caps), reads the user namespace it
+//! connected from, then loops: read a frame (`frame.rs`), identify the process that sent
 //! it (`PeerIdentity::for_request`), decode it, check the fds it carries,
 //! hand it to its handler (`handlers/`), and send what the handler
 //! returned through the one reply writer (`reply.rs`).
@@ -54,6 +55,8 @@ pub(super) async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream, mu
             return;
         }
     };
+    // Admitted: now the user namespace it connected from.
+    let connected = connected.with_userns(stream.as_fd());
     // The short leash of uids no rule names: they wait idle briefly.
     let idle_timeout =
         if slot.no_rule() { daemon.limits.read_timeout.min(super::NO_RULE_IDLE) } else { daemon.limits.read_timeout };
@@ -111,7 +114,7 @@ pub(super) async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream, mu
             Needs { exe: policy.reads_executable(), cgroup: policy.reads_cgroup() }
         };
         let sender = frame.sender.take();
-        let mut peer = connected.for_request(stream.as_fd(), sender.as_ref(), needs);
+        let mut peer = connected.for_request(sender.as_ref(), needs);
         drop(sender);
         let Some(outcome) = handle_frame(&daemon, &mut peer, &mut outbox, frame).await else { return };
         if outbox.reply(&daemon, &peer, outcome).await.is_err() {
