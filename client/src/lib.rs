@@ -10,9 +10,11 @@
 // Raw syscalls live in `sys` alone.
 #![deny(unsafe_code)]
 
+pub mod bpfwatch;
 pub mod inspect;
 pub mod json;
 pub mod kernel;
+pub mod libbpf;
 pub mod namespaces;
 pub mod supervise;
 mod sys;
