@@ -38,13 +38,17 @@
 // Raw syscalls live in `sys` alone.
 #![deny(unsafe_code)]
 
+// The CLI's own machinery (`bpftoken run`, `--explain` and `unshare`),
+// public for its binary and tests, not an API this crate keeps stable.
+#[doc(hidden)]
+pub mod bpfwatch;
 mod error;
 pub mod inspect;
 pub mod json;
 pub mod kernel;
 mod learn;
-// The CLI's own machinery (`bpftoken run` and `unshare`), public for its
-// binary and tests, not an API this crate keeps stable.
+#[doc(hidden)]
+pub mod libbpf;
 #[doc(hidden)]
 pub mod namespaces;
 #[doc(hidden)]

@@ -15,6 +15,10 @@
 //! would without us (EACCES), and one line on stderr names the target and
 //! the policy key that would allow it.
 //!
+//! With `--explain` the same filter also stops every `bpf()` call for
+//! `bpfwatch`, which ptraces CMD from this process (the supervisor
+//! serves notifications from a thread then).
+//!
 //! The supervisor is no security boundary and needs none: it only asks the
 //! daemon what CMD itself could ask; the daemon decides. A task may change
 //! its memory after we read it: harmless, since a continued call is the
@@ -29,12 +33,13 @@ use std::os::unix::process::CommandExt;
 use bpftoken_proto::TraceTarget;
 
 use crate::sys::{self, SeccompNotif, SockFilter};
-use crate::{Client, Error};
+use crate::{bpfwatch, Client, Error};
 
 /// `AUDIT_ARCH_X86_64`.
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+const SECCOMP_RET_TRACE: u32 = 0x7ff0_0000;
 /// `offsetof(struct seccomp_data, ...)`.
 const DATA_NR: u32 = 0;
 const DATA_ARCH: u32 = 4;
@@ -64,25 +69,34 @@ fn jump(k: u32, jt: u8, jf: u8) -> SockFilter {
     SockFilter { code: JEQ, jt, jf, k }
 }
 
-/// The filter: notify for `perf_event_open` and for
-/// `openat(AT_FDCWD, _, O_RDONLY|O_CLOEXEC)`, allow everything else.
-pub fn filter() -> Vec<SockFilter> {
+/// The filter. With `broker`: notify for `perf_event_open` and for
+/// `openat(AT_FDCWD, _, O_RDONLY|O_CLOEXEC)`. With `watch_bpf`: stop
+/// every `bpf()` call for the tracer (`SECCOMP_RET_TRACE`; only where a
+/// tracer is attached: without one the call fails with ENOSYS). Allow
+/// everything else.
+pub fn filter(broker: bool, watch_bpf: bool) -> Vec<SockFilter> {
     let nr = |n: libc::c_long| u32::try_from(n).unwrap_or(u32::MAX);
-    vec![
-        stmt(LD, DATA_ARCH),
-        jump(AUDIT_ARCH_X86_64, 1, 0),
-        stmt(RET, SECCOMP_RET_ALLOW),
-        stmt(LD, DATA_NR),
-        jump(nr(libc::SYS_perf_event_open), 7, 0),
-        jump(nr(libc::SYS_openat), 1, 0),
-        stmt(RET, SECCOMP_RET_ALLOW),
-        stmt(LD, data_arg(0)),
-        jump(AT_FDCWD, 0, 2),
-        stmt(LD, data_arg(2)),
-        jump(RDONLY_CLOEXEC, 1, 0),
-        stmt(RET, SECCOMP_RET_ALLOW),
-        stmt(RET, SECCOMP_RET_USER_NOTIF),
-    ]
+    let mut f =
+        vec![stmt(LD, DATA_ARCH), jump(AUDIT_ARCH_X86_64, 1, 0), stmt(RET, SECCOMP_RET_ALLOW), stmt(LD, DATA_NR)];
+    if watch_bpf {
+        f.extend([jump(nr(libc::SYS_bpf), 0, 1), stmt(RET, SECCOMP_RET_TRACE)]);
+    }
+    if broker {
+        f.extend([
+            jump(nr(libc::SYS_perf_event_open), 7, 0),
+            jump(nr(libc::SYS_openat), 1, 0),
+            stmt(RET, SECCOMP_RET_ALLOW),
+            stmt(LD, data_arg(0)),
+            jump(AT_FDCWD, 0, 2),
+            stmt(LD, data_arg(2)),
+            jump(RDONLY_CLOEXEC, 1, 0),
+            stmt(RET, SECCOMP_RET_ALLOW),
+            stmt(RET, SECCOMP_RET_USER_NOTIF),
+        ]);
+    } else {
+        f.push(stmt(RET, SECCOMP_RET_ALLOW));
+    }
+    f
 }
 
 /// An `int` syscall argument: the low 32 bits of its register.
@@ -290,14 +304,30 @@ pub enum SuperviseError {
     Serve(io::Error),
 }
 
-/// Run `cmd` under the supervisor, asking `client`'s daemon for tracing
-/// targets; returns CMD's wait status (`exit code` or `128 + signal`).
-/// `program` names CMD in messages.
-pub fn run(client: Client, mut cmd: std::process::Command, program: &OsString) -> Result<i32, SuperviseError> {
+/// How CMD ran under [`run`].
+#[derive(Debug)]
+pub struct Outcome {
+    /// CMD's wait status: its exit code, or 128 + the signal that killed it.
+    pub status: i32,
+    /// With `watch_bpf`: the `bpf()` calls the kernel refused, or why they
+    /// could not be watched (ptrace refused).
+    pub watched: Option<Result<Vec<bpfwatch::RefusedCall>, io::Error>>,
+}
+
+/// Run `cmd` as a child under a seccomp filter: with `broker`, its
+/// tracing calls are answered from that client's daemon (the supervisor
+/// above); with `watch_bpf`, its `bpf()` calls are watched
+/// (`bpfwatch`). `program` names CMD in messages.
+pub fn run(
+    broker: Option<Client>,
+    watch_bpf: bool,
+    mut cmd: std::process::Command,
+    program: &OsString,
+) -> Result<Outcome, SuperviseError> {
     if !cfg!(target_arch = "x86_64") {
         return Err(SuperviseError::Arch);
     }
-    if !sys::notif_sizes_match() {
+    if broker.is_some() && !sys::notif_sizes_match() {
         return Err(SuperviseError::Layout);
     }
     let (ours, theirs) = rustix::net::socketpair(
@@ -308,59 +338,99 @@ pub fn run(client: Client, mut cmd: std::process::Command, program: &OsString) -
     )
     .map_err(|e| SuperviseError::Start(e.into()))?;
     let child = match sys::fork_single_threaded().map_err(SuperviseError::Start)? {
-        None => child_main(theirs, &mut cmd, program),
+        None => child_main(theirs, &mut cmd, program, broker.is_some()),
         Some(child) => child,
     };
     drop(theirs);
-    let listener = receive_listener(&ours).map_err(SuperviseError::Start)?;
-    // Best effort: before Linux 6.6 each notification just costs more.
-    let _ = sys::notif_sync_wake_up(listener.as_fd());
-    // Terminal signals reach CMD too (same process group); the supervisor
-    // stays to answer it until it is done.
+    // Seized before the child installs a filter that needs a tracer.
+    let seized = watch_bpf.then(|| sys::ptrace_seize(child));
+    let traced = matches!(seized, Some(Ok(())));
+    rustix::net::send(&ours, if traced { b"T" } else { b"U" }, rustix::net::SendFlags::empty())
+        .map_err(|e| SuperviseError::Start(e.into()))?;
+    // Terminal signals reach CMD too (same process group); we stay to
+    // answer and watch it until it is done.
     ignore_terminal_signals();
-    let mut supervisor =
-        Supervisor { client, listener, tracepoints: HashMap::new(), kprobe: pmu("kprobe"), uprobe: pmu("uprobe") };
-    let _ = rustix::net::send(&ours, b"k", rustix::net::SendFlags::empty());
+    let server = match broker {
+        Some(client) => {
+            let listener = receive_listener(&ours).map_err(SuperviseError::Start)?;
+            // Best effort: before Linux 6.6 each notification just costs more.
+            let _ = sys::notif_sync_wake_up(listener.as_fd());
+            let mut supervisor = Supervisor {
+                client,
+                listener,
+                tracepoints: HashMap::new(),
+                kprobe: pmu("kprobe"),
+                uprobe: pmu("uprobe"),
+            };
+            let _ = rustix::net::send(&ours, b"k", rustix::net::SendFlags::empty());
+            Some(std::thread::spawn(move || supervisor.serve()))
+        }
+        None => None,
+    };
     drop(ours);
-    let served = supervisor.serve();
-    let status = rustix::process::waitpid(rustix::process::Pid::from_raw(child), rustix::process::WaitOptions::empty())
-        .ok()
-        .flatten()
-        .map(|(_, s)| s);
-    served.map_err(SuperviseError::Serve)?;
-    Ok(match status {
-        Some(s) if s.exit_status().is_some() => s.exit_status().unwrap_or(1),
-        Some(s) => 128 + s.terminating_signal().unwrap_or(0),
-        None => 1,
-    })
+    let (status, watched) = if traced {
+        let w = bpfwatch::watch(child).map_err(SuperviseError::Serve)?;
+        (w.status, Some(Ok(w.refused)))
+    } else {
+        let status =
+            rustix::process::waitpid(rustix::process::Pid::from_raw(child), rustix::process::WaitOptions::empty())
+                .ok()
+                .flatten()
+                .map(|(_, s)| s);
+        let status = match status {
+            Some(s) if s.exit_status().is_some() => s.exit_status().unwrap_or(1),
+            Some(s) => 128 + s.terminating_signal().unwrap_or(0),
+            None => 1,
+        };
+        (status, seized.map(|r| r.map(|()| Vec::new())))
+    };
+    // The server ends when no task uses the filter any more.
+    if let Some(server) = server {
+        let served = server.join().unwrap_or_else(|_| Err(io::Error::other("the supervisor thread panicked")));
+        served.map_err(SuperviseError::Serve)?;
+    }
+    Ok(Outcome { status, watched })
 }
 
-/// In the child: die with the supervisor, install the filter, hand the
-/// listener over, wait until it is held, exec CMD.
-fn child_main(sock: OwnedFd, cmd: &mut std::process::Command, program: &OsString) -> ! {
+/// In the child: die with the supervisor, learn whether we are traced,
+/// install the filter (handing a broker's listener over and waiting until
+/// it is held), exec CMD.
+fn child_main(sock: OwnedFd, cmd: &mut std::process::Command, program: &OsString, broker: bool) -> ! {
     let failed = |what: &str, e: &dyn std::fmt::Display| -> ! {
-        eprintln!("bpftoken: cannot run {} under the tracing supervisor: {what}: {e}", program.to_string_lossy());
+        eprintln!("bpftoken: cannot run {} under the supervisor: {what}: {e}", program.to_string_lossy());
         std::process::exit(127);
     };
     if let Err(e) = sys::set_parent_death_signal(libc::SIGTERM) {
         failed("PR_SET_PDEATHSIG", &e);
     }
-    let listener = match sys::install_notify_filter(&filter()) {
-        Ok(l) => l,
-        Err(e) => failed("seccomp", &e),
-    };
-    let fds = [listener.as_fd()];
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
-    control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
-    let sent = rustix::net::sendmsg(&sock, &[io::IoSlice::new(b"L")], &mut control, rustix::net::SendFlags::empty());
-    if let Err(e) = sent {
-        failed("handing the listener over", &e);
+    let mut traced = [0u8; 1];
+    if rustix::net::recv(&sock, &mut traced, rustix::net::RecvFlags::empty()).map(|(n, _)| n).ok() != Some(1) {
+        failed("the supervisor", &"did not start");
     }
-    drop(listener);
-    let mut ack = [0u8; 1];
-    if rustix::net::recv(&sock, &mut ack, rustix::net::RecvFlags::empty()).map(|(n, _)| n).ok() != Some(1) {
-        failed("the supervisor", &"did not take the listener");
+    let watch_bpf = traced[0] == b'T';
+    if broker {
+        let listener = match sys::install_notify_filter(&filter(true, watch_bpf)) {
+            Ok(l) => l,
+            Err(e) => failed("seccomp", &e),
+        };
+        let fds = [listener.as_fd()];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+        control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
+        let sent =
+            rustix::net::sendmsg(&sock, &[io::IoSlice::new(b"L")], &mut control, rustix::net::SendFlags::empty());
+        if let Err(e) = sent {
+            failed("handing the listener over", &e);
+        }
+        drop(listener);
+        let mut ack = [0u8; 1];
+        if rustix::net::recv(&sock, &mut ack, rustix::net::RecvFlags::empty()).map(|(n, _)| n).ok() != Some(1) {
+            failed("the supervisor", &"did not take the listener");
+        }
+    } else if watch_bpf {
+        if let Err(e) = sys::install_filter(&filter(false, true)) {
+            failed("seccomp", &e);
+        }
     }
     drop(sock);
     let err = cmd.exec();
@@ -417,7 +487,10 @@ mod tests {
     /// What the filter returns for a call: a tiny classic-BPF evaluator
     /// for the instructions it uses.
     fn verdict(arch: u32, nr: libc::c_long, args: [u64; 6]) -> u32 {
-        let f = filter();
+        verdict_of(&filter(true, false), arch, nr, args)
+    }
+
+    fn verdict_of(f: &[SockFilter], arch: u32, nr: libc::c_long, args: [u64; 6]) -> u32 {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&i32::try_from(nr).unwrap().to_ne_bytes());
         data[4..8].copy_from_slice(&arch.to_ne_bytes());
@@ -453,5 +526,22 @@ mod tests {
         assert_eq!(verdict(x86, libc::SYS_read, [0; 6]), SECCOMP_RET_ALLOW);
         assert_eq!(verdict(x86, libc::SYS_bpf, [0; 6]), SECCOMP_RET_ALLOW);
         assert_eq!(verdict(0x4000_0003, libc::SYS_perf_event_open, [0; 6]), SECCOMP_RET_ALLOW);
+    }
+
+    #[test]
+    fn watching_adds_a_trace_stop_for_bpf_and_nothing_else() {
+        let fdcwd = u64::from(AT_FDCWD) | 0xffff_ffff_0000_0000;
+        let rdonly_cloexec = u64::from(RDONLY_CLOEXEC);
+        let x86 = AUDIT_ARCH_X86_64;
+        for broker in [true, false] {
+            let f = filter(broker, true);
+            assert_eq!(verdict_of(&f, x86, libc::SYS_bpf, [0; 6]), SECCOMP_RET_TRACE);
+            let brokered = if broker { SECCOMP_RET_USER_NOTIF } else { SECCOMP_RET_ALLOW };
+            assert_eq!(verdict_of(&f, x86, libc::SYS_perf_event_open, [0; 6]), brokered);
+            assert_eq!(verdict_of(&f, x86, libc::SYS_openat, [fdcwd, 0, rdonly_cloexec, 0, 0, 0]), brokered);
+            assert_eq!(verdict_of(&f, x86, libc::SYS_read, [0; 6]), SECCOMP_RET_ALLOW);
+            assert_eq!(verdict_of(&f, 0x4000_0003, libc::SYS_bpf, [0; 6]), SECCOMP_RET_ALLOW);
+        }
+        assert_eq!(verdict_of(&filter(false, false), x86, libc::SYS_bpf, [0; 6]), SECCOMP_RET_ALLOW);
     }
 }

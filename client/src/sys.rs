@@ -352,3 +352,163 @@ pub fn ignore_signal(sig: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+// ---- ptrace (client/src/bpfwatch.rs) ----
+
+/// `PTRACE_O_TRACESYSGOOD | TRACEFORK | TRACEVFORK | TRACECLONE |
+/// TRACEEXEC | TRACESECCOMP | EXITKILL`: syscall stops marked, every
+/// descendant traced, seccomp `RET_TRACE` stops reported, and the tracees
+/// killed if the tracer dies (a `RET_TRACE` filter without a tracer makes
+/// every such call fail with ENOSYS).
+const WATCH_OPTIONS: libc::c_int = libc::PTRACE_O_TRACESYSGOOD
+    | libc::PTRACE_O_TRACEFORK
+    | libc::PTRACE_O_TRACEVFORK
+    | libc::PTRACE_O_TRACECLONE
+    | libc::PTRACE_O_TRACEEXEC
+    | libc::PTRACE_O_TRACESECCOMP
+    | libc::PTRACE_O_EXITKILL;
+
+/// `PTRACE_SEIZE` process `pid` (a child of ours, not yet exec'd) with
+/// the options of [`WATCH_OPTIONS`].
+pub fn ptrace_seize(pid: i32) -> io::Result<()> {
+    // SAFETY: PTRACE_SEIZE takes no pointer: addr is 0, data the options.
+    let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, libc::c_long::from(WATCH_OPTIONS)) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How a stopped tracee goes on.
+#[derive(Debug, Clone, Copy)]
+pub enum Resume {
+    /// Run on; stop again only at events (`PTRACE_CONT`).
+    Continue,
+    /// Run on to the end of the current syscall (`PTRACE_SYSCALL`).
+    ToSyscallExit,
+    /// Stay in a group-stop, but report the next event (`PTRACE_LISTEN`).
+    Listen,
+}
+
+/// Resume stopped tracee `tid`, delivering signal `sig` (0: none).
+pub fn ptrace_resume(tid: i32, how: Resume, sig: i32) -> io::Result<()> {
+    let request = match how {
+        Resume::Continue => libc::PTRACE_CONT,
+        Resume::ToSyscallExit => libc::PTRACE_SYSCALL,
+        Resume::Listen => libc::PTRACE_LISTEN,
+    };
+    // SAFETY: these requests take no pointer: addr is 0, data a signal number.
+    let r = unsafe { libc::ptrace(request, tid, 0usize, libc::c_long::from(sig)) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What `PTRACE_GET_SYSCALL_INFO` says about a stopped tracee's syscall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyscallStop {
+    /// A seccomp `RET_TRACE` stop before the call: its number and arguments.
+    Seccomp { nr: u64, args: [u64; 6] },
+    /// A syscall-exit stop: the return value, or the errno it failed with.
+    Exit(Result<i64, i32>),
+    /// Any other stop.
+    Other,
+}
+
+/// `struct ptrace_syscall_info` (Linux 5.3+): op, arch, ip, sp, then the
+/// entry/exit/seccomp union (at most 64 bytes).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct PtraceSyscallInfo {
+    op: u8,
+    pad: [u8; 3],
+    arch: u32,
+    instruction_pointer: u64,
+    stack_pointer: u64,
+    data: [u64; 8],
+}
+
+const PTRACE_SYSCALL_INFO_EXIT: u8 = 2;
+const PTRACE_SYSCALL_INFO_SECCOMP: u8 = 3;
+
+/// The syscall stopped tracee `tid` is at.
+pub fn ptrace_syscall_stop(tid: i32) -> io::Result<SyscallStop> {
+    let mut info = PtraceSyscallInfo::default();
+    let size = std::mem::size_of::<PtraceSyscallInfo>();
+    // SAFETY: the kernel writes at most `size` bytes into `info`.
+    let r = unsafe { libc::ptrace(libc::PTRACE_GET_SYSCALL_INFO, tid, size, &raw mut info) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let d = info.data;
+    Ok(match info.op {
+        PTRACE_SYSCALL_INFO_SECCOMP => SyscallStop::Seccomp { nr: d[0], args: [d[1], d[2], d[3], d[4], d[5], d[6]] },
+        PTRACE_SYSCALL_INFO_EXIT => {
+            let rval = d[0].cast_signed();
+            // `is_error` is the byte after `rval`.
+            SyscallStop::Exit(if d[1] & 0xff != 0 {
+                Err(i32::try_from(-rval).unwrap_or(libc::EINVAL))
+            } else {
+                Ok(rval)
+            })
+        }
+        _ => SyscallStop::Other,
+    })
+}
+
+/// How a waited-for task changed state (`waitpid(-1, __WALL)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal killed it.
+    Killed(i32),
+    /// It stopped: the signal, and the ptrace event (`status >> 16`).
+    Stopped { sig: i32, event: i32 },
+}
+
+/// The next state change of any child or tracee; None when there is none
+/// left to wait for (ECHILD).
+pub fn wait_any_task() -> io::Result<Option<(i32, TaskState)>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: the kernel writes one int into `status`.
+        let tid = unsafe { libc::waitpid(-1, &raw mut status, libc::__WALL) };
+        if tid < 0 {
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) => return Ok(None),
+                _ => return Err(io::Error::last_os_error()),
+            }
+        }
+        let state = if libc::WIFEXITED(status) {
+            TaskState::Exited(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            TaskState::Killed(libc::WTERMSIG(status))
+        } else if libc::WIFSTOPPED(status) {
+            TaskState::Stopped { sig: libc::WSTOPSIG(status), event: status >> 16 }
+        } else {
+            continue;
+        };
+        return Ok(Some((tid, state)));
+    }
+}
+
+/// Install `filter` on this thread (and what it execs) without a
+/// listener: `PR_SET_NO_NEW_PRIVS`, then `seccomp(SET_MODE_FILTER)`.
+pub fn install_filter(filter: &[SockFilter]) -> io::Result<()> {
+    let len = u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let prog = SockFprog { len, filter: filter.as_ptr() };
+    // SAFETY: `prog` points at `filter`, `len` instructions long, both
+    // live for the call; the kernel copies the program.
+    let r = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &raw const prog) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -4,7 +4,9 @@
  * and a uprobe on a function of the test program, each writing an event
  * into a ring buffer. Attaching either needs a perf event, which
  * bpftoken run's supervisor gets from the daemon (docs/tracing.md). No
- * kernel types are needed, so no vmlinux.h. */
+ * kernel types are needed, so no vmlinux.h. A global variable (.bss), as
+ * most tools have: libbpf creates it only where its feature probes pass
+ * (docs/usage.md, "Narrowing a request for a libbpf tool"). */
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -21,6 +23,9 @@ struct {
 	__uint(max_entries, 4096);
 } events SEC(".maps");
 
+/* Events emitted, in .bss. */
+__u64 emitted;
+
 static __always_inline void emit(__u32 kind)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -30,6 +35,7 @@ static __always_inline void emit(__u32 kind)
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->kind = kind;
 	bpf_ringbuf_submit(e, 0);
+	__sync_fetch_and_add(&emitted, 1);
 }
 
 SEC("tracepoint/syscalls/sys_enter_getpid")

@@ -105,8 +105,10 @@ fn inspect_json_names_the_tokens_masks() {
     let d = TestDaemon::start(&env, POLICY, &[]);
     let bpftoken = env.bin("bpftoken");
     let bpftoken = bpftoken.to_str().expect("bpftoken path");
-    // libbpf mode: inspect runs as root of the token's user namespace.
-    let o = d.bpftoken(&env, &user(ALICE), &["run", "--maps", "hash", "--", bpftoken, "inspect", "--json"]);
+    // libbpf mode: inspect runs as root of the token's user namespace. (A
+    // set narrowed to leave out `array` would get it back there, for
+    // libbpf's probes: docs/usage.md, "Narrowing a request for a libbpf tool".)
+    let o = d.bpftoken(&env, &user(ALICE), &["run", "--maps", "array", "--", bpftoken, "inspect", "--json"]);
     let v = document(&o);
     assert_eq!(v["schema"], "bpftoken.inspect/1", "{v:#}");
     assert!(v["fd"].as_i64().is_some_and(|fd| fd >= 0), "{v:#}");
@@ -114,7 +116,7 @@ fn inspect_json_names_the_tokens_masks() {
         v["masks"],
         json!({
             "cmds": ["map_create", "prog_load"],
-            "maps": ["hash"],
+            "maps": ["array"],
             "progs": ["socket_filter"],
             "attachs": ["cgroup_inet_ingress"]
         })

@@ -76,10 +76,130 @@ fn a_program_type_outside_the_policy_is_refused_by_the_kernel_and_explained() {
             "bpftoken:   maps: array",
             "bpftoken:   progs: socket_filter",
             "bpftoken:   attachs: cgroup_inet_ingress",
+            "bpftoken: the kernel refused 2 bpf() calls of the command (the last one usually made it fail):",
+            // The policy gives no btf_load: libbpf goes on without BTF.
+            "bpftoken: bpf(BPF_BTF_LOAD) was refused (EPERM): the token lacks command btf_load",
+            "bpftoken:   libbpf then loads an object without its BTF, unless a program needs BTF",
+            "bpftoken:   no rule of the policy gives you command btf_load",
+            "bpftoken: bpf(BPF_PROG_LOAD) of program type xdp (attach type cgroup_inet_ingress) was refused (EPERM): \
+             the token lacks program type xdp",
+            "bpftoken:   no rule of the policy gives you program type xdp",
+            // libbpf's probe for expected attach types, refused too.
+            "bpftoken: libbpf's feature probes were refused: the token lacks program type cgroup_sock, attach type \
+             cgroup_inet_sock_create; libbpf takes that for missing kernel features and goes on without them",
+            "bpftoken:   no rule of the policy gives you program type cgroup_sock, attach type cgroup_inet_sock_create",
             "bpftoken: the policy would also grant (ask with --cmds/--maps/--progs/--attachs):",
             "bpftoken:   maps: hash",
         ]
     );
+}
+
+/// The token's masks as `run --explain` prints them under POLICY.
+const POLICY_TOKEN: [&str; 4] = [
+    "bpftoken:   cmds: map_create,prog_load",
+    "bpftoken:   maps: hash,array",
+    "bpftoken:   progs: socket_filter",
+    "bpftoken:   attachs: cgroup_inet_ingress",
+];
+
+/// `bpftoken: ` lines of `run --explain`'s stderr, after its header and
+/// the token's masks (checked here against POLICY's).
+fn explained_after_masks(err: &str, status: i32) -> Vec<String> {
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("bpftoken:")).collect();
+    let header = format!("bpftoken: the command exited with status {status}; its token carries:");
+    assert_eq!(lines.first().copied(), Some(header.as_str()), "{err}");
+    assert_eq!(lines[1..5], POLICY_TOKEN, "{err}");
+    lines[5..].iter().map(|l| (*l).to_owned()).collect()
+}
+
+/// Issue #19: bpftool `map create` never passes a token (it calls
+/// `bpf_map_create()` without one). `--explain` watches its bpf() calls
+/// and says exactly that, not "the policy does not give it to you".
+#[test]
+fn explain_says_bpftool_map_create_did_not_pass_the_token() {
+    let Some(env) = setup("explain_says_bpftool_map_create_did_not_pass_the_token") else { return };
+    let Some(bpftool) = bpftool() else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let script =
+        format!("{} map create $BPFTOKEN_PIN_DIR/m type array key 4 value 4 entries 1 name m", bpftool.display());
+    let o = sh(&d, &env, &user(ALICE), &["run", "--explain"], &script);
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("Error: map create failed: Operation not permitted"), "{err}");
+    assert_eq!(
+        explained_after_masks(&err, 255),
+        [
+            "bpftoken: bpf(BPF_MAP_CREATE) of map type array was refused (EPERM): the token allows it, but the \
+             command did not pass the token",
+            "bpftoken:   a call uses a token only if the program passes it (BPF_F_TOKEN_FD and the token's fd); \
+             libbpf does when it loads a BPF object, not in bpf_map_create() and the like unless the program sets \
+             token_fd",
+            "bpftoken:   declare the map in a BPF object and let libbpf load it (bpftool: prog load OBJ PATH pinmaps \
+             DIR), or have the program pass the token",
+        ]
+    );
+}
+
+/// Walking ids (`bpftool prog show`) needs CAP_SYS_ADMIN in the initial
+/// user namespace: `--explain` says no token gives that.
+#[test]
+fn explain_says_an_id_walk_needs_a_privilege_no_token_gives() {
+    let Some(env) = setup("explain_says_an_id_walk_needs_a_privilege_no_token_gives") else { return };
+    let Some(bpftool) = bpftool() else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let o = sh(&d, &env, &user(ALICE), &["run", "--explain"], &format!("{} prog show", bpftool.display()));
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("Error: can't get next program: Operation not permitted"), "{err}");
+    assert_eq!(
+        explained_after_masks(&err, 255),
+        [
+            "bpftoken: bpf(BPF_PROG_GET_NEXT_ID) was refused (EPERM): walking or opening BPF objects by id needs \
+             CAP_SYS_ADMIN in the initial user namespace, which no token gives",
+            "bpftoken:   work on objects you hold instead: pinned ones (bpftool prog show pinned PATH) or the fds the \
+             program keeps",
+        ]
+    );
+}
+
+/// A command that fails without any bpf() call refused: not the token's.
+#[test]
+fn explain_says_when_a_failure_is_not_the_tokens() {
+    let Some(env) = setup("explain_says_when_a_failure_is_not_the_tokens") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let o = sh(&d, &env, &user(ALICE), &["run", "--explain"], "exit 3");
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(
+        explained_after_masks(&stderr(&o), 3),
+        ["bpftoken: no bpf() call of the command was refused for lack of privilege (EPERM or EACCES): the failure \
+             is not the token's"]
+    );
+}
+
+/// `bpftoken unshare` delegates its bpffs to libbpf tools: a narrowed set
+/// gets what libbpf's feature probes load, where the policy grants it.
+#[test]
+fn unshare_adds_what_libbpfs_probes_need_to_a_narrowed_set() {
+    let Some(env) = setup("unshare_adds_what_libbpfs_probes_need_to_a_narrowed_set") else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    let o = d.bpftoken(
+        &env,
+        &user(ALICE),
+        &["unshare", "--maps", "hash", "--", "sh", "-c", "grep ' /sys/fs/bpf ' /proc/self/mountinfo"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(",delegate_maps=hash:array,"), "{}", stdout(&o));
+    assert_eq!(
+        stderr(&o),
+        "bpftoken: also asking for map type array: libbpf probes kernel features with them before it loads an \
+         object, and takes a refused probe for a missing feature\n"
+    );
+    // Exactly the lists in fd mode, where libbpf never sees the token.
+    let inspect = format!("{} inspect", env.bin("bpftoken").display());
+    let o = sh(&d, &env, &user(ALICE), &["run", "--fd-only", "--maps", "hash"], &inspect);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("\nmaps: hash\n"), "{}", stdout(&o));
+    assert_eq!(stderr(&o), "");
 }
 
 #[test]

@@ -276,6 +276,65 @@ fn an_unmodified_libbpf_skeleton_attaches_and_receives_events() {
     assert!(stderr(&o).contains("trace_skel: attach failed: -13 (Permission denied)"), "{}", stderr(&o));
 }
 
+/// Issue #19: narrowing a request to the types an object uses must not
+/// break libbpf, whose feature probes load a socket filter with an array
+/// map. `bpftoken run` adds what the probes need where the policy grants
+/// it, and says so once; where the policy does not, the load fails as it
+/// did (`.bss` is not created, the verifier refuses the program) and
+/// `--explain` names the refused probes.
+#[test]
+fn a_narrowed_libbpf_load_gets_what_libbpfs_feature_probes_need() {
+    let test = "a_narrowed_libbpf_load_gets_what_libbpfs_feature_probes_need";
+    let Some(env) = setup(test) else { return };
+    let (Some(()), Some(())) = (tracing_ready(test), tools(test)) else { return };
+    let targets = format!("tracepoints = [\"{TRACEPOINT}\"]\nuprobes = [\"{LIBEXEC}/trace_skel\"]\n");
+    let narrowed = ["--progs", "tracepoint,kprobe", "--maps", "ringbuf"];
+    let tool = format!("{LIBEXEC}/trace_skel_run");
+    let added = "bpftoken: also asking for map type array, program type socket_filter: libbpf probes kernel \
+                 features with them before it loads an object, and takes a refused probe for a missing feature \
+                 (--fd-only asks for exactly your lists)";
+    let d = TestDaemon::start(&env, &tool_policy(&targets), &[]);
+    let alice = user(ALICE);
+    let o = d.bpftoken(&env, &alice, &[&["run"][..], &narrowed, &["--", &tool]].concat());
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "attached\ntracepoint events 10\nuprobe events 3\n"),
+        "{}",
+        stderr(&o)
+    );
+    let said: Vec<String> = stderr(&o).lines().filter(|l| l.starts_with("bpftoken:")).map(str::to_owned).collect();
+    assert_eq!(said, [added]);
+
+    // A policy without socket_filter: nothing to add it from.
+    let policy = tool_policy(&targets).replace(", \"socket_filter\"", "");
+    assert!(!policy.contains("socket_filter"), "{policy}");
+    let d = TestDaemon::start(&env, &policy, &[]);
+    let o = d.bpftoken(&env, &alice, &[&["run", "--explain"][..], &narrowed, &["--", &tool]].concat());
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not pointing to valid bpf_map"), "{err}");
+    let said: Vec<&str> = err.lines().filter(|l| l.starts_with("bpftoken:")).collect();
+    assert_eq!(
+        said,
+        [
+            "bpftoken: also asking for map type array: libbpf probes kernel features with them before it loads an \
+             object, and takes a refused probe for a missing feature (--fd-only asks for exactly your lists)",
+            "bpftoken: the command exited with status 1; its token carries:",
+            "bpftoken:   cmds: map_create,prog_load,obj_pin,obj_get,btf_load,link_create",
+            "bpftoken:   maps: array,ringbuf",
+            "bpftoken:   progs: kprobe,tracepoint",
+            "bpftoken:   attachs: cgroup_inet_ingress",
+            "bpftoken: libbpf's feature probes were refused: the token lacks program type socket_filter; libbpf \
+             takes that for missing kernel features and goes on without them",
+            "bpftoken:   without the global-variable feature, objects with .data, .rodata or .bss fail to load \
+             later, in the verifier (\"fd N is not pointing to valid bpf_map\")",
+            "bpftoken:   no rule of the policy gives you program type socket_filter",
+            "bpftoken: the policy would also grant (ask with --cmds/--maps/--progs/--attachs):",
+            "bpftoken:   maps: hash",
+        ]
+    );
+}
+
 /// `bpftool prog loadall OBJ DIR autoattach` (trixie's bpftool 7.5),
 /// unmodified: its tracepoint program attaches and its run count rises.
 #[test]

@@ -13,12 +13,13 @@ use bpftoken::{delegation, namespaces, Client, Error, Kind, MintRequest, Refusal
 use clap::{Parser, Subcommand};
 
 mod docs;
+mod explain;
 mod run;
 mod show;
 
 use docs::{completable, write_completions, write_man_pages};
 use run::{learn, learn_exec, run, unshare, RunOptions};
-use show::{explanation_lines, inspect, leases, mask_lines, query, revoke, revoke_target};
+use show::{explanation_lines, inspect, leases, query, revoke, revoke_target};
 
 /// Get BPF tokens from bpftokend.
 ///
@@ -63,16 +64,22 @@ enum Command {
     ///
     /// Each list narrows one delegation set (comma-separated kernel names,
     /// e.g. --maps array,hash); a set left out means everything the policy
-    /// grants in it. Exit status: CMD's own; 1 if refused, 69 if the
-    /// daemon is unreachable, 76 on a protocol error, 127 if CMD cannot run.
+    /// grants in it. In libbpf mode a narrowed set also gets what libbpf's
+    /// feature probes load (map type array, program type socket_filter,
+    /// attach type cgroup_inet_ingress) where the policy grants it, said
+    /// on stderr. Exit status: CMD's own; 1 if refused, 69 if the daemon
+    /// is unreachable, 76 on a protocol error, 127 if CMD cannot run.
     Run {
         #[command(flatten)]
         sets: Sets,
         /// Plain fd mode: pass only BPF_TOKEN_FD; stay in your namespaces.
         #[arg(long)]
         fd_only: bool,
-        /// If CMD fails, print the token's masks and what the policy would
-        /// grant beyond them, to tell "token lacks X" from other failures.
+        /// Watch CMD's bpf() calls (ptrace; CMD runs with no_new_privs);
+        /// if CMD fails, print the token's masks, each call the kernel
+        /// refused and why (the token lacks it, CMD did not pass the
+        /// token, or it needs a privilege no token gives), and what the
+        /// policy would grant beyond the token.
         #[arg(long)]
         explain: bool,
         /// Do not supervise CMD for tracing. By default, when the token
@@ -90,7 +97,8 @@ enum Command {
     },
     /// Run CMD (default: $SHELL) in a new user and mount namespace of
     /// yours with a delegated bpffs at /sys/fs/bpf, where libbpf creates
-    /// tokens by itself: unmodified tools need no flags.
+    /// tokens by itself: unmodified tools need no flags. A narrowed set
+    /// also gets what libbpf's feature probes load, as with run.
     Unshare {
         #[command(flatten)]
         sets: Sets,

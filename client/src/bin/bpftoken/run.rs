@@ -2,6 +2,7 @@
 //! with it (supervised for tracing where the grant can load tracing
 //! programs: `bpftoken::supervise`).
 
+use super::explain::explain_failure;
 use super::*;
 
 /// The absolute path of `program` as exec would find it: a name with a
@@ -43,6 +44,37 @@ pub(super) struct RunOptions {
 /// also uprobes) and tracepoint (5).
 pub(super) const PERF_ATTACHED_PROGS: u64 = (1 << 2) | (1 << 5);
 
+/// In libbpf mode, `request` widened by what libbpf's feature probes
+/// need where it narrows a set and the policy grants it
+/// (`bpftoken::libbpf`), said once on stderr (ending with `exact`, how to
+/// get exactly what was asked); else `request` itself.
+fn with_libbpf_probes(
+    request: &MintRequest,
+    policy: Option<&Result<bpftoken::Explanation, Error>>,
+    exact: &str,
+) -> MintRequest {
+    let Some(Ok(policy)) = policy else { return *request };
+    let add = bpftoken::libbpf::probe_additions(request, &policy.grant);
+    if add.is_empty() {
+        return *request;
+    }
+    let items: Vec<String> = bpftoken::Kind::ALL
+        .iter()
+        .flat_map(|&k| bpftoken::delegation::names(k, add.get(k)).into_iter().map(move |n| format!("{} {n}", k.noun())))
+        .collect();
+    eprintln!(
+        "bpftoken: also asking for {}: libbpf probes kernel features with them before it loads an object, and \
+         takes a refused probe for a missing feature{exact}",
+        items.join(", ")
+    );
+    bpftoken::libbpf::widened(request, &add)
+}
+
+/// Whether `request` narrows any set.
+fn narrows(request: &MintRequest) -> bool {
+    request.cmds.is_some() || request.maps.is_some() || request.progs.is_some() || request.attachs.is_some()
+}
+
 pub(super) fn run(socket: &Path, request: &MintRequest, opts: RunOptions, command: &[OsString]) -> ExitCode {
     let RunOptions { ttl, fd_only, explain, trace_broker } = opts;
     let (program, args) = command.split_first().expect("clap requires a command");
@@ -62,7 +94,14 @@ pub(super) fn run(socket: &Path, request: &MintRequest, opts: RunOptions, comman
     };
     // Asked now, while we are still who the daemon should judge: libbpf
     // mode moves us into the token's user namespace before CMD runs.
-    let policy = if explain { Some(client.query()) } else { None };
+    let probes_matter = !fd_only && narrows(request);
+    let policy = if explain || probes_matter { Some(client.query()) } else { None };
+    let request = if probes_matter {
+        with_libbpf_probes(request, policy.as_ref(), " (--fd-only asks for exactly your lists)")
+    } else {
+        *request
+    };
+    let request = &request;
     // Both modes keep what they hand to CMD alive until it has run.
     let mut keep: Vec<OwnedFd> = Vec::new();
     let token = if fd_only {
@@ -96,64 +135,28 @@ pub(super) fn run(socket: &Path, request: &MintRequest, opts: RunOptions, comman
     }
     cmd.env("BPF_TOKEN_FD", token.as_fd().as_raw_fd().to_string());
     set_lease_env(&mut cmd, token.lease());
-    let supervised = trace_broker && token.granted().progs & PERF_ATTACHED_PROGS != 0;
-    let code = if supervised {
-        match bpftoken::supervise::run(client, cmd, program) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("bpftoken: {e} (--no-trace-broker runs it unsupervised)");
-                return ExitCode::from(EXIT_CANNOT_RUN);
-            }
-        }
-    } else if !explain {
+    let brokered = trace_broker && token.granted().progs & PERF_ATTACHED_PROGS != 0;
+    if !brokered && !explain {
         let err = cmd.exec();
         eprintln!("bpftoken: cannot run {}: {err}", program.to_string_lossy());
         return ExitCode::from(EXIT_CANNOT_RUN);
-    } else {
-        match cmd.status() {
-            Ok(status) => status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-            Err(e) => {
-                eprintln!("bpftoken: cannot run {}: {e}", program.to_string_lossy());
-                return ExitCode::from(EXIT_CANNOT_RUN);
-            }
+    }
+    // Supervised: the tracing broker answers CMD's tracing calls, and
+    // --explain watches its bpf() calls.
+    let outcome = match bpftoken::supervise::run(brokered.then_some(client), explain, cmd, program) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let hint = if brokered { " (--no-trace-broker runs it unsupervised)" } else { "" };
+            eprintln!("bpftoken: {e}{hint}");
+            return ExitCode::from(EXIT_CANNOT_RUN);
         }
     };
-    if let (true, Some(policy)) = (code != 0, policy) {
-        explain_failure(policy, &token, code);
+    let code = outcome.status;
+    if let (true, Some(policy)) = (code != 0 && explain, policy) {
+        explain_failure(policy, &token, code, outcome.watched.as_ref());
     }
     drop(keep);
     ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
-/// After CMD failed: what the token carries, and what the policy would
-/// give beyond it.
-pub(super) fn explain_failure(policy: Result<bpftoken::Explanation, Error>, token: &bpftoken::Token, code: i32) {
-    eprintln!("bpftoken: the command exited with status {code}; its token carries:");
-    match bpftoken::inspect::token_masks(token.as_fd()) {
-        Ok((masks, _)) => {
-            for line in mask_lines(&masks) {
-                eprintln!("bpftoken:   {line}");
-            }
-            match policy {
-                Ok(e) => {
-                    let more = e.grant.minus(masks);
-                    if more.is_empty() {
-                        eprintln!(
-                            "bpftoken: the policy grants you nothing beyond that: if the command failed with \
-                             EPERM, it needs something no rule gives you; otherwise it is not a token problem"
-                        );
-                    } else {
-                        eprintln!("bpftoken: the policy would also grant (ask with --cmds/--maps/--progs/--attachs):");
-                        for line in mask_lines(&more).iter().filter(|l| !l.ends_with("(none)")) {
-                            eprintln!("bpftoken:   {line}");
-                        }
-                    }
-                }
-                Err(e) => eprintln!("bpftoken: cannot ask the daemon what else the policy grants: {e}"),
-            }
-        }
-        Err(e) => eprintln!("bpftoken: cannot read the token's masks: {e}"),
-    }
 }
 
 pub(super) fn unshare(socket: &Path, request: &MintRequest, ttl: Option<u32>, command: &[OsString]) -> ExitCode {
@@ -161,6 +164,9 @@ pub(super) fn unshare(socket: &Path, request: &MintRequest, ttl: Option<u32>, co
         Ok(c) => c,
         Err(e) => return report(socket, &e),
     };
+    // The delegated bpffs is for libbpf tools: their probes need its types.
+    let request = if narrows(request) { with_libbpf_probes(request, Some(&client.query()), "") } else { *request };
+    let request = &request;
     let holder = match namespaces::UsernsHolder::spawn(Path::new("/proc/self/exe"), "userns-holder") {
         Ok(h) => h,
         Err(e) => {
