@@ -6,7 +6,7 @@
 //! computed by `bpftoken_policy::Policy::decide` (called from [`server`]),
 //! scopes are created by the [`minter`] (a separate single-threaded
 //! process) and tokens minted from them in [`cache`],
-//! decisions are logged in [`audit`], the BPF LSM program that watches
+//! decisions are logged in [`audit`] and counted in [`metrics`], the BPF LSM program that watches
 //! token use is loaded by [`enforcer`] (and pinned by [`pins`]), and every raw syscall is in [`sys`].
 
 // Every `unsafe` of the daemon is under `sys/`, behind safe wrappers.
@@ -19,6 +19,7 @@ pub mod enforcer;
 pub mod explain;
 pub mod lease;
 pub mod live;
+pub mod metrics;
 pub mod minter;
 // `crate::others::X`: the other builds' pin sets, part of the enforcer.
 pub use enforcer::others;

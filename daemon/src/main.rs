@@ -66,6 +66,11 @@ struct Cli {
     /// requests occupy at most one of them at a time).
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=4))]
     minters: u8,
+    /// File the metrics are written to (Prometheus text format, for
+    /// node_exporter's textfile collector), replaced atomically every 2 s
+    /// [default: metrics.prom in the socket's directory].
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
     /// Log format on stderr; under systemd (JOURNAL_STREAM) logs go to the
     /// journal with structured BPFTOKEN_* fields instead.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
@@ -361,6 +366,7 @@ fn main() -> ExitCode {
                 exit_idle: cli.exit_idle.map(Duration::from_secs),
                 pin_dir: cli.pin_dir,
                 minters: usize::from(cli.minters),
+                metrics_file: cli.metrics_file,
             };
             match run::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cache::{ScopeCache, ScopeLimits};
 use crate::enforcer::{Persistence, Released};
+use crate::metrics::{MetricsFile, Reporter};
 use crate::minter::pool::MinterPool;
 use crate::server::{self, ConnLimits, Daemon};
 use crate::socket::{self, SocketError};
@@ -27,6 +28,8 @@ pub struct Options {
     pub pin_dir: PathBuf,
     /// Minter processes (clamped to 2..=4).
     pub minters: usize,
+    /// Where the metrics go (`None`: `metrics.prom` next to the socket).
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +130,8 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         }
     };
     let daemon = Arc::new(Daemon::new(policy, minter, ScopeCache::new(scopes), conns, enforcer));
+    let metrics = MetricsFile::new(opts.metrics_file.clone(), &opts.socket);
+    let start_time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let bound = runtime.block_on(async {
         // Signal handlers first: once the socket exists, a client (or a
         // test) may already expect SIGTERM to mean an orderly stop.
@@ -159,11 +164,12 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         let signal_task = tokio::spawn(signals.handle(daemon.clone(), opts.policy.clone(), names, tx));
         let sweep_task = tokio::spawn(sweep_idle_scopes(daemon.clone()));
         let lease_task = tokio::spawn(sweep_leases(daemon.clone()));
-        let status_task = tokio::spawn(report_status(daemon.clone()));
+        let status_task = tokio::spawn(report_status(daemon.clone(), Reporter::new(metrics.clone(), start_time)));
         tracing::info!(
             socket = %opts.socket.display(),
             activated = owned.is_none(),
             policy = %opts.policy.display(),
+            metrics = %metrics.path().display(),
             rules,
             dropins,
             kernel_names = %names_source,
@@ -176,6 +182,9 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         sweep_task.abort();
         lease_task.abort();
         status_task.abort();
+        // The last snapshot counts every request answered; the file stays
+        // (docs/operation.md, "Metrics").
+        Reporter::new(metrics.clone(), start_time).write(&daemon, false);
         daemon.minter.shutdown().await;
         release_pins(daemon.enforcer());
         Ok::<_, StartError>(owned)
@@ -230,8 +239,9 @@ fn release_pins(enforcer: Option<&crate::enforcer::Enforcer>) {
     }
 }
 
-/// Keep systemd's STATUS= current, and ping its watchdog if it set one.
-async fn report_status(daemon: Arc<Daemon>) {
+/// Keep systemd's STATUS= and the metrics file current, and ping
+/// systemd's watchdog if it set one.
+async fn report_status(daemon: Arc<Daemon>, mut metrics: Reporter) {
     let watchdog = crate::systemd::watchdog_interval();
     let period = watchdog.map_or(std::time::Duration::from_secs(2), |w| w.min(std::time::Duration::from_secs(2)));
     let mut tick = tokio::time::interval(period);
@@ -250,6 +260,8 @@ async fn report_status(daemon: Arc<Daemon>) {
             crate::sys::trim_heap();
             served_at_trim = served;
         }
+        // A few KiB into /run (tmpfs): cheap enough for the one thread.
+        metrics.write(&daemon, true);
         let now = daemon.status_line();
         if now != last {
             crate::systemd::status(&now);

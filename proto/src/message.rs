@@ -466,6 +466,9 @@ macro_rules! refusal_codes {
         }
 
         impl RefusalCode {
+            /// Every code this build knows, in wire order (`Unknown` aside).
+            pub const ALL: &'static [RefusalCode] = &[ $( RefusalCode::$name, )* ];
+
             /// The stable string form, e.g. `not_in_policy`.
             pub fn as_str(&self) -> &'static str {
                 match self { $( RefusalCode::$name => $text, )* RefusalCode::Unknown(_) => "unknown" }

@@ -2,7 +2,8 @@
 # End to end through the installed units, under a real systemd as PID 1:
 # boot a minimal Debian in systemd-nspawn, install bpftokend there with
 # scripts/install, enable the socket, and mint as an ordinary user; check
-# socket activation, the journal's BPFTOKEN_* fields, reload and STATUS.
+# socket activation, the journal's BPFTOKEN_* fields, the metrics file,
+# reload and STATUS.
 #
 #   tests/nspawn/run.sh [ROOTFS]     (root; default ROOTFS /var/tmp/bpftokend-nspawn)
 #
@@ -49,6 +50,15 @@ inside journalctl -q --no-pager BPFTOKEN_DECISION=granted BPFTOKEN_MODE=libbpf -
     || { echo "no granted event in the journal" >&2; inside journalctl -q --no-pager -u bpftokend.service >&2; exit 1; }
 inside journalctl -q --no-pager BPFTOKEN_DECISION=refused BPFTOKEN_CODE=not_in_policy -o cat | grep -q "refused uid" \
     || { echo "no refused event in the journal" >&2; inside journalctl -q --no-pager -u bpftokend.service >&2; exit 1; }
+# The metrics file next to the socket (writable under ProtectSystem=strict
+# through ReadWritePaths=), 0644 under UMask=0077, refreshed every 2 s.
+metrics=/run/bpftokend/metrics.prom
+counted() { inside grep -qx 'bpftokend_grants_total{mode="libbpf"} 1' $metrics 2>/dev/null \
+    && inside grep -qx 'bpftokend_refusals_total{code="not_in_policy"} 1' $metrics; }
+for _ in $(seq 50); do counted && break; sleep 0.2; done
+counted || { echo "$metrics is missing or did not count the grant and the refusal" >&2; inside cat $metrics >&2 || true
+    inside journalctl -q --no-pager -u bpftokend.service >&2; exit 1; }
+[ "$(inside stat -c '%a %U' $metrics)" = "644 root" ] || { echo "$metrics is not 0644 root" >&2; exit 1; }
 # Reload through systemd: READY again with the status line.
 inside systemctl reload bpftokend.service
 inside systemctl show -p StatusText bpftokend.service | grep -q "last reload: ok" \

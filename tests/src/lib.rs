@@ -179,6 +179,23 @@ impl TestDaemon {
         d
     }
 
+    /// A daemon started through `wrapper`, a program that execs the rest
+    /// of its arguments (e.g. `sh -c 'umask 077 && exec "$@"' sh`).
+    pub fn start_wrapped(env: &Env, policy: &str, wrapper: &[&str], extra_args: &[&str]) -> TestDaemon {
+        let dir = scratch_dir("daemon");
+        let policy_path = dir.join("policy.toml");
+        write_policy(&policy_path, policy);
+        let mut d = TestDaemon {
+            child: None,
+            socket: dir.join("socket"),
+            policy: policy_path,
+            log: dir.join("daemon.log"),
+            dir,
+        };
+        d.spawn_with(env, extra_args, wrapper, &[]);
+        d
+    }
+
     /// A daemon for benchmarks: logging as in production (`info`: the
     /// audit events, not the debug lines tests read), pinned with its
     /// minters to CPU 0 if `pinned`.

@@ -413,6 +413,14 @@ impl LeaseTable {
         table.leases.values().filter(|l| l.key.is_some()).count()
     }
 
+    /// Leases held, with an entry in the enforcer's map and without, as
+    /// of the last sweep (no lookup here: for the metrics, every tick).
+    pub fn counts(&self) -> (usize, usize) {
+        let table = self.lock();
+        let enforced = table.leases.values().filter(|l| l.key.is_some()).count();
+        (enforced, table.leases.len() - enforced)
+    }
+
     /// Leases of `uid` (all with `None`), oldest first.
     pub fn list(&self, enforcer: Option<&Enforcer>, uid: Option<u32>) -> Vec<LeaseInfo> {
         let mut table = self.lock();

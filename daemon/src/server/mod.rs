@@ -94,6 +94,9 @@ impl ConnLimits {
 pub struct Stats {
     pub minted: AtomicU64,
     pub refused: AtomicU64,
+    /// The same decisions by mode and code, mints by path and latency,
+    /// for the metrics file.
+    pub metrics: crate::metrics::Counters,
 }
 
 /// Shared daemon state.
@@ -249,6 +252,11 @@ impl Daemon {
 
     pub fn set_last_reload(&self, outcome: String) {
         *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = outcome;
+    }
+
+    /// Client connections open now.
+    pub fn connections(&self) -> usize {
+        self.slots.total()
     }
 
     /// Whether no client is connected.

@@ -3,11 +3,13 @@
 //! Handlers return an [`Outcome`]: a [`Reply`] to send or a [`Refused`]
 //! answer. [`Outbox::reply`] sends it, with what goes with it:
 //!
-//! - a refusal is counted (`stats.refused`), audited (`audit::refused`,
+//! - a refusal is counted (`stats.refused`, and by code in
+//!   `stats.metrics`), audited (`audit::refused`,
 //!   naming the rules that matched, if the policy was asked), then sent;
 //! - a grant is sent with its fds as `SCM_RIGHTS` on the answer's first
 //!   byte, the daemon's copies of them close, and then it is counted
-//!   (`stats.minted`) and audited (`audit::granted`); if it could not be
+//!   (`stats.minted`, and by mode in `stats.metrics`) and audited
+//!   (`audit::granted`); if it could not be
 //!   sent, its lease is cancelled and it is audited as refused
 //!   (`mint_failed`, the client went away before taking it);
 //! - a perf event or tracepoint id file (tracing without root) is sent
@@ -198,6 +200,7 @@ impl<'s> Outbox<'s> {
     ) -> Result<(), ClientGone> {
         let Refused { refusal, rules } = refused;
         daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+        daemon.stats.metrics.count_refusal(refusal.code);
         audit::refused(peer, &rules, refusal.code, &refusal.message);
         self.send(&Response::Refused(refusal), &[]).await.map_err(|_| ClientGone)
     }
@@ -218,6 +221,7 @@ impl<'s> Outbox<'s> {
         match delivered {
             Ok(()) => {
                 daemon.stats.minted.fetch_add(1, Ordering::Relaxed);
+                daemon.stats.metrics.count_grant(grant.learn, lease.mode);
                 let mode = if grant.learn { "learn" } else { lease.mode.as_str() };
                 audit::granted(
                     peer,
@@ -237,6 +241,7 @@ impl<'s> Outbox<'s> {
                 }
                 daemon.leases.cancel(daemon.enforcer(), lease.id);
                 daemon.stats.refused.fetch_add(1, Ordering::Relaxed);
+                daemon.stats.metrics.count_refusal(RefusalCode::MintFailed);
                 audit::refused(
                     peer,
                     &grant.rules,

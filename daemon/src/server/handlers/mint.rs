@@ -5,6 +5,10 @@
 //! `Learn` (a learning lease, libbpf mode) and `MintForProgram` (after
 //! [`for_program`] took the program it names as the caller's).
 //!
+//! Counted here (`stats.metrics`): each token minted, warm or cold, and
+//! how long it took from the handler's start (the decision included) to
+//! the token in hand.
+//!
 //! Invariants: the lease is started (and, with the enforcer, written for
 //! the kernel) before the grant leaves the daemon; a libbpf-mode lease
 //! under the enforcer gets a scope of its own, so revoking it touches no
@@ -58,6 +62,7 @@ pub(in crate::server) async fn handle_mint<'a>(
     asked: &Asked,
     mode: Mode,
 ) -> Outcome<'a> {
+    let started = std::time::Instant::now();
     let grant = decide(daemon, peer, asked)?;
     let (delegation, rules) = (grant.delegation, grant.rules.clone());
     let (owner, target, lease_mode) = match (peer.userns, &peer.userns_fd) {
@@ -75,6 +80,7 @@ pub(in crate::server) async fn handle_mint<'a>(
     // gets a scope of its own (a container's is its namespace, shared).
     let exclusive = mode == Mode::Scope && daemon.enforcer().is_some() && lease_mode == LeaseMode::Libbpf;
     let (token, scope, cold) = daemon.mint(key, target, exclusive).await.map_err(|e| mint_failed(&rules, &e))?;
+    daemon.stats.metrics.count_mint(cold, started.elapsed());
     let scope_ino = match owner {
         ScopeOwner::Userns { ino, .. } => ino,
         ScopeOwner::Uid { .. } => {
