@@ -13,6 +13,7 @@
 pub mod inspect;
 pub mod json;
 pub mod kernel;
+mod leases;
 pub mod namespaces;
 pub mod supervise;
 mod sys;
@@ -35,9 +36,10 @@ use rustix::net::{
 
 pub use bpftoken_proto::delegation::{self, Delegation, Kind};
 pub use bpftoken_proto::{
-    Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseState, MintMode, MintRequest, OtherBuild, OtherLeases,
-    PerfEventOpened, Refusal, RefusalCode, RevokeTarget, TraceAllowance, TraceTarget, TracepointIdFile,
+    Enforcement, Explanation, ForgottenLeases, LeaseInfo, LeaseMode, LeaseState, MintMode, MintRequest, OtherBuild,
+    OtherLeases, PerfEventOpened, Refusal, RefusalCode, RevokeTarget, TraceAllowance, TraceTarget, TracepointIdFile,
 };
+pub use leases::LeaseListing;
 pub use trace::{PerfEvent, TracepointId};
 
 /// Who a learned rule names: a user by name, or a uid without one.
@@ -301,16 +303,6 @@ impl Client {
                 self.minted(old, fd, roles)
             }
             other => other,
-        }
-    }
-
-    /// The caller's leases (uid 0: everyone's), oldest first.
-    pub fn leases(&mut self) -> Result<Vec<LeaseInfo>, Error> {
-        self.send(RequestBody::Leases, None)?;
-        match self.read_plain()? {
-            Response::Leases(l) => Ok(l),
-            Response::Refused(r) => Err(Error::Refused(r)),
-            _ => Err(Error::Protocol("the daemon answered a lease listing with something else".into())),
         }
     }
 
