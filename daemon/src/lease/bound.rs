@@ -7,8 +7,8 @@
 //! owner uid (and [`super::MAX_LEASES`] in all); beyond that the oldest
 //! are forgotten. Forgetting one changes nothing for its tokens (nothing
 //! stopped them anyway, and nothing can revoke them without the
-//! enforcer): it is only no longer listed (docs/enforcement.md, "Expiry
-//! and revocation").
+//! enforcer): it is only no longer listed (docs/enforcement.md,
+//! "Unenforced leases are bounded").
 //!
 //! Invariants: [`Unenforced`] holds exactly the ids of the table's
 //! unenforced leases, per owner; every forgotten lease is counted in

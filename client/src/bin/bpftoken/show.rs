@@ -193,7 +193,7 @@ pub(super) fn leases(socket: &Path, json: bool) -> ExitCode {
 }
 
 /// A line per owner whose older unenforced leases the daemon forgot
-/// (docs/enforcement.md, "Expiry and revocation").
+/// (docs/enforcement.md, "Unenforced leases are bounded").
 pub(super) fn forgotten_lines(forgotten: &[bpftoken::ForgottenLeases]) -> Vec<String> {
     forgotten
         .iter()
