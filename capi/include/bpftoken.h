@@ -136,6 +136,7 @@ const char *bpftoken_last_error(void);
 #define BPFTOKEN_REFUSED_BAD_PROGRAM         21
 #define BPFTOKEN_REFUSED_TARGET_NOT_ALLOWED  22
 #define BPFTOKEN_REFUSED_TRACE_UNAVAILABLE   23
+#define BPFTOKEN_REFUSED_ANSWER_TOO_LARGE    24
 int bpftoken_last_refusal(void);
 
 /*

@@ -99,6 +99,8 @@ pub fn errno_of(e: &bpftoken_client::Error) -> i32 {
             RefusalCode::Busy => libc::EBUSY,
             RefusalCode::Timeout => libc::ETIMEDOUT,
             RefusalCode::UnsupportedVersion | RefusalCode::Malformed | RefusalCode::FrameTooLarge => libc::EPROTO,
+            // Never an answer to a mint (a listing too long for one answer).
+            RefusalCode::AnswerTooLarge => libc::EMSGSIZE,
             RefusalCode::MintFailed => libc::EIO,
         },
     }

@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::inspect::Source;
-use crate::{Delegation, Enforcement, Explanation, Kind, LeaseInfo, OtherBuild};
+use crate::{Delegation, Enforcement, Explanation, ForgottenLeases, Kind, LeaseInfo, OtherBuild};
 
 /// `schema` of `bpftoken query --json`.
 pub const QUERY_SCHEMA: &str = "bpftoken.query/1";
@@ -174,6 +174,18 @@ impl QueryDocument {
 pub struct LeasesDocument {
     pub schema: &'static str,
     pub leases: Vec<LeaseJson>,
+    /// Unenforced leases the daemon forgot, per owner (added in
+    /// `bpftoken.leases/1`: a new field, not a new schema).
+    pub forgotten: Vec<ForgottenJson>,
+}
+
+/// How many unenforced leases of one owner the daemon forgot: their
+/// tokens still work, they are no longer listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForgottenJson {
+    /// Their owner; `None`: owners the daemon no longer counts one by one.
+    pub uid: Option<u32>,
+    pub count: u64,
 }
 
 /// One lease.
@@ -222,8 +234,12 @@ impl From<&LeaseInfo> for LeaseJson {
 }
 
 impl LeasesDocument {
-    pub fn new(leases: &[LeaseInfo]) -> LeasesDocument {
-        LeasesDocument { schema: LEASES_SCHEMA, leases: leases.iter().map(LeaseJson::from).collect() }
+    pub fn new(leases: &[LeaseInfo], forgotten: &[ForgottenLeases]) -> LeasesDocument {
+        LeasesDocument {
+            schema: LEASES_SCHEMA,
+            leases: leases.iter().map(LeaseJson::from).collect(),
+            forgotten: forgotten.iter().map(|f| ForgottenJson { uid: f.uid, count: f.count }).collect(),
+        }
     }
 }
 
@@ -294,8 +310,10 @@ mod tests {
             bound_uid: None,
             bound_cgroup: Some("/user.slice".into()),
         };
-        let v = serde_json::to_value(LeasesDocument::new(&[l])).unwrap();
+        let forgotten = [ForgottenLeases { uid: Some(1000), count: 5 }, ForgottenLeases { uid: None, count: 2 }];
+        let v = serde_json::to_value(LeasesDocument::new(&[l], &forgotten)).unwrap();
         assert_eq!(v["schema"], "bpftoken.leases/1");
+        assert_eq!(v["forgotten"], serde_json::json!([{"uid": 1000, "count": 5}, {"uid": null, "count": 2}]));
         let lease = &v["leases"][0];
         assert_eq!(lease["id"], 7);
         assert_eq!(lease["mode"], "libbpf");

@@ -47,6 +47,7 @@ pub mod inspect;
 pub mod json;
 pub mod kernel;
 mod learn;
+mod leases;
 #[doc(hidden)]
 pub mod libbpf;
 #[doc(hidden)]
@@ -74,11 +75,13 @@ use rustix::net::{
 
 pub use bpftoken_proto::delegation::{self, Delegation, Kind, UnknownName};
 pub use bpftoken_proto::{
-    Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseState, MintMode, MintRequest, MintRequestBuilder, OtherBuild,
-    OtherLeases, PerfEventOpened, Refusal, RefusalCode, RevokeTarget, TraceAllowance, TraceTarget, TracepointIdFile,
+    Enforcement, Explanation, ForgottenLeases, LeaseInfo, LeaseMode, LeaseState, MintMode, MintRequest,
+    MintRequestBuilder, OtherBuild, OtherLeases, PerfEventOpened, Refusal, RefusalCode, RevokeTarget, TraceAllowance,
+    TraceTarget, TracepointIdFile,
 };
 pub use error::Error;
 pub use learn::{learned_rule, RuleUser};
+pub use leases::LeaseListing;
 pub use token::{DelegatedMount, ScopeGrant, Token};
 pub use trace::{PerfEvent, TracepointId};
 
@@ -288,23 +291,6 @@ impl Client {
                 self.minted(old, fd, roles)
             }
             other => other,
-        }
-    }
-
-    /// The caller's leases (uid 0: everyone's), oldest first.
-    ///
-    /// ```no_run
-    /// for lease in bpftoken::Client::connect()?.leases()? {
-    ///     println!("{} {} {:?}", lease.id, lease.mode.as_str(), lease.expires);
-    /// }
-    /// # Ok::<(), bpftoken::Error>(())
-    /// ```
-    pub fn leases(&mut self) -> Result<Vec<LeaseInfo>, Error> {
-        self.send(RequestBody::Leases, None)?;
-        match self.read_plain()? {
-            Response::Leases(l) => Ok(l),
-            Response::Refused(r) => Err(Error::Refused(r)),
-            _ => Err(Error::Protocol("the daemon answered a lease listing with something else".into())),
         }
     }
 

@@ -6,10 +6,10 @@
 //!
 //! Only `refused` lines are rate limited, per uid and then overall (a
 //! client can ask for refusals as fast as the daemon answers). `granted`,
-//! `traced`, `revoked` and `learned` lines are never dropped: each stands
-//! for work the daemon did, which per-uid connection caps and
-//! `mints_per_minute` bound already, so a flood of refusals cannot hide
-//! them. Every decision still counts in the status counters, and
+//! `traced`, `revoked`, `learned` and `forgotten` lines are never dropped:
+//! each stands for work the daemon did, which per-uid connection caps and
+//! `mints_per_minute` bound already (`forgotten`: one line per uid per 5 s
+//! at most), so a flood of refusals cannot hide them. Every decision still counts in the status counters, and
 //! suppressed lines are counted in summary lines that name their uid.
 
 use std::collections::HashMap;
@@ -307,6 +307,26 @@ pub fn learned(peer: &PeerIdentity, lease: &LeaseInfo, used: &Delegation) {
         lease_scope = lease.scope,
         used = %used,
         "learning lease {} of uid {} ended: used {used}", lease.id, lease.uid
+    );
+}
+
+/// `count` more unenforced leases of `uid` (`None`: of uids beyond those
+/// counted one by one) were forgotten to keep the lease table bounded,
+/// `total` since the daemon started. Their tokens keep working; they are
+/// no longer listed. Never dropped: the lease table writes at most one
+/// such line per uid per 5 s (`lease::bound`).
+pub fn forgotten_leases(uid: Option<u32>, count: u64, total: u64) {
+    let whose = uid.map_or_else(|| "of other uids".to_owned(), |u| format!("of uid {u}"));
+    tracing::info!(
+        target: "bpftokend::audit",
+        decision = "forgotten",
+        lease_uid = uid.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+        count,
+        total,
+        "forgot {count} older unenforced lease(s) {whose} ({total} in all): the daemon lists at most {} unenforced \
+         leases per uid and {} in all; their tokens still work, but they are no longer listed",
+        crate::lease::MAX_UNENFORCED_PER_UID,
+        crate::lease::MAX_LEASES
     );
 }
 

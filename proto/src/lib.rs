@@ -19,7 +19,8 @@ pub use builder::MintRequestBuilder;
 pub use codec::{CodecError, FRAME_HEADER_LEN, MAX_FRAME};
 pub use delegation::{Delegation, Kind, UnknownName};
 pub use message::{
-    Enforcement, Explanation, LeaseInfo, LeaseMode, LeaseRequest, LeaseState, MintMode, MintRequest, Minted,
-    OtherBuild, OtherLeases, ProgramRequest, Refusal, RefusalCode, Request, Response, RevokeTarget, PROTOCOL_VERSION,
+    Enforcement, Explanation, ForgottenLeases, LeaseInfo, LeaseMode, LeasePage, LeaseRequest, LeaseState,
+    LeasesPageRequest, MintMode, MintRequest, Minted, OtherBuild, OtherLeases, ProgramRequest, Refusal, RefusalCode,
+    Request, Response, RevokeTarget, MAX_LEASES_PER_PAGE, PROTOCOL_VERSION,
 };
 pub use trace::{PerfEventOpened, PerfEventRequest, TraceAllowance, TraceTarget, TracepointIdFile};

@@ -84,6 +84,29 @@ pub enum RequestBody {
     /// The tracing targets the caller's matching rules name; answered with
     /// [`Response::TraceTargets`].
     TraceTargets,
+    /// One page of the caller's leases (root: everyone's), oldest first;
+    /// answered with [`Response::LeasesPage`]. A listing of any length
+    /// walks pages by their cursor, where one [`Response::Leases`] stops at
+    /// what fits in a frame. Appended: an older daemon refuses it as
+    /// `malformed_request`, and the client then asks with
+    /// [`RequestBody::Leases`].
+    LeasesPage(LeasesPageRequest),
+}
+
+/// Most leases one [`Response::LeasesPage`] carries, whatever a
+/// [`LeasesPageRequest`] asks for; fewer when their encoding would not fit
+/// in a frame.
+pub const MAX_LEASES_PER_PAGE: u32 = 1024;
+
+/// What a [`RequestBody::LeasesPage`] asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeasesPageRequest {
+    /// List leases whose id is above this one: `None` for the first page,
+    /// then the previous page's [`LeasePage::next`].
+    pub after: Option<u64>,
+    /// At most this many (1 to [`MAX_LEASES_PER_PAGE`]; 0 and larger
+    /// numbers mean that maximum).
+    pub limit: u32,
 }
 
 /// Longest program path a [`ProgramRequest`] may name (`PATH_MAX`).
@@ -308,6 +331,37 @@ pub enum Response {
     TracepointId(crate::trace::TracepointIdFile),
     /// The answer to [`RequestBody::TraceTargets`].
     TraceTargets(Vec<crate::trace::TraceAllowance>),
+    /// The answer to [`RequestBody::LeasesPage`].
+    LeasesPage(LeasePage),
+}
+
+/// One page of a lease listing.
+///
+/// Ids only grow, so a walk from `after = None` along `next` lists every
+/// lease that exists throughout it exactly once, in id order; a lease
+/// started during the walk is listed if its page comes later, one that
+/// ends during it may or may not be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeasePage {
+    /// Oldest first.
+    pub leases: Vec<LeaseInfo>,
+    /// `Some(id)`: more may follow; ask again with `after = Some(id)`.
+    /// `None`: this is the last page.
+    pub next: Option<u64>,
+    /// Unenforced leases the daemon forgot to keep its table bounded,
+    /// counted per owner (the caller's own; root: everyone's); on the
+    /// first page (`after = None`) only, empty on later ones.
+    pub forgotten: Vec<ForgottenLeases>,
+}
+
+/// How many unenforced leases of one uid the daemon forgot (their tokens
+/// still work; they are no longer listed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgottenLeases {
+    /// Their owner; `None`: owners the daemon no longer tracks one by one
+    /// (it counts that many uids at most).
+    pub uid: Option<u32>,
+    pub count: u64,
 }
 
 /// The pinned enforcer of another bpftokend build (left by the daemon
@@ -530,6 +584,10 @@ refusal_codes! {
     /// such tracepoint or symbol, bad attributes): nothing the policy could
     /// change.
     TraceUnavailable = 23, "trace_unavailable";
+    /// The answer does not fit in one frame (a [`RequestBody::Leases`]
+    /// listing too many leases): ask with the paged request
+    /// ([`RequestBody::LeasesPage`]), which a newer client does.
+    AnswerTooLarge = 24, "answer_too_large";
 }
 
 impl fmt::Display for RefusalCode {

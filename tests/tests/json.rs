@@ -96,7 +96,7 @@ fn leases_json_lists_the_callers_lease_with_ids_as_numbers() {
 
     // No lease: an empty list, not a missing one.
     let v = document(&d.bpftoken(&env, &user(EVE), &["leases", "--json"]));
-    assert_eq!(v, json!({"schema": "bpftoken.leases/1", "leases": []}));
+    assert_eq!(v, json!({"schema": "bpftoken.leases/1", "leases": [], "forgotten": []}));
 }
 
 #[test]

@@ -219,3 +219,130 @@ fn a_ttl_asked_for_is_refused_where_it_cannot_be_enforced() {
     let o = d.bpftoken(&env, &alice, &["leases"]);
     assert_eq!(stdout(&o), "no leases\n");
 }
+
+/// `bpftoken-probe storm` as `user`: `connections` connections, each
+/// minting `mints` times in a loop on its own thread; each grant is a lease.
+fn storm(env: &Env, d: &TestDaemon, user: &User, connections: usize, mints: usize) {
+    let mut c = as_user(user, env.bin("bpftoken-probe"));
+    c.args(["storm", d.socket.to_str().unwrap(), &connections.to_string(), &mints.to_string()]);
+    let o = output(c);
+    let out = stdout(&o);
+    assert!(out.contains("\nerrors 0\n"), "{out}{}", stderr(&o));
+    assert!(out.ends_with(&format!("\nminted {}\n", connections * mints)), "{out}{}", stderr(&o));
+}
+
+/// `bpftoken leases` as `user`: the rows' (id, uid), and the lines after
+/// the table.
+fn listed(env: &Env, d: &TestDaemon, user: &User) -> (Vec<(u64, u32)>, Vec<String>) {
+    let o = d.bpftoken(env, user, &["leases"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let mut lines = out.lines();
+    assert!(lines.next().is_some_and(|h| h.trim_start().starts_with("LEASE ")), "{out}");
+    let (mut rows, mut rest) = (Vec::new(), Vec::new());
+    for line in lines {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match (fields.first().and_then(|f| f.parse().ok()), fields.get(1).and_then(|f| f.parse().ok())) {
+            (Some(id), Some(uid)) if rest.is_empty() => rows.push((id, uid)),
+            _ => rest.push(line.to_owned()),
+        }
+    }
+    (rows, rest)
+}
+
+/// `bpftoken leases --json` as `user`, parsed.
+fn listed_json(env: &Env, d: &TestDaemon, user: &User) -> serde_json::Value {
+    let o = d.bpftoken(env, user, &["leases", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("one JSON document");
+    assert_eq!(v["schema"], "bpftoken.leases/1");
+    v
+}
+
+fn json_ids(v: &serde_json::Value, uid: u32) -> Vec<u64> {
+    let leases = v["leases"].as_array().expect("leases");
+    assert!(leases.iter().all(|l| l["uid"] == uid && l["state"] == "not_enforced"), "{:?}", leases.first());
+    leases.iter().map(|l| l["id"].as_u64().expect("id")).collect()
+}
+
+#[test]
+fn ten_thousand_unenforced_leases_are_listed_whole_and_beyond_that_the_oldest_are_forgotten() {
+    let test = "ten_thousand_unenforced_leases_are_listed_whole_and_beyond_that_the_oldest_are_forgotten";
+    let Some(env) = setup(test) else { return };
+    let d = TestDaemon::start(&env, POLICY, &[]);
+    if unavailable(&d).is_none() {
+        // Enforced leases end with their tokens: nothing to bound.
+        eprintln!("SKIPPED {test}: the enforcer runs here, so leases are not kept past their tokens");
+        return;
+    }
+    let (alice, bob) = (user(ALICE), user(BOB));
+    let root = User { name: "root".into(), uid: 0, gid: 0 };
+    let started = std::time::Instant::now();
+    storm(&env, &d, &alice, 4, 2500);
+    eprintln!("10,000 leases in {:?}", started.elapsed());
+
+    // Root lists all 10,000 (one answer holds about 3,000), text and JSON.
+    let (rows, rest) = listed(&env, &d, &root);
+    assert_eq!(rows, (1..=10_000).map(|id| (id, alice.uid)).collect::<Vec<_>>());
+    assert_eq!(rest, Vec::<String>::new());
+    let v = listed_json(&env, &d, &root);
+    assert_eq!(json_ids(&v, alice.uid), (1..=10_000).collect::<Vec<_>>());
+    assert_eq!(v["forgotten"], serde_json::json!([]));
+    // A client older than paged listings is told why it gets none.
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+    let request = bpftoken_proto::Request::new(bpftoken_proto::message::RequestBody::Leases);
+    std::io::Write::write_all(&mut s, &bpftoken_proto::codec::encode_request(&request).unwrap()).unwrap();
+    let mut header = [0u8; 4];
+    std::io::Read::read_exact(&mut s, &mut header).unwrap();
+    let mut payload = vec![0u8; bpftoken_proto::codec::payload_len(header).unwrap()];
+    std::io::Read::read_exact(&mut s, &mut payload).unwrap();
+    let refusal = bpftoken_proto::Refusal::new(
+        bpftoken_proto::RefusalCode::AnswerTooLarge,
+        "10000 leases do not fit in one answer, and this client asks for them in one (it is older than paged \
+         listings): upgrade bpftoken, which lists them page by page",
+    );
+    assert_eq!(bpftoken_proto::codec::decode_response(&payload), Ok(bpftoken_proto::Response::Refused(refusal)));
+
+    // Each user sees their own only.
+    storm(&env, &d, &bob, 1, 3);
+    let (rows, rest) = listed(&env, &d, &bob);
+    assert_eq!((rows, rest), ((10_001..=10_003).map(|id| (id, bob.uid)).collect(), vec![]));
+    assert_eq!(json_ids(&listed_json(&env, &d, &alice), alice.uid).len(), 10_000);
+
+    // Past alice's bound her oldest are forgotten, and said to be.
+    storm(&env, &d, &alice, 1, 5);
+    let (rows, rest) = listed(&env, &d, &alice);
+    let ids: Vec<u64> = (6..=10_000).chain(10_004..=10_008).collect();
+    assert_eq!(rows, ids.iter().map(|id| (*id, alice.uid)).collect::<Vec<_>>());
+    let forgotten = format!(
+        "forgotten: 5 older unenforced lease(s) of uid {}, beyond what the daemon lists; their tokens still work",
+        alice.uid
+    );
+    assert_eq!(rest, std::slice::from_ref(&forgotten));
+    let v = listed_json(&env, &d, &root);
+    assert_eq!(v["leases"].as_array().map(Vec::len), Some(10_003));
+    assert_eq!(v["forgotten"], serde_json::json!([{"uid": alice.uid, "count": 5}]));
+    assert_eq!(listed(&env, &d, &bob).1, Vec::<String>::new(), "bob lost nothing");
+    let (_, rest) = listed(&env, &d, &root);
+    assert_eq!(rest, [forgotten]);
+    // Audited: the first at once, the rest within a sweep (5 s).
+    let line = |count: u64, total: u64| {
+        format!(
+            "forgot {count} older unenforced lease(s) of uid {} ({total} in all): the daemon lists at most 10000 \
+             unenforced leases per uid and 65536 in all; their tokens still work, but they are no longer listed",
+            alice.uid
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(12);
+    let log = loop {
+        let log = d.log_text();
+        if log.contains(&line(4, 5)) || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let audit: Vec<&str> = log.lines().filter(|l| l.contains("decision=\"forgotten\"")).collect();
+    assert_eq!(audit.len(), 2, "{log}");
+    assert!(audit[0].contains(&line(1, 1)) && audit[1].contains(&line(4, 5)), "{audit:#?}");
+    assert!(audit.iter().all(|l| l.contains("bpftokend::audit")), "{audit:#?}");
+}

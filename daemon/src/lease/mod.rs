@@ -17,13 +17,26 @@
 //! a daemon that adopts a pinned enforcer after a restart rebuilds this
 //! table from them ([`LeaseTable::adopt`]) and never reuses an id.
 //!
-//! The table is bounded ([`MAX_LEASES`], the size of the enforcer's map).
+//! The table is bounded ([`MAX_LEASES`], the size of the enforcer's map),
+//! and so is each uid's share of unenforced leases
+//! ([`MAX_UNENFORCED_PER_UID`]): beyond either the oldest unenforced
+//! leases are forgotten, counted and logged ([`bound`]).
+//!
+//! Listings are paged ([`LeaseTable::page`]): by id, which only grows,
+//! so a walk along the cursor lists every lease that lasts throughout it
+//! exactly once.
+
+mod bound;
+mod listing;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bpftoken_proto::{LeaseInfo, LeaseMode, LeaseState, Refusal, RefusalCode, RevokeTarget};
+
+pub use bound::{MAX_FORGOTTEN_UIDS, MAX_UNENFORCED_PER_UID};
+pub use listing::{Page, MAX_LISTED_CGROUP};
 
 use crate::enforcer::{Binding, CgroupId, Enforcer, LeaseEntries, LeaseKey, LeaseRecord, NO_DEADLINE, REVOKED};
 
@@ -143,6 +156,35 @@ struct Table {
     /// sweep (one map lookup per lease) per [`FULL_SWEEP_INTERVAL`], so a
     /// table that stays full costs a mint O(1), not 65,536 lookups.
     last_full_sweep: Option<Instant>,
+    /// The ids in `leases` of unenforced leases, per owner.
+    unenforced: bound::Unenforced,
+    /// Unenforced leases forgotten to keep the table bounded.
+    forgotten: bound::Forgotten,
+}
+
+impl Table {
+    fn insert(&mut self, lease: Lease) {
+        if lease.key.is_none() {
+            self.unenforced.add(lease.uid, lease.id);
+        }
+        self.leases.insert(lease.id, lease);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Lease> {
+        let lease = self.leases.remove(&id)?;
+        if lease.key.is_none() {
+            self.unenforced.remove(lease.uid, id);
+        }
+        Some(lease)
+    }
+
+    /// Forget lease `id` to keep the table bounded: counted, and the
+    /// audit line to write, if one is due, added to `lines`.
+    fn forget(&mut self, id: u64, lines: &mut Vec<bound::ForgottenLine>) {
+        if let Some(lease) = self.remove(id) {
+            lines.extend(self.forgotten.note(lease.uid, Instant::now()));
+        }
+    }
 }
 
 /// See [`Table::reserved_to`]. A restart skips at most this many ids.
@@ -206,91 +248,12 @@ impl LeaseTable {
 
     /// Start a lease for a grant about to be handed out. With the
     /// enforcer, its entry goes into the kernel now, with the expiry.
+    /// Unenforced leases beyond the bounds forget the oldest, and say so.
     pub fn start(&self, enforcer: Option<&Enforcer>, new: NewLease) -> Result<LeaseInfo, LeaseError> {
-        let bind = new.bind.clone();
-        let now_boot = crate::sys::boottime_ns();
-        let created = SystemTime::now();
-        let deadline = new.ttl.map(|t| now_boot.saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)));
-        let mut table = self.lock();
-        if table.leases.len() >= MAX_LEASES && table.last_full_sweep.is_none_or(|t| t.elapsed() >= FULL_SWEEP_INTERVAL)
-        {
-            sweep_locked(&mut table, enforcer, |_| true);
-            table.last_full_sweep = Some(Instant::now());
-        }
-        if table.leases.len() >= MAX_LEASES {
-            // Unenforced leases are informational only: drop the oldest.
-            let oldest = table.leases.values().find(|l| l.key.is_none()).map(|l| l.id);
-            match oldest {
-                Some(id) => {
-                    table.leases.remove(&id);
-                }
-                None => return Err(LeaseError::Full),
-            }
-        }
-        if let Some(e) = enforcer {
-            ids_known_locked(&mut table, e)?;
-        }
-        let id = table.last_id + 1;
-        let expires = new.ttl.map(|t| created + t);
-        let key = match enforcer {
-            None => None,
-            Some(e) => {
-                let key = key_of(&new)?;
-                // The id is spent first: a later daemon never reuses it.
-                if id > table.reserved_to {
-                    let upto = id + LEASE_ID_BLOCK - 1;
-                    e.set_last_lease_id(upto).map_err(LeaseError::Map)?;
-                    table.reserved_to = upto;
-                }
-                table.last_id = id;
-                let record = LeaseRecord {
-                    deadline: deadline.unwrap_or(NO_DEADLINE),
-                    bind: bind.kernel,
-                    id,
-                    uid: new.uid,
-                    scope_uid: new.scope_uid,
-                    mode: new.mode,
-                    serial: new.serial,
-                    created: unix_secs(created),
-                    expires: expires.map(unix_secs),
-                };
-                match e.start_lease(key, &record) {
-                    Ok(()) => Some(key),
-                    Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
-                        // The lease whose entry it is (a lease of an earlier
-                        // namespace with this inode number may still be listed).
-                        let holder = e.lease_id_at(key).ok().flatten();
-                        let other = table
-                            .leases
-                            .values()
-                            .find(|l| l.key == Some(key) && Some(l.entry_id) == holder)
-                            .map_or(0, |l| l.id);
-                        return Err(LeaseError::ScopeLeased { scope: new.scope, other });
-                    }
-                    Err(err) if err.raw_os_error() == Some(libc::E2BIG) => return Err(LeaseError::Full),
-                    Err(err) => return Err(LeaseError::Map(err)),
-                }
-            }
-        };
-        table.last_id = id;
-        let lease = Lease {
-            id,
-            uid: new.uid,
-            scope: new.scope,
-            mode: new.mode,
-            created,
-            expires,
-            deadline,
-            serial: new.serial,
-            whole_scope: new.whole_scope,
-            key,
-            entry_id: id,
-            revoked: false,
-            bind,
-        };
-        let info = lease.info(now_boot);
-        table.leases.insert(lease.id, lease);
-        Ok(info)
+        let mut lines = Vec::new();
+        let started = start_locked(&mut self.lock(), enforcer, new, &mut lines);
+        bound::log(&lines);
+        started
     }
 
     /// Rebuild the table from the lease entries of an enforcer an earlier
@@ -368,7 +331,7 @@ impl LeaseTable {
                 continue;
             }
             adopted.push(Adopted { info: lease.info(now_boot), scope_uid: r.scope_uid });
-            table.leases.insert(lease.id, lease);
+            table.insert(lease);
         }
         // Kept under a new id (here only), so that each can be revoked.
         for (mut lease, scope_uid) in twice {
@@ -383,7 +346,7 @@ impl LeaseTable {
                 lease.id
             );
             adopted.push(Adopted { info: lease.info(now_boot), scope_uid });
-            table.leases.insert(lease.id, lease);
+            table.insert(lease);
         }
         adopted
     }
@@ -391,7 +354,7 @@ impl LeaseTable {
     /// Undo [`LeaseTable::start`] for a grant the client never took.
     pub fn cancel(&self, enforcer: Option<&Enforcer>, id: u64) {
         let mut table = self.lock();
-        if let Some(lease) = table.leases.remove(&id) {
+        if let Some(lease) = table.remove(id) {
             if let (Some(e), Some(key)) = (enforcer, lease.key) {
                 if let Err(err) = e.end_lease(key) {
                     tracing::warn!(lease = id, "cannot remove the entry of a lease never handed out: {err}");
@@ -400,9 +363,17 @@ impl LeaseTable {
         }
     }
 
-    /// Forget leases whose tokens (or scope) the kernel has freed.
+    /// Forget leases whose tokens (or scope) the kernel has freed, and
+    /// write the audit lines about forgotten unenforced leases that are
+    /// still due (the daemon sweeps every 5 s).
     pub fn sweep(&self, enforcer: Option<&Enforcer>) -> usize {
-        sweep_locked(&mut self.lock(), enforcer, |_| true)
+        let (swept, lines) = {
+            let mut table = self.lock();
+            let swept = sweep_locked(&mut table, enforcer, |_| true);
+            (swept, table.forgotten.flush(Instant::now()))
+        };
+        bound::log(&lines);
+        swept
     }
 
     /// Leases the kernel enforces (an entry in the enforcer's map) whose
@@ -419,16 +390,6 @@ impl LeaseTable {
         let table = self.lock();
         let enforced = table.leases.values().filter(|l| l.key.is_some()).count();
         (enforced, table.leases.len() - enforced)
-    }
-
-    /// Leases of `uid` (all with `None`), oldest first.
-    pub fn list(&self, enforcer: Option<&Enforcer>, uid: Option<u32>) -> Vec<LeaseInfo> {
-        let mut table = self.lock();
-        // Only the leases listed: a user's listing costs lookups in
-        // proportion to what it shows, not to the whole table.
-        sweep_locked(&mut table, enforcer, |l| uid.is_none_or(|u| l.uid == u));
-        let now = crate::sys::boottime_ns();
-        table.leases.values().filter(|l| uid.is_none_or(|u| l.uid == u)).map(|l| l.info(now)).collect()
     }
 
     /// Revoke what `target` names on behalf of `requester` (a uid; 0 may
@@ -518,6 +479,102 @@ impl LeaseTable {
     }
 }
 
+/// [`LeaseTable::start`] under the lock; `lines`: the audit lines about
+/// forgotten leases to write once it is released.
+fn start_locked(
+    table: &mut Table,
+    enforcer: Option<&Enforcer>,
+    new: NewLease,
+    lines: &mut Vec<bound::ForgottenLine>,
+) -> Result<LeaseInfo, LeaseError> {
+    let bind = new.bind.clone();
+    let now_boot = crate::sys::boottime_ns();
+    let created = SystemTime::now();
+    let deadline = new.ttl.map(|t| now_boot.saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)));
+    if enforcer.is_none() {
+        // Nothing tells when an unenforced lease's tokens are closed: past
+        // its uid's bound, its oldest makes room.
+        if let Some(oldest) = table.unenforced.oldest_if_full(new.uid) {
+            table.forget(oldest, lines);
+        }
+    }
+    if table.leases.len() >= MAX_LEASES && table.last_full_sweep.is_none_or(|t| t.elapsed() >= FULL_SWEEP_INTERVAL) {
+        sweep_locked(table, enforcer, |_| true);
+        table.last_full_sweep = Some(Instant::now());
+    }
+    if table.leases.len() >= MAX_LEASES {
+        // Unenforced leases are informational only: the oldest makes room.
+        match table.leases.values().find(|l| l.key.is_none()).map(|l| l.id) {
+            Some(id) => table.forget(id, lines),
+            None => return Err(LeaseError::Full),
+        }
+    }
+    if let Some(e) = enforcer {
+        ids_known_locked(table, e)?;
+    }
+    let id = table.last_id + 1;
+    let expires = new.ttl.map(|t| created + t);
+    let key = match enforcer {
+        None => None,
+        Some(e) => {
+            let key = key_of(&new)?;
+            // The id is spent first: a later daemon never reuses it.
+            if id > table.reserved_to {
+                let upto = id + LEASE_ID_BLOCK - 1;
+                e.set_last_lease_id(upto).map_err(LeaseError::Map)?;
+                table.reserved_to = upto;
+            }
+            table.last_id = id;
+            let record = LeaseRecord {
+                deadline: deadline.unwrap_or(NO_DEADLINE),
+                bind: bind.kernel,
+                id,
+                uid: new.uid,
+                scope_uid: new.scope_uid,
+                mode: new.mode,
+                serial: new.serial,
+                created: unix_secs(created),
+                expires: expires.map(unix_secs),
+            };
+            match e.start_lease(key, &record) {
+                Ok(()) => Some(key),
+                Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+                    // The lease whose entry it is (a lease of an earlier
+                    // namespace with this inode number may still be listed).
+                    let holder = e.lease_id_at(key).ok().flatten();
+                    let other = table
+                        .leases
+                        .values()
+                        .find(|l| l.key == Some(key) && Some(l.entry_id) == holder)
+                        .map_or(0, |l| l.id);
+                    return Err(LeaseError::ScopeLeased { scope: new.scope, other });
+                }
+                Err(err) if err.raw_os_error() == Some(libc::E2BIG) => return Err(LeaseError::Full),
+                Err(err) => return Err(LeaseError::Map(err)),
+            }
+        }
+    };
+    table.last_id = id;
+    let lease = Lease {
+        id,
+        uid: new.uid,
+        scope: new.scope,
+        mode: new.mode,
+        created,
+        expires,
+        deadline,
+        serial: new.serial,
+        whole_scope: new.whole_scope,
+        key,
+        entry_id: id,
+        revoked: false,
+        bind,
+    };
+    let info = lease.info(now_boot);
+    table.insert(lease);
+    Ok(info)
+}
+
 /// Whether ids from `table.last_id` on are known to be unused; if the
 /// pinned last id could not be read at adoption, read it now.
 fn ids_known_locked(table: &mut Table, store: &dyn LeaseStore) -> Result<(), LeaseError> {
@@ -537,25 +594,26 @@ fn ids_known_locked(table: &mut Table, store: &dyn LeaseStore) -> Result<(), Lea
 /// Forget the leases `which` selects whose tokens are gone; the others
 /// are kept unchecked.
 fn sweep_locked(table: &mut Table, enforcer: Option<&Enforcer>, which: impl Fn(&Lease) -> bool) -> usize {
-    let before = table.leases.len();
-    match enforcer {
-        Some(e) => table.leases.retain(|_, l| {
-            !which(l)
-                || match l.key {
-                    // Gone from the map (the kernel freed its token or
-                    // scope), or the key is a later lease's now.
-                    Some(key) => !matches!(e.deadline(key, l.entry_id), Ok(None)),
-                    None => true,
-                }
-        }),
-        // Nothing tells when an unenforced lease's token is closed; forget
-        // it once it has expired (listing it longer says nothing).
-        None => {
-            let now = SystemTime::now();
-            table.leases.retain(|_, l| !which(l) || l.expires.is_none_or(|t| t > now));
-        }
+    let now = SystemTime::now();
+    let gone: Vec<u64> =
+        table.leases.values().filter(|l| which(l) && is_gone(l, enforcer, now)).map(|l| l.id).collect();
+    for id in &gone {
+        table.remove(*id);
     }
-    before - table.leases.len()
+    gone.len()
+}
+
+/// Whether `lease` is done with: with the enforcer, its entry is gone
+/// from the map (the kernel freed its token or scope) or the key is a
+/// later lease's now. Nothing tells when an unenforced lease's token is
+/// closed; it is done with once it has expired (listing it longer says
+/// nothing).
+fn is_gone(lease: &Lease, enforcer: Option<&Enforcer>, now: SystemTime) -> bool {
+    match (enforcer, lease.key) {
+        (Some(e), Some(key)) => matches!(e.deadline(key, lease.entry_id), Ok(None)),
+        (Some(_), None) => false,
+        (None, _) => lease.expires.is_some_and(|t| t <= now),
+    }
 }
 
 #[cfg(test)]

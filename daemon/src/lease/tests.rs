@@ -3,6 +3,22 @@
 //! The table without the enforcer (the kernel side is tested in the
 //! VM): ids, listing, and who may revoke what, in that order.
 use super::*;
+use bpftoken_proto::ForgottenLeases;
+
+impl LeaseTable {
+    /// Every lease of `uid` (all with `None`), walking pages of 100.
+    fn list(&self, enforcer: Option<&Enforcer>, uid: Option<u32>) -> Vec<LeaseInfo> {
+        let (mut all, mut after) = (Vec::new(), None);
+        loop {
+            let page = self.page(enforcer, uid, after, 100, |_| true);
+            all.extend(page.leases);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return all,
+            }
+        }
+    }
+}
 
 fn new(uid: u32, ttl: Option<u64>) -> NewLease {
     NewLease {
@@ -74,8 +90,9 @@ fn unenforced_leases_are_forgotten_once_expired_and_the_oldest_makes_room() {
         let mut table = t.lock();
         for id in 100..100 + MAX_LEASES as u64 - 1 {
             let mut l = table.leases[&2].clone();
-            l.id = id;
-            table.leases.insert(id, l);
+            // Spread over uids: none reaches its own bound.
+            (l.id, l.uid) = (id, (id % 8) as u32);
+            table.insert(l);
         }
         assert_eq!(table.leases.len(), MAX_LEASES);
         table.last_id = 100 + MAX_LEASES as u64 - 2;
@@ -85,6 +102,7 @@ fn unenforced_leases_are_forgotten_once_expired_and_the_oldest_makes_room() {
     assert_eq!(all.len(), MAX_LEASES);
     assert_eq!(all[0].id, 100, "lease 2, the oldest, made room");
     assert_eq!(all.last().map(|l| l.id), Some(next.id));
+    assert_eq!(t.forgotten(None), [ForgottenLeases { uid: Some(1000), count: 1 }], "and it was counted");
 }
 
 #[test]
@@ -96,12 +114,12 @@ fn a_full_table_is_swept_at_most_once_a_second() {
         let mut table = t.lock();
         for id in 2..=MAX_LEASES as u64 {
             let mut l = table.leases[&1].clone();
-            l.id = id;
+            (l.id, l.uid) = (id, (id % 8) as u32);
             // Every other lease has expired: a sweep forgets it.
             if id % 2 == 0 {
                 l.expires = Some(past);
             }
-            table.leases.insert(id, l);
+            table.insert(l);
         }
         table.last_id = MAX_LEASES as u64;
         table.last_full_sweep = Some(Instant::now());
@@ -114,6 +132,119 @@ fn a_full_table_is_swept_at_most_once_a_second() {
     t.lock().last_full_sweep = Some(Instant::now() - FULL_SWEEP_INTERVAL);
     t.start(None, new(1000, None)).unwrap();
     assert_eq!(t.lock().leases.len(), MAX_LEASES / 2 + 1);
+}
+
+#[test]
+fn a_uid_keeps_its_bound_of_unenforced_leases_and_the_older_ones_are_counted() {
+    let t = LeaseTable::default();
+    let first = t.start(None, new(1000, None)).unwrap().id;
+    for _ in 1..MAX_UNENFORCED_PER_UID {
+        t.start(None, new(1000, None)).unwrap();
+    }
+    let other = t.start(None, new(1001, None)).unwrap().id;
+    assert_eq!(t.list(None, Some(1000)).len(), MAX_UNENFORCED_PER_UID);
+    assert!(t.forgotten(None).is_empty());
+    // Past the bound, each new lease forgets the uid's oldest, and only its.
+    for _ in 0..5 {
+        t.start(None, new(1000, Some(3600))).unwrap();
+    }
+    let mine = t.list(None, Some(1000));
+    assert_eq!(mine.len(), MAX_UNENFORCED_PER_UID);
+    assert_eq!(mine[0].id, first + 5);
+    assert_eq!(t.list(None, Some(1001)).iter().map(|l| l.id).collect::<Vec<_>>(), [other]);
+    assert_eq!(t.forgotten(Some(1000)), [ForgottenLeases { uid: Some(1000), count: 5 }]);
+    assert_eq!(t.forgotten(Some(1001)), []);
+    assert_eq!(t.forgotten(None), [ForgottenLeases { uid: Some(1000), count: 5 }]);
+    // A lease that ends makes room: the next one forgets nothing.
+    t.cancel(None, first + 5);
+    t.start(None, new(1000, None)).unwrap();
+    assert_eq!(t.list(None, Some(1000))[0].id, first + 6);
+    assert_eq!(t.forgotten(Some(1000))[0].count, 5);
+    // So does one that expired (swept).
+    {
+        let mut table = t.lock();
+        let past = SystemTime::now() - Duration::from_secs(1);
+        let id = *table.leases.keys().rev().nth(1).unwrap();
+        table.leases.get_mut(&id).unwrap().expires = Some(past);
+    }
+    assert_eq!(t.sweep(None), 1);
+    t.start(None, new(1000, None)).unwrap();
+    assert_eq!(t.forgotten(Some(1000))[0].count, 5);
+    assert_eq!(t.list(None, Some(1000)).len(), MAX_UNENFORCED_PER_UID);
+}
+
+#[test]
+fn a_walk_lists_each_lease_once_while_leases_start_and_end_between_pages() {
+    let t = LeaseTable::default();
+    for uid in [1000, 1001] {
+        for _ in 0..40 {
+            t.start(None, new(uid, None)).unwrap();
+        }
+    }
+    let owners = |t: &LeaseTable| t.lock().leases.values().map(|l| (l.id, l.uid)).collect::<Vec<_>>();
+    for whose in [None, Some(1000)] {
+        let mut existed = owners(&t);
+        let (mut seen, mut after, mut ended) = (Vec::new(), None, Vec::new());
+        let mut round = 0u64;
+        loop {
+            let page = t.page(None, whose, after, 7, |_| true);
+            assert!(page.leases.len() <= 7);
+            seen.extend(page.leases.iter().map(|l| l.id));
+            let Some(next) = page.next else { break };
+            after = Some(next);
+            // Between pages: a lease ends behind the cursor and one ahead
+            // of it; two start.
+            round += 1;
+            for id in [next.saturating_sub(round % 5), next + 1 + round % 3] {
+                if t.lock().leases.contains_key(&id) {
+                    t.cancel(None, id);
+                    ended.push((id, next));
+                }
+            }
+            for uid in [1000, 1001] {
+                existed.push((t.start(None, new(uid, None)).unwrap().id, uid));
+            }
+        }
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted, seen, "in id order, none twice");
+        // Exactly the caller's leases that lasted the whole walk, those
+        // that started during it (ids only grow: their page came later),
+        // and those that ended behind the cursor (listed before).
+        let mine = |uid: u32| whose.is_none_or(|u| u == uid);
+        for (id, uid) in &existed {
+            let cursor_when_ended = ended.iter().find(|(e, _)| e == id).map(|(_, c)| *c);
+            let listed_before_it_ended = cursor_when_ended.is_none_or(|c| *id <= c);
+            assert_eq!(
+                seen.contains(id),
+                mine(*uid) && listed_before_it_ended,
+                "lease {id} of uid {uid} ({whose:?}, ended with the cursor at {cursor_when_ended:?})"
+            );
+        }
+        assert!(seen.iter().all(|id| existed.iter().any(|(e, _)| e == id)), "nothing invented");
+        assert!(!ended.is_empty() && existed.len() > 80);
+    }
+}
+
+#[test]
+fn a_page_ends_where_the_next_lease_does_not_fit_and_always_holds_one() {
+    let t = LeaseTable::default();
+    for _ in 0..5 {
+        t.start(None, new(1000, None)).unwrap();
+    }
+    let mut room = 2;
+    let page = t.page(None, None, None, 100, |_| {
+        room -= 1;
+        room >= 0
+    });
+    assert_eq!((page.leases.len(), page.next), (2, Some(2)));
+    let page = t.page(None, None, Some(2), 100, |_| false);
+    assert_eq!((page.leases.len(), page.next), (1, Some(3)), "a lease alone always fits");
+    let page = t.page(None, None, Some(3), 100, |_| true);
+    assert_eq!((page.leases.iter().map(|l| l.id).collect::<Vec<_>>(), page.next), (vec![4, 5], None));
+    let page = t.page(None, None, Some(3), 1, |_| true);
+    assert_eq!((page.leases.len(), page.next), (1, Some(4)));
 }
 
 /// A pinned enforcer's maps, as adoption reads them.

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use super::decide::{learning_peer_refusal, Asked};
 use super::frame::{read_frame, Frame, Inbox, ReadError, Timeouts, MAX_REQUEST_FDS};
 use super::handlers::delegate::handle_delegate;
-use super::handlers::leases::{handle_learned, handle_leases, handle_revoke};
+use super::handlers::leases::{handle_learned, handle_leases, handle_leases_page, handle_revoke};
 use super::handlers::mint::{for_program, handle_mint, Mode};
 use super::handlers::query::handle_query;
 use super::handlers::trace;
@@ -181,6 +181,7 @@ async fn dispatch<'a>(
         RequestBody::Query => handle_query(daemon, peer, false),
         RequestBody::QueryEnforcement => handle_query(daemon, peer, true),
         RequestBody::Leases => handle_leases(daemon, peer),
+        RequestBody::LeasesPage(asked) => handle_leases_page(daemon, peer, asked),
         RequestBody::Revoke(target) => handle_revoke(daemon, peer, target),
         RequestBody::Learn(request) => {
             let asked = Asked { request, ttl: None, leased: true, learn: true };
@@ -237,6 +238,7 @@ fn answer_may_carry_fds(body: &RequestBody) -> bool {
         RequestBody::Query
         | RequestBody::QueryEnforcement
         | RequestBody::Leases
+        | RequestBody::LeasesPage(_)
         | RequestBody::Revoke(_)
         | RequestBody::Learned(_)
         | RequestBody::TraceTargets => false,
@@ -252,6 +254,7 @@ fn request_name(body: &RequestBody) -> &'static str {
         RequestBody::QueryEnforcement => "query-enforcement",
         RequestBody::MintLease(_) => "mint-lease",
         RequestBody::Leases => "leases",
+        RequestBody::LeasesPage(_) => "leases-page",
         RequestBody::Revoke(_) => "revoke",
         RequestBody::Learn(_) => "learn",
         RequestBody::Learned(_) => "learned",

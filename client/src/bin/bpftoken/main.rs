@@ -130,6 +130,10 @@ enum Command {
     },
     /// List your leases (root: everyone's): every grant is one. CMD of
     /// `bpftoken run` finds its own in BPFTOKEN_LEASE.
+    ///
+    /// Without the daemon's enforcer it keeps at most 10,000 unenforced
+    /// leases per uid; a last line `forgotten: N older unenforced lease(s)
+    /// of uid U` counts those it no longer lists (their tokens still work).
     Leases {
         #[command(flatten)]
         output: JsonOutput,

@@ -174,20 +174,39 @@ pub(super) fn lease_lines(leases: &[bpftoken::LeaseInfo]) -> Vec<String> {
 }
 
 pub(super) fn leases(socket: &Path, json: bool) -> ExitCode {
-    match Client::connect_to(socket).and_then(|mut c| c.leases()) {
-        Ok(list) if json => print_json(&bpftoken::json::LeasesDocument::new(&list)),
-        Ok(list) if list.is_empty() => {
-            println!("no leases");
-            ExitCode::SUCCESS
-        }
-        Ok(list) => {
-            for line in lease_lines(&list) {
+    match Client::connect_to(socket).and_then(|mut c| c.lease_listing()) {
+        Ok(l) if json => print_json(&bpftoken::json::LeasesDocument::new(&l.leases, &l.forgotten)),
+        Ok(l) => {
+            if l.leases.is_empty() {
+                println!("no leases");
+            } else {
+                for line in lease_lines(&l.leases) {
+                    println!("{line}");
+                }
+            }
+            for line in forgotten_lines(&l.forgotten) {
                 println!("{line}");
             }
             ExitCode::SUCCESS
         }
         Err(e) => report(socket, &e),
     }
+}
+
+/// A line per owner whose older unenforced leases the daemon forgot
+/// (docs/enforcement.md, "Unenforced leases are bounded").
+pub(super) fn forgotten_lines(forgotten: &[bpftoken::ForgottenLeases]) -> Vec<String> {
+    forgotten
+        .iter()
+        .map(|f| {
+            let whose = f.uid.map_or_else(|| "other uids".to_owned(), |u| format!("uid {u}"));
+            format!(
+                "forgotten: {} older unenforced lease(s) of {whose}, beyond what the daemon lists; their tokens \
+                 still work",
+                f.count
+            )
+        })
+        .collect()
 }
 
 /// What `bpftoken revoke` ends, from its options (clap requires one).
