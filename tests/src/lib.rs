@@ -147,34 +147,31 @@ impl TestDaemon {
         TestDaemon::start_on(env, policy, None, extra_args)
     }
 
-    /// [`TestDaemon::start`] on a given socket path.
-    pub fn start_on(env: &Env, policy: &str, socket: Option<PathBuf>, extra_args: &[&str]) -> TestDaemon {
+    /// A daemon not started yet: its scratch directory, policy file, log
+    /// and socket path (`socket`, or one in the directory).
+    fn prepared(policy: &str, socket: Option<PathBuf>) -> TestDaemon {
         let dir = scratch_dir("daemon");
         let policy_path = dir.join("policy.toml");
         write_policy(&policy_path, policy);
-        let mut d = TestDaemon {
+        TestDaemon {
             child: None,
             socket: socket.unwrap_or_else(|| dir.join("socket")),
             policy: policy_path,
             log: dir.join("daemon.log"),
             dir,
-        };
+        }
+    }
+
+    /// [`TestDaemon::start`] on a given socket path.
+    pub fn start_on(env: &Env, policy: &str, socket: Option<PathBuf>, extra_args: &[&str]) -> TestDaemon {
+        let mut d = TestDaemon::prepared(policy, socket);
         d.spawn_with(env, extra_args, &[], &[]);
         d
     }
 
     /// [`TestDaemon::start`] with extra environment variables.
     pub fn start_with_env(env: &Env, policy: &str, vars: &[(&str, &str)]) -> TestDaemon {
-        let dir = scratch_dir("daemon");
-        let policy_path = dir.join("policy.toml");
-        write_policy(&policy_path, policy);
-        let mut d = TestDaemon {
-            child: None,
-            socket: dir.join("socket"),
-            policy: policy_path,
-            log: dir.join("daemon.log"),
-            dir,
-        };
+        let mut d = TestDaemon::prepared(policy, None);
         d.spawn_with(env, &[], &[], vars);
         d
     }
@@ -182,16 +179,7 @@ impl TestDaemon {
     /// A daemon started through `wrapper`, a program that execs the rest
     /// of its arguments (e.g. `sh -c 'umask 077 && exec "$@"' sh`).
     pub fn start_wrapped(env: &Env, policy: &str, wrapper: &[&str], extra_args: &[&str]) -> TestDaemon {
-        let dir = scratch_dir("daemon");
-        let policy_path = dir.join("policy.toml");
-        write_policy(&policy_path, policy);
-        let mut d = TestDaemon {
-            child: None,
-            socket: dir.join("socket"),
-            policy: policy_path,
-            log: dir.join("daemon.log"),
-            dir,
-        };
+        let mut d = TestDaemon::prepared(policy, None);
         d.spawn_with(env, extra_args, wrapper, &[]);
         d
     }
@@ -200,8 +188,7 @@ impl TestDaemon {
     /// audit events, not the debug lines tests read), pinned with its
     /// minters to CPU 0 if `pinned`.
     pub fn start_for_bench(env: &Env, policy: &str, pinned: bool) -> TestDaemon {
-        let mut d = TestDaemon::start_on(env, policy, None, &[]);
-        d.stop();
+        let mut d = TestDaemon::prepared(policy, None);
         let wrapper: &[&str] = if pinned { &["taskset", "-c", "0"] } else { &[] };
         d.spawn_with(env, &[], wrapper, &[("BPFTOKEND_LOG", "info")]);
         d
@@ -210,8 +197,7 @@ impl TestDaemon {
     /// A daemon started with `limit` as its soft and hard fd limit
     /// (`prlimit`, util-linux).
     pub fn start_with_fd_limit(env: &Env, policy: &str, limit: u32, extra_args: &[&str]) -> TestDaemon {
-        let mut d = TestDaemon::start_on(env, policy, None, extra_args);
-        d.stop();
+        let mut d = TestDaemon::prepared(policy, None);
         let nofile = format!("--nofile={limit}:{limit}");
         d.spawn_with(env, extra_args, &["prlimit", &nofile, "--"], &[]);
         d

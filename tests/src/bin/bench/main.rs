@@ -55,18 +55,7 @@ use stats::*;
 use supervisor::*;
 
 fn orchestrate(n: usize) {
-    let Some(env) = setup("bpftoken-bench") else {
-        eprintln!("bpftoken-bench needs root and the test users");
-        std::process::exit(2);
-    };
-    let self_exe = std::env::current_exe().expect("own path");
-    let alice = user(ALICE);
-    // Scope for the raw floor: created while this process is single-threaded.
-    let scope = Scope::create(
-        ScopeKey { owner: ScopeOwner::Uid { uid: alice.uid, gid: alice.gid }, delegation: Delegation::ANY },
-        None,
-    )
-    .expect("create a scope for the floor");
+    let (env, self_exe, scope) = start_up();
     let policy = bench_policy();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(
@@ -170,8 +159,9 @@ fn orchestrate(n: usize) {
     measure_supervisor(&env, &self_exe);
 }
 
-/// `bpftoken-bench one-shot [N]`: only the one-connection-per-mint section.
-fn one_shot_only(n: usize) {
+/// The test environment, this program's path, and the floor's scope
+/// (created while this process is single-threaded); exits without root.
+fn start_up() -> (Env, std::path::PathBuf, Scope) {
     let Some(env) = setup("bpftoken-bench") else {
         eprintln!("bpftoken-bench needs root and the test users");
         std::process::exit(2);
@@ -183,6 +173,12 @@ fn one_shot_only(n: usize) {
         None,
     )
     .expect("create a scope for the floor");
+    (env, self_exe, scope)
+}
+
+/// `bpftoken-bench one-shot [N]`: only the one-connection-per-mint section.
+fn one_shot_only(n: usize) {
+    let (env, self_exe, scope) = start_up();
     measure_oneshot(&env, &self_exe, &scope, &bench_policy(), n);
 }
 

@@ -146,13 +146,7 @@ pub fn client(socket: &Path, n: usize, clients: usize, capi: bool, start_at_ms: 
         })
         .collect();
     let runs: Vec<Stats> = threads.into_iter().map(|t| t.join().expect("client thread")).collect();
-    let ops = runs.iter().map(Stats::ops).sum();
-    let stats = Stats {
-        samples: runs.iter().flat_map(|r| r.samples.iter().copied()).collect(),
-        wall: runs.iter().map(|r| r.wall).max().unwrap_or_default(),
-        cpu: runs.iter().map(|r| r.cpu).sum(),
-    };
-    stats.emit_ops(ops);
+    Stats::emit_summed(&runs);
 }
 
 /// `churn SOCKET SECONDS`: connect and close as fast as possible.

@@ -35,6 +35,18 @@ impl Stats {
         self.emit_ops(self.ops());
     }
 
+    /// Concurrent clients' runs as one: every sample, the longest wall,
+    /// the summed CPU; emitted with the sum of each client's own rate.
+    pub fn emit_summed(runs: &[Stats]) {
+        let ops = runs.iter().map(Stats::ops).sum();
+        let stats = Stats {
+            samples: runs.iter().flat_map(|r| r.samples.iter().copied()).collect(),
+            wall: runs.iter().map(|r| r.wall).max().unwrap_or_default(),
+            cpu: runs.iter().map(|r| r.cpu).sum(),
+        };
+        stats.emit_ops(ops);
+    }
+
     pub fn emit_ops(&self, ops: f64) {
         println!(
             "RESULT {:.3} {:.3} {:.1} {} {:.3}",
