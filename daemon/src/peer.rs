@@ -3,10 +3,11 @@
 //!
 //! At accept, only what the socket itself says: uid, gid and groups
 //! (`SO_PEERCRED`, `SO_PEERGROUPS`), enough to admit the connection or
-//! refuse it (`busy`) before any other work. Once admitted: the user
-//! namespace of the process that connected (through its `SO_PEERPIDFD`;
-//! the one it connected from decides, so a tool `bpftoken run` starts
-//! inside the user namespace of its own scope still speaks as its uid).
+//! refuse it (`busy`) before any other work. At its first request: the
+//! user namespace of the process that connected (through the request's
+//! `SCM_PIDFD` when that process sent it, else its `SO_PEERPIDFD`; the
+//! one it connected from decides, so a tool `bpftoken run` starts inside
+//! the user namespace of its own scope still speaks as its uid).
 //! Per request, from the process that *sent* it (the `SCM_PIDFD` of its
 //! bytes, so a socket handed to another program speaks for that program):
 //! its pid, and, only when the policy has a rule that looks at them, its
@@ -100,9 +101,9 @@ impl PeerIdentity {
 }
 
 /// Identify the peer of a connected Unix stream socket: what the socket
-/// says at accept (two `getsockopt`s). Its user namespace comes once the
-/// connection is admitted ([`PeerIdentity::with_userns`]); its pid and the
-/// rest are the sender's, per request ([`PeerIdentity::for_request`]).
+/// says at accept (two `getsockopt`s). Its user namespace comes with its
+/// first request ([`PeerIdentity::read_userns`]); its pid and the rest
+/// are the sender's, per request ([`PeerIdentity::for_request`]).
 pub fn identify(sock: BorrowedFd<'_>) -> std::io::Result<PeerIdentity> {
     let cred = rustix::net::sockopt::socket_peercred(sock)?;
     let groups = sys::peer_groups(sock)?;
@@ -125,18 +126,31 @@ pub fn identify(sock: BorrowedFd<'_>) -> std::io::Result<PeerIdentity> {
 }
 
 impl PeerIdentity {
-    /// The user namespace of the process that connected (`SO_PEERPIDFD`
-    /// on `sock`), read once the connection is admitted; unknown if that
-    /// process is gone.
-    pub fn with_userns(mut self, sock: BorrowedFd<'_>) -> PeerIdentity {
-        let (userns, userns_fd) =
-            sys::peer_pidfd(sock).ok().map_or((PeerUserns::Unknown, None), |fd| userns_of(fd.as_fd()));
+    /// Read the user namespace of the process that connected, once, at
+    /// the connection's first request (`first`, from
+    /// [`PeerIdentity::for_request`]): through that request's sender when
+    /// it is the process that connected (the pid `SO_PEERCRED` gave),
+    /// which saves asking the socket for a pidfd of its own; else through
+    /// `SO_PEERPIDFD` on `sock`. Unknown if that process is gone.
+    pub fn read_userns(&mut self, sock: BorrowedFd<'_>, first: &PeerIdentity) {
+        let (userns, userns_fd) = match &first.sender {
+            Some((pidfd, pid)) if *pid == self.pid => userns_of(pidfd.as_fd()),
+            _ => sys::peer_pidfd(sock).ok().map_or((PeerUserns::Unknown, None), |fd| userns_of(fd.as_fd())),
+        };
         self.userns = userns;
         self.userns_fd = userns_fd.map(Arc::new);
         self.creds.userns_owner = match userns {
             PeerUserns::Nested { owner_uid, .. } => Some(owner_uid),
             PeerUserns::Ours | PeerUserns::Unknown => None,
         };
+    }
+
+    /// Take the user namespace [`PeerIdentity::read_userns`] read for the
+    /// connection `connected`.
+    pub fn with_userns_of(mut self, connected: &PeerIdentity) -> PeerIdentity {
+        self.userns = connected.userns;
+        self.userns_fd.clone_from(&connected.userns_fd);
+        self.creds.userns_owner = connected.creds.userns_owner;
         self
     }
 

@@ -2,9 +2,10 @@
 //!
 //! [`serve_connection`] identifies the peer from the kernel
 //! (`peer::identify`: `SO_PEERCRED`, `SO_PEERGROUPS`), takes a connection
-//! slot (`slots.rs`; `busy` beyond the caps), reads the user namespace it
-//! connected from, then loops: read a frame (`frame.rs`), identify the process that sent
-//! it (`PeerIdentity::for_request`), decode it, check the fds it carries,
+//! slot (`slots.rs`; `busy` beyond the caps), then loops: read a frame
+//! (`frame.rs`), identify the process that sent it
+//! (`PeerIdentity::for_request`; with the first, the user namespace the
+//! connection came from, `PeerIdentity::read_userns`), decode it, check the fds it carries,
 //! hand it to its handler (`handlers/`), and send what the handler
 //! returned through the one reply writer (`reply.rs`).
 //!
@@ -23,7 +24,6 @@ use std::sync::Arc;
 use bpftoken_proto::codec::{self, CodecError};
 use bpftoken_proto::message::RequestBody;
 use bpftoken_proto::{LeaseRequest, MintMode, ProgramRequest, RefusalCode};
-use tokio::net::UnixStream;
 use tokio::sync::watch;
 
 use super::decide::{learning_peer_refusal, Asked};
@@ -34,12 +34,13 @@ use super::handlers::mint::{for_program, handle_mint, Mode};
 use super::handlers::query::handle_query;
 use super::handlers::trace;
 use super::reply::{Outbox, Outcome, Refused};
+use super::stream::Stream;
 use super::Daemon;
 use crate::peer::{self, Needs, PeerIdentity};
 
 /// Serve one connection until the client closes it, it breaks, or the
 /// daemon shuts down.
-pub(super) async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn serve_connection(daemon: Arc<Daemon>, stream: Stream, mut shutdown: watch::Receiver<bool>) {
     let connected = match peer::identify(stream.as_fd()) {
         Ok(p) => p,
         Err(e) => {
@@ -55,12 +56,16 @@ pub(super) async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream, mu
             return;
         }
     };
-    // Admitted: now the user namespace it connected from.
-    let connected = connected.with_userns(stream.as_fd());
+    // Its user namespace is read with its first request.
+    let mut connected = connected;
+    let mut userns_read = false;
     // The short leash of uids no rule names: they wait idle briefly.
     let idle_timeout =
         if slot.no_rule() { daemon.limits.read_timeout.min(super::NO_RULE_IDLE) } else { daemon.limits.read_timeout };
-    let mut inbox = Inbox::default();
+    // The request, and after the answer the client's end (or its next
+    // request), are read before waiting for epoll: a one-shot connection
+    // then never waits in epoll (`stream.rs`).
+    let mut inbox = Inbox::new(2);
     loop {
         let read_timeout = daemon.limits.read_timeout;
         slot.waiting();
@@ -116,6 +121,11 @@ pub(super) async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream, mu
         let sender = frame.sender.take();
         let mut peer = connected.for_request(sender.as_ref(), needs);
         drop(sender);
+        if !userns_read {
+            connected.read_userns(stream.as_fd(), &peer);
+            userns_read = true;
+        }
+        peer = peer.with_userns_of(&connected);
         let Some(outcome) = handle_frame(&daemon, &mut peer, &mut outbox, frame).await else { return };
         if outbox.reply(&daemon, &peer, outcome).await.is_err() {
             return;
