@@ -159,7 +159,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
             Err(why) => tracing::warn!("enforcement: unavailable: {why}"),
         }
         std_listener.set_nonblocking(true).map_err(bind_err)?;
-        let listener = tokio::net::UnixListener::from_std(std_listener).map_err(bind_err)?;
+        let listener = crate::sys::async_fd(std::os::fd::OwnedFd::from(std_listener)).map_err(bind_err)?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         let signal_task = tokio::spawn(signals.handle(daemon.clone(), opts.policy.clone(), names, tx));
         let sweep_task = tokio::spawn(sweep_idle_scopes(daemon.clone()));

@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use bpftoken_proto::codec::{self, CodecError};
 use bpftoken_proto::FRAME_HEADER_LEN;
-use tokio::io::Interest;
-use tokio::net::UnixStream;
 use tokio::sync::watch;
 
+use super::stream::Stream;
 use crate::sys::Received;
 
 /// Why no frame could be read.
@@ -75,11 +74,20 @@ const FIRST_READ: usize = 256;
 /// sender), tokio's readiness is cleared as by EAGAIN, from the state seen
 /// before the read, so the next read waits for epoll instead of failing
 /// with EAGAIN first; data that came after the read sets readiness again.
-async fn recv_some(stream: &UnixStream, buf: &mut [u8]) -> std::io::Result<Received> {
+///
+/// `eager`: try the socket first, before waiting for epoll's word (a new
+/// connection's request is usually in already; `stream.rs`).
+async fn recv_some(stream: &Stream, buf: &mut [u8], eager: bool) -> std::io::Result<Received> {
+    if eager {
+        match crate::sys::recv_request_bytes(stream.as_fd(), buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            done => return done,
+        }
+    }
     loop {
-        stream.readable().await?;
+        let mut ready = stream.readable().await?;
         let mut got = None;
-        let tried = stream.try_io(Interest::READABLE, || {
+        let tried = ready.try_io(|_| {
             let received = crate::sys::recv_request_bytes(stream.as_fd(), buf)?;
             let drained = received.bytes > 0 && received.bytes < buf.len() && received.fds.is_empty();
             got = Some(received);
@@ -91,9 +99,10 @@ async fn recv_some(stream: &UnixStream, buf: &mut [u8]) -> std::io::Result<Recei
         });
         match (tried, got) {
             (_, Some(got)) => return Ok(got),
-            (Err(e), None) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            (Err(e), None) => return Err(e),
-            (Ok(()), None) => unreachable!("a successful read sets its result"),
+            // EAGAIN: readiness cleared; wait again.
+            (Err(_), None) => {}
+            (Ok(Err(e)), None) => return Err(e),
+            (Ok(Ok(())), None) => unreachable!("a successful read sets its result"),
         }
     }
 }
@@ -157,6 +166,8 @@ pub(super) struct Inbox {
     fds: Vec<OwnedFd>,
     /// More fds came for the frame at the front than a read takes.
     fds_truncated: bool,
+    /// Reads left that try the socket before waiting (`recv_some`).
+    eager_reads: u8,
 }
 
 /// What the inbox holds at its front.
@@ -169,6 +180,20 @@ enum Next {
 }
 
 impl Inbox {
+    /// The inbox of a new connection: its first `eager_reads` reads try
+    /// the socket before they wait (its first request, and its end or next
+    /// request right after the first answer, are usually there already).
+    pub(super) fn new(eager_reads: u8) -> Self {
+        Inbox { eager_reads, ..Inbox::default() }
+    }
+
+    /// Whether the next read tries the socket before it waits.
+    fn take_eager(&mut self) -> bool {
+        let eager = self.eager_reads > 0;
+        self.eager_reads = self.eager_reads.saturating_sub(1);
+        eager
+    }
+
     /// The whole frame at the front, or where the next read goes; a
     /// length beyond the cap is refused here, before any room for the
     /// payload is allocated.
@@ -293,7 +318,7 @@ impl Inbox {
 /// Read one frame; `Ok(None)` at a clean end (EOF between frames, or
 /// shutdown while idle).
 pub(super) async fn read_frame(
-    stream: &UnixStream,
+    stream: &Stream,
     inbox: &mut Inbox,
     timeouts: Timeouts,
     shutdown: &mut watch::Receiver<bool>,
@@ -306,7 +331,8 @@ pub(super) async fn read_frame(
         };
         // A frame's first read: nothing of it is in yet.
         let first = room.start == 0;
-        let read = recv_some(stream, inbox.room(room));
+        let eager = inbox.take_eager();
+        let read = recv_some(stream, inbox.room(room), eager);
         let idle = first && deadline.is_none();
         let got = if idle {
             // Idle between requests: a shutdown ends the connection.

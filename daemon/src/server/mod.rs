@@ -10,6 +10,8 @@
 //!   (`peer::identify`, then `PeerIdentity::for_request` per request),
 //!   takes a slot, and each request is read, decoded, checked and handed
 //!   to its handler.
+//! - `stream.rs`: a connection's socket, registered with epoll only once
+//!   the connection has to wait.
 //! - `frame.rs`: reading a length-prefixed frame, with the fds and the
 //!   sender's pidfd its bytes came with.
 //! - `handlers/`: one file per kind of request (`mint.rs`, `delegate.rs`,
@@ -33,6 +35,8 @@ use std::time::Duration;
 
 use bpftoken_policy::Policy;
 use bpftoken_proto::{Enforcement, LeaseInfo};
+use rustix::net::SocketFlags;
+use tokio::io::Interest;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -50,6 +54,7 @@ mod frame;
 mod handlers;
 mod reply;
 mod slots;
+mod stream;
 
 pub use decide::Identity;
 use decide::RateLimiter;
@@ -338,7 +343,7 @@ impl Daemon {
 /// requests finish (bounded by [`SHUTDOWN_GRACE`]).
 pub async fn serve(
     daemon: Arc<Daemon>,
-    listener: tokio::net::UnixListener,
+    listener: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
     mut shutdown: watch::Receiver<bool>,
     exit_idle: Option<Duration>,
 ) {
@@ -375,8 +380,11 @@ pub async fn serve(
                 tracing::info!("idle for {} s: exiting until the next connection", exit_idle.unwrap_or_default().as_secs());
                 break;
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+            accepted = listener.async_io(Interest::READABLE, |l| Ok(rustix::net::accept_with(l, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)?)) => match accepted {
+                Ok(fd) => {
+                    // Not registered with epoll until it has to wait
+                    // (stream.rs): a one-shot connection never does.
+                    let stream = stream::Stream::new(std::os::unix::net::UnixStream::from(fd));
                     let daemon = daemon.clone();
                     let shutdown = shutdown.clone();
                     tasks.spawn(async move { connection::serve_connection(daemon, stream, shutdown).await });

@@ -29,9 +29,9 @@ use bpftoken_proto::codec;
 use bpftoken_proto::message::FdRole;
 use bpftoken_proto::{LeaseInfo, Refusal, RefusalCode, Response};
 use tokio::io::Interest;
-use tokio::net::UnixStream;
 
 use super::decide::Grant;
+use super::stream::Stream;
 use super::{Daemon, WRITE_TIMEOUT};
 use crate::audit;
 use crate::minter::Scope;
@@ -157,14 +157,14 @@ pub(super) struct ClientGone;
 
 /// The writing side of one connection.
 pub(super) struct Outbox<'s> {
-    stream: &'s UnixStream,
+    stream: &'s Stream,
     /// This connection sent an answer that carried fds and that its peer
     /// may not have read yet.
     fds_unread: bool,
 }
 
 impl<'s> Outbox<'s> {
-    pub(super) fn new(stream: &'s UnixStream) -> Self {
+    pub(super) fn new(stream: &'s Stream) -> Self {
         Outbox { stream, fds_unread: false }
     }
 
@@ -275,10 +275,17 @@ impl<'s> Outbox<'s> {
         let bytes = codec::encode_response(response).map_err(std::io::Error::other)?;
         let send = async {
             // The fds go with the first byte (sys/fdpass.rs, as every fd
-            // the daemon passes).
-            let mut sent = stream
-                .async_io(Interest::WRITABLE, || crate::sys::fdpass::send_with_fds(stream.as_fd(), &bytes, fds))
-                .await?;
+            // the daemon passes). Tried before waiting for epoll: an answer
+            // nearly always fits in the socket at once, and a connection
+            // served inline is not registered with epoll (`stream.rs`).
+            let mut sent = match crate::sys::fdpass::send_with_fds(stream.as_fd(), &bytes, fds) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    stream
+                        .async_io(Interest::WRITABLE, || crate::sys::fdpass::send_with_fds(stream.as_fd(), &bytes, fds))
+                        .await?
+                }
+                done => done?,
+            };
             while sent < bytes.len() {
                 sent += stream
                     .async_io(Interest::WRITABLE, || {

@@ -44,7 +44,7 @@ pub use peer::{
 };
 pub use perf::{perf_event_open, PerfAttr};
 pub use process::{
-    async_fd, boottime_ns, clear_cloexec, cloexec_from_3, close_all_fds_except, exit_now, fd_kind,
+    async_fd, async_fd_shared, boottime_ns, clear_cloexec, cloexec_from_3, close_all_fds_except, exit_now, fd_kind,
     fork_single_threaded, make_non_dumpable, ptrace_safe, take_inherited_fd, thread_count, trim_heap,
     unshare_namespaces, Forked,
 };

@@ -185,6 +185,17 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
         .map_err(io::Error::from)
 }
 
+/// Register an fd shared with its other users with the current tokio
+/// runtime's reactor (what [`async_fd`] does for an fd it owns alone).
+pub fn async_fd_shared(fd: std::sync::Arc<OwnedFd>) -> io::Result<tokio::io::unix::AsyncFd<std::sync::Arc<OwnedFd>>> {
+    use tokio::io::Interest;
+    // SAFETY: the AsyncFd holds a reference to the `OwnedFd`, which so
+    // stays open for as long as the AsyncFd lives and always returns the
+    // same fd number from `as_raw_fd`.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
+        .map_err(io::Error::from)
+}
+
 /// CLOCK_BOOTTIME now, in nanoseconds (what `bpf_ktime_get_boot_ns()`
 /// reads in the enforcer: it counts suspend, unlike CLOCK_MONOTONIC).
 pub fn boottime_ns() -> u64 {
