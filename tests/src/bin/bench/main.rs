@@ -182,6 +182,9 @@ fn one_shot_only(n: usize) {
     measure_oneshot(&env, &self_exe, &scope, &bench_policy(), n);
 }
 
+/// One-shot mints whose system calls are counted (strace, slow).
+const SYSCALL_COUNT_MINTS: usize = 400;
+
 /// The bench's policy: alice may have everything.
 fn bench_policy() -> String {
     format!("[[allow]]\nusers = [\"{ALICE}\"]\ncmds = [\"any\"]\nmaps = [\"any\"]\nprogs = [\"any\"]\nattachs = [\"any\"]\n")
@@ -197,6 +200,7 @@ fn measure_oneshot(env: &Env, self_exe: &Path, scope: &Scope, policy: &str, n: u
     let floor = oneshot::FloorServer::start(self_exe, scope, &dir);
     let floor1 = oneshot::measure(self_exe, &floor.socket, floor.pid(), n, 1, false);
     let floor8 = oneshot::measure(self_exe, &floor.socket, floor.pid(), n / 2, 8, false);
+    let floor_calls = oneshot::syscalls_per_mint(self_exe, &floor.socket, floor.pid(), SYSCALL_COUNT_MINTS, false);
     drop(floor);
     let identity = oneshot::measure_identity(n);
     row("floor: connect + fd round trip + token, 1", floor1);
@@ -207,6 +211,7 @@ fn measure_oneshot(env: &Env, self_exe: &Path, scope: &Scope, policy: &str, n: u
     let mint8 = oneshot::measure(self_exe, &d.socket, d.pid(), n / 2, 8, true);
     row("bpftoken_mint(), 1 client", mint1);
     row("bpftoken_mint(), 8 clients (ops summed)", mint8);
+    let daemon_calls = oneshot::syscalls_per_mint(self_exe, &d.socket, d.pid(), SYSCALL_COUNT_MINTS, true);
     // 4 processes of a uid with no rule connect and close in a loop.
     let seconds = 5;
     let churners = oneshot::start_churn(self_exe, EVE, &d.socket, 4, seconds);
@@ -237,6 +242,13 @@ fn measure_oneshot(env: &Env, self_exe: &Path, scope: &Scope, policy: &str, n: u
         total_cpu(floor1),
         identity.client_cpu
     );
+    match (daemon_calls, floor_calls) {
+        (Some(d), Some(f)) => println!(
+            "  syscalls per one-shot mint (strace -c):     daemon {d:.1} (its mint children included), floor server \
+             {f:.1}"
+        ),
+        _ => println!("  syscalls per one-shot mint: strace is not installed"),
+    }
     let limit = (10.0 * mint1.p99).max(50_000.0);
     println!(
         "  under churn ({} connections by {EVE} in {seconds} s): p99 {:.0} us, quiet p99 {:.0} us: {:.1}x  (target \

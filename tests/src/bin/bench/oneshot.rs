@@ -233,6 +233,33 @@ pub fn measure(self_exe: &Path, socket: &Path, server: u32, n: usize, clients: u
     Figures { server_cpu: Some(used.as_secs_f64() * 1e6 / answered), ..f }
 }
 
+/// System calls per one-shot mint in process `server` (every thread, and
+/// the children it starts: the daemon's mint children), counted by
+/// `strace -c` over one client's `n` mints (warm-up included); `None`
+/// without strace. strace slows everything down: this counts, it does not
+/// time.
+pub fn syscalls_per_mint(self_exe: &Path, socket: &Path, server: u32, n: usize, capi: bool) -> Option<f64> {
+    let out = scratch_dir("bench-strace").join("strace.txt");
+    let mut strace = std::process::Command::new("strace");
+    strace.args(["-f", "-c", "-q", "-o"]).arg(&out).stdout(Stdio::null()).stderr(Stdio::null());
+    for task in std::fs::read_dir(format!("/proc/{server}/task")).ok()?.flatten() {
+        strace.arg("-p").arg(task.file_name());
+    }
+    let mut tracer = strace.spawn().ok()?;
+    // Attached once strace has written its first line... it writes none
+    // with -c: give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = measure(self_exe, socket, server, n, 1, capi);
+    let pid = rustix::process::Pid::from_raw(i32::try_from(tracer.id()).ok()?)?;
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+    let _ = tracer.wait();
+    let text = std::fs::read_to_string(&out).ok()?;
+    // "100.00    0.263802          10     24830       925 total"
+    let total = text.lines().find(|l| l.trim_end().ends_with(" total"))?;
+    let calls: f64 = total.split_whitespace().nth(3)?.parse().ok()?;
+    Some(calls / (n + warm_up(n)) as f64)
+}
+
 /// `processes` churners as `who` against `socket` for `seconds`; returns
 /// them running.
 pub fn start_churn(self_exe: &Path, who: &str, socket: &Path, processes: usize, seconds: u64) -> Vec<Child> {
