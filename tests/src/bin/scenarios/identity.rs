@@ -22,7 +22,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use super::{as_user, bpftoken, run, start_daemon_with, Outcome, Report, Start, User};
+use crate::harness::{as_user, bpftoken, run, start_daemon_with, Start, User};
+use crate::report::{Outcome, Report};
 
 /// Where scripts/setup-test-tools.sh (and tests/vm/run.sh) put the
 /// LD_PRELOAD attack.

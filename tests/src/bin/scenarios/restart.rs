@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{
-    bpftoken, bpftoken_revoke, release, user, wait_deadline, Daemon, Holder, Outcome, Report, User, ALLOWED_USER,
-    POLICY, STEP_TIMEOUT,
+use crate::harness::{
+    bpftoken, bpftoken_revoke, release, user, wait_deadline, Daemon, Holder, User, ALLOWED_USER, POLICY, STEP_TIMEOUT,
 };
+use crate::report::{Outcome, Report};
 
 /// The pin directory of the scenario daemon tagged `tag`: each daemon has
 /// its own, so what one leaves behind is never adopted by another.

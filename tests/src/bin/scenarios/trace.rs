@@ -14,7 +14,8 @@
 
 use std::path::Path;
 
-use super::{bpftoken, start_daemon_with, Outcome, Report, Start, User};
+use crate::harness::{bpftoken, release, run, start_daemon_with, Holder, Start, User};
+use crate::report::{Outcome, Report};
 
 /// Where the matrix puts the kprobe object (scripts/setup-test-tools.sh).
 const KPROBE_OBJ: &str = "/usr/local/libexec/bpftoken-test/obj/kprobe_openat.bpf.o";
@@ -57,15 +58,15 @@ fn unmodified(bins: &Path, dir: &Path, alice: &User, bpftool: &Path) -> Result<S
     );
     let stats = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").map_err(|e| format!("bpf_stats_enabled: {e}"))?;
-    let holder = super::Holder::start(bins, &daemon.socket, alice, &["run", "--", "/bin/sh", "-c", &script], "ready")?;
+    let holder = Holder::start(bins, &daemon.socket, alice, &["run", "--", "/bin/sh", "-c", &script], "ready")?;
     let out = holder.before.join("\n");
     let prog = out.split_whitespace().skip_while(|w| *w != "prog").nth(1).map(str::to_owned);
     let shown = prog.as_ref().map(|id| {
         let mut c = std::process::Command::new(bpftool);
         c.args(["prog", "show", "id", id]);
-        super::run(c).stdout
+        run(c).stdout
     });
-    super::release(&go)?;
+    release(&go)?;
     let (exited, _) = holder.finish();
     let _ =
         std::fs::write("/proc/sys/kernel/bpf_stats_enabled", if stats.trim().is_empty() { "0" } else { stats.trim() });
