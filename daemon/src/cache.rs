@@ -164,21 +164,28 @@ impl ScopeCache {
     /// Keep a scope the minter created, evicting the least recently used
     /// ones beyond the per-uid and global caps. If another request cached
     /// the same key meanwhile, that one stays and this one is dropped.
-    pub fn insert(&self, scope: Arc<Scope>) {
+    ///
+    /// Returns what was evicted, for the caller to drop once its answer is
+    /// sent: closing a scope unmounts its bpffs and frees its user
+    /// namespace, which takes as long as a warm mint several times over.
+    #[must_use = "the evicted scopes close when dropped"]
+    pub fn insert(&self, scope: Arc<Scope>) -> Evicted {
         let key = scope.key;
+        let mut evicted = Evicted(Vec::new());
         let mut map = self.lock();
         if map.contains_key(&key) {
-            return;
+            return evicted;
         }
         let per_uid = self.limits.per_uid.max(1);
         let uid = key.owner_uid();
         while map.keys().filter(|k| k.owner_uid() == uid).count() >= per_uid {
-            evict_lru(&mut map, |k| k.owner_uid() == uid);
+            evicted.0.extend(evict_lru(&mut map, |k| k.owner_uid() == uid));
         }
         while map.len() >= self.limits.global.max(1) {
-            evict_lru(&mut map, |_| true);
+            evicted.0.extend(evict_lru(&mut map, |_| true));
         }
         map.insert(key, Entry { scope, last_used: Instant::now(), spare: Vec::new(), refill: Arc::default() });
+        evicted
     }
 
     /// For live-token counts: the spare tokens held for `uid`'s scopes
@@ -197,14 +204,15 @@ impl ScopeCache {
         (spares, inums)
     }
 
-    /// Drop scopes unused for longer than the idle limit; returns how many.
-    pub fn evict_idle(&self) -> usize {
+    /// Take out the scopes unused for longer than the idle limit.
+    #[must_use = "the evicted scopes close when dropped"]
+    pub fn evict_idle(&self) -> Evicted {
         let idle = self.limits.idle;
         let now = Instant::now();
         let mut map = self.lock();
-        let before = map.len();
-        map.retain(|_, e| now.duration_since(e.last_used) < idle);
-        before - map.len()
+        let stale: Vec<ScopeKey> =
+            map.iter().filter(|(_, e)| now.duration_since(e.last_used) >= idle).map(|(k, _)| *k).collect();
+        Evicted(stale.iter().filter_map(|k| map.remove(k)).collect())
     }
 
     /// How often [`ScopeCache::evict_idle`] should run.
@@ -213,9 +221,31 @@ impl ScopeCache {
     }
 }
 
-fn evict_lru(map: &mut HashMap<ScopeKey, Entry>, filter: impl Fn(&ScopeKey) -> bool) {
-    let victim = map.iter().filter(|(k, _)| filter(k)).min_by_key(|(_, e)| e.last_used).map(|(k, _)| *k);
-    if let Some(k) = victim {
-        map.remove(&k);
+/// Scopes (and their spare tokens) taken out of the cache, closed when
+/// this is dropped.
+#[derive(Debug, Default)]
+pub struct Evicted(Vec<Entry>);
+
+impl Evicted {
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Close them on a blocking thread: unmounting a scope's bpffs waits
+    /// for an RCU grace period, which must not stall the thread that
+    /// serves every connection.
+    pub fn close_in_background(self) {
+        if !self.is_empty() {
+            drop(tokio::task::spawn_blocking(move || drop(self)));
+        }
+    }
+}
+
+fn evict_lru(map: &mut HashMap<ScopeKey, Entry>, filter: impl Fn(&ScopeKey) -> bool) -> Option<Entry> {
+    let victim = map.iter().filter(|(k, _)| filter(k)).min_by_key(|(_, e)| e.last_used).map(|(k, _)| *k);
+    victim.and_then(|k| map.remove(&k))
 }

@@ -348,9 +348,10 @@ async fn sweep_idle_scopes(daemon: Arc<Daemon>) {
     loop {
         tick.tick().await;
         let dropped = daemon.scopes.evict_idle();
-        if dropped > 0 {
-            tracing::debug!(dropped, live = daemon.scopes.len(), "dropped idle scopes");
+        if !dropped.is_empty() {
+            tracing::debug!(dropped = dropped.len(), live = daemon.scopes.len(), "dropped idle scopes");
         }
+        dropped.close_in_background();
     }
 }
 

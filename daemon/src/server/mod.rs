@@ -301,7 +301,7 @@ impl Daemon {
         self.remember_scope(&scope);
         let token = self.scopes.mint_first(&scope, self.tracker()).await?;
         if !exclusive {
-            self.scopes.insert(scope.clone());
+            self.scopes.insert(scope.clone()).close_in_background();
         }
         Ok((token, scope, true))
     }
