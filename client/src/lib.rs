@@ -496,6 +496,20 @@ impl Client {
         // The fds ride on the first bytes of the frame, which the daemon
         // sends with one sendmsg: one recvmsg usually takes the whole frame
         // and its fds; the rest, if any, comes with plain reads.
+        // Wait in poll(POLLIN), not in recvmsg: a reader blocked in
+        // recvmsg is woken (for nothing) when the daemon reads our
+        // request and frees its buffer, a poller only when the answer
+        // is in.
+        let timeout = rustix::event::Timespec::try_from(TIMEOUT).ok();
+        let mut ready = [rustix::event::PollFd::new(&self.stream, rustix::event::PollFlags::IN)];
+        loop {
+            match rustix::event::poll(&mut ready, timeout.as_ref()) {
+                Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+                Ok(_) => break,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(std::io::Error::from(e).into()),
+            }
+        }
         let mut first = [0u8; FIRST_READ];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
