@@ -4,8 +4,9 @@
 //! a uid with no rule churns connections.
 //!
 //! The floor does the same kernel work as a one-shot mint and nothing
-//! else: the client makes a socket, connects, sends a 32-byte request and
-//! receives a 32-byte answer carrying a token, then closes both; the server
+//! else: the client makes a socket, connects, sends a 32-byte request,
+//! waits in `poll` (as the client library does) and receives a 32-byte
+//! answer carrying a token, then closes both; the server
 //! (root, inside a scope's user namespace, one thread per CPU blocking in
 //! `accept`) accepts, reads `SO_PEERCRED`, reads the request, creates the
 //! token with `BPF_TOKEN_CREATE`, sends it and closes it and the
@@ -103,6 +104,10 @@ fn floor_mint(socket: &SocketAddrUnix) {
         rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).expect("socket");
     rustix::net::connect(&sock, socket).expect("connect to the floor server");
     rustix::io::write(&sock, &[b'Q'; FLOOR_MESSAGE]).expect("send");
+    // Waits for the answer as the client library does (in poll, which the
+    // server's reading of the request does not wake).
+    let mut ready = [rustix::event::PollFd::new(&sock, rustix::event::PollFlags::IN)];
+    rustix::event::poll(&mut ready, None).expect("poll");
     let mut answer = [0u8; FLOOR_MESSAGE];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
