@@ -291,7 +291,10 @@ pub struct BindJson {
 pub struct RuleJson {
     /// Its `name`, or `allow[N]`.
     pub name: String,
-    /// 1-based line of its table header.
+    /// The file it is defined in: the main policy file (as given) or the
+    /// drop-in (`policy.d/NAME.toml` beside it).
+    pub file: String,
+    /// 1-based line of its table header, in `file`.
     pub line: usize,
     pub grant: MaskNames,
     pub mints_per_minute: Option<u32>,
@@ -314,6 +317,7 @@ impl RuleJson {
         }
         RuleJson {
             name: r.label.clone(),
+            file: r.file.display().to_string(),
             line: r.line,
             grant: MaskNames::of(&r.grant),
             mints_per_minute: r.mints_per_minute,

@@ -1,8 +1,10 @@
 //! `--json` output (docs/json.md) end to end: `bpftoken query`, `leases`
 //! and `inspect` as a real user against a real daemon, and `bpftokend
 //! check-policy --explain USER` as root, each parsed as one JSON document
-//! with the concrete values the policy and the token say.
+//! with the concrete values the policy and the token say (with a drop-in,
+//! the file each rule is defined in).
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
 use bpftoken_tests::*;
@@ -181,6 +183,7 @@ fn check_policy_explain_json_names_rules_limits_and_grant() {
         rules[1],
         json!({
             "name": "alice-ci",
+            "file": policy.display().to_string(),
             "line": 8,
             "grant": {"cmds": ["map_create"], "maps": ["array"], "progs": [], "attachs": []},
             "mints_per_minute": null,
@@ -206,6 +209,32 @@ fn check_policy_explain_json_names_rules_limits_and_grant() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stdout(&o), "");
     assert_eq!(stderr(&o), "bpftokend: unknown user \"bpftk-nosuchuser\"\n");
+
+    // With a drop-in, each rule names the file it is defined in: the main
+    // file's rules the policy as given, the drop-in's its own path.
+    let dropins = dir.join("policy.d");
+    std::fs::create_dir(&dropins).expect("create policy.d");
+    std::fs::set_permissions(&dropins, std::fs::Permissions::from_mode(0o755)).expect("chmod policy.d");
+    let dropin = dropins.join("50-alice.toml");
+    write_policy(
+        &dropin,
+        "# Queues for alice.\n\n[[allow]]\nusers = [\"bpftk-alice\"]\ncmds = [\"map_create\"]\nmaps = [\"queue\"]\n",
+    );
+    let v = document(&explain(&["--group", DEV_GROUP]));
+    let rules: Vec<(&str, &str, u64)> = v["rules"]
+        .as_array()
+        .expect("rules is a list")
+        .iter()
+        .map(|r| {
+            (r["name"].as_str().unwrap_or("?"), r["file"].as_str().unwrap_or("?"), r["line"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    let (main, dropin) = (policy.display().to_string(), dropin.display().to_string());
+    assert_eq!(
+        rules,
+        [("devs", main.as_str(), 1), ("alice-ci", main.as_str(), 8), ("50-alice.toml:allow[0]", dropin.as_str(), 3)],
+        "{v:#}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
