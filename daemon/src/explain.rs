@@ -289,7 +289,7 @@ pub struct BindJson {
 /// One matching allow rule.
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleJson {
-    /// Its `name`, or `allow[N]`.
+    /// Its `name`, or `allow[N]` (`FILE:allow[N]` in a drop-in).
     pub name: String,
     /// The file it is defined in: the main policy file (as given) or the
     /// drop-in (`policy.d/NAME.toml` beside it).
