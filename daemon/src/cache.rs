@@ -237,10 +237,14 @@ impl Evicted {
 
     /// Close them on a blocking thread: unmounting a scope's bpffs waits
     /// for an RCU grace period, which must not stall the thread that
-    /// serves every connection.
+    /// serves every connection. Outside a runtime they close here.
     pub fn close_in_background(self) {
-        if !self.is_empty() {
-            drop(tokio::task::spawn_blocking(move || drop(self)));
+        if self.is_empty() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(self))),
+            Err(_) => drop(self),
         }
     }
 }

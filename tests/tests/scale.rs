@@ -172,3 +172,30 @@ fn user_namespaces_of(uid: u32) -> usize {
     }
     inodes.len()
 }
+
+/// Scopes the cache evicts are closed (off the serving thread, which an
+/// unmount's RCU wait would stall): after 200 cold mints with room for one
+/// scope, the daemon holds what it held with one scope, not 200 scopes'
+/// user namespaces and mounts.
+#[test]
+fn scopes_evicted_from_the_cache_are_closed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(env) = setup("scopes_evicted_from_the_cache_are_closed") else { return };
+    let d = TestDaemon::start(&env, POLICY, &["--scopes-per-uid", "1", "--spare-tokens", "0"]);
+    let alice = user(ALICE);
+    let probe = env.bin("bpftoken-probe");
+    let pid = d.pid();
+    // One scope cached: the baseline.
+    let mut c = as_user(&alice, &probe);
+    c.args(["mint-masks", d.socket.to_str().unwrap(), "1", "1"]);
+    let o = output(c);
+    assert_eq!(counter(&stdout(&o), "minted"), 1, "{}", stdout(&o));
+    let baseline = settle_fds(pid, fd_count(pid) - token_fds(pid));
+    // 200 mints with 200 masks: each a new scope that evicts the last.
+    let mut c = as_user(&alice, &probe);
+    c.args(["mint-masks", d.socket.to_str().unwrap(), "200", "200"]);
+    let o = output(c);
+    assert_eq!(counter(&stdout(&o), "minted"), 200, "{}", stdout(&o));
+    assert_eq!(counter(&stdout(&o), "errors"), 0, "{}", stdout(&o));
+    assert_eq!(settle_fds(pid, baseline), baseline, "the daemon's fds after 199 evictions");
+}
