@@ -122,10 +122,12 @@ pub(super) async fn serve_connection(daemon: Arc<Daemon>, stream: Stream, mut sh
         let mut peer = connected.for_request(sender.as_ref(), needs);
         drop(sender);
         if !userns_read {
+            // Later requests' identities are cloned from `connected`, so
+            // they carry it already.
             connected.read_userns(stream.as_fd(), &peer);
             userns_read = true;
+            peer = peer.with_userns_of(&connected);
         }
-        peer = peer.with_userns_of(&connected);
         let Some(outcome) = handle_frame(&daemon, &mut peer, &mut outbox, frame).await else { return };
         if outbox.reply(&daemon, &peer, outcome).await.is_err() {
             return;
