@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use crate::harness::{
-    as_user, bpftoken, release, run, start_daemon_with, wait_deadline, Holder, Start, User, STEP_TIMEOUT,
+    as_user, bpftoken, release, run, start_daemon_with, take_fd, wait_deadline, Holder, Start, User, STEP_TIMEOUT,
 };
 use crate::report::{Outcome, Report};
 
@@ -277,13 +277,7 @@ impl Gated {
             .split(|b| *b == 0)
             .find_map(|v| std::str::from_utf8(v.strip_prefix(b"BPF_TOKEN_FD=")?).ok()?.parse().ok())
             .ok_or("the probe has no BPF_TOKEN_FD")?;
-        let raw = rustix::process::Pid::from_raw(pid as i32).ok_or("pid 0")?;
-        let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
-            .map_err(|e| format!("pidfd_open({pid}): {e}"))?;
-        let fd = rustix::process::pidfd_getfd(&pidfd, n, rustix::process::PidfdGetfdFlags::empty())
-            .map_err(|e| format!("pidfd_getfd({pid}, {n}): {e}"))?;
-        rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
-        Ok((fd, pid))
+        Ok((take_fd(pid, n)?, pid))
     }
 }
 

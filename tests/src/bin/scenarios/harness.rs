@@ -280,3 +280,14 @@ impl Drop for Holder {
 pub fn release(file: &Path) -> Result<(), String> {
     std::fs::write(file, b"").map_err(|e| format!("cannot create {}: {e}", file.display()))
 }
+
+/// A copy of fd `n` of process `pid` (pidfd_getfd), inheritable.
+pub fn take_fd(pid: u32, n: i32) -> Result<std::os::fd::OwnedFd, String> {
+    let raw = rustix::process::Pid::from_raw(pid as i32).ok_or("pid 0")?;
+    let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+        .map_err(|e| format!("pidfd_open({pid}): {e}"))?;
+    let fd = rustix::process::pidfd_getfd(&pidfd, n, rustix::process::PidfdGetfdFlags::empty())
+        .map_err(|e| format!("pidfd_getfd({pid}, {n}): {e}"))?;
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
+    Ok(fd)
+}

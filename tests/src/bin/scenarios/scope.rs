@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::bind::{bind_policy_without_cgroups, cgroup2_mount, root_try, Gated, BIND_POLICY};
-use crate::harness::{bpftoken, release, Holder, Stopping, User};
+use crate::harness::{bpftoken, release, take_fd, Holder, Stopping, User};
 use crate::learn::{learn_fds, learned_refusals};
 use crate::report::{judged, Outcome, Report};
 use crate::Args;
@@ -188,17 +188,6 @@ fn bind_scope(bins: &Path, dir: &Path, alice: &User, enforcing: bool, unshare: b
         );
         Ok((if ok { Outcome::Pass } else { Outcome::Fail }, detail))
     })())
-}
-
-/// A copy of fd `n` of process `pid` (pidfd_getfd), inheritable.
-fn take_fd(pid: u32, n: i32) -> Result<std::os::fd::OwnedFd, String> {
-    let raw = rustix::process::Pid::from_raw(pid as i32).ok_or("pid 0")?;
-    let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
-        .map_err(|e| format!("pidfd_open({pid}): {e}"))?;
-    let fd = rustix::process::pidfd_getfd(&pidfd, n, rustix::process::PidfdGetfdFlags::empty())
-        .map_err(|e| format!("pidfd_getfd({pid}, {n}): {e}"))?;
-    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
-    Ok(fd)
 }
 
 /// The token fd number `bpftoken-probe bpffs-wait-try` printed.
